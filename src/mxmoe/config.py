@@ -1,0 +1,110 @@
+"""Tile configurations: the levers a kernel launch takes, as frozen, hashable, JSON-stable values.
+
+No torch or triton here. `TileConfig` is one stage's launch; `MoEConfig` pairs the two stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from typing import Any
+
+CONFIG_SCHEMA_VERSION = 1
+
+
+class Mma(str, Enum):
+    """How the MXFP4 weight tile meets the tensor cores."""
+
+    DOT_SCALED = "dot_scaled"  # tl.dot_scaled: the compiler upcasts e2m1 and applies scales (GPU only)
+    UPCAST = "upcast"  # unpack nibbles and e8m0 scales by hand, then tl.dot in bf16 (runs in the interpreter)
+
+
+class Combine(str, Enum):
+    """How stage 2 sums the top-k slots of a token."""
+
+    ATOMIC = "atomic"  # fp32 atomic add into [T, H], then one cast to bf16
+    SLOTS = "slots"  # write [T*A, H] weighted rows, then a reduction over A
+
+
+@dataclass(frozen=True, slots=True)
+class TileConfig:
+    """One stage's launch parameters. `split_k` and `combine` only mean something in stage 2."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    group_m: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    mma: Mma = Mma.UPCAST
+    combine: Combine = Combine.ATOMIC
+    split_k: int = 1
+
+    def __post_init__(self) -> None:
+        for f in ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages", "split_k"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TileConfig.{f} must be a positive int, got {v!r}")
+        object.__setattr__(self, "mma", Mma(self.mma))
+        object.__setattr__(self, "combine", Combine(self.combine))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mma"] = self.mma.value
+        d["combine"] = self.combine.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TileConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TileConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> TileConfig:
+        return cls.from_dict(json.loads(s))
+
+    def key(self) -> str:
+        """Content hash: equal configs share it across processes, machines and releases of one schema."""
+        payload = f"tile-v{CONFIG_SCHEMA_VERSION}:{self.to_json()}"
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> TileConfig:
+        return replace(self, **changes)
+
+    def short(self) -> str:
+        s = (
+            f"M{self.block_m}N{self.block_n}K{self.block_k}G{self.group_m}"
+            f"w{self.num_warps}s{self.num_stages}-{self.mma.value}"
+        )
+        if self.split_k > 1:
+            s += f"-sk{self.split_k}"
+        return s + ("" if self.combine is Combine.ATOMIC else f"-{self.combine.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class MoEConfig:
+    """The two stages' configs of one layer launch."""
+
+    stage1: TileConfig
+    stage2: TileConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage1": self.stage1.to_dict(), "stage2": self.stage2.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MoEConfig:
+        unknown = set(d) - {"stage1", "stage2"}
+        if unknown:
+            raise ValueError(f"unknown MoEConfig fields {sorted(unknown)}")
+        return cls(TileConfig.from_dict(d["stage1"]), TileConfig.from_dict(d["stage2"]))
+
+    def key(self) -> str:
+        return hashlib.sha256(f"{self.stage1.key()}:{self.stage2.key()}".encode()).hexdigest()[:16]
