@@ -1,0 +1,237 @@
+"""Pieces both stages share: the activation operand at a path's width, launch checks, tile loads.
+
+Axis legend: R rows (tokens or pairs), C columns (H or I), BM x BK one activation tile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.kernels.mx_tile import e2m1_to_f32, e4m3_to_f32, e8m0_to_f32
+from mxmoe.shapes import Activation, Path
+
+PATH_CODES = {Path.A16W4: 0, Path.A8W4: 1, Path.A4W4: 2}
+ACT_CODES = {Activation.SILU: 0, Activation.SWIGLU_OAI: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelInput:
+    """An activation matrix at its path's width: bf16 [R, C]; e4m3 bytes [R, C]; e2m1 pairs [R, C//2].
+
+    MX paths carry e8m0 scales [R, C//32].
+    """
+
+    data: torch.Tensor
+    scales: torch.Tensor | None
+    path: Path
+
+    @property
+    def rows(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.data.shape[1] * (2 if self.path is Path.A4W4 else 1)
+
+    @classmethod
+    def empty(cls, path: Path, rows: int, cols: int, device: torch.device) -> KernelInput:
+        if path is Path.A16W4:
+            return cls(torch.empty(rows, cols, dtype=torch.bfloat16, device=device), None, path)
+        width = cols // 2 if path is Path.A4W4 else cols
+        return cls(
+            torch.empty(rows, width, dtype=torch.uint8, device=device),
+            torch.empty(rows, cols // 32, dtype=torch.uint8, device=device),
+            path,
+        )
+
+    def scales_or(self, fallback: torch.Tensor) -> torch.Tensor:
+        """The scales, or a dummy pointer for bf16 (the kernel never reads it)."""
+        return self.scales if self.scales is not None else fallback
+
+    def poison(self) -> KernelInput:
+        """Fill with NaN (bf16) or 0xFF bytes (an e4m3 NaN / an e8m0 NaN scale) and return self."""
+        if self.path is Path.A16W4:
+            self.data.fill_(float("nan"))
+        else:
+            self.data.fill_(0xFF)
+        if self.scales is not None:
+            self.scales.fill_(0xFF)
+        return self
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def require_executable(t: torch.Tensor) -> None:
+    """Triton launches need a CUDA tensor, or CPU tensors under the interpreter."""
+    if t.is_cuda:
+        return
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise RuntimeError(
+        f"mxmoe kernels need CUDA tensors (got a tensor on {t.device}); on a machine without a GPU set "
+        "TRITON_INTERPRET=1 before importing mxmoe to run them on the Triton interpreter"
+    )
+
+
+def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stage: int) -> None:
+    """Refuse a launch that would read out of bounds or silently compute the wrong thing."""
+    require_executable(x.data)
+    if x.cols != k:
+        raise ValueError(f"stage {stage}: activation has {x.cols} columns, weights expect K={k}")
+    if x.data.device != weights.device:
+        raise ValueError(f"stage {stage}: activation on {x.data.device}, weights on {weights.device}")
+    if not x.data.is_contiguous() or (x.scales is not None and not x.scales.is_contiguous()):
+        raise ValueError(f"stage {stage}: activation must be contiguous")
+    if cfg.block_k % 64:
+        raise ValueError(f"stage {stage}: BLOCK_K={cfg.block_k} must be a multiple of 64 (32-element scale groups, "
+                         "two e2m1 values per byte)")
+    if cfg.block_n % 32:
+        raise ValueError(f"stage {stage}: BLOCK_N={cfg.block_n} must be a multiple of 32")
+    if cfg.block_m != plan.block_m:
+        raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
+    if cfg.mma is Mma.DOT_SCALED and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("mma=dot_scaled is not implemented by the Triton 3.6 interpreter; use mma=upcast")
+    if stage == 1 and (cfg.split_k != 1 or cfg.combine is not Combine.ATOMIC):
+        raise ValueError("stage 1 takes no split_k or combine strategy (the fused activation needs full sums)")
+    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
+        raise ValueError("split_k > 1 needs combine=atomic")
+
+
+@triton.jit
+def grid_swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Grouped ordering: GROUP_M consecutive M blocks share each N tile while it sits in L2."""
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def to_operand(x, INTERP: tl.constexpr):
+    """MMA operand dtype: bf16 on the GPU; f32 under the interpreter, whose bf16 tl.dot is wrong in
+    Triton 3.6 (upcast operands are exact in bf16, so both give the same products)."""
+    if INTERP:
+        return x.to(tl.float32)
+    else:
+        return x.to(tl.bfloat16)
+
+
+@triton.jit
+def _scale_cols(s, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, REPEAT: tl.constexpr):
+    """[BM, G] per-32 scales -> [BM, G * REPEAT], each scale repeated over its group's columns."""
+    return tl.reshape(tl.broadcast_to(s[:, :, None], [BLOCK_M, GROUPS, REPEAT]), [BLOCK_M, GROUPS * REPEAT])
+
+
+@triton.jit
+def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: tl.constexpr, MMA: tl.constexpr,
+                  EVEN_K: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows `row` x [k0, k0+BK) of the activation. Returns (even K, odd K, whole tile, scales):
+    the upcast MMA uses the bf16 even/odd halves, dot_scaled the raw tile and its scales.
+    Columns past K (a K that BLOCK_K does not divide) read as zeros unless EVEN_K."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    if EVEN_K:
+        mask = row_ok[:, None]
+        mask_b = mask
+        mask_s = mask
+    else:
+        mask = row_ok[:, None] & (offs_k < K)[None, :]
+        mask_b = row_ok[:, None] & (offs_b < K // 2)[None, :]
+        mask_s = row_ok[:, None] & (offs_s < K // 32)[None, :]
+    if PATH == 0:
+        a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0)
+        a_scale = a
+        if MMA == 0:
+            a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP), [BLOCK_M, BLOCK_K // 2, 2]))
+        else:
+            a_even = a
+            a_odd = a
+    else:
+        a_scale = tl.load(xs_ptr + row[:, None] * stride_xs + offs_s[None, :], mask=mask_s, other=0)
+        if PATH == 1:
+            a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0)
+            if MMA == 0:
+                s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 32)
+                f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP)
+                a_even, a_odd = tl.split(tl.reshape(f, [BLOCK_M, BLOCK_K // 2, 2]))
+            else:
+                a_even = a
+                a_odd = a
+        else:
+            a = tl.load(x_ptr + row[:, None] * stride_x + offs_b[None, :], mask=mask_b, other=0)
+            if MMA == 0:
+                s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 16)
+                ai = a.to(tl.int32)
+                a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP)
+                a_odd = to_operand(e2m1_to_f32(ai >> 4) * s, INTERP)
+            else:
+                a_even = a
+                a_odd = a
+    return a_even, a_odd, a, a_scale
+
+
+@triton.jit
+def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constexpr, EVEN_K: tl.constexpr,
+                INTERP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """MXFP4 weight rows x [k0, k0+BK). Upcast MMA: (bf16 even-K [BN, BK//2], bf16 odd-K, ...);
+    dot_scaled: (packed [BK//2, BN] (K-major, as tl.dot_scaled wants), scales [BN, BK//32])."""
+    offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_s[None, :]
+    if MMA == 0:
+        w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_b[None, :]
+    else:
+        w_ptrs = w_ptr + rows[None, :] * stride_wn + offs_b[:, None]
+    if EVEN_K:
+        s = tl.load(s_ptrs)
+        w = tl.load(w_ptrs)
+    else:
+        s = tl.load(s_ptrs, mask=(offs_s < K // 32)[None, :], other=0)
+        if MMA == 0:
+            w = tl.load(w_ptrs, mask=(offs_b < K // 2)[None, :], other=0)
+        else:
+            w = tl.load(w_ptrs, mask=(offs_b < K // 2)[:, None], other=0)
+    if MMA == 0:
+        wi = w.to(tl.int32)
+        sf = e8m0_to_f32(s.to(tl.int32))
+        sf = tl.reshape(tl.broadcast_to(sf[:, :, None], [BLOCK_N, BLOCK_K // 32, 16]), [BLOCK_N, BLOCK_K // 2])
+        w_even = to_operand(e2m1_to_f32(wi & 15) * sf, INTERP)
+        w_odd = to_operand(e2m1_to_f32(wi >> 4) * sf, INTERP)
+        return w_even, w_odd, s
+    else:
+        return w, w, s
+
+
+@triton.jit
+def mma_tile(acc, a_even, a_odd, a_full, a_scale, w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn,
+             PATH: tl.constexpr, MMA: tl.constexpr, EVEN_K: tl.constexpr, INTERP: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A_tile @ W_tile^T for one K step, by manual upcast (MMA 0) or tl.dot_scaled (MMA 1)."""
+    w0, w1, w_s = load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
+    if MMA == 0:
+        if INTERP:
+            acc = tl.dot(a_even, tl.trans(w0), acc, input_precision="ieee")
+            acc = tl.dot(a_odd, tl.trans(w1), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a_even, tl.trans(w0), acc)
+            acc = tl.dot(a_odd, tl.trans(w1), acc)
+    else:
+        if PATH == 0:
+            acc = tl.dot_scaled(a_full, None, "bf16", w0, w_s, "e2m1", acc)
+        elif PATH == 1:
+            acc = tl.dot_scaled(a_full, a_scale, "e4m3", w0, w_s, "e2m1", acc)
+        else:
+            acc = tl.dot_scaled(a_full, a_scale, "e2m1", w0, w_s, "e2m1", acc)
+    return acc

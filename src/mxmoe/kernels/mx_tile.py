@@ -1,0 +1,86 @@
+"""Triton twins of `mxmoe.mx`: decode e2m1 / e4m3 / e8m0 and quantize a tile to MXFP8 / MXFP4.
+
+Everything is integer bit arithmetic on int32 plus exact fp32 multiplies by powers of two, so the
+same code runs on the GPU and, exactly, on the Triton 3.6 interpreter (which lacks tl.dot_scaled
+and fp8 casts). Tile shapes: R rows, C columns, quantized along C in groups of 32.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def e2m1_to_f32(nib):
+    """int32 nibbles in [0, 16) -> f32. Magnitude codes 0..7 are 0, .5, 1, 1.5, 2, 3, 4, 6."""
+    sign = (nib >> 3) & 1
+    exp = (nib >> 1) & 3
+    man = nib & 1
+    bits = tl.where(exp == 0, man * (126 << 23), ((exp + 126) << 23) | (man << 22))
+    bits = bits | (sign << 31)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e4m3_to_f32(code):
+    """int32 e4m3fn bytes -> f32 (0x7f / 0xff, the NaN codes, are never produced by our quantizer)."""
+    sign = (code >> 7) & 1
+    exp = (code >> 3) & 15
+    man = code & 7
+    normal = (((exp + 120) << 23) | (man << 20) | (sign << 31)).to(tl.float32, bitcast=True)
+    sub = man.to(tl.float32) * 0.001953125  # man * 2**-9
+    sub = tl.where(sign == 1, -sub, sub)
+    return tl.where(exp == 0, sub, normal)
+
+
+@triton.jit
+def e8m0_to_f32(byte):
+    """int32 e8m0 scale bytes -> f32 powers of two; 0 is 2**-127 (an fp32 subnormal), 255 is NaN."""
+    bits = tl.where(byte == 0, 0x00400000, byte << 23)
+    bits = tl.where(byte == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _shared_exponent(x, R: tl.constexpr, C: tl.constexpr, EMAX: tl.constexpr):
+    """Per-32 shared exponent floor(log2(amax)) - EMAX, clamped to e8m0; and 2**-shared."""
+    xg = tl.reshape(x, [R, C // 32, 32])
+    amax = tl.max(tl.abs(xg), axis=2)
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # subnormal amax -> -127, same clamp
+    shared = tl.minimum(tl.maximum(e - EMAX, -127), 127)
+    inv = ((127 - shared) << 23).to(tl.float32, bitcast=True)  # shared <= 125 here, so no overflow
+    return xg, shared, inv
+
+
+@triton.jit
+def quantize_tile_mxfp4(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (uint8 [R, C//2] packed e2m1 pairs, uint8 [R, C//32] e8m0), as mx.quantize_mxfp4."""
+    xg, shared, inv = _shared_exponent(x, R, C, 2)
+    v = xg * inv[:, :, None]
+    a = tl.abs(v)
+    # Round half to even onto 0, .5, 1, 1.5, 2, 3, 4, 6 (saturating at 6): ties go to the even code.
+    code = (
+        (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+        + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+        + (a > 5.0).to(tl.int32)
+    )
+    code = code | ((v < 0).to(tl.int32) << 3)
+    code = tl.reshape(code, [R, C // 2, 2])
+    lo, hi = tl.split(code)
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    return packed, (shared + 127).to(tl.uint8)
+
+
+@triton.jit
+def quantize_tile_mxfp8(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (uint8 [R, C] e4m3fn codes, uint8 [R, C//32] e8m0), as mx.quantize_mxfp8."""
+    xg, shared, inv = _shared_exponent(x, R, C, 8)
+    v = xg * inv[:, :, None]
+    a = tl.minimum(tl.abs(v), 448.0)
+    # Subnormals (a < 2**-6): quantum 2**-9; (y + 2**23) - 2**23 rounds y half to even in fp32.
+    m = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
+    bits = a.to(tl.int32, bitcast=True)
+    r = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # RNE to 3 mantissa bits (mask 0xFFF00000)
+    normal = ((((r >> 23) & 0xFF) - 120) << 3) | ((r >> 20) & 7)
+    code = tl.where(a < 0.015625, m, normal)
+    code = code | ((v < 0).to(tl.int32) << 7)
+    return tl.reshape(code, [R, C]).to(tl.uint8), (shared + 127).to(tl.uint8)

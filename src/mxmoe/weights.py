@@ -1,0 +1,153 @@
+"""MoEWeights: the experts' weights quantized once to MXFP4, in the layout the kernels read.
+
+Axis legend: E experts, H hidden, I expert inter, N = 2*I (gate and up rows of W13).
+
+Kernel layout (what `MoEWeights` holds):
+  w13.data   [E, N, H//2] uint8   e2m1 pairs packed along H (low nibble = even element)
+  w13.scales [E, N, H//32] uint8  e8m0 per 32 along H
+  w2.data    [E, H, I//2] uint8   packed along I
+  w2.scales  [E, H, I//32] uint8
+  b13        [E, N] f32 or None;  b2 [E, H] f32 or None
+Rows of W13 are always "gate half then up half" here. GPT-OSS (`swiglu_oai`) interleaves gate and
+up rows (row 2j gate, 2j+1 up); `from_float` de-interleaves once so the kernel loads one contiguous
+gate tile and one up tile, and `w13_model_layout` puts them back for the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mxmoe.mx import MXFormat, MXTensor, dequantize, quantize_mxfp4
+from mxmoe.shapes import Activation, MoEShape
+
+
+def _deinterleave(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """[.., 2I, ..] rows (g0, u0, g1, u1, ...) -> (g0, g1, ..., u0, u1, ...)."""
+    n = x.shape[dim]
+    even = torch.arange(0, n, 2, device=x.device)
+    return torch.cat([x.index_select(dim, even), x.index_select(dim, even + 1)], dim=dim)
+
+
+def _interleave(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of `_deinterleave`."""
+    half = x.shape[dim] // 2
+    gate, up = x.narrow(dim, 0, half), x.narrow(dim, half, half)
+    return torch.stack([gate, up], dim=dim + 1).flatten(dim, dim + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MoEWeights:
+    """Quantized expert weights; build with `from_float` or `random`, never by hand."""
+
+    w13: MXTensor
+    w2: MXTensor
+    b13: torch.Tensor | None
+    b2: torch.Tensor | None
+    activation: Activation
+
+    @property
+    def num_experts(self) -> int:
+        return self.w13.data.shape[0]
+
+    @property
+    def hidden(self) -> int:
+        return self.w2.data.shape[1]
+
+    @property
+    def inter(self) -> int:
+        return self.w13.data.shape[1] // 2
+
+    @property
+    def device(self) -> torch.device:
+        return self.w13.data.device
+
+    @classmethod
+    def from_float(
+        cls,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        b13: torch.Tensor | None = None,
+        b2: torch.Tensor | None = None,
+        activation: Activation | str = Activation.SILU,
+    ) -> MoEWeights:
+        """Quantize model-layout float weights: w13 [E, 2I, H], w2 [E, H, I], b13 [E, 2I], b2 [E, H].
+
+        For `swiglu_oai` the rows of w13 / b13 are interleaved gate/up as in GPT-OSS.
+        """
+        activation = Activation(activation)
+        if w13.dim() != 3 or w2.dim() != 3:
+            raise ValueError(
+                f"w13 and w2 must be 3-D [E, 2I, H] / [E, H, I], got {tuple(w13.shape)}, {tuple(w2.shape)}"
+            )
+        e, n, h = w13.shape
+        if n % 2:
+            raise ValueError(f"w13 has {n} rows: expected 2*inter (gate and up)")
+        i = n // 2
+        if tuple(w2.shape) != (e, h, i):
+            raise ValueError(f"w2 shape {tuple(w2.shape)} does not match w13 {tuple(w13.shape)}: expected {(e, h, i)}")
+        if h % 32 or i % 32:
+            raise ValueError(f"hidden={h} and inter={i} must be multiples of 32 (the MX block size)")
+        if b13 is not None and tuple(b13.shape) != (e, n):
+            raise ValueError(f"b13 shape {tuple(b13.shape)}, expected {(e, n)}")
+        if b2 is not None and tuple(b2.shape) != (e, h):
+            raise ValueError(f"b2 shape {tuple(b2.shape)}, expected {(e, h)}")
+        if activation is Activation.SWIGLU_OAI:
+            w13 = _deinterleave(w13, 1)
+            b13 = None if b13 is None else _deinterleave(b13, 1)
+        return cls(
+            w13=quantize_mxfp4(w13.float().contiguous()),
+            w2=quantize_mxfp4(w2.float().contiguous()),
+            b13=None if b13 is None else b13.float().contiguous(),
+            b2=None if b2 is None else b2.float().contiguous(),
+            activation=activation,
+        )
+
+    @classmethod
+    def random(
+        cls,
+        shape: MoEShape,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        scale_bytes: tuple[int, ...] | None = None,
+    ) -> MoEWeights:
+        """Random MXFP4 weights drawn directly in packed form (a float copy of a full model would not fit).
+
+        Scales are drawn so that weights have roughly 1/sqrt(K) magnitude, keeping activations O(1).
+        """
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        e, h, i = shape.experts, shape.hidden, shape.inter
+
+        def scales(k: int) -> tuple[int, ...]:
+            # |e2m1| averages ~2.6; 2.6 * 2**s ~ 1/sqrt(k)  ->  s ~ -log2(2.6 * sqrt(k))
+            centre = 127 - round(torch.log2(torch.tensor(2.6 * k**0.5)).item())
+            return scale_bytes or (centre - 1, centre, centre + 1)
+
+        def mx(rows: int, k: int) -> MXTensor:
+            data = torch.randint(0, 256, (e, rows, k // 2), generator=g, dtype=torch.uint8)
+            choices = torch.tensor(scales(k), dtype=torch.uint8)
+            idx = torch.randint(0, len(choices), (e, rows, k // 32), generator=g)
+            return MXTensor(data.to(device), choices[idx].to(device), MXFormat.E2M1, axis=2, shape=(e, rows, k))
+
+        w13, w2 = mx(2 * i, h), mx(h, i)
+        b13 = b2 = None
+        if shape.bias:
+            b13 = (torch.randn(e, 2 * i, generator=g) * 0.1).to(device)
+            b2 = (torch.randn(e, h, generator=g) * 0.1).to(device)
+        return cls(w13, w2, b13, b2, shape.activation)
+
+    def w13_model_layout(self, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """Dequantized W13 in the model's own row order, f32 [E', 2I, H] (E' = the listed experts)."""
+        w = dequantize(self.w13.select_experts(experts))
+        return _interleave(w, 1) if self.activation is Activation.SWIGLU_OAI else w
+
+    def b13_model_layout(self) -> torch.Tensor | None:
+        if self.b13 is None or self.activation is not Activation.SWIGLU_OAI:
+            return self.b13
+        return _interleave(self.b13, 1)
+
+    def w2_float(self, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """Dequantized W2, f32 [E', H, I]."""
+        return dequantize(self.w2.select_experts(experts))
