@@ -117,7 +117,9 @@ class MoEWeights:
 
         Scales are drawn so that weights have roughly 1/sqrt(K) magnitude, keeping activations O(1).
         """
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        # Drawn on the target device: a full model's bytes (9 GB for kimi-k2) take minutes on a CPU.
+        dev = torch.device(device)
+        g = torch.Generator(device=dev).manual_seed(seed)
         e, h, i = shape.experts, shape.hidden, shape.inter
 
         def scales(k: int) -> tuple[int, ...]:
@@ -126,16 +128,16 @@ class MoEWeights:
             return scale_bytes or (centre - 1, centre, centre + 1)
 
         def mx(rows: int, k: int) -> MXTensor:
-            data = torch.randint(0, 256, (e, rows, k // 2), generator=g, dtype=torch.uint8)
-            choices = torch.tensor(scales(k), dtype=torch.uint8)
-            idx = torch.randint(0, len(choices), (e, rows, k // 32), generator=g)
-            return MXTensor(data.to(device), choices[idx].to(device), MXFormat.E2M1, axis=2, shape=(e, rows, k))
+            data = torch.randint(0, 256, (e, rows, k // 2), generator=g, dtype=torch.uint8, device=dev)
+            choices = torch.tensor(scales(k), dtype=torch.uint8, device=dev)
+            idx = torch.randint(0, len(choices), (e, rows, k // 32), generator=g, device=dev)
+            return MXTensor(data, choices[idx], MXFormat.E2M1, axis=2, shape=(e, rows, k))
 
         w13, w2 = mx(2 * i, h), mx(h, i)
         b13 = b2 = None
         if shape.bias:
-            b13 = (torch.randn(e, 2 * i, generator=g) * 0.1).to(device)
-            b2 = (torch.randn(e, h, generator=g) * 0.1).to(device)
+            b13 = torch.randn(e, 2 * i, generator=g, device=dev) * 0.1
+            b2 = torch.randn(e, h, generator=g, device=dev) * 0.1
         return cls(w13, w2, b13, b2, shape.activation)
 
     def w13_model_layout(self, experts: torch.Tensor | None = None) -> torch.Tensor:

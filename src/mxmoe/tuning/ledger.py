@@ -1,0 +1,429 @@
+"""The attempt ledger: every candidate's row, in one SQLite file (WAL), written by the driver only.
+
+No torch or triton here. One transaction per row; a key recorded twice with the same result is a
+no-op and with a different result goes to `conflicts` (both kept; never an overwrite, REFERENCE.md
+shortfall 12). The schema is versioned in `meta`; a ledger newer than this code is refused, never
+cleared, and an older one is migrated forward in one transaction.
+
+Durability: `synchronous=FULL`. In WAL mode NORMAL already survives a kill -9 of the writer (the
+WAL frames of a returned commit are in the OS page cache), but it may lose the last commits on
+power loss or a VM pre-emption. A row costs seconds of GPU time and one fsync costs milliseconds,
+so FULL: a commit that returned is on disk, whatever happens to the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path as FsPath
+from typing import Any, TextIO
+
+from mxmoe.tuning.records import CSV_LEAD, Attempt, GuardrailResult, canonical_json, csv_rows, utc_now
+
+DEFAULT_LEDGER_PATH = FsPath("mxmoe.sqlite")
+BUSY_TIMEOUT_MS = 30_000
+
+# Ordered migrations: MIGRATIONS[i] takes a ledger from schema version i to i + 1. They are history:
+# never edit one that has shipped; add the next. (A new Status needs one: the CHECK below lists them.)
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE campaigns (
+        name TEXT PRIMARY KEY, created_at TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+        baseline TEXT, argv_json TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE attempts (
+        key TEXT PRIMARY KEY,
+        campaign TEXT NOT NULL REFERENCES campaigns(name),
+        status TEXT NOT NULL CHECK (status IN ('measured', 'illegal', 'compile_error', 'launch_error', 'incorrect',
+            'timeout', 'worker_lost', 'unmeasured')), reason TEXT,
+        model TEXT NOT NULL, shape_json TEXT NOT NULL, path TEXT NOT NULL,
+        stage TEXT NOT NULL CHECK (stage IN ('1', '2', 'layer')), tokens INTEGER NOT NULL,
+        routing TEXT NOT NULL, config_json TEXT NOT NULL, config_key TEXT NOT NULL,
+        kernel_hash TEXT NOT NULL, device TEXT NOT NULL, device_uuid TEXT,
+        median_us REAL, p95_us REAL, ci_lo_us REAL, ci_hi_us REAL, samples_us_json TEXT NOT NULL,
+        tflops REAL, roofline_fraction REAL,
+        claimable INTEGER NOT NULL CHECK (claimable IN (0, 1)), nonclaimable_reasons_json TEXT NOT NULL,
+        provenance_json TEXT NOT NULL, argv_json TEXT NOT NULL, created_at TEXT NOT NULL,
+        supersedes TEXT, detail TEXT, result_digest TEXT NOT NULL
+    );
+    CREATE INDEX attempts_point ON attempts (campaign, model, path, tokens, stage);
+    CREATE INDEX attempts_supersedes ON attempts (supersedes);
+    CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, campaign TEXT NOT NULL,
+        payload_json TEXT NOT NULL, result_digest TEXT NOT NULL, source TEXT NOT NULL,
+        recorded_at TEXT NOT NULL, UNIQUE (key, result_digest)
+    );
+    CREATE TABLE guardrails (
+        key TEXT PRIMARY KEY, campaign TEXT NOT NULL REFERENCES campaigns(name),
+        model TEXT NOT NULL, path TEXT NOT NULL, passed INTEGER NOT NULL, payload_json TEXT NOT NULL
+    );
+    CREATE INDEX guardrails_campaign ON guardrails (campaign);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_JSON_FIELDS = ("shape", "config", "samples_us", "nonclaimable_reasons", "provenance", "argv")
+_INSERT_CONFLICT = (
+    "INSERT OR IGNORE INTO conflicts (key, campaign, payload_json, result_digest, source, recorded_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_FILTERS = ("model", "path", "stage", "tokens", "routing", "status", "config_key", "device", "kernel_hash")
+
+
+class LedgerError(RuntimeError):
+    """A ledger file that cannot be used as it is (never repaired by clearing it)."""
+
+
+class SchemaTooNewError(LedgerError):
+    """The file was written by a newer mxmoe; upgrading the code is the fix, not clearing the file."""
+
+
+class RecordOutcome(StrEnum):
+    ADDED = "added"  # a new key
+    IDENTICAL = "identical"  # the key exists with the same result: nothing written
+    CONFLICT = "conflict"  # the key exists with a different result: kept in `conflicts`
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    name: str
+    created_at: str
+    description: str = ""
+    baseline: str | None = None
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row refused from `attempts` because its key was taken by a different result."""
+
+    key: str
+    incoming: Attempt
+    source: str
+    recorded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    added: int
+    identical: int
+    conflicts: int
+    carried_conflicts: int = 0
+    campaigns_added: int = 0
+    guardrails_added: int = 0
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements, so all of them run inside one transaction
+    (`executescript` would commit first)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf.strip()
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buf.strip()[:80]!r}")
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        if tables - {"sqlite_sequence"}:
+            raise LedgerError(f"not an mxmoe ledger (tables {sorted(tables)} and no meta table)")
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise LedgerError("meta table without schema_version: not an mxmoe ledger, or a damaged one")
+    return int(row[0])
+
+
+def _refuse_newer(conn: sqlite3.Connection, target: int, where: str) -> int:
+    current = _schema_version(conn)
+    if current > target:
+        raise SchemaTooNewError(
+            f"ledger {where} has schema_version {current}; this mxmoe knows up to {target}. "
+            "Upgrade mxmoe to read it; the file is left untouched."
+        )
+    return current
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = MIGRATIONS, where: str = "") -> int:
+    """Bring `conn` to len(migrations) in one transaction; refuse a newer schema. Returns the version."""
+    target = len(migrations)
+    if _refuse_newer(conn, target, where) == target:
+        return target
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _refuse_newer(conn, target, where)  # re-read under the lock: another writer may have won
+        for script in migrations[current:]:
+            for stmt in _statements(script):
+                conn.execute(stmt)
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(target),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return target
+
+
+def _attempt_row(a: Attempt) -> dict[str, Any]:
+    d = a.to_dict()
+    for name in _JSON_FIELDS:
+        d[f"{name}_json"] = canonical_json(d.pop(name))
+    d["claimable"] = int(a.claimable)
+    d["result_digest"] = a.result_digest()
+    return d
+
+
+def _attempt_from(row: sqlite3.Row) -> Attempt:
+    d = dict(zip(row.keys(), row, strict=True))
+    d.pop("result_digest")
+    for name in _JSON_FIELDS:
+        d[name] = json.loads(d.pop(f"{name}_json"))
+    d["claimable"] = bool(d["claimable"])
+    return Attempt.from_dict(d)
+
+
+class Ledger:
+    """An open ledger file. Use `with Ledger.open(path) as ledger:`; pass it to whoever needs it."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str] = DEFAULT_LEDGER_PATH, *, migrations: tuple[str, ...] = MIGRATIONS
+    ) -> Ledger:
+        conn = sqlite3.connect(os.fspath(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _refuse_newer(conn, len(migrations), os.fspath(path))  # before WAL touches the file
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn, migrations, where=os.fspath(path))
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, os.fspath(path))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only escape hatch for scans and reports (PRAGMA integrity_check, ad hoc counts)."""
+        return self._conn.execute(sql, params).fetchall()
+
+    @property
+    def schema_version(self) -> int:
+        return _schema_version(self._conn)
+
+    # ---- campaigns -------------------------------------------------------------------------------
+
+    def add_campaign(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        baseline: str | None = None,
+        argv: tuple[str, ...] = (),
+        created_at: str | None = None,
+    ) -> Campaign:
+        """Create `name` or return it as it stands; a different baseline for an existing one is an error."""
+        if not name:
+            raise ValueError("campaign name must be non-empty")
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM campaigns WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO campaigns VALUES (?, ?, ?, ?, ?)",
+                    (name, created_at or utc_now(), description, baseline, canonical_json(list(argv))),
+                )
+                row = c.execute("SELECT * FROM campaigns WHERE name = ?", (name,)).fetchone()
+            elif baseline is not None and row["baseline"] not in (None, baseline):
+                raise ValueError(f"campaign {name!r} has baseline {row['baseline']!r}, not {baseline!r}")
+        return _campaign_from(row)
+
+    def campaigns(self) -> list[Campaign]:
+        return [_campaign_from(r) for r in self._conn.execute("SELECT * FROM campaigns ORDER BY created_at")]
+
+    # ---- attempts --------------------------------------------------------------------------------
+
+    def record(self, attempt: Attempt, *, source: str = "record") -> RecordOutcome:
+        """Write one row in its own transaction (see RecordOutcome for what happens to a known key)."""
+        with self._tx():
+            return self._insert(attempt, source)
+
+    def _require_campaign(self, name: str) -> None:
+        if self._conn.execute("SELECT 1 FROM campaigns WHERE name = ?", (name,)).fetchone() is None:
+            raise ValueError(f"campaign {name!r} does not exist; add_campaign it first")
+
+    def _insert(self, a: Attempt, source: str) -> RecordOutcome:
+        c = self._conn
+        self._require_campaign(a.campaign)
+        row = _attempt_row(a)
+        old = c.execute("SELECT result_digest FROM attempts WHERE key = ?", (a.key,)).fetchone()
+        if old is None:
+            marks = ", ".join("?" * len(row))
+            c.execute(f"INSERT INTO attempts ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+            return RecordOutcome.ADDED
+        if old["result_digest"] == row["result_digest"]:
+            return RecordOutcome.IDENTICAL
+        payload = (a.key, a.campaign, canonical_json(a.to_dict()), row["result_digest"], source, utc_now())
+        c.execute(_INSERT_CONFLICT, payload)
+        return RecordOutcome.CONFLICT
+
+    def has(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM attempts WHERE key = ?", (key,)).fetchone() is not None
+
+    def get(self, key: str) -> Attempt | None:
+        row = self._conn.execute("SELECT * FROM attempts WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _attempt_from(row)
+
+    def keys(self, campaign: str) -> set[str]:
+        """Keys recorded in `campaign`: the sweep skips candidates whose key is here."""
+        return {r[0] for r in self._conn.execute("SELECT key FROM attempts WHERE campaign = ?", (campaign,))}
+
+    def attempts(self, campaign: str | None = None, **filters: Any) -> list[Attempt]:
+        """Rows of `campaign` (all when None), filtered by equality on the columns in _FILTERS."""
+        bad = set(filters) - set(_FILTERS)
+        if bad:
+            raise ValueError(f"unknown attempt filters {sorted(bad)}; known: {list(_FILTERS)}")
+        where = {"campaign": campaign} if campaign is not None else {}
+        where |= {k: getattr(v, "value", v) for k, v in filters.items()}
+        sql = "SELECT * FROM attempts"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{k} = ?" for k in where)
+        sql += " ORDER BY created_at, key"
+        return [_attempt_from(r) for r in self._conn.execute(sql, tuple(where.values()))]
+
+    def conflicts(self, campaign: str | None = None) -> list[Conflict]:
+        sql, args = "SELECT * FROM conflicts", ()
+        if campaign is not None:
+            sql, args = sql + " WHERE campaign = ?", (campaign,)
+        rows = self._conn.execute(sql + " ORDER BY id", args)
+        out = []
+        for r in rows:
+            incoming = Attempt.from_dict(json.loads(r["payload_json"]))
+            out.append(Conflict(r["key"], incoming, r["source"], r["recorded_at"]))
+        return out
+
+    # ---- guardrails ------------------------------------------------------------------------------
+
+    def record_guardrail(self, result: GuardrailResult) -> RecordOutcome:
+        with self._tx():
+            return self._insert_guardrail(result)
+
+    def _insert_guardrail(self, g: GuardrailResult) -> RecordOutcome:
+        c = self._conn
+        self._require_campaign(g.campaign)
+        row = (g.key(), g.campaign, g.model, g.path, int(g.passed), canonical_json(g.to_dict()))
+        cur = c.execute("INSERT OR IGNORE INTO guardrails VALUES (?, ?, ?, ?, ?, ?)", row)
+        return RecordOutcome.ADDED if cur.rowcount else RecordOutcome.IDENTICAL
+
+    def guardrails(self, campaign: str) -> list[GuardrailResult]:
+        sql = "SELECT * FROM guardrails WHERE campaign = ? ORDER BY rowid"
+        rows = self._conn.execute(sql, (campaign,))
+        return [_guardrail_from(r) for r in rows]
+
+    # ---- merge, export, summary ------------------------------------------------------------------
+
+    def merge(self, other_path: str | os.PathLike[str]) -> MergeReport:
+        """Bring in a ledger written elsewhere, in one transaction. The other file is only read: it is
+        copied into memory and migrated there, so an older ledger merges without being rewritten."""
+        other_path = os.fspath(other_path)
+        if os.path.realpath(other_path) == os.path.realpath(self.path):
+            raise ValueError(f"cannot merge ledger {other_path!r} into itself")
+        if not os.path.exists(other_path):
+            raise ValueError(f"ledger to merge {other_path!r} does not exist")
+        src = sqlite3.connect(f"file:{other_path}?mode=ro", uri=True)
+        other = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            src.backup(other)
+            other.row_factory = sqlite3.Row
+            migrate(other, MIGRATIONS, where=other_path)
+            return self._merge_from(other, f"merge:{other_path}")
+        finally:
+            src.close()
+            other.close()
+
+    def _merge_from(self, other: sqlite3.Connection, source: str) -> MergeReport:
+        counts = {f: 0 for f in MergeReport.__dataclass_fields__}
+        tally = {
+            RecordOutcome.ADDED: "added",
+            RecordOutcome.IDENTICAL: "identical",
+            RecordOutcome.CONFLICT: "conflicts",
+        }
+        with self._tx() as c:
+            for r in other.execute("SELECT * FROM campaigns"):
+                cur = c.execute("INSERT OR IGNORE INTO campaigns VALUES (?, ?, ?, ?, ?)", tuple(r))
+                counts["campaigns_added"] += cur.rowcount
+            for r in other.execute("SELECT * FROM attempts ORDER BY created_at, key"):
+                counts[tally[self._insert(_attempt_from(r), source)]] += 1
+            for r in other.execute("SELECT * FROM guardrails"):
+                counts["guardrails_added"] += self._insert_guardrail(_guardrail_from(r)) is RecordOutcome.ADDED
+            for r in other.execute("SELECT * FROM conflicts ORDER BY id"):
+                cols = ("key", "campaign", "payload_json", "result_digest", "source", "recorded_at")
+                counts["carried_conflicts"] += c.execute(_INSERT_CONFLICT, tuple(r[k] for k in cols)).rowcount
+        return MergeReport(**counts)
+
+    def export_csv(self, dest: str | os.PathLike[str] | TextIO, campaign: str | None = None) -> int:
+        """One row per attempt; returns the row count. See `csv_rows` for the columns."""
+        rows = csv_rows(self.attempts(campaign))
+        header = list(dict.fromkeys(k for r in rows for k in r)) or list(CSV_LEAD)
+        if isinstance(dest, str | os.PathLike):
+            with open(dest, "w", newline="", encoding="utf-8") as fh:
+                return _write_csv(fh, header, rows)
+        return _write_csv(dest, header, rows)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """{campaign: {status: count}}, for `mxmoe show`."""
+        out: dict[str, dict[str, int]] = {}
+        sql = "SELECT campaign, status, COUNT(*) FROM attempts GROUP BY 1, 2 ORDER BY 1, 2"
+        for r in self._conn.execute(sql):
+            out.setdefault(r[0], {})[r[1]] = r[2]
+        return out
+
+
+def _write_csv(fh: TextIO, header: list[str], rows: list[dict[str, Any]]) -> int:
+    writer = csv.DictWriter(fh, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return len(rows)
+
+
+def _campaign_from(r: sqlite3.Row) -> Campaign:
+    argv = tuple(json.loads(r["argv_json"]))
+    return Campaign(r["name"], r["created_at"], r["description"], r["baseline"], argv)
+
+
+def _guardrail_from(r: sqlite3.Row) -> GuardrailResult:
+    return GuardrailResult.from_dict(json.loads(r["payload_json"]))
