@@ -116,6 +116,7 @@ class RoutingPlan:
 
     Tensors (all int32, on the routing's device): sorted_ids [max_blocks * block_m], block_expert
     [max_blocks], expert_offsets [num_experts + 1], num_padded [1]. See the module glossary.
+    Ints: num_pairs = T * topk (also the sentinel), max_blocks = P_max // block_m.
     """
 
     sorted_ids: torch.Tensor

@@ -128,6 +128,18 @@ def to_operand(x, INTERP: tl.constexpr):
 
 
 @triton.jit
+def to_bf16_rne(x, INTERP: tl.constexpr):
+    """f32 -> bf16, round half to even. The GPU's cvt does this; the 3.6 interpreter truncates, so there we
+    round the bits first (the truncating cast of an already-rounded value is exact)."""
+    if INTERP:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # mask 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    else:
+        return x.to(tl.bfloat16)
+
+
+@triton.jit
 def _scale_cols(s, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, REPEAT: tl.constexpr):
     """[BM, G] per-32 scales -> [BM, G * REPEAT], each scale repeated over its group's columns."""
     return tl.reshape(tl.broadcast_to(s[:, :, None], [BLOCK_M, GROUPS, REPEAT]), [BLOCK_M, GROUPS * REPEAT])

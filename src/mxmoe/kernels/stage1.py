@@ -26,6 +26,7 @@ from mxmoe.kernels.common import (
     interpreting,
     load_act_tile,
     mma_tile,
+    to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import quantize_tile_mxfp4, quantize_tile_mxfp8
 
@@ -82,7 +83,7 @@ def _stage1_kernel(
 
     rows = pair.to(tl.int64)
     if PATH == 0:
-        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h.to(tl.bfloat16), mask=row_ok[:, None])
+        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=row_ok[:, None])
     else:
         offs_s = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
         if PATH == 1:

@@ -1,0 +1,218 @@
+"""The `mxmoe` command: thin typed wrappers over the library (typer + rich).
+
+Every command takes `--json` where a machine may read the answer. Commands that run kernels set
+TRITON_INTERPRET=1 on a machine without a GPU *before* importing any kernel module, so the same
+pipeline runs on the Triton interpreter (and says that its timings are not claims).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path as FsPath
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mxmoe._version import __version__
+from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape, parse_tokens
+
+app = typer.Typer(help="Fast, tuned MXFP4 MoE layers, and the harness that proves every speed claim.",
+                  no_args_is_help=True, add_completion=False)
+ledger_app = typer.Typer(help="Inspect, export, merge and scan a SQLite ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+console = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LedgerOpt = Annotated[FsPath, typer.Option("--ledger", help="SQLite ledger file.")]
+DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def use_interpreter_without_gpu() -> bool:
+    """Set TRITON_INTERPRET=1 when there is no GPU; returns True when the interpreter is in use."""
+    if not _has_gpu():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@app.command()
+def doctor(as_json: JsonOpt = False) -> None:
+    """Report Python, torch, triton, CUDA and the GPU (clocks via NVML), and say plainly if there is none."""
+    import torch
+    import triton
+
+    info: dict[str, object] = {
+        "mxmoe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "triton": triton.__version__, "cuda_runtime": torch.version.cuda, "gpu": None,
+    }
+    if torch.cuda.is_available():
+        from mxmoe.tuning.gpu_state import open_nvml, read_gpu_state
+
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                       "sm_count": props.multi_processor_count, "capability": f"{props.major}.{props.minor}"}
+        info["nvml"] = read_gpu_state(open_nvml(), 0).to_dict()
+    else:
+        info["note"] = ("no CUDA GPU: kernels run on the Triton interpreter (TRITON_INTERPRET=1), "
+                        "correct but slow; timings there are not claims")
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    table = Table(title="mxmoe doctor", show_header=False)
+    for k, v in info.items():
+        if k == "nvml" and isinstance(v, dict):
+            v = ", ".join(f"{kk}={vv}" for kk, vv in v.items() if "clock" in kk or kk in ("temperature_c", "power_w"))
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@app.command()
+def shapes(as_json: JsonOpt = False) -> None:
+    """List the model shapes (DESIGN.md) and the token grid."""
+    rows = [s.to_dict() for s in MODELS.values()]
+    if as_json:
+        print(json.dumps({"models": rows, "token_grid": list(TOKEN_GRID)}, indent=2))
+        return
+    table = Table(title="MoE shapes")
+    for col in ("name", "experts", "topk", "hidden", "inter", "activation", "bias", "shared_expert"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("name", "experts", "topk", "hidden", "inter", "activation", "bias",
+                                             "shared_expert")))
+    console.print(table)
+    console.print(f"token grid: {', '.join(map(str, TOKEN_GRID))}")
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Model name or E,topk,hidden,inter")] = "tiny",
+    tokens: Annotated[str, typer.Option(help="Token counts, e.g. 1,17")] = "17",
+    path: Annotated[Path, typer.Option(help="Activation path")] = Path.A16W4,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the fused kernels against the fp32 reference for one shape and report the error."""
+    interp = use_interpreter_without_gpu()
+    import torch
+
+    from mxmoe.moe import moe
+    from mxmoe.problem import make_problem
+    from mxmoe.tolerance import compare, lookup
+
+    shape = get_shape(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = []
+    for t in parse_tokens(tokens):
+        p = make_problem(shape, path, t, seed=seed, device=device)
+        out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path)
+        rep = compare(out.float(), p.reference(), lookup(path, "layer"))
+        results.append({"model": shape.name, "path": path.value, "tokens": t, "ok": rep.ok,
+                        "max_rel": rep.max_rel, "rms_rel": rep.rms_rel, "interpreter": interp})
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
+            console.print(f"{r['model']} {r['path']} T={r['tokens']}: {mark} max_rel={r['max_rel']:.2e} "
+                          f"rms_rel={r['rms_rel']:.2e}" + (" (Triton interpreter)" if interp else ""))
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@ledger_app.command("show")
+def ledger_show(ledger: LedgerOpt = DEFAULT_LEDGER, as_json: JsonOpt = False) -> None:
+    """Counts of rows per campaign and status."""
+    from mxmoe.tuning.ledger import Ledger
+
+    with Ledger.open(ledger) as led:
+        summary = led.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        console.print(summary)
+
+
+@ledger_app.command("export")
+def ledger_export(out: FsPath, ledger: LedgerOpt = DEFAULT_LEDGER,
+                  campaign: Annotated[str | None, typer.Option(help="Only this campaign")] = None,
+                  csv: Annotated[bool, typer.Option("--csv", help="CSV (the only format today)")] = True) -> None:
+    """Write the ledger's attempts as CSV."""
+    from mxmoe.tuning.ledger import Ledger
+
+    with Ledger.open(ledger) as led:
+        n = led.export_csv(out, campaign=campaign)
+    console.print(f"wrote {n} rows to {out}")
+
+
+@ledger_app.command("merge")
+def ledger_merge(other: FsPath, ledger: LedgerOpt = DEFAULT_LEDGER) -> None:
+    """Bring in a ledger written on another machine, without duplicates (conflicts are kept and reported)."""
+    from mxmoe.tuning.ledger import Ledger
+
+    if not other.exists():
+        raise typer.BadParameter(f"{other} does not exist")
+    with Ledger.open(ledger) as led:
+        rep = led.merge(other)
+    console.print(rep)
+
+
+@ledger_app.command("scan")
+def ledger_scan(ledger: LedgerOpt = DEFAULT_LEDGER, campaign: str | None = None, as_json: JsonOpt = False) -> None:
+    """Integrity scan: conflicting duplicates, bad supersede links, missing provenance. Exit 1 on findings."""
+    from mxmoe.tuning.ledger import Ledger
+    from mxmoe.tuning.scan import scan
+
+    with Ledger.open(ledger) as led:
+        findings = scan(led, campaign)
+    if as_json:
+        print(json.dumps([f.__dict__ if hasattr(f, "__dict__") else list(f) for f in findings], default=str))
+    else:
+        for f in findings:
+            console.print(f)
+        console.print(f"{len(findings)} finding(s)")
+    if findings:
+        raise typer.Exit(1)
+
+
+@app.command()
+def claim(
+    campaign: str,
+    baseline: Annotated[str, typer.Option(help="Baseline campaign")],
+    ledger: LedgerOpt = DEFAULT_LEDGER,
+    profile: Annotated[str, typer.Option(help="Spec profile: mxmoe or seed708")] = "mxmoe",
+    as_json: JsonOpt = False,
+) -> None:
+    """The single claimable_win gate: prints the verdict with every reason; exit 1 when not claimable."""
+    from mxmoe.spec import Profile
+    from mxmoe.tuning.gate import claimable_win
+    from mxmoe.tuning.ledger import Ledger
+
+    with Ledger.open(ledger) as led:
+        verdict = claimable_win(led, campaign, baseline, Profile(profile))
+    if as_json:
+        print(json.dumps({"claimable": verdict.claimable, "reasons": list(verdict.reasons)}, indent=2))
+    else:
+        colour = "green" if verdict.claimable else "red"
+        console.print(f"[{colour}]claimable={verdict.claimable}[/] ({profile} profile)")
+        for r in verdict.reasons:
+            console.print(f"  - {r}")
+    if not verdict.claimable:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="mxmoe")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

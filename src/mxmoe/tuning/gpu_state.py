@@ -1,0 +1,588 @@
+"""GPU state, read only, and the fail-closed checks a measurement must pass to be claimable.
+
+Everything goes through the small `Nvml` protocol: `PynvmlNvml` reads a real GPU through pynvml,
+`FakeNvml` is scriptable for CPU tests (busy GPU, throttling, clock drop, other processes).
+No NVML setter is ever called: clocks are verified, never requested. An administrator who wants
+locked clocks gets the `nvidia-smi` command printed by `locked_clocks_advice`, never run.
+A missing pynvml or GPU gives a state with available=False, so a row says so instead of crashing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Protocol
+
+GPU_STATE_SCHEMA_VERSION = 1
+IDLE_MAX_UTIL_PCT = 5.0  # averaged over the idle sample; above it another job shares the GPU
+CLOCK_MAX_DROP = 0.02  # relative SM clock drop between before and after that voids a measurement
+
+
+class Check(str, Enum):
+    """Machine-readable reasons a measurement is not claimable (one code each)."""
+
+    BUSY_OTHER_PROCESS = "busy:other_process"  # another compute process holds the GPU
+    BUSY_UTILIZATION = "busy:utilization"  # GPU utilisation >= 5% over the idle sample
+    BUSY_ALLOWED = "busy:allowed"  # the user timed with allow_busy: idleness was not enforced
+    CLOCK_DROP = "clock:drop"  # SM clock fell by more than 2% from before to after
+    CLOCK_THERMAL = "clock:thermal"  # sw or hw thermal slowdown active at either end
+    CLOCK_POWER = "clock:power"  # sw power cap or hw power brake active at either end
+    CLOCK_HW_SLOWDOWN = "clock:hw_slowdown"  # hw slowdown active at either end
+    NVML_UNAVAILABLE = "nvml:unavailable"  # no pynvml or no GPU: nothing could be verified
+    INTERPRETER = "interpreter"  # TRITON_INTERPRET=1: the kernel ran on the CPU interpreter
+    FAKE_CLOCK = "fake_clock"  # synthetic samples, not a real GPU timing
+    L2_ROTATION_SHORT = "l2:rotation_short"  # fewer rotating argument sets than needed to exceed L2
+
+
+# NVML clock-event (formerly "throttle") reason bits, from nvml.h; names are ours.
+CLOCK_EVENT_BITS: dict[int, str] = {
+    0x1: "idle",
+    0x2: "applications_clocks_setting",  # also "user defined clocks": set while -lgc / -ac cap clocks
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clocks",
+}
+_THERMAL = frozenset({"sw_thermal", "hw_thermal"})
+_POWER = frozenset({"sw_power_cap", "hw_power_brake"})
+_HW_SLOWDOWN = frozenset({"hw_slowdown"})
+
+
+def decode_clock_events(mask: int) -> tuple[str, ...]:
+    """Names of the set bits of an NVML clock-event mask; unknown bits as `unknown:0x..`."""
+    names = [name for bit, name in CLOCK_EVENT_BITS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENT_BITS)
+    if rest:
+        names.append(f"unknown:{rest:#x}")
+    return tuple(names)
+
+
+class NvmlError(RuntimeError):
+    """One NVML query failed (e.g. Not Supported on this GPU); the field is recorded as None."""
+
+
+class NvmlUnavailableError(NvmlError):
+    """NVML cannot be used at all: pynvml missing, no driver, or no such GPU."""
+
+
+class ClockDomain(str, Enum):
+    SM = "sm"
+    MEM = "mem"
+
+
+class ClockKind(str, Enum):
+    CURRENT = "current"
+    MAX = "max"
+    APP = "app"  # application clock target (what -ac sets)
+    DEFAULT_APP = "default_app"
+
+
+class Nvml(Protocol):
+    """The read-only NVML queries mxmoe uses; raise NvmlError / NvmlUnavailableError on failure."""
+
+    def device_count(self) -> int: ...
+    def name(self, index: int) -> str: ...
+    def uuid(self, index: int) -> str: ...
+    def driver_version(self) -> str: ...
+    def cuda_driver_version(self) -> int: ...
+    def clock_mhz(self, index: int, domain: ClockDomain, kind: ClockKind) -> int: ...
+    def clock_event_reasons(self, index: int) -> int: ...
+    def temperature_c(self, index: int) -> int: ...
+    def power_mw(self, index: int) -> int: ...
+    def power_limit_mw(self, index: int) -> int: ...
+    def memory_bytes(self, index: int) -> tuple[int, int]: ...  # (used, total)
+    def compute_pids(self, index: int) -> tuple[int, ...]: ...
+    def utilization_pct(self, index: int) -> tuple[int, int]: ...  # (gpu, memory)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """One read of a GPU. Any field NVML could not give is None, with the error kept in `errors`."""
+
+    available: bool
+    index: int
+    read_at: str  # UTC ISO-8601
+    reason: str | None = None  # why unavailable
+    name: str | None = None
+    uuid: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    sm_clock_max_mhz: int | None = None
+    mem_clock_max_mhz: int | None = None
+    sm_clock_app_mhz: int | None = None
+    mem_clock_app_mhz: int | None = None
+    sm_clock_default_app_mhz: int | None = None
+    mem_clock_default_app_mhz: int | None = None
+    clock_event_mask: int | None = None
+    clock_events: tuple[str, ...] = ()
+    temperature_c: int | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    compute_pids: tuple[int, ...] = ()
+    util_gpu_pct: int | None = None
+    util_mem_pct: int | None = None
+    clocks_locked: bool | None = None
+    errors: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("clock_events", "compute_pids", "errors"):
+            d[key] = list(d[key])
+        d["schema"] = GPU_STATE_SCHEMA_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GpuState:
+        d = dict(d)
+        if d.pop("schema", None) != GPU_STATE_SCHEMA_VERSION:
+            raise ValueError(f"GpuState schema must be {GPU_STATE_SCHEMA_VERSION}")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown GpuState fields: {sorted(unknown)}")
+        for key in ("clock_events", "compute_pids", "errors"):
+            d[key] = tuple(d.get(key, ()))
+        return cls(**d)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def unavailable_state(reason: str, index: int = 0) -> GpuState:
+    return GpuState(available=False, index=index, read_at=_utc_now(), reason=reason)
+
+
+def _clocks_locked(sm: int | None, sm_app: int | None, events: tuple[str, ...]) -> bool | None:
+    """Current SM clock equals the application target, or NVML says user-defined clocks cap it."""
+    if sm is None:
+        return None
+    if "applications_clocks_setting" in events:
+        return True
+    return None if sm_app is None else sm == sm_app
+
+
+def read_gpu_state(nvml: Nvml, index: int = 0) -> GpuState:
+    """Read everything once; per-field failures become None plus an `errors` entry, never a raise."""
+    try:
+        count = nvml.device_count()
+    except NvmlUnavailableError as exc:
+        return unavailable_state(str(exc), index)
+    if not 0 <= index < count:
+        return unavailable_state(f"no GPU index {index} (NVML sees {count})", index)
+    errors: list[str] = []
+
+    def get(label: str, query: Callable[[], Any]) -> Any:
+        try:
+            return query()
+        except NvmlError as exc:
+            errors.append(f"{label}: {exc}")
+            return None
+
+    def clock(domain: ClockDomain, kind: ClockKind) -> int | None:
+        return get(f"{domain.value}_clock_{kind.value}", lambda: nvml.clock_mhz(index, domain, kind))
+
+    mask = get("clock_event_reasons", lambda: nvml.clock_event_reasons(index))
+    events = decode_clock_events(mask) if mask is not None else ()
+    cuda = get("cuda_driver_version", nvml.cuda_driver_version)
+    power = get("power", lambda: nvml.power_mw(index))
+    limit = get("power_limit", lambda: nvml.power_limit_mw(index))
+    memory = get("memory", lambda: nvml.memory_bytes(index)) or (None, None)
+    util = get("utilization", lambda: nvml.utilization_pct(index)) or (None, None)
+    sm, sm_app = clock(ClockDomain.SM, ClockKind.CURRENT), clock(ClockDomain.SM, ClockKind.APP)
+    return GpuState(
+        available=True,
+        index=index,
+        read_at=_utc_now(),
+        name=get("name", lambda: nvml.name(index)),
+        uuid=get("uuid", lambda: nvml.uuid(index)),
+        driver_version=get("driver_version", nvml.driver_version),
+        cuda_driver_version=None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}",
+        sm_clock_mhz=sm,
+        mem_clock_mhz=clock(ClockDomain.MEM, ClockKind.CURRENT),
+        sm_clock_max_mhz=clock(ClockDomain.SM, ClockKind.MAX),
+        mem_clock_max_mhz=clock(ClockDomain.MEM, ClockKind.MAX),
+        sm_clock_app_mhz=sm_app,
+        mem_clock_app_mhz=clock(ClockDomain.MEM, ClockKind.APP),
+        sm_clock_default_app_mhz=clock(ClockDomain.SM, ClockKind.DEFAULT_APP),
+        mem_clock_default_app_mhz=clock(ClockDomain.MEM, ClockKind.DEFAULT_APP),
+        clock_event_mask=mask,
+        clock_events=events,
+        temperature_c=get("temperature", lambda: nvml.temperature_c(index)),
+        power_w=None if power is None else power / 1000.0,
+        power_limit_w=None if limit is None else limit / 1000.0,
+        memory_used_bytes=memory[0],
+        memory_total_bytes=memory[1],
+        compute_pids=tuple(get("compute_pids", lambda: nvml.compute_pids(index)) or ()),
+        util_gpu_pct=util[0],
+        util_mem_pct=util[1],
+        clocks_locked=_clocks_locked(sm, sm_app, events),
+        errors=tuple(errors),
+    )
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Outcome of one check: no codes means passed; `detail` says what was seen, for people."""
+
+    codes: tuple[str, ...] = ()
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"codes": list(self.codes), "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckResult:
+        if set(d) != {"codes", "detail"}:
+            raise ValueError(f"CheckResult needs exactly codes and detail, got {sorted(d)}")
+        return cls(codes=tuple(d["codes"]), detail=str(d["detail"]))
+
+
+def merge_checks(*results: CheckResult) -> CheckResult:
+    """Union of codes (sorted, deduplicated) and details of several checks."""
+    codes = sorted({c for r in results for c in r.codes})
+    detail = "; ".join(r.detail for r in results if r.detail)
+    return CheckResult(tuple(codes), detail)
+
+
+def _own(own_pids: Iterable[int] | None) -> frozenset[int]:
+    return frozenset((os.getpid(),) if own_pids is None else own_pids)
+
+
+def process_check(state: GpuState, own_pids: Iterable[int] | None = None) -> CheckResult:
+    """Another compute process on the GPU (pids other than ours) makes a timing non-claimable."""
+    if not state.available:
+        return CheckResult((Check.NVML_UNAVAILABLE.value,), f"nvml: {state.reason}")
+    others = sorted(set(state.compute_pids) - _own(own_pids))
+    if others:
+        return CheckResult((Check.BUSY_OTHER_PROCESS.value,), f"other compute processes: {others}")
+    return CheckResult()
+
+
+def idle_check(
+    nvml: Nvml,
+    sample_s: float = 1.0,
+    *,
+    index: int = 0,
+    own_pids: Iterable[int] | None = None,
+    interval_s: float = 0.1,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CheckResult:
+    """No other compute process, and GPU utilisation under 5% averaged over `sample_s`.
+
+    Run it before this process starts GPU work: NVML's utilisation counts our own kernels too.
+    """
+    state = read_gpu_state(nvml, index)
+    result = process_check(state, own_pids)
+    if not state.available:
+        return result
+    polls = max(1, round(sample_s / interval_s))
+    # The state read above is the first poll; the rest follow at `interval_s`.
+    readings = [] if state.util_gpu_pct is None else [state.util_gpu_pct]
+    while len(readings) < polls:
+        sleep(interval_s)
+        try:
+            readings.append(nvml.utilization_pct(index)[0])
+        except NvmlError as exc:
+            return merge_checks(result, CheckResult((Check.NVML_UNAVAILABLE.value,), f"utilization: {exc}"))
+    avg = sum(readings) / len(readings)
+    if avg >= IDLE_MAX_UTIL_PCT:
+        busy = CheckResult((Check.BUSY_UTILIZATION.value,), f"utilization {avg:.1f}% over {sample_s:g} s")
+        return merge_checks(result, busy)
+    return result
+
+
+def clock_check(before: GpuState, after: GpuState, *, max_drop: float = CLOCK_MAX_DROP) -> CheckResult:
+    """SM clock dropped more than `max_drop` from before to after, or a thermal / power / hw slowdown
+    reason was active at either end: the samples may not come from one steady clock."""
+    if not (before.available and after.available):
+        reason = before.reason if not before.available else after.reason
+        return CheckResult((Check.NVML_UNAVAILABLE.value,), f"nvml: {reason}")
+    codes: list[str] = []
+    details: list[str] = []
+    b, a = before.sm_clock_mhz, after.sm_clock_mhz
+    if b is None or a is None:
+        codes.append(Check.NVML_UNAVAILABLE.value)
+        details.append("SM clock unreadable")
+    elif a < b * (1.0 - max_drop):
+        codes.append(Check.CLOCK_DROP.value)
+        details.append(f"SM clock {b} -> {a} MHz")
+    active = set(before.clock_events) | set(after.clock_events)
+    for names, code in (
+        (_THERMAL, Check.CLOCK_THERMAL),
+        (_POWER, Check.CLOCK_POWER),
+        (_HW_SLOWDOWN, Check.CLOCK_HW_SLOWDOWN),
+    ):
+        hit = sorted(active & names)
+        if hit:
+            codes.append(code.value)
+            details.append(f"clock events {hit}")
+    return CheckResult(tuple(sorted(set(codes))), "; ".join(details))
+
+
+def verify_locked(state: GpuState) -> bool:
+    """Clocks read as locked (current SM == application/locked clock) and nothing throttles them."""
+    throttled = set(state.clock_events) & (_THERMAL | _POWER | _HW_SLOWDOWN)
+    return bool(state.available and state.clocks_locked and not throttled)
+
+
+def locked_clocks_advice(state: GpuState) -> str:
+    """The nvidia-smi commands an administrator could run to lock clocks. Printed, never run."""
+    if not state.available:
+        return f"# NVML unavailable ({state.reason}): cannot read clocks, no advice"
+    if verify_locked(state):
+        return f"# clocks on GPU {state.index} read as locked at {state.sm_clock_mhz} MHz; nothing to do"
+    target = state.uuid or str(state.index)
+    # The default application clock is the sustained clock the board is rated for; locking to the
+    # boost maximum invites power-cap throttling under tensor-core load.
+    sm = state.sm_clock_default_app_mhz or state.sm_clock_app_mhz or state.sm_clock_max_mhz
+    mem = state.mem_clock_max_mhz or state.mem_clock_app_mhz
+    lines = [
+        f"# clocks on GPU {state.index} ({state.name}) are not verified locked: SM {state.sm_clock_mhz} MHz "
+        f"now, application {state.sm_clock_app_mhz} MHz, events {list(state.clock_events)}",
+        "# an administrator may lock them (mxmoe prints these, it never runs them):",
+    ]
+    if sm:
+        lines.append(f"sudo nvidia-smi -i {target} -lgc {sm},{sm}")
+    if mem:
+        lines.append(f"sudo nvidia-smi -i {target} -lmc {mem},{mem}  # not every GPU allows memory locks")
+    lines.append(f"# undo: sudo nvidia-smi -i {target} -rgc && sudo nvidia-smi -i {target} -rmc")
+    return "\n".join(lines)
+
+
+class GpuBusyError(RuntimeError):
+    """The GPU is not verified idle and the user did not allow timing on a busy GPU."""
+
+
+def require_idle(result: CheckResult, *, allow_busy: bool) -> None:
+    """Fail closed before a sweep starts: raise GpuBusyError unless idle or the user allowed busy."""
+    busy = [c for c in result.codes if c.startswith("busy:") or c == Check.NVML_UNAVAILABLE.value]
+    if busy and not allow_busy:
+        raise GpuBusyError(
+            f"GPU is not verified idle ({', '.join(busy)}): {result.detail}; "
+            "pass allow_busy to time anyway (rows will be non-claimable)"
+        )
+
+
+# ---- implementations ------------------------------------------------------------------------------
+
+
+class MissingNvml:
+    """Stands in where pynvml or the driver is missing: every query raises NvmlUnavailableError."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def fail(*_: Any) -> Any:
+            raise NvmlUnavailableError(self.reason)
+
+        return fail
+
+
+class PynvmlNvml:
+    """The real NVML, through pynvml. Only getters are called here, never a setter."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:
+            raise NvmlUnavailableError(f"pynvml not importable: {exc}") from exc
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise NvmlUnavailableError(f"nvmlInit failed: {exc}") from exc
+        self._nv = pynvml
+
+    def close(self) -> None:
+        self._nv.nvmlShutdown()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nv.NVMLError as exc:
+            raise NvmlError(str(exc)) from exc
+
+    def _handle(self, index: int) -> Any:
+        return self._call(self._nv.nvmlDeviceGetHandleByIndex, index)
+
+    def device_count(self) -> int:
+        return int(self._call(self._nv.nvmlDeviceGetCount))
+
+    def name(self, index: int) -> str:
+        return _text(self._call(self._nv.nvmlDeviceGetName, self._handle(index)))
+
+    def uuid(self, index: int) -> str:
+        return _text(self._call(self._nv.nvmlDeviceGetUUID, self._handle(index)))
+
+    def driver_version(self) -> str:
+        return _text(self._call(self._nv.nvmlSystemGetDriverVersion))
+
+    def cuda_driver_version(self) -> int:
+        return int(self._call(self._nv.nvmlSystemGetCudaDriverVersion))
+
+    def clock_mhz(self, index: int, domain: ClockDomain, kind: ClockKind) -> int:
+        nv, h = self._nv, self._handle(index)
+        ctype = nv.NVML_CLOCK_SM if domain is ClockDomain.SM else nv.NVML_CLOCK_MEM
+        getter = {
+            ClockKind.CURRENT: nv.nvmlDeviceGetClockInfo,
+            ClockKind.MAX: nv.nvmlDeviceGetMaxClockInfo,
+            ClockKind.APP: nv.nvmlDeviceGetApplicationsClock,
+            ClockKind.DEFAULT_APP: nv.nvmlDeviceGetDefaultApplicationsClock,
+        }[kind]
+        return int(self._call(getter, h, ctype))
+
+    def clock_event_reasons(self, index: int) -> int:
+        getter = getattr(self._nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        getter = getter or self._nv.nvmlDeviceGetCurrentClocksThrottleReasons
+        return int(self._call(getter, self._handle(index)))
+
+    def temperature_c(self, index: int) -> int:
+        return int(self._call(self._nv.nvmlDeviceGetTemperature, self._handle(index), self._nv.NVML_TEMPERATURE_GPU))
+
+    def power_mw(self, index: int) -> int:
+        return int(self._call(self._nv.nvmlDeviceGetPowerUsage, self._handle(index)))
+
+    def power_limit_mw(self, index: int) -> int:
+        return int(self._call(self._nv.nvmlDeviceGetEnforcedPowerLimit, self._handle(index)))
+
+    def memory_bytes(self, index: int) -> tuple[int, int]:
+        info = self._call(self._nv.nvmlDeviceGetMemoryInfo, self._handle(index))
+        return int(info.used), int(info.total)
+
+    def compute_pids(self, index: int) -> tuple[int, ...]:
+        procs = self._call(self._nv.nvmlDeviceGetComputeRunningProcesses, self._handle(index))
+        return tuple(sorted(int(p.pid) for p in procs))
+
+    def utilization_pct(self, index: int) -> tuple[int, int]:
+        u = self._call(self._nv.nvmlDeviceGetUtilizationRates, self._handle(index))
+        return int(u.gpu), int(u.memory)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_nvml() -> Nvml:
+    """The real NVML if it initialises, else a MissingNvml that makes every state say why not."""
+    try:
+        return PynvmlNvml()
+    except NvmlUnavailableError as exc:
+        return MissingNvml(str(exc))
+
+
+class Script:
+    """Successive values for one FakeNvml query: each read takes the next, the last one repeats."""
+
+    def __init__(self, *values: Any) -> None:
+        if not values:
+            raise ValueError("a Script needs at least one value")
+        self._values = values
+        self._next = 0
+
+    def take(self) -> Any:
+        value = self._values[min(self._next, len(self._values) - 1)]
+        self._next += 1
+        return value
+
+
+class FakeNvml:
+    """A scriptable NVML for CPU tests. Every keyword is a value or a `Script` of successive values;
+    a query named in `unsupported` raises NvmlError("Not Supported"). Defaults: an idle H100 SXM at
+    unlocked boost clocks (SM 1980 MHz, application 1755 MHz), no throttling, no other process."""
+
+    def __init__(self, *, available: bool = True, unsupported: Iterable[str] = (), **values: Any) -> None:
+        self.available = available
+        self.unsupported = frozenset(unsupported)
+        self.values: dict[str, Any] = {
+            "device_count": 1,
+            "name": "NVIDIA H100 80GB HBM3",
+            "uuid": "GPU-00000000-fake-0000-0000-000000000000",
+            "driver_version": "580.159.04",
+            "cuda_driver_version": 13000,
+            "sm_clock": 1980,
+            "mem_clock": 2619,
+            "sm_clock_max": 1980,
+            "mem_clock_max": 2619,
+            "sm_clock_app": 1755,
+            "mem_clock_app": 2619,
+            "sm_clock_default_app": 1755,
+            "mem_clock_default_app": 2619,
+            "clock_event_reasons": 0,
+            "temperature_c": 40,
+            "power_mw": 120_000,
+            "power_limit_mw": 700_000,
+            "memory_bytes": (600 * 2**20, 80 * 2**30),
+            "compute_pids": (),
+            "utilization_pct": (0, 0),
+        }
+        unknown = set(values) - set(self.values)
+        if unknown:
+            raise TypeError(f"unknown FakeNvml values {sorted(unknown)}; known: {sorted(self.values)}")
+        self.values.update(values)
+
+    def _get(self, key: str) -> Any:
+        if not self.available:
+            raise NvmlUnavailableError("FakeNvml(available=False)")
+        if key in self.unsupported:
+            raise NvmlError("Not Supported")
+        value = self.values[key]
+        return value.take() if isinstance(value, Script) else value
+
+    def device_count(self) -> int:
+        return self._get("device_count")
+
+    def name(self, index: int) -> str:
+        return self._get("name")
+
+    def uuid(self, index: int) -> str:
+        return self._get("uuid")
+
+    def driver_version(self) -> str:
+        return self._get("driver_version")
+
+    def cuda_driver_version(self) -> int:
+        return self._get("cuda_driver_version")
+
+    def clock_mhz(self, index: int, domain: ClockDomain, kind: ClockKind) -> int:
+        suffix = "" if kind is ClockKind.CURRENT else f"_{kind.value}"
+        return self._get(f"{domain.value}_clock{suffix}")
+
+    def clock_event_reasons(self, index: int) -> int:
+        return self._get("clock_event_reasons")
+
+    def temperature_c(self, index: int) -> int:
+        return self._get("temperature_c")
+
+    def power_mw(self, index: int) -> int:
+        return self._get("power_mw")
+
+    def power_limit_mw(self, index: int) -> int:
+        return self._get("power_limit_mw")
+
+    def memory_bytes(self, index: int) -> tuple[int, int]:
+        return self._get("memory_bytes")
+
+    def compute_pids(self, index: int) -> tuple[int, ...]:
+        return tuple(self._get("compute_pids"))
+
+    def utilization_pct(self, index: int) -> tuple[int, int]:
+        return self._get("utilization_pct")

@@ -1,0 +1,624 @@
+"""Timing: per-iteration CUDA-event samples, adaptive until the median's CI is tight, with GPU state.
+
+One sample array per measurement; median, p5, p95, mean, std and the bootstrap CI all come from it
+(REFERENCE.md shortfall 2). Every iteration has its own event pair; anything done to defeat L2 (a
+flush, or choosing the next rotating argument set) runs before the start event, outside the timing,
+and so does a GPU busy-wait long enough that the host has queued the iteration before the GPU
+reaches it: samples are GPU time, and the host's launch cost is recorded apart (`host_us`).
+The clock is injectable: `CudaEventClock` on a GPU, `FakeClock` for CPU tests and the interpreter
+sweep (its rows carry "fake_clock" and are never claimable). torch is imported here, but CUDA is
+touched only when a `CudaEventClock` is built, so this module imports on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mxmoe.spec import PointStats
+from mxmoe.tuning.gpu_state import (
+    Check,
+    CheckResult,
+    GpuState,
+    MissingNvml,
+    Nvml,
+    idle_check,
+    merge_checks,
+    open_nvml,
+    process_check,
+    read_gpu_state,
+    unavailable_state,
+)
+from mxmoe.tuning.gpu_state import clock_check as gpu_clock_check
+from mxmoe.tuning.stats import (
+    CI_LEVEL,
+    CI_RESAMPLES,
+    PERCENTILE_METHOD,
+    StopReason,
+    StopRule,
+    bootstrap_median_ci,
+    rel_ci_halfwidth,
+    summarize,
+)
+
+MEASUREMENT_SCHEMA_VERSION = 1
+GRAPH_WARMUP_REPLAYS = 3  # untimed replays after capture: the first replay uploads the graph
+L2_FLUSH_FACTOR = 2  # the flush writes 2x L2, so no line of the previous iteration survives
+MAX_WARMUP_ITERS = 100_000
+# The GPU lead: a busy-wait kernel before each iteration's start event, 1.5x the host's enqueue time
+# plus 20 us for the event records, so the GPU never waits on the CPU inside an event pair. Without
+# it, a 16 MB torch.sum timed at 32 us (the host's launch cost) instead of its GPU time (H100, l2=none).
+LEAD_HOST_FACTOR = 1.5
+LEAD_EXTRA_US = 20.0
+HOST_PROBE_ITERS = 20  # few enough that the launch queue never fills (which would time the GPU instead)
+_SLEEP_CALIBRATION_CYCLES = 2_000_000
+
+Step = Callable[[int], object]
+
+
+class TimingMode(str, Enum):
+    """How each timed iteration launches the work."""
+
+    EAGER = "eager"  # call fn: its kernels launched one by one, as a framework launches them
+    GRAPH = "graph"  # replay a CUDA graph captured once after warm-up: no per-kernel launch on the GPU
+
+
+class L2Policy(str, Enum):
+    """How a measurement keeps L2 from serving data the previous iteration left there."""
+
+    ROTATE = "rotate"  # cycle through argument sets whose total bytes exceed L2
+    FLUSH = "flush"  # write a 2x-L2 buffer before every iteration, outside the events
+    NONE = "none"  # nothing: warm-L2 timing, for prefill shapes whose working set dwarfs L2
+
+
+class CudaUnavailableError(RuntimeError):
+    """A CUDA-event clock was asked for where torch sees no CUDA device."""
+
+
+class Clock(Protocol):
+    """The injectable timing backend: samples, its own time line, graph capture and L2 flushing."""
+
+    name: str
+    synthetic: bool  # True: samples are not real GPU times, so no row it makes is claimable
+
+    def now_s(self) -> float: ...
+    def time_batch(
+        self, step: Step, indices: Sequence[int], before: Step | None = None, lead_us: float = 0.0
+    ) -> list[float]:
+        """Run step(i) for each i with `before(i)` and `lead_us` of GPU busy-wait untimed ahead of
+        it; one time (us) per step."""
+        ...
+
+    def host_us(self, step: Step, indices: Sequence[int], before: Step | None = None) -> float:
+        """Host (CPU) time to enqueue one iteration, untimed on the GPU, averaged over `indices`."""
+        ...
+
+    def capture(self, calls: Sequence[Callable[[], object]]) -> list[Callable[[], object]]: ...
+    def l2_bytes(self) -> int | None: ...
+    def flusher(self) -> Callable[[], None]: ...
+    def device_uuid(self) -> str | None: ...
+
+
+class CudaEventClock:
+    """Per-iteration torch.cuda.Event pairs on the current stream, read after one sync per batch."""
+
+    name = "cuda_event"
+    synthetic = False
+
+    def __init__(self, device: int | None = None) -> None:
+        if not torch.cuda.is_available():
+            raise CudaUnavailableError("torch sees no CUDA device; pass clock=FakeClock(...) to run on CPU")
+        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else device)
+        self._cycles_per_us: float | None = None
+
+    def _lead_cycles(self, lead_us: float) -> int:
+        """torch.cuda._sleep cycles for `lead_us`, calibrated once per clock with an event pair."""
+        if lead_us <= 0:
+            return 0
+        if self._cycles_per_us is None:
+            with torch.cuda.device(self.device):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda._sleep(1000)
+                start.record()
+                torch.cuda._sleep(_SLEEP_CALIBRATION_CYCLES)
+                end.record()
+                end.synchronize()
+            self._cycles_per_us = _SLEEP_CALIBRATION_CYCLES / (start.elapsed_time(end) * 1000.0)
+        return int(lead_us * self._cycles_per_us)
+
+    def now_s(self) -> float:
+        return time.perf_counter()
+
+    def time_batch(
+        self, step: Step, indices: Sequence[int], before: Step | None = None, lead_us: float = 0.0
+    ) -> list[float]:
+        n = len(indices)
+        lead = self._lead_cycles(lead_us)
+        with torch.cuda.device(self.device):
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            for k, i in enumerate(indices):
+                if before is not None:
+                    before(i)
+                if lead:
+                    torch.cuda._sleep(lead)
+                starts[k].record()
+                step(i)
+                ends[k].record()
+            torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) * 1000.0 for s, e in zip(starts, ends, strict=True)]
+
+    def host_us(self, step: Step, indices: Sequence[int], before: Step | None = None) -> float:
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            for i in indices:
+                if before is not None:
+                    before(i)
+                step(i)
+            host = (time.perf_counter() - t0) / max(len(indices), 1) * 1e6
+            torch.cuda.synchronize(self.device)
+        return host
+
+    def capture(self, calls: Sequence[Callable[[], object]]) -> list[Callable[[], object]]:
+        """One CUDAGraph per call (per rotating argument set), all in one memory pool."""
+        replays: list[Callable[[], object]] = []
+        pool = None
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # PyTorch's recipe: warm up on a side stream before capture
+                for call in calls:
+                    call()
+            torch.cuda.current_stream().wait_stream(side)
+            for call in calls:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    call()
+                pool = graph.pool()
+                replays.append(graph.replay)
+            torch.cuda.synchronize(self.device)
+        return replays
+
+    def l2_bytes(self) -> int | None:
+        return int(torch.cuda.get_device_properties(self.device).L2_cache_size)
+
+    def flusher(self) -> Callable[[], None]:
+        buf = torch.empty(L2_FLUSH_FACTOR * (self.l2_bytes() or 0), dtype=torch.int8, device=self.device)
+
+        def flush() -> None:
+            buf.zero_()
+
+        return flush
+
+    def device_uuid(self) -> str | None:
+        uuid = getattr(torch.cuda.get_device_properties(self.device), "uuid", None)
+        return None if uuid is None else str(uuid)
+
+
+class FakeClock:
+    """Deterministic synthetic samples: median_us * exp(rel_noise * N(0, 1)), times `outlier_factor`
+    with probability `outlier_rate`. Its time line advances by each sample plus `overhead_us`, so the
+    stop rule's time cap is reproducible. With execute=False the work itself is skipped (the
+    interpreter sweep checks correctness once, elsewhere, and does not run a kernel per sample)."""
+
+    name = "fake"
+    synthetic = True
+
+    def __init__(
+        self,
+        median_us: float = 10.0,
+        rel_noise: float = 0.01,
+        *,
+        seed: int = 0,
+        outlier_rate: float = 0.0,
+        outlier_factor: float = 5.0,
+        overhead_us: float = 2.0,
+        l2: int | None = 50 * 2**20,
+        execute: bool = True,
+    ) -> None:
+        if median_us <= 0 or rel_noise < 0 or not 0.0 <= outlier_rate <= 1.0:
+            raise ValueError(f"bad FakeClock({median_us=}, {rel_noise=}, {outlier_rate=})")
+        self.median_us, self.rel_noise = median_us, rel_noise
+        self.outlier_rate, self.outlier_factor, self.overhead_us = outlier_rate, outlier_factor, overhead_us
+        self.execute = execute
+        self._l2 = l2
+        self._rng = np.random.default_rng(seed)
+        self._now_s = 0.0
+        self.flushes = 0
+        self.captures = 0
+
+    def now_s(self) -> float:
+        return self._now_s
+
+    def time_batch(
+        self, step: Step, indices: Sequence[int], before: Step | None = None, lead_us: float = 0.0
+    ) -> list[float]:
+        for i in indices:
+            if before is not None:
+                before(i)
+            if self.execute:
+                step(i)
+        n = len(indices)
+        x = self.median_us * np.exp(self.rel_noise * self._rng.standard_normal(n))
+        x[self._rng.random(n) < self.outlier_rate] *= self.outlier_factor
+        self._now_s += (float(x.sum()) + n * (self.overhead_us + lead_us)) * 1e-6
+        return x.tolist()
+
+    def host_us(self, step: Step, indices: Sequence[int], before: Step | None = None) -> float:
+        for i in indices:
+            if before is not None:
+                before(i)
+            if self.execute:
+                step(i)
+        self._now_s += len(indices) * self.overhead_us * 1e-6
+        return self.overhead_us
+
+    def capture(self, calls: Sequence[Callable[[], object]]) -> list[Callable[[], object]]:
+        self.captures += 1
+        return list(calls)
+
+    def l2_bytes(self) -> int | None:
+        return self._l2
+
+    def flusher(self) -> Callable[[], None]:
+        def flush() -> None:
+            self.flushes += 1
+
+        return flush
+
+    def device_uuid(self) -> str | None:
+        return None
+
+
+def rotation_copies(bytes_per_set: int, l2_bytes: int, *, factor: float = L2_FLUSH_FACTOR) -> int:
+    """Argument sets to cycle so that, between two uses of one set, the others touch `factor` x L2.
+
+    With k sets, k - 1 others are read between two uses of a set: k = ceil(factor * L2 / bytes) + 1,
+    at least 2. E.g. 1 MiB of weights on a 50 MiB L2: 101 sets.
+    """
+    if bytes_per_set <= 0 or l2_bytes <= 0:
+        raise ValueError(f"bytes_per_set ({bytes_per_set}) and l2_bytes ({l2_bytes}) must be positive")
+    return max(2, math.ceil(factor * l2_bytes / bytes_per_set) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One timed config: the raw samples, their statistics, the protocol, GPU state and checks.
+
+    `claimable` is derived: True only when no check fired. Percentiles are numpy `linear`;
+    `p95_nearest_us` is seed708's nearest rank. CI is a seeded percentile bootstrap of the median.
+    """
+
+    samples_us: tuple[float, ...]
+    n: int
+    median_us: float
+    p5_us: float
+    p95_us: float
+    p95_nearest_us: float
+    mean_us: float
+    std_us: float
+    ci_lo_us: float
+    ci_hi_us: float
+    ci_level: float
+    ci_resamples: int
+    ci_seed: int
+    percentile_method: str
+    target_rel_ci: float
+    stop_reason: StopReason
+    mode: TimingMode
+    l2: L2Policy
+    rotate_sets: int | None  # distinct argument sets cycled; None when a callable made them
+    l2_bytes: int | None
+    warmup_iters: int
+    warmup_s: float
+    host_us: float  # host enqueue time of one iteration (launch overhead), not in the samples
+    lead_us: float  # GPU busy-wait before each start event (0: the host may starve the GPU)
+    timed_s: float
+    clock: str
+    gpu_before: GpuState
+    gpu_after: GpuState
+    checks: tuple[str, ...]
+    check_detail: str
+
+    @property
+    def claimable(self) -> bool:
+        return not self.checks
+
+    @property
+    def rel_ci_halfwidth(self) -> float:
+        return rel_ci_halfwidth(self.median_us, self.ci_lo_us, self.ci_hi_us)
+
+    def point_stats(self) -> PointStats:
+        return PointStats(self.median_us, self.ci_lo_us, self.ci_hi_us)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["samples_us"] = list(self.samples_us)
+        d["checks"] = list(self.checks)
+        for key in ("stop_reason", "mode", "l2"):
+            d[key] = d[key].value
+        d["gpu_before"] = self.gpu_before.to_dict()
+        d["gpu_after"] = self.gpu_after.to_dict()
+        d["claimable"] = self.claimable
+        d["schema"] = MEASUREMENT_SCHEMA_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        d = dict(d)
+        if d.pop("schema", None) != MEASUREMENT_SCHEMA_VERSION:
+            raise ValueError(f"Measurement schema must be {MEASUREMENT_SCHEMA_VERSION}")
+        claimable = d.pop("claimable", None)
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            raise ValueError(
+                f"Measurement fields differ: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}"
+            )
+        d.update(
+            samples_us=tuple(float(x) for x in d["samples_us"]),
+            checks=tuple(d["checks"]),
+            stop_reason=StopReason(d["stop_reason"]),
+            mode=TimingMode(d["mode"]),
+            l2=L2Policy(d["l2"]),
+            gpu_before=GpuState.from_dict(d["gpu_before"]),
+            gpu_after=GpuState.from_dict(d["gpu_after"]),
+        )
+        m = cls(**d)
+        if claimable is not None and claimable != m.claimable:
+            raise ValueError(f"stored claimable={claimable} contradicts checks {m.checks}")
+        return m
+
+
+ArgSets = Sequence[Sequence[object]] | Callable[[int], Sequence[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How each iteration is driven: the step to time and the untimed work before it."""
+
+    eager: Step
+    before: Step | None
+    calls: tuple[Callable[[], object], ...]  # one per argument set, for graph capture
+    rotate_sets: int | None
+
+
+def _plan(fn: Callable[..., object], rotate: ArgSets | None, flush: Callable[[], None] | None) -> _Plan:
+    if rotate is None or not callable(rotate):
+        sets = [()] if rotate is None else [tuple(a) for a in rotate]
+        if not sets:
+            raise ValueError("rotate holds no argument sets")
+        calls = tuple(functools.partial(fn, *args) for args in sets)
+        before = None if flush is None else (lambda i: flush())
+        return _Plan(lambda i: calls[i % len(calls)](), before, calls, None if rotate is None else len(sets))
+    pending: list[Sequence[object]] = [()]
+
+    def pick(i: int) -> None:  # choose the set before the start event, so it is never timed
+        pending[0] = rotate(i)
+        if flush is not None:
+            flush()
+
+    return _Plan(lambda i: fn(*pending[0]), pick, (), None)
+
+
+def _warm_up(clock: Clock, step: Step, before: Step | None, warmup_s: float, min_iters: int) -> tuple[int, float]:
+    """Run until `warmup_s` of the clock's time has passed and at least `min_iters` ran; the batch
+    grows at most 2x, because the first call's time (compile, autotune) overstates later ones."""
+    iters, elapsed, batch = 0, 0.0, 1
+    while True:
+        t0 = clock.now_s()
+        clock.time_batch(step, range(iters, iters + batch), before)
+        elapsed += clock.now_s() - t0
+        iters += batch
+        if (elapsed >= warmup_s and iters >= min_iters) or iters >= MAX_WARMUP_ITERS:
+            return iters, elapsed
+        per = elapsed / iters
+        want = math.ceil((warmup_s - elapsed) / per) if per > 0 else iters
+        batch = max(1, min(max(want, min_iters - iters), 2 * iters, MAX_WARMUP_ITERS - iters))
+
+
+def _timed(
+    clock: Clock,
+    step: Step,
+    before: Step | None,
+    lead_us: float,
+    rule: StopRule,
+    first: int,
+    resamples: int,
+    seed: int,
+) -> tuple[list[float], StopReason, float]:
+    """Batches until the stop rule fires; `elapsed` counts batch time only (not the bootstrap)."""
+    samples: list[float] = []
+    elapsed = 0.0
+    while True:
+        batch = rule.next_batch(len(samples), elapsed)
+        start = first + len(samples)
+        t0 = clock.now_s()
+        samples.extend(clock.time_batch(step, range(start, start + batch), before, lead_us))
+        elapsed += clock.now_s() - t0
+        lo, hi = bootstrap_median_ci(samples, level=CI_LEVEL, resamples=resamples, seed=seed)
+        reason = rule.decide(len(samples), rel_ci_halfwidth(float(np.median(samples)), lo, hi), elapsed)
+        if reason is not None:
+            return samples, reason, elapsed
+
+
+def _nvml_index(nvml: Nvml, uuid: str | None) -> int | None:
+    """NVML index of the CUDA device by UUID (CUDA_VISIBLE_DEVICES renumbers devices); None if not found."""
+    if uuid is None:
+        return 0
+    want = uuid.lower().removeprefix("gpu-")
+    try:
+        count = nvml.device_count()
+        for i in range(count):
+            if nvml.uuid(i).lower().removeprefix("gpu-") == want:
+                return i
+    except RuntimeError:
+        return 0  # NVML unusable: index 0 reads as unavailable, which is what the row must say
+    return None
+
+
+def resolve_device(clock: Clock | None, nvml: Nvml | None, device_index: int | None) -> tuple[Clock, Nvml, int | None]:
+    """measure()'s defaults: a CUDA-event clock, the real NVML (none for a synthetic clock), and the
+    NVML index of the clock's device (None when it cannot be found: the row then says so)."""
+    clock = clock if clock is not None else CudaEventClock()
+    if nvml is None:
+        nvml = MissingNvml("fake clock: NVML not consulted") if clock.synthetic else open_nvml()
+    index = device_index if device_index is not None else _nvml_index(nvml, clock.device_uuid())
+    return clock, nvml, index
+
+
+def idle_before(
+    *,
+    clock: Clock | None = None,
+    nvml: Nvml | None = None,
+    device_index: int | None = None,
+    idle_sample_s: float = 1.0,
+    own_pids: Iterable[int] | None = None,
+) -> CheckResult:
+    """One idle check, for a caller that times many configs: take it before this process loads the
+    GPU and pass it to every measure(idle=...), since NVML's utilisation counts our own kernels."""
+    _, nvml, index = resolve_device(clock, nvml, device_index)
+    if index is None:
+        return CheckResult((Check.NVML_UNAVAILABLE.value,), "CUDA device not found in NVML")
+    return idle_check(nvml, idle_sample_s, index=index, own_pids=own_pids)
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _protocol_checks(
+    clock: Clock, l2: L2Policy, plan: _Plan, bytes_per_set: int | None, allow_busy: bool
+) -> CheckResult:
+    codes: list[str] = []
+    detail: list[str] = []
+    if clock.synthetic:
+        codes.append(Check.FAKE_CLOCK.value)
+    if interpreter_active():
+        codes.append(Check.INTERPRETER.value)
+    if allow_busy:
+        codes.append(Check.BUSY_ALLOWED.value)
+    if l2 is L2Policy.ROTATE:
+        l2_bytes = clock.l2_bytes()
+        if plan.rotate_sets is None or bytes_per_set is None or l2_bytes is None:
+            codes.append(Check.L2_ROTATION_SHORT.value)
+            detail.append("rotation unverified: pass a list of argument sets and bytes_per_set")
+        elif plan.rotate_sets < (need := rotation_copies(bytes_per_set, l2_bytes)):
+            codes.append(Check.L2_ROTATION_SHORT.value)
+            detail.append(f"{plan.rotate_sets} argument sets, {need} needed to exceed L2")
+    return CheckResult(tuple(codes), "; ".join(detail))
+
+
+def measure(
+    fn: Callable[..., object],
+    *,
+    mode: TimingMode | str = TimingMode.EAGER,
+    warmup_s: float = 0.1,
+    warmup_min_iters: int = 10,
+    min_iters: int = 100,
+    max_iters: int = 10_000,
+    max_time_s: float = 5.0,
+    target_rel_ci: float = 0.01,
+    l2: L2Policy | str = L2Policy.FLUSH,
+    rotate: ArgSets | None = None,
+    bytes_per_set: int | None = None,
+    clock: Clock | None = None,
+    nvml: Nvml | None = None,
+    device_index: int | None = None,
+    idle: CheckResult | None = None,
+    idle_sample_s: float = 1.0,
+    allow_busy: bool = False,
+    own_pids: Iterable[int] | None = None,
+    gpu_lead: bool = True,
+    resamples: int = CI_RESAMPLES,
+    seed: int = 0,
+) -> Measurement:
+    """Time `fn` (called as fn(*args) with `rotate`'s sets, or fn()) and return every statistic.
+
+    `rotate`: a list of argument sets cycled in order, or a callable i -> args (eager only, and its
+    rotation cannot be verified, so the row is not claimable). With l2="rotate", `bytes_per_set`
+    lets the row prove the sets exceed L2 (see `rotation_copies`). `idle`: an idle_check result
+    taken before this process loaded the GPU; when None, one is taken here for `idle_sample_s`.
+    A failed check never raises: the row is returned with its reason codes and is not claimable.
+    `gpu_lead`: keep the GPU ahead of the host (see LEAD_HOST_FACTOR), so samples are GPU time in
+    both modes; the host's own enqueue cost per iteration is recorded beside them as `host_us`.
+    """
+    mode, l2 = TimingMode(mode), L2Policy(l2)
+    rule = StopRule(target_rel_ci, min_iters, max_iters, max_time_s)
+    if l2 is L2Policy.ROTATE and rotate is None:
+        raise ValueError("l2='rotate' needs rotate= (argument sets whose bytes exceed L2)")
+    if mode is TimingMode.GRAPH and callable(rotate):
+        raise ValueError("graph mode captures one graph per argument set: pass rotate as a list, not a callable")
+    clock, nvml, index = resolve_device(clock, nvml, device_index)
+    if index is None:
+        idle = CheckResult((Check.NVML_UNAVAILABLE.value,), "CUDA device not found in NVML")
+    elif idle is None:
+        idle = idle_check(nvml, idle_sample_s, index=index, own_pids=own_pids)
+    plan = _plan(fn, rotate, clock.flusher() if l2 is L2Policy.FLUSH else None)
+
+    warmup_iters, warmup_elapsed = _warm_up(clock, plan.eager, plan.before, warmup_s, warmup_min_iters)
+    step, first = plan.eager, warmup_iters
+    if mode is TimingMode.GRAPH:
+        replays = clock.capture(plan.calls)
+        step = lambda i: replays[i % len(replays)]()
+        clock.time_batch(step, range(first, first + GRAPH_WARMUP_REPLAYS), plan.before)
+        first += GRAPH_WARMUP_REPLAYS
+    host_us = clock.host_us(step, range(first, first + HOST_PROBE_ITERS), plan.before)
+    first += HOST_PROBE_ITERS
+    lead_us = LEAD_HOST_FACTOR * host_us + LEAD_EXTRA_US if gpu_lead else 0.0
+
+    def state() -> GpuState:
+        return unavailable_state("CUDA device not found in NVML") if index is None else read_gpu_state(nvml, index)
+
+    before = state()
+    samples, stop, timed_s = _timed(clock, step, plan.before, lead_us, rule, first, resamples, seed)
+    after = state()
+    s = summarize(samples, level=CI_LEVEL, resamples=resamples, seed=seed)
+    checks = merge_checks(
+        idle,
+        process_check(before, own_pids),
+        process_check(after, own_pids),
+        gpu_clock_check(before, after),
+        _protocol_checks(clock, l2, plan, bytes_per_set, allow_busy),
+    )
+    return Measurement(
+        samples_us=tuple(samples),
+        n=s.n,
+        median_us=s.median_us,
+        p5_us=s.p5_us,
+        p95_us=s.p95_us,
+        p95_nearest_us=s.p95_nearest_us,
+        mean_us=s.mean_us,
+        std_us=s.std_us,
+        ci_lo_us=s.ci_lo_us,
+        ci_hi_us=s.ci_hi_us,
+        ci_level=CI_LEVEL,
+        ci_resamples=resamples,
+        ci_seed=seed,
+        percentile_method=PERCENTILE_METHOD,
+        target_rel_ci=target_rel_ci,
+        stop_reason=stop,
+        mode=mode,
+        l2=l2,
+        rotate_sets=plan.rotate_sets,
+        host_us=host_us,
+        lead_us=lead_us,
+        l2_bytes=clock.l2_bytes(),
+        warmup_iters=warmup_iters,
+        warmup_s=warmup_elapsed,
+        timed_s=timed_s,
+        clock=clock.name,
+        gpu_before=before,
+        gpu_after=after,
+        checks=checks.codes,
+        check_detail=checks.detail,
+    )

@@ -1,0 +1,259 @@
+"""measure() end to end on CPU, with FakeClock and FakeNvml (no CUDA).
+
+Oracle: FakeClock's seeded distribution (median_us exactly, noise known) and FakeNvml's script.
+A fake clock never makes a claimable row; `TrustedFakeClock` (a test-only clock that claims to be
+real) shows that a clean run IS claimable, so every reason code below is earned by its cause.
+"""
+
+import json
+
+import pytest
+import torch
+
+from mxmoe.tuning.gpu_state import Check, CheckResult, FakeNvml, Script
+from mxmoe.tuning.measure import (
+    HOST_PROBE_ITERS,
+    CudaUnavailableError,
+    FakeClock,
+    L2Policy,
+    Measurement,
+    StopReason,
+    TimingMode,
+    idle_before,
+    measure,
+    rotation_copies,
+)
+
+FAST = {"warmup_s": 0.001, "warmup_min_iters": 3, "idle_sample_s": 0.0, "resamples": 300}
+
+
+class TrustedFakeClock(FakeClock):
+    """FakeClock that presents itself as a real clock, to test the checks' own logic."""
+
+    name = "trusted_fake"
+    synthetic = False
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def test_eager_end_to_end_keeps_samples_and_is_not_claimable():
+    calls = []
+    m = measure(lambda: calls.append(1), clock=FakeClock(10.0, 0.02, seed=1), nvml=FakeNvml(), **FAST)
+    assert m.mode is TimingMode.EAGER and m.l2 is L2Policy.FLUSH and m.clock == "fake"
+    assert len(m.samples_us) == m.n >= 100 and len(calls) == m.n + m.warmup_iters + HOST_PROBE_ITERS
+    assert m.median_us == pytest.approx(10.0, rel=0.01)
+    assert m.ci_lo_us <= m.median_us <= m.ci_hi_us and m.p5_us <= m.median_us <= m.p95_us
+    assert Check.FAKE_CLOCK.value in m.checks and not m.claimable
+    assert m.stop_reason is StopReason.CONVERGED and m.rel_ci_halfwidth <= 0.01
+    assert m.gpu_before.available and m.gpu_after.available
+    assert m.point_stats().median_us == m.median_us
+
+
+def test_host_time_and_gpu_lead_are_recorded():
+    m = measure(lambda: None, clock=FakeClock(seed=1, overhead_us=4.0), nvml=FakeNvml(), **FAST)
+    assert m.host_us == 4.0 and m.lead_us == pytest.approx(1.5 * 4.0 + 20.0)
+    off = measure(lambda: None, clock=FakeClock(seed=1), nvml=FakeNvml(), gpu_lead=False, **FAST)
+    assert off.lead_us == 0.0
+
+
+def test_measurement_json_round_trip_is_strict():
+    m = measure(lambda: None, clock=FakeClock(seed=2), nvml=FakeNvml(), **FAST)
+    d = json.loads(json.dumps(m.to_dict()))
+    assert d["claimable"] is False and d["mode"] == "eager" and d["stop_reason"] == "converged"
+    assert Measurement.from_dict(d) == m
+    with pytest.raises(ValueError, match="unknown"):
+        Measurement.from_dict({**d, "extra": 1})
+    with pytest.raises(ValueError, match="missing"):
+        Measurement.from_dict({k: v for k, v in d.items() if k != "median_us"})
+    with pytest.raises(ValueError, match="contradicts"):
+        Measurement.from_dict({**d, "claimable": True})
+
+
+def test_graph_mode_is_recorded_and_captures_once():
+    clock = FakeClock(seed=3)
+    m = measure(lambda: None, mode="graph", clock=clock, nvml=FakeNvml(), **FAST)
+    assert m.mode is TimingMode.GRAPH and clock.captures == 1
+
+
+def test_same_seed_same_samples():
+    a = measure(lambda: None, clock=FakeClock(5.0, 0.1, seed=9), nvml=FakeNvml(), **FAST)
+    b = measure(lambda: None, clock=FakeClock(5.0, 0.1, seed=9), nvml=FakeNvml(), **FAST)
+    assert a.samples_us == b.samples_us and (a.ci_lo_us, a.ci_hi_us) == (b.ci_lo_us, b.ci_hi_us)
+
+
+# ---- adaptive stop --------------------------------------------------------------------------------
+
+
+def test_low_noise_converges_at_min_iters():
+    m = measure(lambda: None, clock=FakeClock(20.0, 0.005, seed=4), nvml=FakeNvml(), min_iters=50, **FAST)
+    assert m.stop_reason is StopReason.CONVERGED and m.n == 50
+
+
+def test_moderate_noise_takes_more_batches_then_converges():
+    m = measure(lambda: None, clock=FakeClock(20.0, 0.15, seed=4), nvml=FakeNvml(), min_iters=50, **FAST)
+    assert m.stop_reason is StopReason.CONVERGED and m.n > 50 and m.rel_ci_halfwidth <= 0.01
+
+
+def test_pathological_noise_hits_the_time_cap():
+    clock = FakeClock(10.0, 2.0, seed=5, outlier_rate=0.2, outlier_factor=50.0)
+    m = measure(lambda: None, clock=clock, nvml=FakeNvml(), max_time_s=0.02, max_iters=10**6, **FAST)
+    assert m.stop_reason is StopReason.TIME_CAP
+    assert m.timed_s >= 0.02 and m.rel_ci_halfwidth > 0.01
+
+
+def test_max_iters_stops():
+    m = measure(lambda: None, clock=FakeClock(10.0, 1.0, seed=6), nvml=FakeNvml(), max_iters=300, **FAST)
+    assert m.stop_reason is StopReason.MAX_ITERS and m.n == 300
+
+
+def test_warm_up_runs_for_its_time_budget():
+    m = measure(
+        lambda: None,
+        clock=FakeClock(10.0, 0.0, overhead_us=0.0, seed=0),
+        nvml=FakeNvml(),
+        **{**FAST, "warmup_s": 0.01},
+    )
+    assert m.warmup_s >= 0.01 and m.warmup_iters == pytest.approx(1000, abs=5)
+
+
+# ---- L2 policies ----------------------------------------------------------------------------------
+
+
+def test_flush_runs_before_every_iteration():
+    clock = FakeClock(seed=7)
+    m = measure(lambda: None, clock=clock, nvml=FakeNvml(), l2="flush", **FAST)
+    assert clock.flushes == m.warmup_iters + HOST_PROBE_ITERS + m.n
+
+
+def test_no_flush_with_l2_none():
+    clock = FakeClock(seed=7)
+    m = measure(lambda: None, clock=clock, nvml=FakeNvml(), l2="none", **FAST)
+    assert clock.flushes == 0 and m.l2 is L2Policy.NONE
+
+
+def test_rotation_cycles_argument_sets_in_order():
+    seen = []
+    sets = [(i,) for i in range(5)]
+    m = measure(seen.append, clock=FakeClock(seed=8), nvml=FakeNvml(), l2="rotate", rotate=sets, **FAST)
+    assert m.rotate_sets == 5 and m.l2 is L2Policy.ROTATE
+    assert seen[:12] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    assert seen == [i % 5 for i in range(len(seen))]  # continuous across warm-up and timing
+
+
+def test_callable_rotation_picks_args_per_iteration():
+    seen = []
+    m = measure(seen.append, clock=FakeClock(seed=8), nvml=FakeNvml(), l2="rotate", rotate=lambda i: (i % 3,), **FAST)
+    assert seen[:6] == [0, 1, 2, 0, 1, 2] and m.rotate_sets is None
+    assert Check.L2_ROTATION_SHORT.value in m.checks  # a callable's rotation cannot be verified
+
+
+def test_rotation_verified_against_l2(no_interpreter):
+    l2 = 50 * 2**20
+    need = rotation_copies(4 * 2**20, l2)
+    sets = [(i,) for i in range(need)]
+    kw = {"clock": TrustedFakeClock(seed=1, l2=l2), "nvml": FakeNvml(), "l2": "rotate", **FAST}
+    ok = measure(lambda _: None, rotate=sets, bytes_per_set=4 * 2**20, **kw)
+    assert ok.claimable, ok.checks
+    short = measure(lambda _: None, rotate=sets[:-1], bytes_per_set=4 * 2**20, **kw)
+    assert short.checks == (Check.L2_ROTATION_SHORT.value,) and "needed" in short.check_detail
+    unverified = measure(lambda _: None, rotate=sets, **kw)
+    assert unverified.checks == (Check.L2_ROTATION_SHORT.value,)
+
+
+def test_rotation_copies():
+    assert rotation_copies(2**20, 50 * 2**20) == 101
+    assert rotation_copies(10**9, 50 * 2**20) == 2
+    assert rotation_copies(50 * 2**20, 50 * 2**20) == 3
+    with pytest.raises(ValueError):
+        rotation_copies(0, 2**20)
+
+
+def test_bad_protocols_are_refused():
+    with pytest.raises(ValueError, match="rotate"):
+        measure(lambda: None, clock=FakeClock(), l2="rotate", **FAST)
+    with pytest.raises(ValueError, match="graph"):
+        measure(lambda _: None, clock=FakeClock(), mode="graph", rotate=lambda i: (i,), **FAST)
+    with pytest.raises(ValueError):
+        measure(lambda: None, clock=FakeClock(), mode="replay", **FAST)
+    with pytest.raises(ValueError):
+        measure(lambda: None, clock=FakeClock(), l2="sometimes", **FAST)
+    with pytest.raises(ValueError):
+        measure(lambda _: None, clock=FakeClock(), rotate=[], **FAST)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_default_clock_needs_cuda():
+    with pytest.raises(CudaUnavailableError, match="FakeClock"):
+        measure(lambda: None, **FAST)
+
+
+# ---- fail-closed checks through measure() ---------------------------------------------------------
+
+
+def _trusted(nvml, **kw):
+    return measure(lambda: None, clock=TrustedFakeClock(seed=11), nvml=nvml, **{**FAST, **kw})
+
+
+def test_clean_run_is_claimable(no_interpreter):
+    m = _trusted(FakeNvml())
+    assert m.checks == () and m.claimable and m.to_dict()["claimable"] is True
+
+
+def test_interpreter_and_fake_clock_codes(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    m = measure(lambda: None, clock=FakeClock(seed=1), nvml=FakeNvml(), **FAST)
+    assert m.checks == (Check.FAKE_CLOCK.value, Check.INTERPRETER.value)
+
+
+def test_no_nvml_is_unavailable(no_interpreter):
+    m = measure(lambda: None, clock=FakeClock(seed=1), **FAST)  # fake clock: NVML not consulted
+    assert Check.NVML_UNAVAILABLE.value in m.checks and not m.gpu_before.available
+    m = _trusted(FakeNvml(available=False))
+    assert m.checks == (Check.NVML_UNAVAILABLE.value,) and not m.claimable
+
+
+@pytest.mark.parametrize(
+    ("nvml_kwargs", "code"),
+    [
+        ({"compute_pids": (424242,)}, "busy:other_process"),
+        ({"utilization_pct": (80, 40)}, "busy:utilization"),
+        ({"clock_event_reasons": 0x20}, "clock:thermal"),
+        ({"clock_event_reasons": 0x40 | 0x8}, "clock:thermal"),
+        ({"clock_event_reasons": 0x4}, "clock:power"),
+        ({"clock_event_reasons": 0x80}, "clock:power"),
+        ({"clock_event_reasons": 0x8}, "clock:hw_slowdown"),
+    ],
+)
+def test_each_failure_is_non_claimable_with_its_code(no_interpreter, nvml_kwargs, code):
+    m = _trusted(FakeNvml(**nvml_kwargs))
+    assert code in m.checks and not m.claimable
+
+
+def test_clock_drop_between_before_and_after(no_interpreter):
+    # idle passed in, so the state reads are exactly: before, after.
+    m = _trusted(FakeNvml(sm_clock=Script(1980, 1900)), idle=CheckResult())
+    assert m.checks == (Check.CLOCK_DROP.value,) and not m.claimable
+    assert (m.gpu_before.sm_clock_mhz, m.gpu_after.sm_clock_mhz) == (1980, 1900)
+
+
+def test_process_appearing_during_the_run(no_interpreter):
+    m = _trusted(FakeNvml(compute_pids=Script((), (), (5150,))))  # idle read, before, after
+    assert m.checks == (Check.BUSY_OTHER_PROCESS.value,)
+
+
+def test_allow_busy_is_recorded_and_never_claimable(no_interpreter):
+    busy = _trusted(FakeNvml(utilization_pct=(90, 0)), allow_busy=True)
+    assert set(busy.checks) == {"busy:allowed", "busy:utilization"}
+    idle = _trusted(FakeNvml(), allow_busy=True)
+    assert idle.checks == (Check.BUSY_ALLOWED.value,) and not idle.claimable
+
+
+def test_idle_before_is_reused(no_interpreter):
+    nvml = FakeNvml()
+    idle = idle_before(clock=TrustedFakeClock(), nvml=nvml, idle_sample_s=0.0)
+    assert idle.ok
+    nvml.values["utilization_pct"] = (100, 100)  # our own kernels now load the GPU
+    assert _trusted(nvml, idle=idle).claimable
