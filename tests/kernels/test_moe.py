@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mxmoe.config import Combine, MoEConfig, Mma, TileConfig
+from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
