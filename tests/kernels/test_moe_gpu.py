@@ -1,0 +1,91 @@
+"""Fused kernels vs the fp32 oracle on the GPU: every model shape, both MMA levers, the real sizes.
+
+Oracle and tolerances as in test_moe.py (mxmoe.reference through Problem.reference(), and
+mxmoe.tolerance.TOLERANCES[(path, "layer")]). Skipped without a CUDA GPU (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mxmoe.config import Combine, MoEConfig, Mma
+from mxmoe.heuristic import default_config
+from mxmoe.moe import moe
+from mxmoe.problem import make_problem
+from mxmoe.shapes import FULL_MODELS, MODELS, Path
+from mxmoe.tolerance import assert_close
+
+pytestmark = pytest.mark.gpu
+
+CASES = [(m, Path.A16W4, t) for m in FULL_MODELS for t in (1, 16, 128, 1024)]
+CASES += [(m, p, t) for m in ("gpt-oss-120b", "deepseek-v3") for p in (Path.A8W4, Path.A4W4) for t in (1, 128, 1024)]
+CASES += [("deepseek-v3", Path.A16W4, 8192), ("kimi-k2", Path.A16W4, 8192)]
+CASES += [(m, p, t) for m in ("deepseek-v3-tp8", "deepseek-v4-tp8", "kimi-k2-tp8", "gpt-oss-3072")
+          for p in Path for t in (1, 256)]
+
+
+def _with(cfg: MoEConfig, mma: Mma, combine: Combine) -> MoEConfig:
+    return MoEConfig(cfg.stage1.replace(mma=mma), cfg.stage2.replace(mma=mma, combine=combine))
+
+
+@pytest.fixture(scope="module")
+def problems():
+    """Weights of the big shapes take seconds to draw: keep one Problem per (model, path, T) alive."""
+    cache: dict = {}
+
+    def get(model, path, t):
+        key = (model, path, t)
+        if key not in cache:
+            cache.clear()
+            torch.cuda.empty_cache()
+            cache[key] = make_problem(MODELS[model], path, t, seed=t, device="cuda")
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("mma", list(Mma), ids=lambda m: m.value)
+@pytest.mark.parametrize("model,path,tokens", CASES, ids=lambda v: getattr(v, "value", str(v)))
+def test_layer_gpu(problems, model, path, tokens, mma):
+    p = problems(model, path, tokens)
+    cfg = _with(default_config(p.shape, path, tokens), mma, Combine.ATOMIC)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg)
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{model}/{path.value}/T={tokens}")
+
+
+@pytest.mark.parametrize("routing", ["sentinel_padding", "few_active", "skewed", "all_active"])
+def test_slots_combine_and_routings_gpu(routing):
+    p = make_problem(MODELS["gpt-oss-120b"], Path.A16W4, 200, seed=3, routing=routing, device="cuda")
+    for combine in Combine:
+        cfg = _with(default_config(p.shape, Path.A16W4, 200), Mma.DOT_SCALED, combine)
+        out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg)
+        assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"{routing}/{combine.value}")
+
+
+def test_cuda_graph_capture_replays_new_inputs():
+    """moe(validate=False) is capturable: capture once, change inputs in place, replay, compare."""
+    p = make_problem(MODELS["deepseek-v3-tp8"], Path.A8W4, 4, seed=1, device="cuda")
+    q = make_problem(MODELS["deepseek-v3-tp8"], Path.A8W4, 4, seed=2, device="cuda")
+    hidden, ids, w = p.hidden.clone(), p.topk_ids.clone(), p.topk_weights.clone()
+    fn = lambda: moe(hidden, p.weights, ids, w, Path.A8W4, validate=False)
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    hidden.copy_(q.hidden)
+    ids.copy_(q.topk_ids)
+    w.copy_(q.topk_weights)
+    g.replay()
+    from mxmoe.reference import moe_reference_from_weights
+
+    ref = moe_reference_from_weights(q.hidden, p.weights, q.topk_ids, q.topk_weights, Path.A8W4)
+    assert_close(out.float(), ref, path=Path.A8W4, stage="layer")
+
+
+def test_cpu_tensor_without_interpreter_gets_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    p = make_problem(MODELS["tiny"], Path.A16W4, 3)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        moe(p.hidden, p.weights, p.topk_ids, p.topk_weights)
