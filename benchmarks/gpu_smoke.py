@@ -13,7 +13,7 @@ import traceback
 import torch
 import triton
 
-from mxmoe.config import Combine, MoEConfig, Mma
+from mxmoe.config import Combine, Mma, MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
@@ -42,7 +42,7 @@ def main() -> None:
                         cfg = MoEConfig(base.stage1.replace(mma=Mma(mma)),
                                         base.stage2.replace(mma=Mma(mma), combine=Combine(comb)))
                         fn = lambda: moe(prob.hidden, prob.weights, prob.topk_ids, prob.topk_weights,  # noqa: B023
-                                         path, cfg, validate=False)
+                                         path, cfg, validate=False)  # noqa: B023
                         try:
                             t0 = time.time()
                             out = fn()
@@ -59,7 +59,6 @@ def main() -> None:
                         except Exception as exc:  # report and go on: this is a survey, not a test
                             print(f"{model:16} {path.value:6} {t:>6} {mma:10} {comb:6} ERR {exc!r:.300}", flush=True)
                             traceback.print_exc()
-                del prob
                 torch.cuda.empty_cache()
 
 

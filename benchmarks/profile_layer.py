@@ -11,7 +11,7 @@ import argparse
 import torch
 import triton
 
-from mxmoe.config import MoEConfig, Mma
+from mxmoe.config import Mma, MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
@@ -67,7 +67,6 @@ def main() -> None:
                 row = " ".join(f"{k}={v:8.1f}" for k, v in us.items())
                 print(f"{model:16} {path.value} T={t:<6} {row}  floor={floor:7.1f}us  frac={floor / us['layer']:.2f}",
                       flush=True)
-                del p, h, x
                 torch.cuda.empty_cache()
 
 

@@ -7,7 +7,9 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
 - BLOCK_N 64 keeps enough CTAs in flight at decode (hidden or inter / 64 tiles per hit expert) and
   divides every model's N (2880 = 45 x 64); prefill takes 128 where it divides.
 - BLOCK_K 128 streams 64 bytes of packed weights per row per step (a full 16 B vector per thread);
-  2880 is not a multiple of 128, and the kernels mask the tail.
+  2880 is not a multiple of 128, and the kernels mask the tail. Decode stage 1 takes 256
+  (124.5 us vs 141.7 us at 128, deepseek-v3 a16w4 T=1, H100, benchmarks/scan_tiles.py, 2026-11-25):
+  fewer, longer K steps amortise the per-step scale loads and loop overhead.
 - mma: `dot_scaled` on a GPU (the compiler's own e2m1 upcast), `upcast` under the interpreter,
   which lacks tl.dot_scaled.
 - combine: fp32 atomics; split-K stays off in the baseline.
@@ -36,7 +38,7 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
     if rows <= 16:
-        block_m, warps, stages = 16, 4, 4
+        block_m, warps, stages = 16, 4, 3
     elif rows <= 32:
         block_m, warps, stages = 32, 4, 4
     elif rows <= 96:
@@ -47,6 +49,7 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     mma = Mma.UPCAST if interpreter else Mma.DOT_SCALED
     common = dict(block_m=block_m, block_k=128, group_m=1 if block_m <= 32 else 8, num_warps=warps,
                   num_stages=stages, mma=mma)
-    s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **common)
+    s1_k = 256 if block_m == 16 else 128
+    s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **{**common, "block_k": s1_k})
     s2 = TileConfig(block_n=_block_n(shape.hidden, prefer_n), combine=Combine.ATOMIC, **common)
     return MoEConfig(s1, s2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mxmoe.config import Combine, MoEConfig, Mma
+from mxmoe.config import Combine, Mma, MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
