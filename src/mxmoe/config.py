@@ -19,6 +19,7 @@ class Mma(str, Enum):
 
     DOT_SCALED = "dot_scaled"  # tl.dot_scaled: the compiler upcasts e2m1 and applies scales (GPU only)
     UPCAST = "upcast"  # unpack nibbles and e8m0 scales by hand, then tl.dot in bf16 (runs in the interpreter)
+    FMA = "fma"  # no tensor cores: unpack to f32 and multiply-add (decode GEMV; BLOCK_M of a few rows)
 
 
 class Combine(str, Enum):

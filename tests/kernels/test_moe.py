@@ -58,6 +58,16 @@ def test_levers(name, config):
     assert_close(run(p, config).float(), p.reference(), path=Path.A16W4, stage="layer", name=name)
 
 
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("block_m", [1, 2])
+def test_fma_lever(path, block_m):
+    """The tensor-core-free decode lever: f32 multiply-add over a block of one or two rows."""
+    c = TileConfig(block_m=block_m, block_n=32, block_k=64, mma=Mma.FMA)
+    p = make_problem(TINY_OAI, path, 5, seed=block_m)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, MoEConfig(c, c))
+    assert_close(out.float(), p.reference(), path=path, stage="layer")
+
+
 def test_split_k():
     """split_k=2 over inter=128 with BLOCK_K=64: two programs add partial sums; only the first adds the bias."""
     shape = MoEShape("split", 4, 2, 64, 128, Activation.SWIGLU_OAI, bias=True)

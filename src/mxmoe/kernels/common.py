@@ -18,6 +18,7 @@ from mxmoe.shapes import Activation, Path
 
 PATH_CODES = {Path.A16W4: 0, Path.A8W4: 1, Path.A4W4: 2}
 ACT_CODES = {Activation.SILU: 0, Activation.SWIGLU_OAI: 1}
+MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +119,10 @@ def grid_swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def to_operand(x, INTERP: tl.constexpr):
-    """MMA operand dtype: bf16 on the GPU; f32 under the interpreter, whose bf16 tl.dot is wrong in
-    Triton 3.6 (upcast operands are exact in bf16, so both give the same products)."""
-    if INTERP:
+def to_operand(x, F32: tl.constexpr):
+    """MMA operand dtype: bf16 for the tensor cores; f32 for the FMA lever and under the interpreter,
+    whose bf16 tl.dot is wrong in Triton 3.6 (upcast operands are exact in bf16: same products)."""
+    if F32:
         return x.to(tl.float32)
     else:
         return x.to(tl.bfloat16)
@@ -149,7 +150,7 @@ def _scale_cols(s, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, REPEAT: tl.const
 def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: tl.constexpr, MMA: tl.constexpr,
                   EVEN_K: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows `row` x [k0, k0+BK) of the activation. Returns (even K, odd K, whole tile, scales):
-    the upcast MMA uses the bf16 even/odd halves, dot_scaled the raw tile and its scales.
+    the upcast and FMA levers use the even/odd halves, dot_scaled the raw tile and its scales.
     Columns past K (a K that BLOCK_K does not divide) read as zeros unless EVEN_K."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -165,8 +166,8 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
     if PATH == 0:
         a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0)
         a_scale = a
-        if MMA == 0:
-            a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP), [BLOCK_M, BLOCK_K // 2, 2]))
+        if MMA != 1:
+            a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP or MMA == 2), [BLOCK_M, BLOCK_K // 2, 2]))
         else:
             a_even = a
             a_odd = a
@@ -174,20 +175,20 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
         a_scale = tl.load(xs_ptr + row[:, None] * stride_xs + offs_s[None, :], mask=mask_s, other=0)
         if PATH == 1:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0)
-            if MMA == 0:
+            if MMA != 1:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 32)
-                f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP)
+                f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP or MMA == 2)
                 a_even, a_odd = tl.split(tl.reshape(f, [BLOCK_M, BLOCK_K // 2, 2]))
             else:
                 a_even = a
                 a_odd = a
         else:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_b[None, :], mask=mask_b, other=0)
-            if MMA == 0:
+            if MMA != 1:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 16)
                 ai = a.to(tl.int32)
-                a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP)
-                a_odd = to_operand(e2m1_to_f32(ai >> 4) * s, INTERP)
+                a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP or MMA == 2)
+                a_odd = to_operand(e2m1_to_f32(ai >> 4) * s, INTERP or MMA == 2)
             else:
                 a_even = a
                 a_odd = a
@@ -202,7 +203,7 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_s[None, :]
-    if MMA == 0:
+    if MMA != 1:
         w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_b[None, :]
     else:
         w_ptrs = w_ptr + rows[None, :] * stride_wn + offs_b[:, None]
@@ -211,16 +212,16 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
         w = tl.load(w_ptrs)
     else:
         s = tl.load(s_ptrs, mask=(offs_s < K // 32)[None, :], other=0)
-        if MMA == 0:
+        if MMA != 1:
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[None, :], other=0)
         else:
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[:, None], other=0)
-    if MMA == 0:
+    if MMA != 1:
         wi = w.to(tl.int32)
         sf = e8m0_to_f32(s.to(tl.int32))
         sf = tl.reshape(tl.broadcast_to(sf[:, :, None], [BLOCK_N, BLOCK_K // 32, 16]), [BLOCK_N, BLOCK_K // 2])
-        w_even = to_operand(e2m1_to_f32(wi & 15) * sf, INTERP)
-        w_odd = to_operand(e2m1_to_f32(wi >> 4) * sf, INTERP)
+        w_even = to_operand(e2m1_to_f32(wi & 15) * sf, INTERP or MMA == 2)
+        w_odd = to_operand(e2m1_to_f32(wi >> 4) * sf, INTERP or MMA == 2)
         return w_even, w_odd, s
     else:
         return w, w, s
@@ -230,7 +231,8 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
 def mma_tile(acc, a_even, a_odd, a_full, a_scale, w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn,
              PATH: tl.constexpr, MMA: tl.constexpr, EVEN_K: tl.constexpr, INTERP: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += A_tile @ W_tile^T for one K step, by manual upcast (MMA 0) or tl.dot_scaled (MMA 1)."""
+    """acc += A_tile @ W_tile^T for one K step: manual upcast + tl.dot (MMA 0), tl.dot_scaled (MMA 1), or
+    f32 multiply-add without tensor cores (MMA 2: a decode block of a few rows pays no 16-row MMA tile)."""
     w0, w1, w_s = load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
     if MMA == 0:
         if INTERP:
@@ -239,6 +241,9 @@ def mma_tile(acc, a_even, a_odd, a_full, a_scale, w_ptr, s_ptr, rows, k0, K, str
         else:
             acc = tl.dot(a_even, tl.trans(w0), acc)
             acc = tl.dot(a_odd, tl.trans(w1), acc)
+    elif MMA == 2:
+        acc += tl.sum(a_even[:, None, :] * w0[None, :, :], axis=2)
+        acc += tl.sum(a_odd[:, None, :] * w1[None, :, :], axis=2)
     else:
         if PATH == 0:
             acc = tl.dot_scaled(a_full, None, "bf16", w0, w_s, "e2m1", acc)

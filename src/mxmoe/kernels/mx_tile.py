@@ -11,13 +11,14 @@ import triton.language as tl
 
 @triton.jit
 def e2m1_to_f32(nib):
-    """int32 nibbles in [0, 16) -> f32. Magnitude codes 0..7 are 0, .5, 1, 1.5, 2, 3, 4, 6."""
-    sign = (nib >> 3) & 1
-    exp = (nib >> 1) & 3
-    man = nib & 1
-    bits = tl.where(exp == 0, man * (126 << 23), ((exp + 126) << 23) | (man << 22))
-    bits = bits | (sign << 31)
-    return bits.to(tl.float32, bitcast=True)
+    """int32 nibbles in [0, 16) -> f32. Magnitude codes 0..7 are 0, .5, 1, 1.5, 2, 3, 4, 6.
+
+    The three magnitude bits placed at the bottom of the fp32 exponent (and the top mantissa bit) give
+    the e2m1 value times 2**-126 for every code, the one subnormal (0.5) included; one exact multiply
+    by 2**126 restores it. Five integer ops per element instead of a select over the exponent.
+    """
+    bits = ((nib & 7) << 22) | ((nib & 8) << 28)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2**126
 
 
 @triton.jit

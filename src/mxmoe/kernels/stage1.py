@@ -19,6 +19,7 @@ import triton.language as tl
 from mxmoe.config import Mma, TileConfig
 from mxmoe.kernels.common import (
     ACT_CODES,
+    MMA_CODES,
     PATH_CODES,
     KernelInput,
     check_launch,
@@ -125,7 +126,7 @@ def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput |
         ws.scales.stride(0), ws.scales.stride(1), b.stride(0),
         out.data.stride(0), out.scales_or(out.data).stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation],
-        HAS_BIAS=weights.b13 is not None, MMA=int(cfg.mma is Mma.DOT_SCALED),
+        HAS_BIAS=weights.b13 is not None, MMA=MMA_CODES[cfg.mma],
         EVEN_K=h % cfg.block_k == 0, INTERP=interpreting(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

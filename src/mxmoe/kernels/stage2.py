@@ -15,6 +15,7 @@ import triton.language as tl
 
 from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.kernels.common import (
+    MMA_CODES,
     PATH_CODES,
     KernelInput,
     check_launch,
@@ -71,7 +72,12 @@ def _stage2_kernel(
         tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None])
     else:
         token = rows // TOPK
-        tl.atomic_add(out_ptr + token[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None], sem="relaxed")
+        ptrs = out_ptr + token[:, None] * stride_or + offs_n[None, :]
+        if BLOCK_M == 1:  # the 3.6 interpreter mishandles a [1, N] atomic; a 1-D one is the same op
+            tl.atomic_add(tl.reshape(ptrs, [BLOCK_N]), tl.reshape(acc, [BLOCK_N]),
+                          mask=tl.reshape(row_ok[:, None] & (offs_n < H)[None, :], [BLOCK_N]), sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, acc, mask=row_ok[:, None], sem="relaxed")
 
 
 def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
@@ -109,7 +115,7 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
             h.data.stride(0), h.scales_or(h.data).stride(0), ws.data.stride(0), ws.data.stride(1),
             ws.scales.stride(0), ws.scales.stride(1), b.stride(0), out.stride(0),
             TOPK=plan.topk, PATH=PATH_CODES[h.path], HAS_BIAS=weights.b2 is not None,
-            MMA=int(cfg.mma is Mma.DOT_SCALED), SLOTS=slots, SPLIT_K=cfg.split_k, EVEN_K=even_k, INTERP=interpreting(),
+            MMA=MMA_CODES[cfg.mma], SLOTS=slots, SPLIT_K=cfg.split_k, EVEN_K=even_k, INTERP=interpreting(),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
