@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mxmoe.config import Mma, TileConfig
+from mxmoe.config import TileConfig
 from mxmoe.kernels.common import (
     ACT_CODES,
     MMA_CODES,

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.common import (
     MMA_CODES,
     PATH_CODES,
