@@ -13,6 +13,10 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
 - mma: `dot_scaled` on a GPU (the compiler's own e2m1 upcast), `upcast` under the interpreter,
   which lacks tl.dot_scaled.
 - combine: fp32 atomics; split-K stays off in the baseline.
+- Prefill stage 2 (>= 256 rows per expert) takes BLOCK_M=256: 8.37 ms vs 9.80 ms at 128 (deepseek-v3 a16w4
+  T=8192, H100, results/h100/2026-11-25_scan2.log); stage 1 holds two accumulators, so it stays at 128.
+- Measured and not taken: mma=fma (the tensor-core-free decode lever) ran 261 us vs 124 us for
+  dot_scaled on deepseek-v3 T=1 stage 1 (same log); the f32 unpack costs more than the 16-row MMA wastes.
 """
 
 from __future__ import annotations
@@ -52,4 +56,6 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     s1_k = 256 if block_m == 16 else 128
     s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **{**common, "block_k": s1_k})
     s2 = TileConfig(block_n=_block_n(shape.hidden, prefer_n), combine=Combine.ATOMIC, **common)
+    if rows >= 256:
+        s2 = s2.replace(block_m=256, block_n=_block_n(shape.hidden, 128))
     return MoEConfig(s1, s2)

@@ -10,10 +10,11 @@ from torch import nn
 
 from mxmoe.config import MoEConfig
 from mxmoe.dispatch import choose_config
+from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
-from mxmoe.routing import align_by_expert, route_grouped_sigmoid, route_topk_softmax
+from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
 
@@ -67,10 +68,10 @@ def moe(
     if config is None:
         config = choose_config(shape_of(weights, a), path, t)
     x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path)
-    plan1 = align_by_expert(topk_ids, weights.num_experts, config.stage1.block_m, validate=validate)
+    plan1 = align(topk_ids, weights.num_experts, config.stage1.block_m, validate=validate)
     plan2 = plan1
     if config.stage2.block_m != config.stage1.block_m:
-        plan2 = align_by_expert(topk_ids, weights.num_experts, config.stage2.block_m, validate=False)
+        plan2 = align(topk_ids, weights.num_experts, config.stage2.block_m, validate=False)
     h = stage1(x, weights, plan1, config.stage1)
     return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t)
 
