@@ -193,3 +193,14 @@ def test_from_float_matches_random_layout_roundtrip():
     from mxmoe.mx import dequantize, quantize_mxfp4
 
     assert torch.equal(w.w13_model_layout(), dequantize(quantize_mxfp4(w13)))
+
+
+def test_heuristic_prefill_configs_run():
+    """The prefill heuristic (BLOCK_M 128 in stage 1, 256 in stage 2, two routing plans) on the interpreter."""
+    shape = MoEShape("prefill-ish", 4, 2, 128, 128, Activation.SILU)
+    p = make_problem(shape, Path.A16W4, 600, seed=8)
+    from mxmoe.heuristic import default_config
+
+    c = default_config(shape, Path.A16W4, 600, interpreter=True)
+    assert (c.stage1.block_m, c.stage2.block_m) == (128, 256)
+    assert_close(run(p, c).float(), p.reference(), path=Path.A16W4, stage="layer")
