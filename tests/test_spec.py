@@ -27,7 +27,7 @@ def test_flops_hand_computed():
 
 def test_bytes_and_floors_hand_computed():
     s = MODELS["tiny"]
-    per_expert = (2 * 64 * 64 + 64 * 64) * (0.5 + 1 / 32)  # 12288 elements * 17/32 B = 6528
+    # (2*64*64 + 64*64) = 12288 elements * 17/32 B = 6528
     assert spec.expert_weight_bytes(s) == pytest.approx(6528)
     # 2 experts hit, T=3: weights + input 3*64*2 B (bf16) + output 3*64*2 B
     b = spec.layer_bytes(s, Path.A16W4, 3, 2)
