@@ -89,7 +89,7 @@ def _moe(
     out = torch.zeros(t, h, dtype=torch.float32, device=device)  # [T, H]
     if topk_ids.numel() == 0:
         return out.to(dtype)
-    x = quantize_activation(hidden.float(), path)  # [T, H]
+    x = quantize_activation(hidden.to(torch.bfloat16).float(), path)  # [T, H]: the layer input is bf16 (moe() casts)
     flat = topk_ids.reshape(-1).to(device=device, dtype=torch.long)  # [P]
     w_flat = topk_weights.reshape(-1).to(device=device, dtype=torch.float32)  # [P]
     order = torch.argsort(flat, stable=True)  # [P]

@@ -1,10 +1,12 @@
 """Provenance: everything needed to say which code, on which GPU, under which settings, made a number.
 
-torch-free at import: `kernel_source_hash()` keys sweep rows and dispatch tables, so the sweep
-driver and the CLI call it without loading torch. `collect_provenance` imports torch lazily for
-its CUDA version. git runs through subprocess with argument lists (never a shell). A field that
-cannot be read is None and listed by `missing_fields`; a record with any missing field, or built
-from a dirty tree, is not claimable (DESIGN.md: "every measurement's provenance is clean").
+torch-free at import: `kernel_source_hash()` keys sweep rows and dispatch tables, so the sweep driver
+and the CLI call it without loading torch; it lives in the runtime's `mxmoe.source_hash` (dispatch
+checks tables with it and must not import the harness) and is re-exported here.
+`collect_provenance` imports torch lazily for its CUDA version. git runs through subprocess with
+argument lists (never a shell). A field that cannot be read is None and listed by `missing_fields`;
+a record with any missing field, or built from a dirty tree, is not claimable (DESIGN.md: "every
+measurement's provenance is clean").
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from typing import Any
 
 from mxmoe._version import __version__ as MXMOE_VERSION
 from mxmoe.shapes import MoEShape
+from mxmoe.source_hash import KERNELS_DIR as KERNELS_DIR  # re-exported: the hash moved to the runtime
+from mxmoe.source_hash import PACKAGE_DIR, kernel_source_hash
 from mxmoe.tuning.gpu_state import GpuState
 
 PROVENANCE_SCHEMA_VERSION = 1
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/mxmoe
-KERNELS_DIR = PACKAGE_DIR / "kernels"
 # Variables that change what code is generated or which config runs: Triton's compiler knobs,
 # CUDA's device selection and launch behaviour, cuBLAS's TF32 override, and mxmoe's own
 # (MXMOE_CONFIG_DIR picks the tuned tables, so it changes the kernel that runs).
@@ -35,20 +37,6 @@ CODEGEN_ENV_NAMES = ("NVIDIA_TF32_OVERRIDE",)
 # Fields that may legitimately be empty: no codegen variable set is a valid environment.
 _MAY_BE_EMPTY = frozenset({"env"})
 _GIT_TIMEOUT_S = 30
-
-
-def kernel_source_hash(kernels_dir: Path | None = None) -> str:
-    """sha256 over every .py file under kernels/, in sorted relative-path order, each as
-    `path NUL content NUL` (so a rename changes the hash). A missing or empty folder hashes to
-    sha256 of nothing: a stable key, which no real kernel tree can produce."""
-    root = KERNELS_DIR if kernels_dir is None else Path(kernels_dir)
-    digest = hashlib.sha256()
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
-        for path in files:
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def _git(repo: Path, *args: str) -> bytes | None:

@@ -1,0 +1,109 @@
+"""`mxmoe guardrail`: the e2e guardrail from the command line, thin over mxmoe.tuning.guardrail.
+
+`register(app)` adds the command to the `mxmoe` app (cli.py calls it once). Kernel modules are imported
+inside the command, after TRITON_INTERPRET is set on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mxmoe.shapes import Path
+
+console = Console()
+DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `guardrail` command to `app`."""
+    app.command("guardrail")(guardrail)
+
+
+def guardrail(
+    model: Annotated[str, typer.Option("--model", help="Model family: gpt-oss or deepseek-v3.")],
+    path: Annotated[Path, typer.Option(help="Activation path.")] = Path.A16W4,
+    campaign: Annotated[str | None, typer.Option(help="Guard every winning config of this campaign and "
+                                                      "record a GuardrailResult per config.")] = None,
+    ledger: Annotated[FsPath | None, typer.Option(help="Ledger of --campaign (default mxmoe.sqlite).")] = None,
+    config_dir: Annotated[FsPath | None, typer.Option(help="Tuned-table directory for dispatch "
+                                                           "(MXMOE_CONFIG_DIR); not with --campaign.")] = None,
+    shape: Annotated[str | None, typer.Option(help="MODELS shape giving the MoE dims (without --campaign; "
+                                                   "default tiny on CPU, the real model on a GPU).")] = None,
+    layers: Annotated[int, typer.Option(help="Decoder layers of the model.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and token ids.")] = 0,
+    small: Annotated[bool | None, typer.Option("--small/--full", help="Tiny attention and vocab "
+                                                                      "(default: only without a GPU).")] = None,
+    max_experts: Annotated[int, typer.Option(help="Routed experts kept per layer.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
+    any failure. With --campaign, one run per winning config, recorded in the ledger."""
+    from mxmoe.cli import use_interpreter_without_gpu
+
+    if campaign is not None and config_dir is not None:
+        raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
+    if campaign is None and ledger is not None:
+        raise typer.BadParameter("--ledger needs --campaign (only campaign runs are recorded)")
+    if config_dir is not None and not config_dir.is_dir():
+        raise typer.BadParameter(f"--config-dir {config_dir} is not a directory")
+    use_interpreter_without_gpu()
+    from mxmoe.tuning import guardrail as g
+
+    if model not in g.FAMILIES:
+        raise typer.BadParameter(f"--model {model!r}: expected one of {', '.join(g.FAMILIES)}")
+    opts: dict[str, Any] = dict(layers=layers, seed=seed, small=small, max_experts=max_experts)
+    rows: list[dict[str, Any]] = []
+    if campaign is None:
+        report = g.run_guardrail(model, path, config=config_dir, shape=shape, **opts)
+        rows.append(report.to_dict() | {"recorded": False})
+    else:
+        from mxmoe.tuning.ledger import Ledger
+
+        if shape is not None:
+            raise typer.BadParameter("--shape and --campaign exclude each other: the sweep rows name the shape")
+        with Ledger.open(ledger or DEFAULT_LEDGER) as led:
+            if campaign not in {c.name for c in led.campaigns()}:
+                raise typer.BadParameter(f"campaign {campaign!r} is not in {ledger or DEFAULT_LEDGER}")
+            done = g.guard_campaign(led, campaign, model, path, **opts)
+        rows += [r.to_dict() | {"recorded": True, "won_tokens": list(w.tokens), "sweep_config_key": w.config_key}
+                 for w, r in done]
+        if not rows:
+            console.print(f"[red]campaign {campaign!r} has no claimable measured layer row for {model} "
+                          f"{path.value}: nothing to guard[/]")
+            raise typer.Exit(1)
+    _show(rows, as_json)
+    if not all(r["passed"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3e}" if isinstance(v, float) else str(v)
+
+
+def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="mxmoe guardrail (logits_diff limit 0.01)")
+    for col in ("model", "path", "config", "outcome", "logits_diff", "agreement", "vs plain", "fidelity",
+                "layer rms_rel", "s"):
+        table.add_column(col)
+    for r in rows:
+        colour = "green" if r["passed"] else "red"
+        layer_err = ", ".join(f"{x['rms_rel']:.1e}" for x in r["layers"]) or "-"
+        table.add_row(r["model"], r["path"], ",".join(r["config_keys"]), f"[{colour}]{r['outcome']}[/]",
+                      _fmt(r["logits_diff"]), _fmt(r["agreement"]), _fmt(r["logits_diff_vs_plain"]),
+                      _fmt(r["fidelity"]), layer_err, f"{r['seconds']:.1f}")
+    console.print(table)
+    for r in rows:
+        if r["detail"]:
+            console.print(f"  {r['model']} {r['path']}: {r['detail']}")
+        if r["interpreter"]:
+            console.print("  (Triton interpreter: correctness only; no timing is claimed)")
+            break

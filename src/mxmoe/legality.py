@@ -1,0 +1,448 @@
+"""Legality filter: reject tile configs that cannot compile, cannot launch, or only waste work, before compiling.
+
+No torch or triton here: `check` is a pure function of (shape, path, stage, config, device limits[, T]),
+so the sweep driver, the CLI and CPU tests call it instantly. A verdict is `Legal` (modelled shared
+memory and accumulator registers) or `Illegal(reason, detail, smem_bytes)`; the sweep records rejected
+configs, it never drops them. Rules run in the order of this table; the first that fails is the reason.
+
+| code             | rejects                                                                       | prevents       |
+|------------------|-------------------------------------------------------------------------------|----------------|
+| PATH_UNSUPPORTED | split_k > 1 or combine=slots in stage 1; split_k > 1 with slots;              | wrapper error  |
+|                  | mma=dot_scaled under the interpreter                                          |                |
+| MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
+| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N; K % (split_k*BLOCK_K) if split_k > 1 | wrapper error  |
+| TILE_TOO_LARGE   | a BLOCK_* not a power of two (tl.arange); a tile over 2**20 elements          | compile error  |
+| WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads)                      | compile error  |
+| SMEM_OVERFLOW    | modelled shared memory + SMEM_SAFETY_BYTES above the device's opt-in limit    | OutOfResources |
+| REG_PRESSURE     | fp32 accumulators > 128 regs/thread; accumulators + upcast operands > 255     | heavy spills   |
+| DEGENERATE       | < 4 accumulator elements/thread (replicated warps); with T: BLOCK_M above     | nothing: waste |
+|                  | 2 x next_pow2(rows per hit expert), or split_k > 1 when T*A > 4*E*BLOCK_M     |                |
+
+Stage geometry: stage 1 has N = inter (each program holds a gate and an up tile: two weight streams,
+two accumulators) and K = hidden; stage 2 has N = hidden and K = inter, one of each.
+
+Shared memory per CTA (`smem_breakdown`; constants in `SmemModel`, fitted to Triton 3.6 sm_90 compiles of
+these kernels, `metadata.shared`, see docs/legality.md):
+
+    act      = act_buffers * BM*BK*b_act [+ act scales]    b_act = 2 (a16w4), 1 (a8w4), 1/2 (a4w4) B/element
+    weights  = n_w * w_buffers * (BN*BK/2 [+ BN*BK/32])     n_w = 2 in stage 1 (gate + up), 1 in stage 2
+    upcast   = BN*BK*2                                       the bf16 weight operand wgmma reads (x1)
+    epilogue = 4 * min(BM*BN, R * max(BN, R))               stage 2 only: fp32 accumulator -> atomic layout
+    total    = max(act + weights + upcast, epilogue) + fixed
+
+    w_buffers   = num_stages + PIPELINE_OFFSET (-1); act_buffers the same, +1 for a bf16 activation fed to
+                  tl.dot_scaled as loaded (num_warps >= 4, BLOCK_N >= 64)
+    [scales]    only in stage 1, when K/32 is a multiple of 16, BLOCK_K >= 128 and the tile gives each
+                thread >= 4 bytes (Triton pipelines a load by cp.async only then; stage 2's split-K loop
+                start hides the alignment of k0)
+    upcast      only under wgmma (BLOCK_M % 64 == 0, num_warps % 4 == 0) and when the activation is not a
+                bf16 tile fed straight to tl.dot_scaled (mma.sync keeps operands in registers)
+    R           16 * num_warps under wgmma, 16 under mma.sync
+
+Registers per thread (`register_model`): acc = n_acc*BM*BN/(32*num_warps) fp32 (n_acc = 2 in stage 1);
+operand = the bf16 tiles the upcast builds in registers: BN*BK*2 bytes of weights, plus BM*BK*2 of
+activation unless it is a bf16 tile fed straight to tl.dot_scaled, over 4 bytes x threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.shapes import MoEShape, Path
+from mxmoe.space import candidate_space
+
+MAX_TENSOR_NUMEL = 2**20  # triton.language TRITON_MAX_TENSOR_NUMEL (Triton 3.6)
+MX_GROUP = 32  # elements per e8m0 scale
+MIN_BLOCK_MN = 16  # MMA tile M and N (mma.sync m16n8k16; wgmma's m64 is a multiple)
+MIN_BLOCK_K = 64  # the upcast splits BLOCK_K into even/odd halves of >= one 32-element MX group
+MAX_WARPS = 32  # 1024 threads per CTA
+ACC_REG_BUDGET = 128  # fp32 accumulator registers/thread: every config above it spilled >= 1 KiB (sm_90)
+SMEM_SAFETY_BYTES = 4096  # headroom for scratch the model omits: barriers (<= 512 B), upcast conversions (4 KiB seen)
+HEAVY_SPILL_BYTES = 512  # local memory per thread that counts as heavy spilling (REG_PRESSURE confirmed)
+MIN_ACC_PER_THREAD = 4  # DEGENERATE: fewer accumulator elements per thread means replicated warps
+DEGENERATE_BLOCK_M_SLACK = 2  # DEGENERATE: BLOCK_M above 2 x next_pow2(rows per hit expert) is mostly padding
+# DEGENERATE: split-K pays only while the grid is too small to fill the GPU; past T*A > 4*E*BLOCK_M every
+# expert already has several M blocks and split-K only adds atomics.
+DEGENERATE_SPLIT_K_ROWS = 4
+
+
+class Reason(str, Enum):
+    """Why a config cannot (or should not) launch. Values are the ledger's `illegal:<reason>` suffix;
+    each member's `__doc__` is its one-line meaning (docs/legality.md lists them all)."""
+
+    def __new__(cls, value: str, doc: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.__doc__ = doc
+        return member
+
+    PATH_UNSUPPORTED = ("path_unsupported", "A lever the stage, path or runtime lacks (split-K in stage 1, ...).")
+    MX_FLOOR = ("mx_floor", "A block below the MMA tile (16), or BLOCK_K below two halves of one MX group.")
+    DIVISIBILITY = ("divisibility", "A block that does not tile its axis (BLOCK_K % 64, N % BLOCK_N, ...).")
+    TILE_TOO_LARGE = ("tile_too_large", "A block tl.arange cannot take (not a power of two), or a tile > 2**20.")
+    WARP_LAYOUT = ("warp_layout", "A num_warps the compiler refuses: not a power of two, or above 32.")
+    SMEM_OVERFLOW = ("smem_overflow", "Modelled shared memory above the device's opt-in limit (OutOfResources).")
+    REG_PRESSURE = ("reg_pressure", "Accumulators (+ upcast operands) past the register file: heavy spills.")
+    DEGENERATE = ("degenerate", "Compiles and launches but only wastes work at this shape and T (a choice).")
+
+    @property
+    def is_failure(self) -> bool:
+        """True when the code predicts a compile, launch or heavy-spill failure; False for a choice."""
+        return self is not Reason.DEGENERATE
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    """What a device lets one CTA have. Plain values, so no CUDA context is needed to build one."""
+
+    name: str
+    smem_optin_bytes: int
+    sm_count: int
+    regs_per_thread_max: int = 255
+    regs_per_sm: int = 65536
+    interpreter: bool = False
+
+    def __post_init__(self) -> None:
+        for f in ("smem_optin_bytes", "sm_count", "regs_per_thread_max", "regs_per_sm"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"DeviceLimits.{f} must be a positive int, got {v!r}")
+
+
+H100 = DeviceLimits(name="NVIDIA H100 80GB HBM3", smem_optin_bytes=232448, sm_count=132)  # 227 KiB opt-in
+# The interpreter has no shared memory worth modelling, and no tl.dot_scaled.
+INTERPRETER = DeviceLimits(name="triton-interpreter", smem_optin_bytes=2**31 - 1, sm_count=1, interpreter=True)
+
+
+def limits_from_properties(name: str, smem: int, sms: int, *, interpreter: bool = False) -> DeviceLimits:
+    """DeviceLimits from plain properties the caller read (torch.cuda.get_device_properties: name,
+    shared_memory_per_block_optin, multi_processor_count), so this module never touches CUDA."""
+    return DeviceLimits(name=name, smem_optin_bytes=smem, sm_count=sms, interpreter=interpreter)
+
+
+@dataclass(frozen=True, slots=True)
+class SmemModel:
+    """The shared-memory formula's constants, in one place so they can be refitted to real compiles.
+
+    Defaults: Triton 3.6, sm_90, fitted to ~280 compiles of these kernels (docs/legality.md).
+    """
+
+    pipeline_offset: int = -1  # buffers per pipelined operand stream = num_stages + offset
+    direct_operand_extra: int = 1  # one more buffer for a bf16 activation tl.dot_scaled reads as loaded ...
+    direct_min_warps: int = 4  # ... seen only with num_warps >= 4 ...
+    direct_min_block_n: int = 64  # ... and BLOCK_N >= 64
+    wgmma_min_block_m: int = 64  # Triton picks wgmma (operands in smem) for BLOCK_M % 64 == 0 ...
+    wgmma_warp_multiple: int = 4  # ... and num_warps a multiple of a 4-warp group
+    upcast_operand_bytes: float = 2.0  # bytes per weight element of the bf16 operand wgmma reads (one tile)
+    scale_row_alignment: int = 16  # K/32 must be a multiple (Triton's divisibility specialization) ...
+    scale_min_row_bytes: int = 4  # ... BLOCK_K/32 >= 4 contiguous bytes per row ...
+    scale_min_bytes_per_thread: int = 4  # ... and >= 4 bytes per thread for cp.async to pipeline a scale tile
+    epilogue_bytes: float = 4.0  # stage 2: bytes per element of the fp32 accumulator's layout conversion
+    epilogue_rows_per_warp: int = 16  # R = 16 * num_warps under wgmma ...
+    epilogue_rows_mma_sync: int = 16  # ... and 16 under mma.sync
+    fixed_bytes: int = 0  # barriers and small conversion scratch (0 to 512 B seen; see SMEM_SAFETY_BYTES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SMEM_MODEL = SmemModel()
+
+
+@dataclass(frozen=True, slots=True)
+class Legal:
+    """The config can launch; the resources it is modelled to take."""
+
+    smem_bytes: int
+    acc_regs_per_thread: int
+
+    @property
+    def legal(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Illegal:
+    """The config is rejected: `reason` is the code, `detail` names the bad value and the limit."""
+
+    reason: Reason
+    detail: str
+    smem_bytes: int | None = None
+
+    @property
+    def legal(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class StageGeometry:
+    """The GEMM one stage runs: N and K of its weights, weight streams and accumulators per program."""
+
+    n: int
+    k: int
+    weight_streams: int
+    accumulators: int
+
+
+def stage_geometry(shape: MoEShape, stage: int) -> StageGeometry:
+    if stage == 1 and not isinstance(stage, bool):
+        return StageGeometry(n=shape.inter, k=shape.hidden, weight_streams=2, accumulators=2)
+    if stage == 2:
+        return StageGeometry(n=shape.hidden, k=shape.inter, weight_streams=1, accumulators=1)
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+def _uses_wgmma(cfg: TileConfig, model: SmemModel) -> bool:
+    return cfg.block_m % model.wgmma_min_block_m == 0 and cfg.num_warps % model.wgmma_warp_multiple == 0
+
+
+def _act_direct(path: Path, cfg: TileConfig) -> bool:
+    """The activation tile meets the MMA as loaded (bf16 into tl.dot_scaled): no register upcast."""
+    return path is Path.A16W4 and cfg.mma is Mma.DOT_SCALED
+
+
+def _scales_pipelined(geo: StageGeometry, stage: int, cfg: TileConfig, tile_bytes: float, model: SmemModel) -> bool:
+    """Whether Triton stages an e8m0 scale tile through shared memory (cp.async) rather than registers."""
+    return (stage == 1 and (geo.k // MX_GROUP) % model.scale_row_alignment == 0
+            and cfg.block_k // MX_GROUP >= model.scale_min_row_bytes
+            and tile_bytes / (32 * cfg.num_warps) >= model.scale_min_bytes_per_thread)
+
+
+def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig,
+                   model: SmemModel = SMEM_MODEL) -> dict[str, int]:
+    """Modelled shared memory per CTA, term by term, in bytes; `total` is what legality compares.
+
+    Terms: act (pipelined activation tiles + scales), weights (pipelined packed weights + scales, all
+    streams), upcast (the bf16 weight operand wgmma reads), mainloop (their sum), epilogue (the stage-2
+    accumulator layout conversion, which reuses the main loop's space), fixed, total.
+    """
+    path = Path(path)
+    geo = stage_geometry(shape, stage)
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    base = max(1, cfg.num_stages + model.pipeline_offset)
+    direct = _act_direct(path, cfg)
+    extra = direct and cfg.num_warps >= model.direct_min_warps and bn >= model.direct_min_block_n
+    act_buffers = base + (model.direct_operand_extra if extra else 0)
+
+    act_tile = bm * bk * {Path.A16W4: 2.0, Path.A8W4: 1.0, Path.A4W4: 0.5}[path]
+    act_scales = bm * bk / MX_GROUP
+    if path is not Path.A16W4 and _scales_pipelined(geo, stage, cfg, act_scales, model):
+        act_tile += act_scales
+    w_tile = bn * bk / 2
+    w_scales = bn * bk / MX_GROUP
+    if _scales_pipelined(geo, stage, cfg, w_scales, model):
+        w_tile += w_scales
+
+    act = act_buffers * act_tile
+    weights = geo.weight_streams * base * w_tile
+    upcast = model.upcast_operand_bytes * bn * bk if _uses_wgmma(cfg, model) and not direct else 0.0
+    mainloop = act + weights + upcast
+    epilogue = 0.0
+    if stage == 2:
+        rows = model.epilogue_rows_per_warp * cfg.num_warps if _uses_wgmma(cfg, model) else model.epilogue_rows_mma_sync
+        epilogue = model.epilogue_bytes * min(bm * bn, rows * max(bn, rows))
+    total = max(mainloop, epilogue) + model.fixed_bytes
+    return {
+        "act": math.ceil(act),
+        "weights": math.ceil(weights),
+        "upcast": math.ceil(upcast),
+        "mainloop": math.ceil(mainloop),
+        "epilogue": math.ceil(epilogue),
+        "fixed": model.fixed_bytes,
+        "total": math.ceil(total),
+    }
+
+
+def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:
+    """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (bf16 upcast tiles), `total`."""
+    path = Path(path)
+    n_acc = 2 if stage == 1 else 1
+    threads = 32 * cfg.num_warps
+    acc = math.ceil(n_acc * cfg.block_m * cfg.block_n / threads)
+    operand_bytes = cfg.block_n * cfg.block_k * 2
+    if not _act_direct(path, cfg):
+        operand_bytes += cfg.block_m * cfg.block_k * 2
+    operand = math.ceil(operand_bytes / 4 / threads)
+    return {"acc": acc, "operand": operand, "total": acc + operand}
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def _check_levers(stage: int, cfg: TileConfig, limits: DeviceLimits) -> Illegal | None:
+    if stage == 1 and cfg.split_k != 1:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 takes no split_k (got {cfg.split_k}): the fused activation "
+                       "needs full sums")
+    if stage == 1 and cfg.combine is not Combine.ATOMIC:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 has no combine strategy (got combine={cfg.combine.value})")
+    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic, got {cfg.combine.value}")
+    if limits.interpreter and cfg.mma is Mma.DOT_SCALED:
+        return Illegal(Reason.PATH_UNSUPPORTED, "mma=dot_scaled is not implemented by the Triton 3.6 interpreter")
+    return None
+
+
+def _check_floor(cfg: TileConfig) -> Illegal | None:
+    if cfg.block_m < MIN_BLOCK_MN or cfg.block_n < MIN_BLOCK_MN:
+        return Illegal(Reason.MX_FLOOR, f"BLOCK_M={cfg.block_m}, BLOCK_N={cfg.block_n}: both must be >= "
+                       f"{MIN_BLOCK_MN} (the MMA tile)")
+    if cfg.block_k < MIN_BLOCK_K:
+        return Illegal(Reason.MX_FLOOR, f"BLOCK_K={cfg.block_k} < {MIN_BLOCK_K}: the upcast splits it into two "
+                       f"halves of >= {MX_GROUP} (one MX group, K >= 16 per tl.dot)")
+    return None
+
+
+def _check_divisibility(geo: StageGeometry, stage: int, cfg: TileConfig) -> Illegal | None:
+    if cfg.block_k % 64:
+        return Illegal(Reason.DIVISIBILITY, f"BLOCK_K={cfg.block_k} must be a multiple of 64 (32-element scale "
+                       "groups, two e2m1 values per byte)")
+    if cfg.block_n % 32:
+        return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} must be a multiple of 32 (MX groups of the "
+                       "stage-1 epilogue)")
+    if geo.n % cfg.block_n:
+        axis = "inter" if stage == 1 else "hidden"
+        return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} does not divide stage {stage} N={geo.n} ({axis})")
+    if cfg.split_k > 1 and geo.k % (cfg.split_k * cfg.block_k):
+        return Illegal(Reason.DIVISIBILITY, f"split_k={cfg.split_k} x BLOCK_K={cfg.block_k} does not divide "
+                       f"stage {stage} K={geo.k}")
+    return None
+
+
+def _check_tile(cfg: TileConfig) -> Illegal | None:
+    for name in ("block_m", "block_n", "block_k"):
+        v = getattr(cfg, name)
+        if not _is_pow2(v):
+            return Illegal(Reason.TILE_TOO_LARGE, f"{name.upper()}={v} is not a power of two (tl.arange sizes)")
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    for what, numel in (("accumulator BMxBN", bm * bn), ("activation BMxBK", bm * bk), ("weight BNxBK", bn * bk)):
+        if numel > MAX_TENSOR_NUMEL:
+            return Illegal(Reason.TILE_TOO_LARGE, f"{what} tile has {numel} elements > {MAX_TENSOR_NUMEL}")
+    return None
+
+
+def _check_warps(cfg: TileConfig) -> Illegal | None:
+    if not _is_pow2(cfg.num_warps) or cfg.num_warps > MAX_WARPS:
+        return Illegal(Reason.WARP_LAYOUT, f"num_warps={cfg.num_warps} must be a power of two <= {MAX_WARPS}")
+    return None
+
+
+def _check_resources(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, limits: DeviceLimits,
+                     model: SmemModel) -> tuple[int, int, Illegal | None]:
+    smem = smem_breakdown(shape, path, stage, cfg, model)["total"]
+    regs = register_model(path, stage, cfg)
+    if smem + SMEM_SAFETY_BYTES > limits.smem_optin_bytes:
+        return smem, regs["acc"], Illegal(
+            Reason.SMEM_OVERFLOW, f"modelled shared memory {smem} B (+{SMEM_SAFETY_BYTES} B headroom) > "
+            f"{limits.smem_optin_bytes} B opt-in limit of {limits.name}", smem)
+    if regs["acc"] > ACC_REG_BUDGET:
+        n_acc = 2 if stage == 1 else 1
+        return smem, regs["acc"], Illegal(
+            Reason.REG_PRESSURE, f"{regs['acc']} fp32 accumulator registers/thread > {ACC_REG_BUDGET} ({n_acc} x "
+            f"{cfg.block_m}x{cfg.block_n} over {cfg.num_warps} warps)", smem)
+    if regs["total"] > limits.regs_per_thread_max:
+        return smem, regs["acc"], Illegal(
+            Reason.REG_PRESSURE, f"{regs['acc']} accumulator + {regs['operand']} upcast-operand registers/thread "
+            f"> {limits.regs_per_thread_max}", smem)
+    return smem, regs["acc"], None
+
+
+def _check_degenerate(shape: MoEShape, cfg: TileConfig, tokens: int | None) -> str | None:
+    per_thread = cfg.block_m * cfg.block_n / (32 * cfg.num_warps)
+    if per_thread < MIN_ACC_PER_THREAD:
+        return (f"BLOCK_M x BLOCK_N = {cfg.block_m * cfg.block_n} gives {per_thread:g} accumulator elements per "
+                f"thread at num_warps={cfg.num_warps} (< {MIN_ACC_PER_THREAD}): warps replicate each other's MMA")
+    if tokens is None:
+        return None
+    pairs = tokens * shape.topk
+    rows = -(-pairs // min(shape.experts, pairs))  # average rows per hit expert, rounded up
+    cap = DEGENERATE_BLOCK_M_SLACK * _next_pow2(max(MIN_BLOCK_MN, rows))
+    if cfg.block_m > cap:
+        return f"BLOCK_M={cfg.block_m} > {cap}: T={tokens} gives ~{rows} rows per hit expert, blocks are mostly padding"
+    limit = DEGENERATE_SPLIT_K_ROWS * shape.experts * cfg.block_m
+    if cfg.split_k > 1 and pairs > limit:
+        return (f"split_k={cfg.split_k} at T={tokens}: T*A={pairs} > {DEGENERATE_SPLIT_K_ROWS}*E*BLOCK_M={limit}, "
+                "the grid is already full and split-K only adds atomics")
+    return None
+
+
+def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits: DeviceLimits,
+          tokens: int | None = None, *, model: SmemModel = SMEM_MODEL) -> Legal | Illegal:
+    """Legal or Illegal(reason) for launching `cfg` as `stage` of `shape` on `path` under `limits`.
+
+    No compile, no GPU. `tokens` (T) turns on the T-dependent DEGENERATE rules.
+    """
+    if not isinstance(cfg, TileConfig):
+        raise TypeError(f"cfg must be a TileConfig, got {type(cfg).__name__}")
+    if not isinstance(limits, DeviceLimits):
+        raise TypeError(f"limits must be a DeviceLimits, got {type(limits).__name__}")
+    if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1):
+        raise ValueError(f"tokens must be a positive int or None, got {tokens!r}")
+    path = Path(path)
+    geo = stage_geometry(shape, stage)
+    verdict = (_check_levers(stage, cfg, limits) or _check_floor(cfg) or _check_divisibility(geo, stage, cfg)
+               or _check_tile(cfg) or _check_warps(cfg))
+    if verdict is not None:
+        return verdict
+    smem, acc, verdict = _check_resources(shape, path, stage, cfg, limits, model)
+    if verdict is not None:
+        return verdict
+    waste = _check_degenerate(shape, cfg, tokens)
+    if waste is not None:
+        return Illegal(Reason.DEGENERATE, waste, smem)
+    return Legal(smem_bytes=smem, acc_regs_per_thread=acc)
+
+
+def observed_failure(compile_ok: bool, launch_ok: bool | None, n_spills: int | None) -> str | None:
+    """What a real compile showed, judged as legality is: 'compile' (compiler or loader refused), 'launch'
+    (launch wrapper or kernel failed), 'spills' (>= HEAVY_SPILL_BYTES of local memory), or None (fine).
+
+    `launch_ok` None means not launched; `n_spills` is Triton's count of 4-byte local-memory words.
+    """
+    if not compile_ok:
+        return "compile"
+    if launch_ok is False:
+        return "launch"
+    if n_spills is not None and n_spills * 4 >= HEAVY_SPILL_BYTES:
+        return "spills"
+    return None
+
+
+def summarize(shape: MoEShape, path: Path | str, stage: int, space_name: str = "default",
+              limits: DeviceLimits = H100, tokens: int | None = None) -> dict[str, Any]:
+    """Every config of a candidate space with its verdict, and counts per reason (`legal` included).
+
+    The `mxmoe legal` command is a thin wrapper: `counts` for the table, `verdicts` for --show and --json.
+    """
+    configs = candidate_space(stage, path, space_name)
+    verdicts = [(cfg, check(shape, path, stage, cfg, limits, tokens)) for cfg in configs]
+    counts = {"legal": 0} | {r.value: 0 for r in Reason}
+    for _, v in verdicts:
+        counts["legal" if isinstance(v, Legal) else v.reason.value] += 1
+    return {
+        "shape": shape.name,
+        "path": Path(path).value,
+        "stage": stage,
+        "space": space_name,
+        "device": limits.name,
+        "tokens": tokens,
+        "total": len(configs),
+        "counts": counts,
+        "verdicts": verdicts,
+    }
+
+
+def verdict_to_dict(v: Legal | Illegal) -> dict[str, Any]:
+    """A verdict as JSON-ready values (for --json and the validation CSV)."""
+    if isinstance(v, Legal):
+        return {"legal": True, "reason": None, "detail": "", "smem_bytes": v.smem_bytes,
+                "acc_regs_per_thread": v.acc_regs_per_thread}
+    return {"legal": False, "reason": v.reason.value, "detail": v.detail, "smem_bytes": v.smem_bytes}

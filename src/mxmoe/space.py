@@ -1,0 +1,115 @@
+"""Candidate spaces: every TileConfig a sweep may try, per stage, before the legality filter.
+
+No torch or triton here. A space is the cartesian product of one range per TileConfig field; it is
+deliberately blind to the shape and the device, so the legality filter (`mxmoe.legality.check`)
+decides what a given problem can launch and records why the rest cannot.
+
+| field       | default           | wide                          |
+|-------------|-------------------|-------------------------------|
+| block_m     | 16, 32, 64, 128   | 16, 32, 64, 128, 256          |
+| block_n     | 64, 128           | 32, 64, 128, 256              |
+| block_k     | 128, 256          | 64, 128, 256, 512             |
+| group_m     | 1, 8              | 1, 4, 8, 16                   |
+| num_warps   | 4, 8              | 2, 4, 8                       |
+| num_stages  | 3, 4              | 2, 3, 4, 5                    |
+| mma         | dot_scaled, upcast| dot_scaled, upcast            |
+| stage 2 (combine, split_k) | (atomic, 1), (slots, 1), (atomic, 4) | (atomic, 1/2/4/8), (slots, 1) |
+
+Stage 1 has no split-K and only the atomic combine (its fused activation needs full sums), so those
+two levers are not enumerated for it. split_k > 1 only pairs with the atomic combine (the slots
+combine writes each pair's row once). The default space holds every `heuristic.default_config`
+the registered models produce, so a sweep over it always contains the baseline.
+
+Order: sorted by `space_sort_key` (block_m, block_n, block_k, group_m, num_warps, num_stages,
+mma value, combine value, split_k), so a space is identical across processes and releases.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import cache
+
+from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.shapes import Path
+
+SPACE_NAMES = ("default", "wide")
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceRanges:
+    """The per-field ranges a space is the product of."""
+
+    block_m: tuple[int, ...]
+    block_n: tuple[int, ...]
+    block_k: tuple[int, ...]
+    group_m: tuple[int, ...]
+    num_warps: tuple[int, ...]
+    num_stages: tuple[int, ...]
+    mma: tuple[Mma, ...]
+    stage2_combine_split: tuple[tuple[Combine, int], ...]
+
+
+_MMAS = (Mma.DOT_SCALED, Mma.UPCAST)
+
+RANGES: dict[str, SpaceRanges] = {
+    "default": SpaceRanges(
+        block_m=(16, 32, 64, 128),
+        block_n=(64, 128),
+        block_k=(128, 256),
+        group_m=(1, 8),
+        num_warps=(4, 8),
+        num_stages=(3, 4),
+        mma=_MMAS,
+        stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ATOMIC, 4)),
+    ),
+    "wide": SpaceRanges(
+        block_m=(16, 32, 64, 128, 256),
+        block_n=(32, 64, 128, 256),
+        block_k=(64, 128, 256, 512),
+        group_m=(1, 4, 8, 16),
+        num_warps=(2, 4, 8),
+        num_stages=(2, 3, 4, 5),
+        mma=_MMAS,
+        stage2_combine_split=(
+            (Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8), (Combine.SLOTS, 1),
+        ),
+    ),
+}
+
+
+def space_sort_key(cfg: TileConfig) -> tuple:
+    """The documented order of every space: tile sizes first, then schedule, then levers."""
+    return (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages,
+            cfg.mma.value, cfg.combine.value, cfg.split_k)
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in (1, 2) or isinstance(stage, bool):
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+@cache
+def _build(stage: int, name: str) -> tuple[TileConfig, ...]:
+    r = RANGES[name]
+    levers = r.stage2_combine_split if stage == 2 else ((Combine.ATOMIC, 1),)
+    configs = {
+        TileConfig(block_m=bm, block_n=bn, block_k=bk, group_m=gm, num_warps=nw, num_stages=ns, mma=mma,
+                   combine=comb, split_k=sk)
+        for bm, bn, bk, gm, nw, ns, mma, (comb, sk) in itertools.product(
+            r.block_m, r.block_n, r.block_k, r.group_m, r.num_warps, r.num_stages, r.mma, levers)
+    }
+    return tuple(sorted(configs, key=space_sort_key))
+
+
+def candidate_space(stage: int, path: Path | str, name: str = "default") -> tuple[TileConfig, ...]:
+    """Every candidate TileConfig of one stage, sorted by `space_sort_key`, without duplicates.
+
+    `path` is validated and kept in the signature because a path may grow levers of its own (an
+    FP8 tensor-core MMA for a8w4); today the ranges are the same for every path.
+    """
+    _check_stage(stage)
+    Path(path)  # validates: ValueError names the bad value
+    if name not in RANGES:
+        raise ValueError(f"unknown space {name!r}; known: {', '.join(SPACE_NAMES)}")
+    return _build(stage, name)

@@ -1,0 +1,444 @@
+"""The e2e guardrail: a candidate's tiles inside a real transformers model graph, against the reference graph.
+
+Axis legend: B batch, S sequence, V vocab, H hidden; P = B*S positions.
+
+One run (docs/guardrail.md gives the why of each choice):
+  1. build a GptOssForCausalLM / DeepseekV3ForCausalLM from its transformers config with seeded random weights
+     (never downloaded), a few decoder layers, fp32; the MoE dims come from a MODELS shape (experts capped);
+  2. replace every expert weight by its MXFP4-dequantized value and run a seeded [B, S] batch of token ids
+     through this plain transformers model;
+  3. `patch_model` with the candidate's config, and run the same graph three ways: experts on the oracle
+     (mxmoe.reference) at a16w4, which must reproduce the plain model (`fidelity`: the weight layout and
+     activation conventions are right); on the oracle at the candidate's path (the reference); on the kernels,
+     checking that exactly the candidate's config was launched (REFERENCE.md shortfall 1).
+logits_diff = max over positions and vocab of |log_softmax(reference) - log_softmax(kernels)| in float64.
+Pass: logits_diff <= spec.E2E_LOGITS_DIFF_MAX and greedy next tokens agree at every decisive position.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import nn
+
+from mxmoe.config import MoEConfig
+from mxmoe.dispatch import choose_config, interpreter_active
+from mxmoe.shapes import MODELS, Activation, MoEShape, Path
+from mxmoe.spec import E2E_LOGITS_DIFF_MAX
+from mxmoe.tolerance import Tolerance, compare
+from mxmoe.tuning.ledger import Ledger
+from mxmoe.tuning.records import GuardrailResult, Status, active
+
+FAMILIES = ("gpt-oss", "deepseek-v3")
+_ACTIVATION = {"gpt-oss": Activation.SWIGLU_OAI, "deepseek-v3": Activation.SILU}
+SMALL_SHAPES = {"gpt-oss": "tiny-oai", "deepseek-v3": "tiny"}  # CPU / interpreter default
+FULL_SHAPES = {"gpt-oss": "gpt-oss-20b", "deepseek-v3": "deepseek-v3"}  # GPU default: real hidden and inter
+MAX_EXPERTS = 32  # experts kept per layer; gpt-oss-20b has exactly 32, DeepSeek-V3 256 -> 32 to fit and be quick
+BATCH, SEQ = 2, 16
+_TOKEN_STREAM = 0x70CE5  # token ids draw from their own generator stream of the seed
+# The a16w4 oracle rounds x, the intermediate and the output to bf16 (each <= 2**-9 relative per element) where
+# transformers' fp32 experts round nothing: measured ~3e-3 rms on layer 0 of both tiny models. 1e-2 leaves 3x
+# headroom; a wrong layout (gate/up swapped, interleave, transpose) or routing-weight mix-up is O(1).
+FIDELITY = Tolerance(max_rel=2e-2, rms_rel=1e-2)
+
+
+class Outcome(StrEnum):
+    """How a guardrail run ended."""
+
+    PASSED = "passed"  # logits_diff within the spec and every decisive greedy token agrees
+    CORRECTNESS = "correctness"  # the patched model ran but differs from the reference beyond the spec
+    OUT_OF_MEMORY = "out_of_memory"  # an allocation failed (building, patching or running)
+    RUNTIME = "runtime"  # patching or the kernels raised, or a config other than the candidate's ran
+    REFERENCE_INVALID = "reference_invalid"  # the reference raised or produced NaN/Inf: nothing to compare to
+
+
+@dataclass(frozen=True, slots=True)
+class LayerError:
+    """Patched vs reference at one decoder layer, relative to the whole reference tensor (tolerance.compare)."""
+
+    layer: int
+    rms_rel: float  # ||kernel - ref||_2 / ||ref||_2 of the layer's output hidden states [B, S, H]
+    max_rel: float  # max|kernel - ref| / max|ref| of the same
+    moe_rms_rel: float  # rms_rel of the layer's MoE block output (routed experts + shared expert)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailReport:
+    """One guardrail run. `model` is the MODELS shape name the MoE dims came from (the sweep rows' name)."""
+
+    family: str
+    model: str
+    path: Path
+    outcome: Outcome
+    config_keys: tuple[str, ...]  # the MoEConfig keys the kernels launched (the intended one if none ran)
+    logits_diff: float | None = None  # kernels vs the oracle graph at the path; None without a finite comparison
+    agreement: float | None = None  # greedy next-token agreement over all B*S positions
+    decisive_agreement: float | None = None  # the same over positions whose reference top-2 margin > 2*limit
+    near_ties: int = 0  # positions with reference top-2 margin <= 2*limit (a flip there fits inside logits_diff)
+    logits_diff_vs_plain: float | None = None  # kernels vs the plain transformers model: the path's accuracy cost
+    fidelity: float | None = None  # layer-0 MoE block rms_rel, a16w4 oracle graph vs the plain model
+    layers: tuple[LayerError, ...] = ()  # kernels vs the oracle graph, per decoder layer
+    model_config: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    interpreter: bool = False
+    seed: int = 0
+    seconds: float = 0.0
+    detail: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is Outcome.PASSED
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d |= {"path": self.path.value, "outcome": self.outcome.value, "config_keys": list(self.config_keys),
+              "layers": [{k: getattr(x, k) for k in x.__dataclass_fields__} for x in self.layers],
+              "passed": self.passed}
+        return d
+
+    def to_result(self, campaign: str, extra_keys: tuple[str, ...] = ()) -> GuardrailResult:
+        """The ledger record; `extra_keys` adds the sweep row's config_key when it was computed elsewhere."""
+        skip = ("model", "path", "config_keys", "detail", "logits_diff", "agreement", "passed")
+        prov = _finite({k: v for k, v in self.to_dict().items() if k not in skip})
+        detail = self.outcome.value + (f": {self.detail}" if self.detail else "")
+        return GuardrailResult(campaign=campaign, model=self.model, path=self.path,
+                               config_keys=tuple(dict.fromkeys((*self.config_keys, *extra_keys))),
+                               logits_diff=self.logits_diff, agreement=self.agreement, passed=self.passed,
+                               detail=detail, provenance=prov)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-clean copy for the ledger: non-finite floats (a NaN layer error) become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class _Failed(Exception):
+    """A stage of the run failed; carries the typed outcome (never escapes this module)."""
+
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower() or (
+        "can't allocate memory" in str(exc))
+
+
+def _stage(outcome: Outcome, what: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        why = "".join(traceback.format_exception_only(exc)).strip()
+        raise _Failed(Outcome.OUT_OF_MEMORY if _is_oom(exc) else outcome, f"{what}: {why}") from exc
+
+
+def resolve_shape(family: str, shape: MoEShape | str | None, small: bool) -> MoEShape:
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}: the guardrail supports {FAMILIES}")
+    if shape is None:
+        shape = (SMALL_SHAPES if small else FULL_SHAPES)[family]
+    if isinstance(shape, str):
+        if shape not in MODELS:
+            raise ValueError(f"unknown shape {shape!r}; known: {', '.join(MODELS)}")
+        shape = MODELS[shape]
+    if shape.activation is not _ACTIVATION[family]:
+        raise ValueError(f"shape {shape.name} computes {shape.activation.value}; {family} computes "
+                         f"{_ACTIVATION[family].value}")
+    return shape
+
+
+# ---- one forward, its hooks, the metrics --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    logits: torch.Tensor  # [B, S, V] f32
+    layers: tuple[torch.Tensor, ...]  # decoder layer outputs [B, S, H]
+    moe: tuple[torch.Tensor, ...]  # MoE block outputs [B, S, H]
+
+
+def _forward(model: nn.Module, ids: torch.Tensor) -> _Run:
+    outs: dict[tuple[str, int], torch.Tensor] = {}
+
+    def hook(key: tuple[str, int]):
+        def grab(_mod, _args, out):
+            outs[key] = (out[0] if isinstance(out, tuple) else out).detach().float().clone()
+
+        return grab
+
+    decoder = model.model.layers
+    handles = [m.register_forward_hook(hook(("layer", i))) for i, m in enumerate(decoder)]
+    handles += [m.mlp.register_forward_hook(hook(("moe", i))) for i, m in enumerate(decoder)]
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(decoder)
+    return _Run(logits, tuple(outs[("layer", i)] for i in range(n)), tuple(outs[("moe", i)] for i in range(n)))
+
+
+def logits_diff(reference: torch.Tensor, actual: torch.Tensor) -> float:
+    """max over positions of max over vocab of |log_softmax(reference) - log_softmax(actual)|, in float64
+    (inf when either side is non-finite). Both are [..., V] logits."""
+    d = (reference.double().log_softmax(-1) - actual.double().log_softmax(-1)).abs()
+    return float("inf") if not bool(torch.isfinite(d).all()) else float(d.max())
+
+
+def agreement(reference: torch.Tensor, actual: torch.Tensor, limit: float = E2E_LOGITS_DIFF_MAX):
+    """(greedy agreement over all positions, the same over decisive positions, count of near ties). A position is
+    a near tie when the reference's top-2 logit margin is <= 2*limit: there a flip fits inside logits_diff."""
+    ref, act = reference.double().reshape(-1, reference.shape[-1]), actual.double().reshape(-1, actual.shape[-1])
+    same = ref.argmax(-1) == act.argmax(-1)  # [P]
+    top2 = ref.topk(2, dim=-1).values  # [P, 2]
+    decisive = (top2[:, 0] - top2[:, 1]) > 2 * limit  # [P]
+    dec = float(same[decisive].double().mean()) if bool(decisive.any()) else 1.0
+    return float(same.double().mean()), dec, int((~decisive).sum())
+
+
+def _layer_errors(ref: _Run, act: _Run) -> tuple[LayerError, ...]:
+    loose = Tolerance(math.inf, math.inf)
+    out = []
+    for i, (r, a, rm, am) in enumerate(zip(ref.layers, act.layers, ref.moe, act.moe, strict=True)):
+        c = compare(a, r, loose)
+        out.append(LayerError(i, c.rms_rel, c.max_rel, compare(am, rm, loose).rms_rel))
+    return tuple(out)
+
+
+@contextmanager
+def _fp32_matmuls() -> Iterator[None]:
+    """Full-precision fp32 matmuls for the run (no TF32): the oracle and the plain model must not round."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@contextmanager
+def _config_dir(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """MXMOE_CONFIG_DIR for the block only: dispatch reads the tuned tables from there."""
+    if path is None:
+        yield
+        return
+    old = os.environ.get("MXMOE_CONFIG_DIR")
+    os.environ["MXMOE_CONFIG_DIR"] = os.fspath(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MXMOE_CONFIG_DIR")
+        else:
+            os.environ["MXMOE_CONFIG_DIR"] = old
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+
+def run_guardrail(
+    family: str,
+    path: Path | str = Path.A16W4,
+    *,
+    config: MoEConfig | str | os.PathLike[str] | None = None,
+    shape: MoEShape | str | None = None,
+    layers: int = 2,
+    small: bool | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    max_experts: int = MAX_EXPERTS,
+) -> GuardrailReport:
+    """Run the guardrail once (module docstring). `config`: a MoEConfig forced on every layer; a tuned-table
+    directory, whose entry for `shape` at T = B*S (dispatch's lookup under MXMOE_CONFIG_DIR) is forced; or
+    None for dispatch's own choice on the graph's (capped) shape. `small` (default: on CPU)
+    takes tiny attention and vocab; `shape` (default SMALL_SHAPES / FULL_SHAPES) gives the MoE dims and the
+    recorded model name. Failures come back as the report's `outcome`, never as an exception."""
+    path = Path(path)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    small = device.type == "cpu" if small is None else small
+    shape = resolve_shape(family, shape, small)
+    forced = config if isinstance(config, MoEConfig) else None
+    table = None if config is None or forced is not None else config
+    if table is not None and not os.path.isdir(table):
+        raise ValueError(f"config={table!r} is neither a MoEConfig nor a tuned-table directory")
+    t0 = time.perf_counter()
+    with _config_dir(table), _fp32_matmuls():
+        intended = forced or choose_config(shape, path, BATCH * SEQ)
+        if table is not None:  # the table's entry for the shape at T = B*S, forced on the (capped) graph
+            forced = intended
+        base = dict(family=family, model=shape.name, path=path, device=str(device), seed=seed,
+                    interpreter=interpreter_active(), config_keys=(intended.key(),))
+        runs: dict[str, Any] = {}
+        try:
+            _run_graphs(runs, family, shape, path, forced, dict(layers=layers, small=small, seed=seed, device=device,
+                                                                max_experts=max_experts))
+        except _Failed as f:
+            if "model" in runs:  # a failure is tied to the intended config and to whatever else was launched
+                base["config_keys"] = tuple(dict.fromkeys((intended.key(), *_launched(runs["model"]))))
+            return GuardrailReport(outcome=f.outcome, detail=f.detail, model_config=runs.get("summary", {}),
+                                   fidelity=_fidelity(runs), seconds=time.perf_counter() - t0, **base)
+    base["config_keys"] = _launched(runs["model"])
+    return _judge(runs, time.perf_counter() - t0, base)
+
+
+def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, forced: MoEConfig | None,
+                build: dict[str, Any]) -> None:
+    """Steps 1-3 of the module docstring; fills `runs` as it goes, so a failure report keeps what ran."""
+    from mxmoe.integrations.transformers import (
+        Backend,
+        dequantize_model_experts,
+        model_summary,
+        patch_model,
+        random_model,
+        use_backend,
+    )
+
+    runs["model"] = model = _stage(Outcome.RUNTIME, "build", lambda: random_model(family, shape, **build))
+    runs["summary"] = model_summary(model) | {"shape": shape.name, "shape_experts": shape.routed_experts,
+                                              "small": build["small"], "batch": BATCH, "seq": SEQ}
+    g = torch.Generator(device="cpu").manual_seed(build["seed"] ^ _TOKEN_STREAM)
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=g).to(build["device"])
+    _stage(Outcome.RUNTIME, "dequantize experts", lambda: dequantize_model_experts(model))
+    runs["plain"] = _reference(lambda: _forward(model, ids), "plain transformers model")
+    _stage(Outcome.RUNTIME, "patch_model", lambda: patch_model(model, path, forced))
+    with use_backend(model, Backend.REFERENCE, Path.A16W4):
+        runs["a16w4"] = _reference(lambda: _forward(model, ids), "a16w4 oracle graph")
+    _check_fidelity(runs["plain"], runs["a16w4"])
+    runs["ref"] = runs["a16w4"]
+    if path is not Path.A16W4:
+        with use_backend(model, Backend.REFERENCE):
+            runs["ref"] = _reference(lambda: _forward(model, ids), f"{path.value} oracle graph")
+    runs["kernel"] = _stage(Outcome.RUNTIME, "kernel forward", lambda: _forward(model, ids))
+    _check_launched(model, forced)
+
+
+def _reference(fn: Callable[[], _Run], what: str) -> _Run:
+    run = _stage(Outcome.REFERENCE_INVALID, f"{what} forward", fn)
+    bad = int((~torch.isfinite(run.logits)).sum())
+    if bad:
+        raise _Failed(Outcome.REFERENCE_INVALID, f"the {what} has {bad} non-finite logits")
+    return run
+
+
+def _launched(model: nn.Module) -> tuple[str, ...]:
+    from mxmoe.integrations.transformers import launched_configs
+
+    return tuple(launched_configs(model))
+
+
+def _check_launched(model: nn.Module, forced: MoEConfig | None) -> None:
+    """The run must have launched the candidate's tiles and nothing else."""
+    launched = _launched(model)
+    if not launched:
+        raise _Failed(Outcome.RUNTIME, "the patched model launched no mxmoe kernel")
+    if forced is not None and launched != (forced.key(),):
+        raise _Failed(Outcome.RUNTIME, f"launched configs {list(launched)}, expected only {forced.key()}: "
+                                       "the guardrail did not run the candidate's tiles")
+
+
+def _fidelity(runs: dict[str, Any]) -> float | None:
+    if "plain" not in runs or "a16w4" not in runs:
+        return None
+    return compare(runs["a16w4"].moe[0], runs["plain"].moe[0], Tolerance(math.inf, math.inf)).rms_rel
+
+
+def _check_fidelity(plain: _Run, oracle: _Run) -> None:
+    """Layer 0's MoE block sees identical inputs in both graphs, so it isolates the experts: the oracle at
+    a16w4 must match transformers' own experts up to its bf16 roundings (see FIDELITY)."""
+    c = compare(oracle.moe[0], plain.moe[0], FIDELITY, name="layer-0 MoE block, a16w4 oracle vs transformers")
+    if not c.ok:
+        raise _Failed(Outcome.REFERENCE_INVALID, f"the patched graph does not reproduce the model: {c.message}")
+
+
+def _judge(runs: dict[str, Any], seconds: float, base: dict[str, Any]) -> GuardrailReport:
+    ref, out = runs["ref"], runs["kernel"]
+    diff = logits_diff(ref.logits, out.logits)
+    agree, decisive, ties = agreement(ref.logits, out.logits)
+    vs_plain = logits_diff(runs["plain"].logits, out.logits)
+    ok = diff <= E2E_LOGITS_DIFF_MAX and decisive == 1.0
+    detail = None
+    if not ok:
+        why = "non-finite logits" if not math.isfinite(diff) else f"logits_diff {diff:.3e} > {E2E_LOGITS_DIFF_MAX}"
+        detail = f"{why}; decisive greedy agreement {decisive:.3f}"
+    finite = lambda v: v if math.isfinite(v) else None
+    return GuardrailReport(outcome=Outcome.PASSED if ok else Outcome.CORRECTNESS, logits_diff=finite(diff),
+                           agreement=agree, decisive_agreement=decisive, near_ties=ties,
+                           logits_diff_vs_plain=finite(vs_plain), fidelity=_fidelity(runs),
+                           layers=_layer_errors(ref, out), model_config=runs["summary"], seconds=seconds, detail=detail,
+                           **base)
+
+
+# ---- campaigns and the ledger -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Winner:
+    """A config that won at least one (model, path, T) point of a campaign: the best claimable measured
+    layer row there. `config_key` is the sweep row's own key; `tokens` the points it won."""
+
+    model: str
+    shape: MoEShape
+    config: MoEConfig
+    config_key: str
+    tokens: tuple[int, ...]
+
+
+def family_of_shape(shape: MoEShape) -> str:
+    return "gpt-oss" if shape.activation is Activation.SWIGLU_OAI else "deepseek-v3"
+
+
+def _shape_of_row(d: dict[str, Any]) -> MoEShape:
+    return MoEShape(**{**d, "activation": Activation(d["activation"])})
+
+
+def campaign_winners(ledger: Ledger, campaign: str, family: str, path: Path | str) -> list[Winner]:
+    """The configs the gate will ask about: per point (model, path, routing, T) of `campaign`, the best claimable
+    measured layer row (lowest median, key breaks ties: gate._best's order), for one family and path."""
+    path = Path(path)
+    best: dict[tuple[str, str, str, int], Any] = {}
+    for r in active(ledger.attempts(campaign, stage="layer", path=path.value)):
+        if r.status is not Status.MEASURED or not r.claimable or family_of_shape(_shape_of_row(r.shape)) != family:
+            continue
+        if r.point not in best or (r.median_us, r.key) < (best[r.point].median_us, best[r.point].key):
+            best[r.point] = r
+    won: dict[tuple[str, str], list[Any]] = {}
+    for r in best.values():
+        won.setdefault((r.model, r.config_key), []).append(r)
+    return [Winner(model, _shape_of_row(rs[0].shape), MoEConfig.from_dict(rs[0].config), ck,
+                   tuple(sorted({r.tokens for r in rs}))) for (model, ck), rs in sorted(won.items())]
+
+
+def guard_campaign(ledger: Ledger, campaign: str, family: str, path: Path | str, **kwargs: Any
+                   ) -> list[tuple[Winner, GuardrailReport]]:
+    """run_guardrail for each winner (its shape and its config forced) and record a GuardrailResult per config
+    under the sweep rows' model name. kwargs go to run_guardrail (layers, seed, device, small, max_experts)."""
+    out = []
+    for w in campaign_winners(ledger, campaign, family, path):
+        report = run_guardrail(family, path, config=w.config, shape=w.shape, **kwargs)
+        ledger.record_guardrail(report.to_result(campaign, extra_keys=(w.config_key,)))
+        out.append((w, report))
+    return out
+
+
+def record(ledger: Ledger, campaign: str, report: GuardrailReport) -> GuardrailResult:
+    """Write one report to the ledger as a GuardrailResult (the campaign must exist)."""
+    result = report.to_result(campaign)
+    ledger.record_guardrail(result)
+    return result
