@@ -210,6 +210,20 @@ def claim(
         raise typer.Exit(1)
 
 
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (sweep, export, noise, bench, guardrail, report, legal)."""
+    from mxmoe.cli_guardrail import register as register_guardrail
+    from mxmoe.cli_legal import register as register_legal
+    from mxmoe.cli_report import register as register_report
+    from mxmoe.cli_sweep import register as register_sweep
+
+    for register in (register_sweep, register_guardrail, register_report, register_legal):
+        register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="mxmoe")
 

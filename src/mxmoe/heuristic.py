@@ -37,6 +37,11 @@ def _block_n(n: int, prefer: int) -> int:
     raise ValueError(f"no BLOCK_N in (prefer={prefer}, 64, 32) divides N={n}")
 
 
+def _block_k(k: int, prefer: int) -> int:
+    """`prefer`, capped at K rounded up to a power of two (>= 64): a K step past K only loads masked zeros."""
+    return max(64, min(prefer, 1 << (k - 1).bit_length()))
+
+
 def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False) -> MoEConfig:
     """The baseline MoEConfig for one launch of `shape` on `path` at `tokens` tokens."""
     Path(path)  # validates
@@ -53,9 +58,10 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     mma = Mma.UPCAST if interpreter else Mma.DOT_SCALED
     common = dict(block_m=block_m, block_k=128, group_m=1 if block_m <= 32 else 8, num_warps=warps,
                   num_stages=stages, mma=mma)
-    s1_k = 256 if block_m == 16 else 128
+    s1_k = _block_k(shape.hidden, 256 if block_m == 16 else 128)
     s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **{**common, "block_k": s1_k})
-    s2 = TileConfig(block_n=_block_n(shape.hidden, prefer_n), combine=Combine.ATOMIC, **common)
+    s2 = TileConfig(block_n=_block_n(shape.hidden, prefer_n), combine=Combine.ATOMIC,
+                    **{**common, "block_k": _block_k(shape.inter, 128)})
     if rows >= 256:
         s2 = s2.replace(block_m=256, block_n=_block_n(shape.hidden, 128))
     return MoEConfig(s1, s2)

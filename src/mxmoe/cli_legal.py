@@ -1,0 +1,52 @@
+"""`mxmoe legal`: how a candidate space fares against the legality model, before any compile."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mxmoe.shapes import Path, get_shape
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def legal(
+        model: Annotated[str, typer.Option(help="Model name or E,topk,hidden,inter")],
+        path: Annotated[Path, typer.Option(help="Activation path")] = Path.A16W4,
+        stage: Annotated[int, typer.Option(help="Stage 1 or 2")] = 1,
+        space: Annotated[str, typer.Option(help="Candidate space: default or wide")] = "default",
+        tokens: Annotated[int | None, typer.Option(help="Judge DEGENERATE tiles at this T")] = None,
+        show: Annotated[str | None, typer.Option(help="'illegal' lists each rejected config")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    ) -> None:
+        """Counts per reason code for a candidate space (H100 limits); --show illegal lists the rejections."""
+        from mxmoe.legality import H100, Illegal, summarize
+
+        if stage not in (1, 2):
+            raise typer.BadParameter(f"--stage must be 1 or 2, got {stage}")
+        if show not in (None, "illegal"):
+            raise typer.BadParameter(f"--show takes 'illegal', got {show!r}")
+        s = summarize(get_shape(model), path, stage, space, H100, tokens)
+        rejected = [(c, v) for c, v in s["verdicts"] if isinstance(v, Illegal)]
+        if as_json:
+            out = {k: v for k, v in s.items() if k != "verdicts"}
+            if show:
+                out["illegal"] = [{"config": c.to_dict(), "reason": v.reason.value, "detail": v.detail}
+                                  for c, v in rejected]
+            print(json.dumps(out, indent=2))
+            return
+        console = Console()
+        table = Table(title=f"{s['shape']} {s['path']} stage {stage}, {space} space ({s['total']} configs, {s['device']})")
+        table.add_column("verdict")
+        table.add_column("count", justify="right")
+        for reason, n in s["counts"].items():
+            if n:
+                table.add_row(reason, str(n))
+        console.print(table)
+        if show:
+            for c, v in rejected:
+                console.print(f"{c.short():40} {v.reason.value:18} {v.detail}")
