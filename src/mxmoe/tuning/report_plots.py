@@ -1,0 +1,160 @@
+"""The report's plots: matplotlib Figures (Agg, no pyplot state), rendered to PNG bytes.
+
+Each function takes ReportData pieces and returns a Figure; `render_all` gives {file name: PNG bytes}.
+PNGs carry no Software metadata, so the same ledger gives the same bytes run to run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from matplotlib.figure import Figure
+
+from mxmoe.spec import Profile
+from mxmoe.tuning.gate import Outcome, PointVerdict
+from mxmoe.tuning.report import panel_label, status_counts
+
+if TYPE_CHECKING:
+    from mxmoe.tuning.report import BestPoint, PanelKey, ReportData
+
+OUTCOME_COLOURS = {Outcome.WIN: "#2a9d3f", Outcome.REGRESSION: "#d62728", Outcome.NEUTRAL: "#7f7f7f"}
+SIDE_COLOURS = {"baseline": "#1f77b4", "candidate": "#ff7f0e"}
+PANEL_W, PANEL_H, MAX_COLS = 5.0, 3.6, 3
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _grid(n: int) -> tuple[Figure, list]:
+    cols = max(1, min(MAX_COLS, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = Figure(figsize=(PANEL_W * cols, PANEL_H * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n] if n else axes[:1]
+
+
+def _side(ax, name: str, pts: Sequence[BestPoint]) -> None:
+    """Medians with CI bars; non-claimable points hollow, with their own legend entry."""
+    for claimable in (True, False):
+        sel = [p for p in pts if p.claimable is claimable]
+        if not sel:
+            continue
+        err = [[p.median_us - p.ci_lo_us for p in sel], [p.ci_hi_us - p.median_us for p in sel]]
+        face = SIDE_COLOURS[name] if claimable else "none"
+        ax.errorbar([p.tokens for p in sel], [p.median_us for p in sel], yerr=err, fmt="o", capsize=3,
+                    color=SIDE_COLOURS[name], markerfacecolor=face,
+                    label=name if claimable else f"{name} (non-claimable)")
+    ax.plot([p.tokens for p in pts], [p.median_us for p in pts], "-", color=SIDE_COLOURS[name], alpha=0.5)
+
+
+def _floors(ax, pts: Sequence[BestPoint]) -> None:
+    sources = ", ".join(sorted({p.floors_source for p in pts}))
+    hits = ", ".join(sorted({p.hits_source for p in pts}))
+    ts = [p.tokens for p in pts]
+    ax.plot(ts, [p.memory_floor_us for p in pts], "--", color="#555555",
+            label=f"memory floor ({sources}; {hits} experts hit)")
+    ax.plot(ts, [p.compute_floor_us for p in pts], ":", color="#000000", label=f"compute floor ({sources})")
+
+
+def latency_figure(cand: dict[PanelKey, tuple[BestPoint, ...]], base: dict[PanelKey, tuple[BestPoint, ...]]) -> Figure:
+    """Latency vs T, log-log, one panel per (model, path[, routing]): best medians with 95% CIs and the
+    floors (candidate's rows where it measured a T, else the baseline's)."""
+    keys = sorted(set(cand) | set(base))
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys, strict=False):
+        floors = {p.tokens: p for p in base.get(key, ())} | {p.tokens: p for p in cand.get(key, ())}
+        _floors(ax, [floors[t] for t in sorted(floors)])
+        if key in base:
+            _side(ax, "baseline", base[key])
+        if key in cand:
+            _side(ax, "candidate", cand[key])
+        ax.set(xscale="log", yscale="log", xlabel="tokens T", ylabel="layer time (us)", title=panel_label(key))
+        ax.legend(fontsize=7)
+    if not keys:
+        axes[0].text(0.5, 0.5, "no measured layer rows", ha="center", va="center")
+    return fig
+
+
+def _percent(v: float) -> str:
+    return f"{v:.0%}" if v >= 0.1 else f"{v * 100:.2g}%"
+
+
+def roofline_heatmap(cand: dict[PanelKey, tuple[BestPoint, ...]]) -> Figure:
+    """Roofline fraction of the candidate's best row, (model, path) x T; `*` marks non-claimable cells."""
+    keys = sorted(cand)
+    tokens = sorted({p.tokens for pts in cand.values() for p in pts})
+    grid = [[math.nan] * len(tokens) for _ in keys]
+    fig = Figure(figsize=(max(5.0, 0.8 * len(tokens) + 3), max(2.5, 0.5 * len(keys) + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    for i, key in enumerate(keys):
+        for p in cand[key]:
+            j = tokens.index(p.tokens)
+            grid[i][j] = p.roofline_fraction
+            ax.text(j, i, _percent(p.roofline_fraction) + ("" if p.claimable else "*"), ha="center", va="center",
+                    fontsize=8, color="white" if p.roofline_fraction < 0.6 else "black")
+    top = max([1.0, *(v for row in grid for v in row if not math.isnan(v))])
+    im = ax.imshow(grid or [[math.nan]], cmap="viridis", vmin=0.0, vmax=top, aspect="auto")
+    ax.set_xticks(range(len(tokens)), [str(t) for t in tokens])
+    ax.set_yticks(range(len(keys)), [panel_label(k) for k in keys])
+    ax.set(xlabel="tokens T", title="max(floors) / best median (* non-claimable)")
+    if not keys:
+        ax.text(0, 0, "no measured layer rows", ha="center", va="center")
+    fig.colorbar(im, ax=ax, label="fraction of the roofline")
+    return fig
+
+
+def speedup_figure(points: Sequence[PointVerdict]) -> Figure:
+    """baseline / candidate median per point with the CI-pair bars, coloured by the mxmoe outcome."""
+    panels: dict[PanelKey, list[PointVerdict]] = {}
+    for p in points:
+        panels.setdefault((p.model, p.path, p.routing), []).append(p)
+    fig, axes = _grid(len(panels))
+    for ax, (key, pts) in zip(axes, sorted(panels.items()), strict=False):
+        ax.axhline(1.0, color="#999999", linewidth=1)
+        for outcome, colour in OUTCOME_COLOURS.items():
+            sel = [p for p in pts if p.outcome is outcome and p.speedup is not None and p.speedup_ci is not None]
+            if sel:
+                err = [[p.speedup - p.speedup_ci[0] for p in sel], [p.speedup_ci[1] - p.speedup for p in sel]]
+                ax.errorbar([p.tokens for p in sel], [p.speedup for p in sel], yerr=err, fmt="o", capsize=3,
+                            color=colour, label=outcome.value)
+        miss = [p.tokens for p in pts if p.outcome is Outcome.MISSING]
+        if miss:
+            ax.plot(miss, [1.0] * len(miss), "x", color="#d62728", markersize=9, label="missing")
+        ax.set(xscale="log", xlabel="tokens T", ylabel="speedup (baseline / candidate)", title=panel_label(key))
+        ax.legend(fontsize=7)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no coverage points", ha="center", va="center")
+    return fig
+
+
+def rejections_figure(counts: Counter[str]) -> Figure:
+    """Active rows per status text (`illegal:<REASON>` split by reason), most frequent on top."""
+    items = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    fig = Figure(figsize=(7.0, max(2.0, 0.35 * len(items) + 1.0)), layout="constrained")
+    ax = fig.subplots()
+    colours = ["#2a9d3f" if k == "measured" else "#d62728" for k, _ in items]
+    bars = ax.barh([k for k, _ in items], [v for _, v in items], color=colours)
+    ax.bar_label(bars, padding=2, fontsize=8)
+    ax.set(xlabel="rows", title="candidate rows per status / reason code")
+    return fig
+
+
+def render_all(data: ReportData) -> dict[str, bytes]:
+    """{file name: PNG} for every plot the page shows."""
+    figs = {
+        "latency.png": latency_figure(data.cand_best, data.base_best),
+        "roofline.png": roofline_heatmap(data.cand_best),
+        "rejections.png": rejections_figure(status_counts(data.cand_rows)),
+    }
+    if data.verdicts:
+        figs["speedup.png"] = speedup_figure(data.verdicts[Profile.MXMOE].comparison.points)
+    return {name: png_bytes(fig) for name, fig in figs.items()}
