@@ -204,3 +204,12 @@ def test_heuristic_prefill_configs_run():
     c = default_config(shape, Path.A16W4, 600, interpreter=True)
     assert (c.stage1.block_m, c.stage2.block_m) == (128, 256)
     assert_close(run(p, c).float(), p.reference(), path=Path.A16W4, stage="layer")
+
+
+@pytest.mark.parametrize("topk", [7, 9])
+def test_non_power_of_two_topk_with_shared_expert(topk):
+    """The #708 shapes: top-7 / top-9 with the fused shared expert last (every token, weight 1)."""
+    shape = MoEShape(f"tp8-like-k{topk}", 17, topk, 64, 64, Activation.SILU, shared_expert=True)
+    p = make_problem(shape, Path.A4W4, 11, seed=topk)
+    assert (p.topk_ids[:, -1] == 16).all() and (p.topk_weights[:, -1] == 1).all()
+    assert_close(run(p, cfg()).float(), p.reference(), path=Path.A4W4, stage="layer")
