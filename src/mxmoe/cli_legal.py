@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(out, indent=2))
             return
         console = Console()
-        table = Table(title=f"{s['shape']} {s['path']} stage {stage}, {space} space ({s['total']} configs, {s['device']})")
+        title = f"{s['shape']} {s['path']} stage {stage}, {space} space ({s['total']} configs, {s['device']})"
+        table = Table(title=title)
         table.add_column("verdict")
         table.add_column("count", justify="right")
         for reason, n in s["counts"].items():
