@@ -12,7 +12,8 @@ tiles are the slow tail), so the full wide space (7680 stage-1 and 38400 stage-2
 would take hours. Per (shape, path, stage) the sample takes `--per-combo` configs: half predicted legal, half
 spread evenly over the failure codes that occur (4 of DEGENERATE, a choice outside every metric); each stratum
 is sampled at evenly spaced positions of its sorted order, SMEM_OVERFLOW and REG_PRESSURE only within 1.5x of
-their limit, where a wrong verdict would hide. Predicted-legal configs run first.
+their limit (SMEM_OVERFLOW with registers in budget), where a wrong verdict would hide and compiles are quick.
+Predicted-legal configs run first.
 
 Writes one CSV row per sampled config (columns in CSV_COLUMNS, with device, versions and git sha), prints a
 confusion matrix (predicted verdict x observed outcome) and the shared-memory model's error. Never asserts:
@@ -100,14 +101,15 @@ def _spread(items: list, count: int) -> list:
 def _near_boundary(shape: MoEShape, path: Path, stage: int, reason: str, tasks: list[Task]) -> list[Task]:
     """The part of a resource stratum next to its limit, where a wrong verdict would hide (and whose compiles
     are the fast ones): modelled smem <= NEAR x the limit, or registers <= NEAR x the budget. Others: all."""
-    if reason == Reason.SMEM_OVERFLOW.value:
-        near = [t for t in tasks if t.modelled_smem <= NEAR * H100.smem_optin_bytes]
+    def regs(t: Task) -> dict[str, int]:
+        return register_model(path, stage, TileConfig.from_json(t.config))
+
+    if reason == Reason.SMEM_OVERFLOW.value:  # registers within budget: the verdict rests on smem alone
+        near = [t for t in tasks if t.modelled_smem <= NEAR * H100.smem_optin_bytes
+                and regs(t)["acc"] <= ACC_REG_BUDGET and regs(t)["total"] <= H100.regs_per_thread_max]
     elif reason == Reason.REG_PRESSURE.value:
-        near = []
-        for t in tasks:
-            regs = register_model(path, stage, TileConfig.from_json(t.config))
-            if regs["acc"] <= NEAR * ACC_REG_BUDGET and regs["total"] <= NEAR * H100.regs_per_thread_max:
-                near.append(t)
+        near = [t for t in tasks if regs(t)["acc"] <= NEAR * ACC_REG_BUDGET
+                and regs(t)["total"] <= NEAR * H100.regs_per_thread_max]
     else:
         return tasks
     return near or tasks

@@ -229,13 +229,12 @@ def test_space_rejects_unknown_names():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the baseline is legal and in the default space
+# the baseline is legal
 
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_heuristic_defaults_are_legal(model):
     shape = MODELS[model]
-    default = {1: set(candidate_space(1, Path.A16W4)), 2: set(candidate_space(2, Path.A16W4))}
     for path in Path:
         for t in TOKEN_GRID:
             for interpreter, limits in ((False, H100), (True, INTERPRETER)):
@@ -243,7 +242,6 @@ def test_heuristic_defaults_are_legal(model):
                 for stage, config in ((1, both.stage1), (2, both.stage2)):
                     v = check(shape, path, stage, config, limits, tokens=t)
                     assert isinstance(v, Legal), f"{model} {path.value} T={t} stage {stage} {config.short()}: {v}"
-                    assert config in default[stage], f"{config.short()} not in the default space"
 
 
 def test_summarize_counts_every_config():

@@ -17,8 +17,8 @@ decides what a given problem can launch and records why the rest cannot.
 
 Stage 1 has no split-K and only the atomic combine (its fused activation needs full sums), so those
 two levers are not enumerated for it. split_k > 1 only pairs with the atomic combine (the slots
-combine writes each pair's row once). The default space holds every `heuristic.default_config`
-the registered models produce, so a sweep over it always contains the baseline.
+combine writes each pair's row once). The baseline (`heuristic.default_config`) is not guaranteed to
+be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it.
 
 Order: sorted by `space_sort_key` (block_m, block_n, block_k, group_m, num_warps, num_stages,
 mma value, combine value, split_k), so a space is identical across processes and releases.
