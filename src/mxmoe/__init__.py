@@ -1,6 +1,22 @@
-"""mxmoe: fast, tuned MXFP4 Mixture-of-Experts layers for NVIDIA GPUs."""
+"""mxmoe: fast, tuned MXFP4 Mixture-of-Experts layers for NVIDIA GPUs.
+
+The public surface. `moe`, `MoEWeights`, `MoELayer` and `override` load torch and triton, so they are
+imported on first use (PEP 562): `import mxmoe.shapes` from the CLI or the sweep driver stays instant.
+"""
+
+from typing import Any
 
 from mxmoe._version import __version__
 from mxmoe.config import MoEConfig, TileConfig
 
-__all__ = ["__version__", "MoEConfig", "TileConfig"]
+_LAZY = {"moe": "mxmoe.moe", "MoEWeights": "mxmoe.weights", "MoELayer": "mxmoe.moe", "override": "mxmoe.dispatch"}
+
+__all__ = ["__version__", "MoEConfig", "MoELayer", "MoEWeights", "TileConfig", "moe", "override"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mxmoe' has no attribute {name!r}")
