@@ -18,5 +18,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # importing mxmoe.moe bound the submodule here; the function wins
+        return value
     raise AttributeError(f"module 'mxmoe' has no attribute {name!r}")

@@ -5,6 +5,10 @@ Axis legend: T tokens, A topk, E experts, H hidden, I inter.
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -116,3 +120,14 @@ class MoELayer(nn.Module):
 
 
 __all__ = ["Activation", "MoELayer", "MoEWeights", "moe", "shape_of"]
+
+
+class _CallableModule(types.ModuleType):
+    """`mxmoe.moe` names both this module and the op. Code that imports the module first (`from mxmoe.moe
+    import MoELayer`) leaves the module bound as `mxmoe.moe`; calling it then still runs the op."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return moe(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
