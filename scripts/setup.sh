@@ -13,5 +13,5 @@ else
   [ -d .venv ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,report,gpu,guardrail]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,report,gpu,guardrail,ray]"
 touch "$stamp"

@@ -15,10 +15,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mxmoe.shapes import Path, get_shape, parse_tokens
+from mxmoe.tuning.executors import ExecutorKind
 
 console = Console()
 err = Console(stderr=True)  # banners and progress: stdout stays clean for --json
@@ -33,8 +35,8 @@ DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
 class _Bar:
     """Rich progress for a sweep: a bar with ETA and live counts per status."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.counts = quiet, Counter[str]()
+    def __init__(self, quiet: bool, executor: Any = None) -> None:
+        self.quiet, self.counts, self.executor = quiet, Counter[str](), executor
         self.progress = Progress(TextColumn("[bold]{task.fields[title]}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[counts]}"),
                                  console=err, disable=quiet)
@@ -45,9 +47,12 @@ class _Bar:
 
         if info.interpreter:
             err.print(f"[bold yellow]{INTERPRETER_BANNER}[/]")
+        workers = [w for w in self.executor.stats() if not w.note] if self.executor is not None else []
         if not self.quiet:
-            err.print(f"device {info.device}; {total} candidates to run, {skipped} already in the ledger")
-        self.task = self.progress.add_task("sweep", total=total, title="sweep", counts="")
+            err.print(f"device {info.device}; {len(workers) or 1} worker(s); {total} candidates to run, "
+                      f"{skipped} already in the ledger")
+        title = f"sweep x{len(workers)}" if len(workers) > 1 else "sweep"
+        self.task = self.progress.add_task("sweep", total=total, title=title, counts="")
 
     def recorded(self, attempt: Any) -> None:
         self.counts[attempt.status.value] += 1
@@ -75,10 +80,16 @@ def sweep(
                                                "rows again (the new row supersedes the old)")] = False,
     seed: int = 0,
     force: ForceOpt = False,
+    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: one GPU | host: every GPU of this "
+                                                   "host | ray: a Ray cluster")] = ExecutorKind.LOCAL,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Workers (host, ray): default every GPU; "
+                                                "without a GPU, N interpreter workers (default 1)")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="auto | ray://head:10001 (default: "
+                                                    "a Ray started here)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sweep tile configs: one ledger row per candidate (measured, illegal:<reason>, incorrect, ...)."""
-    from mxmoe.tuning.executors import LocalExecutor, WorkerConfig, WorkerStartError
+    from mxmoe.tuning.executors import ExecutorUnavailableError, WorkerConfig, WorkerStartError
     from mxmoe.tuning.ledger import Ledger
     from mxmoe.tuning.sweep import SweepRefused, SweepSpec, run_sweep
 
@@ -90,18 +101,26 @@ def sweep(
         get_shape(model)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    bar = _Bar(quiet=as_json)
     config = WorkerConfig(model, path.value, argv=argv, seed=seed)
-    with Ledger.open(ledger) as led, LocalExecutor(config, timeout_s=timeout) as ex, bar.progress:
+    try:
+        ex = _executor(executor, config, workers, ray_address, timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except ExecutorUnavailableError as exc:
+        err.print(f"[red]sweep refused:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    bar = _Bar(quiet=as_json, executor=ex)
+    with Ledger.open(ledger) as led, ex, bar.progress:
         try:
             report = run_sweep(spec, led, ex, observer=bar)
         except (SweepRefused, WorkerStartError, ValueError) as exc:
-            err.print(f"[red]sweep refused:[/] {exc}")
+            err.print(f"[red]sweep refused:[/] {escape(str(exc))}")
             raise typer.Exit(2) from exc
+        stats = ex.stats()
     if as_json:
         print(json.dumps({"campaign": report.campaign, "device": report.device, "interpreter": report.interpreter,
                           "planned": report.planned, "skipped": report.skipped, "counts": report.counts,
-                          "restarts": report.restarts}, indent=2))
+                          "restarts": report.restarts, "workers": [w.to_dict() for w in stats]}, indent=2))
         return
     table = Table(title=f"sweep {report.campaign} on {report.device}")
     table.add_column("status")
@@ -110,8 +129,44 @@ def sweep(
         table.add_row(status, str(n))
     table.add_row("[dim]already in the ledger[/]", str(report.skipped))
     console.print(table)
+    _print_workers(stats)
     if report.interpreter:
         console.print("[yellow]every row above is non-claimable (interpreter, fake clock)[/]")
+
+
+def _executor(kind: ExecutorKind, config: Any, workers: int | None, ray_address: str | None, timeout: float) -> Any:
+    """The sweep's executor: ValueError for options that do not fit the kind, ExecutorUnavailableError
+    (saying how to install it) for ray without Ray."""
+    from mxmoe.tuning.executors import LocalExecutor
+
+    if ray_address is not None and kind is not ExecutorKind.RAY:
+        raise ValueError(f"--ray-address needs --executor ray (got --executor {kind.value})")
+    if kind is ExecutorKind.LOCAL:
+        if workers not in (None, 1):
+            raise ValueError(f"--workers {workers}: the local executor runs one worker; use --executor host or ray")
+        return LocalExecutor(config, timeout_s=timeout)
+    if kind is ExecutorKind.HOST:
+        from mxmoe.tuning.executors_host import HostExecutor
+
+        return HostExecutor(config, workers=workers, timeout_s=timeout)
+    from mxmoe.tuning.executors_ray import RayExecutor, require_ray
+
+    require_ray()
+    return RayExecutor(config, workers=workers, address=ray_address, timeout_s=timeout)
+
+
+def _print_workers(stats: Any) -> None:
+    """Per-worker throughput: rows answered by each worker (GPU), and rows/s while it worked."""
+    table = Table(title="workers")
+    for col in ("worker", "device", "uuid", "rows", "rows/s", "restarts", "note"):
+        table.add_column(col, justify="right" if col in ("rows", "rows/s", "restarts") else "left")
+    for w in stats:
+        table.add_row(w.label, w.device, w.device_uuid or "-", str(w.rows), f"{w.rows_per_s:.2f}", str(w.restarts),
+                      escape(w.note))
+    total = sum(w.rows for w in stats)
+    seconds = max((w.seconds for w in stats), default=0.0)
+    table.add_row("[bold]all[/]", "", "", str(total), f"{total / seconds:.2f}" if seconds else "0.00", "", "")
+    console.print(table)
 
 
 def export(
