@@ -24,21 +24,36 @@ about 6-8 minutes on 16 cores; past `--deadline-s` (450 s) the rest is written a
 ignores):
     python benchmarks/validate_legality.py --out results/legality/h100_wide.csv
     python benchmarks/validate_legality.py --limit 16 --jobs 4 --out "$OUT/legality_smoke.csv"   # smoke test
+
+`--cpu-compile` (no GPU): the same sample, compiled ahead of time for sm_90 on the CPU with the bundled ptxas
+(`triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`, the signature, constexprs and divisibility
+attributes from the JIT's own binder applied to the very arguments the GPU mode passes). Per row: compile_ok;
+compiler_smem (`metadata.shared`); load_ok = compiler_smem <= the H100 opt-in limit 232448 B, the check
+`CompiledKernel._init_handles` makes when a GPU loads the binary; n_regs and n_spills from `cuobjdump
+--dump-resource-usage` (n_spills = STACK bytes / 4, Triton's unit: see spill_source); wrapper_ok = the real
+launch wrapper (`stage1()` / `stage2()`) accepted the config, run on CPU tensors with the kernel launch replaced
+by a recorder (also checks that the recorded launch specializes like the compiled one); launch_ok blank (not
+run: no GPU). Outcome: compile (compiler error) | load (over the opt-in limit) | wrapper (refused) | spills | ok.
+    nice -n 10 python benchmarks/validate_legality.py --cpu-compile --jobs 2 --deadline-s 1800 \
+        --out results/legality/sm90_cpu_compile.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import functools
 import importlib.metadata
 import multiprocessing as mp
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -62,10 +77,14 @@ from mxmoe.space import candidate_space
 
 CSV_COLUMNS = (
     "shape", "path", "stage", "config_key", "block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages",
-    "mma", "combine", "split_k", "predicted", "reason", "detail", "modelled_smem", "compile_ok", "compiler_smem",
-    "n_regs", "n_spills", "launch_ok", "outcome", "error", "compile_s", "device", "smem_optin", "triton", "torch",
-    "git_sha",
+    "mma", "combine", "split_k", "predicted", "reason", "detail", "modelled_smem", "compile_ok", "load_ok",
+    "compiler_smem", "n_regs", "n_spills", "spill_source", "wrapper_ok", "launch_ok", "outcome", "error", "compile_s",
+    "device", "smem_optin", "triton", "torch", "git_sha",
 )
+# load_ok and wrapper_ok are --cpu-compile columns (blank in GPU rows: there compile_ok includes the load and
+# launch_ok the wrapper). spill_source says where n_spills comes from.
+GPU_SPILL_SOURCE = "triton n_spills: CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES / 4"
+CPU_SPILL_SOURCE = "cuobjdump --dump-resource-usage STACK bytes / 4"
 LAUNCH_EXPERTS = 8  # tiny launch problem: min(E, 8) experts ...
 LAUNCH_TOKENS = 16  # ... and 16 tokens, with the shape's own hidden and inter (same strides and EVEN_K)
 ERROR_TAIL = 400  # characters of an error message kept in the CSV
@@ -266,6 +285,10 @@ def run_all(tasks: list[Task], jobs: int, timeout_s: int, deadline_s: float, lau
             print(f"restarting the worker pool; {len(queue)} configs left", flush=True)
 
 
+FAILED = ("compile", "load", "wrapper", "launch")  # outcomes where the config did not get to run ("load",
+# "wrapper": --cpu-compile only; a GPU row's "compile" includes the load, its "launch" the wrapper)
+
+
 def _as_bool(s: str) -> bool | None:
     return None if s == "" else s == "1"
 
@@ -283,7 +306,7 @@ def summarize_rows(rows: list[dict]) -> None:
         print(f"{pred:28}" + "".join(f"{matrix[pred][o]:>12}" for o in outcomes))
 
     known = [r for r in rows if r["outcome"] not in ("not_run", "timeout", "worker_lost", "harness_error")]
-    bad_legal = [r for r in known if r["predicted"] == "legal" and r["outcome"] in ("compile", "launch")]
+    bad_legal = [r for r in known if r["predicted"] == "legal" and r["outcome"] in FAILED]
     failures = [r for r in known if r["predicted"] == "illegal" and r["reason"] != "degenerate"]
     fine = [r for r in failures if r["outcome"] == "ok"]
     print(f"\npredicted legal but failed: {len(bad_legal)}")
@@ -332,11 +355,18 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=int, default=120, help="per-compile timeout")
     ap.add_argument("--deadline-s", type=float, default=450.0, help="stop submitting after this long")
     ap.add_argument("--no-launch", action="store_true", help="compile only (launch-wrapper refusals then go unseen)")
+    ap.add_argument("--cpu-compile", action="store_true",
+                    help="no GPU: compile for sm_90 on the CPU (ASTSource + bundled ptxas), judge the load against "
+                         "the H100 opt-in limit, run the launch wrappers' checks, launch nothing")
     ap.add_argument("--dry-run", action="store_true", help="print the sample per (shape, path, stage) and exit")
-    default_out = FsPath(os.environ["OUT"], "legality", "h100_wide.csv") if os.environ.get("OUT") else \
-        FsPath("results/legality/h100_wide.csv")
-    ap.add_argument("--out", type=FsPath, default=default_out)
+    ap.add_argument("--out", type=FsPath, default=None,
+                    help="CSV to write (default results/legality/h100_wide.csv, under $OUT when set; "
+                         "with --cpu-compile results/legality/sm90_cpu_compile.csv)")
     args = ap.parse_args()
+    if args.out is None:
+        name = "sm90_cpu_compile.csv" if args.cpu_compile else "h100_wide.csv"
+        args.out = FsPath(os.environ["OUT"], "legality", name) if os.environ.get("OUT") else \
+            FsPath("results/legality", name)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("validate_legality.py compiles for the GPU: unset TRITON_INTERPRET")
 
@@ -351,8 +381,10 @@ def main() -> None:
                   f"{dict(Counter(t.reason or 'legal' for t in g))}" if g else "empty")
         print(f"{len(tasks)} configs in all")
         return
-    provenance = {"triton": _version("triton"), "torch": _version("torch"), "git_sha": _git_sha()}
-    print(f"{len(tasks)} configs ({args.space} space, stratified sample) on {args.jobs} workers; "
+    provenance = {"triton": _version("triton"), "torch": _version("torch"), "git_sha": _git_sha(),
+                  "spill_source": CPU_SPILL_SOURCE if args.cpu_compile else GPU_SPILL_SOURCE}
+    mode = "sm_90 compiles on the CPU, nothing launched" if args.cpu_compile else "GPU compile, load and launch"
+    print(f"{mode}: {len(tasks)} configs ({args.space} space, stratified sample) on {args.jobs} workers; "
           f"timeout {args.timeout_s}s per compile, deadline {args.deadline_s:.0f}s; -> {args.out}", flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +402,11 @@ def main() -> None:
             if len(rows) % 25 == 0:
                 print(f"  {len(rows)}/{len(tasks)} done, {time.monotonic() - t0:.0f}s", flush=True)
 
-        run_all(tasks, args.jobs, args.timeout_s, args.deadline_s, not args.no_launch, write)
+        if args.cpu_compile:
+            run_all(tasks, args.jobs, args.timeout_s, args.deadline_s, False, write, fn=run_task_cpu,
+                    initializer=_init_cpu_worker)
+        else:
+            run_all(tasks, args.jobs, args.timeout_s, args.deadline_s, not args.no_launch, write)
     devices = Counter(r["device"] for r in rows if r["device"])
     print(f"\nwrote {len(rows)} rows to {args.out} in {time.monotonic() - t0:.0f}s; devices {dict(devices)}; "
           f"verdicts judged with {H100.name} limits ({H100.smem_optin_bytes} B)")
@@ -608,6 +644,224 @@ def run_task(task: Task, timeout_s: int, launch: bool) -> dict:
     failure = observed_failure(bool(out["compile_ok"]), None if out["launch_ok"] == "" else bool(out["launch_ok"]),
                                out.get("n_spills"))
     out["outcome"] = failure or "ok"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --cpu-compile worker: no GPU, no CUDA context. sm_90 compiles through triton.compile(ASTSource) with the JIT's
+# own binder (so signature, constexprs and divisibility attributes are what a launch with these arguments gets),
+# the load judged against the H100 opt-in limit, the launch wrappers' checks run on CPU tensors.
+
+CPU_DEVICE = "sm_90 (CPU compile, triton {triton}, not launched)"
+_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def _init_cpu_worker() -> None:
+    os.environ.pop("TRITON_INTERPRET", None)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def _sm90():
+    """(target, backend) for sm_90; make_backend needs no GPU."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    return target, make_backend(target)
+
+
+@functools.cache
+def _binder(kernel):
+    from triton.runtime.jit import create_function_from_signature
+
+    return create_function_from_signature(kernel.signature, kernel.params, _sm90()[1])
+
+
+def _bind(kernel, args: tuple, meta: dict):
+    """What `JITFunction.run` computes before compiling: (kwargs, bound args, specialization, options)."""
+    from triton import knobs
+
+    kwargs = dict(meta)
+    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    bound, specialization, options = _binder(kernel)(*args, **kwargs)
+    return kwargs, bound, specialization, options
+
+
+def _compile_sm90(kernel, args: tuple, meta: dict):
+    """Compile `kernel` for sm_90 exactly as `JITFunction.run` would for these arguments, without a GPU."""
+    import triton
+    from triton.compiler import ASTSource
+
+    target, backend = _sm90()
+    kwargs, bound, specialization, options = _bind(kernel, args, meta)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED (static), LOCAL of the cubin's one kernel, from `cuobjdump --dump-resource-usage`."""
+    from triton import knobs
+
+    tool = knobs.nvidia.cuobjdump.path
+    with tempfile.TemporaryDirectory(prefix="mxmoe-cubin-") as d:
+        path = FsPath(d, "kernel.cubin")
+        path.write_bytes(cubin)
+        text = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+    m = _USAGE.search(text)
+    if m is None:
+        raise RuntimeError(f"no resource usage line in cuobjdump output: {text[-200:]!r}")
+    return dict(zip(("regs", "stack", "shared_static", "local"), map(int, m.groups()), strict=True))
+
+
+@functools.cache
+def _cpu_weights(shape: MoEShape):
+    """The GPU mode's min(E, 8) experts with the shape's hidden and inter, as uninitialised CPU tensors: only
+    their shapes, strides and dtypes reach the compiler (never launched; untouched pages cost no memory)."""
+    import torch
+
+    from mxmoe.mx import MXFormat, MXTensor
+    from mxmoe.weights import MoEWeights
+
+    e, h, i = min(shape.experts, LAUNCH_EXPERTS), shape.hidden, shape.inter
+
+    def mx(rows: int, k: int) -> MXTensor:
+        return MXTensor(torch.empty(e, rows, k // 2, dtype=torch.uint8), torch.empty(e, rows, k // 32,
+                        dtype=torch.uint8), MXFormat.E2M1, axis=2, shape=(e, rows, k))
+
+    b13 = torch.zeros(e, 2 * i) if shape.bias else None
+    b2 = torch.zeros(e, h) if shape.bias else None
+    return MoEWeights(mx(2 * i, h), mx(h, i), b13, b2, shape.activation)
+
+
+class _LaunchRecorder:
+    """Stands in for a kernel inside a launch wrapper: `kernel[grid](*args, **meta)` is recorded, not run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.calls.append((tuple(grid), args, meta))
+
+
+@contextlib.contextmanager
+def _wrappers_record_launches():
+    """The real `stage1()` / `stage2()`, with their launch recorded and the CUDA-tensor requirement lifted (the
+    only check that needs a GPU); every other check they make runs as on a GPU."""
+    import mxmoe.kernels.common as common
+    import mxmoe.kernels.stage1 as s1
+    import mxmoe.kernels.stage2 as s2
+
+    saved = (common.require_executable, s1._stage1_kernel, s2._stage2_kernel)
+    recorder = _LaunchRecorder()
+    common.require_executable = lambda t: None
+    s1._stage1_kernel = s2._stage2_kernel = recorder
+    try:
+        yield recorder
+    finally:
+        common.require_executable, s1._stage1_kernel, s2._stage2_kernel = saved
+
+
+def _wrapper_check(stage: int, x, weights, plan, topk_weights, cfg: TileConfig, t: int, buf):
+    """(accepted, error, the recorded launch or None): the launch wrapper's own verdict on this config."""
+    with _wrappers_record_launches() as recorder:
+        try:
+            if stage == 1:
+                from mxmoe.kernels.stage1 import stage1
+
+                stage1(x, weights, plan, cfg, out=buf)
+            else:
+                from mxmoe.kernels.stage2 import stage2
+
+                stage2(x, weights, plan, topk_weights, cfg, t, out=buf)
+        except Exception as exc:  # ValueError refusals are the data; anything else is reported as a refusal too
+            return False, _tail(exc), None
+    return True, "", (recorder.calls[0] if recorder.calls else None)
+
+
+def run_task_cpu(task: Task, timeout_s: int, launch: bool) -> dict:  # noqa: ARG001 -- run_all's signature
+    """Compile one config for sm_90 on the CPU; every failure is returned as data, never raised.
+
+    outcome: ok | compile (the compiler refused) | load (compiler smem > the H100 opt-in limit) | wrapper (the
+    launch wrapper refused) | spills (>= HEAVY_SPILL_BYTES of stack per thread) | timeout | harness_error.
+    """
+    import torch
+    import triton
+
+    shape, path, stage = MODELS[task.shape], Path(task.path), task.stage
+    cfg = TileConfig.from_json(task.config)
+    out: dict = {"device": CPU_DEVICE.format(triton=triton.__version__), "smem_optin": H100.smem_optin_bytes,
+                 "compile_ok": 0, "load_ok": "", "wrapper_ok": "", "launch_ok": ""}
+    notes: list[str] = []
+    try:
+        from mxmoe.kernels.common import KernelInput
+
+        weights = _cpu_weights(shape)
+        plan, topk_weights = _launch_routing(shape, cfg.block_m, "cpu")
+        x, t = _launch_input(shape, path, stage, "cpu"), LAUNCH_TOKENS
+        if stage == 1:
+            buf = KernelInput.empty(path, plan.num_pairs, weights.inter, x.data.device)
+            kernel, grid, args, meta = _stage1_call(x, weights, plan, cfg, buf)
+        else:
+            rows = plan.num_pairs if cfg.combine.value == "slots" else t
+            buf = torch.zeros(rows, weights.hidden, dtype=torch.float32)
+            kernel, grid, args, meta = _stage2_call(x, weights, plan, topk_weights, cfg, buf)
+        accepted, refusal, recorded = _wrapper_check(stage, x, weights, plan, topk_weights, cfg, t, buf)
+        out["wrapper_ok"] = int(accepted)
+        if not accepted:
+            notes.append("launch wrapper refused: " + refusal)
+        elif recorded is None:
+            notes.append("the launch wrapper returned without launching")
+        else:  # the compile below must be the variant the wrapper's launch would get
+            r_grid, r_args, r_meta = recorded
+            if r_grid != tuple(grid) or _bind(kernel, r_args, r_meta)[2] != _bind(kernel, args, meta)[2]:
+                notes.append("the launch wrapper's launch specializes differently from _stage_call: the mirrors "
+                             "are out of step with the wrapper")
+    except Exception as exc:  # the harness could not build inputs: no evidence about the config (compile_ok blank)
+        return out | {"compile_ok": "", "outcome": "harness_error", "error": "inputs: " + _tail(exc)}
+
+    t0 = time.monotonic()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(timeout_s)
+    try:
+        try:
+            compiled = _compile_sm90(kernel, args, meta)
+        except _CompileTimeout:
+            raise
+        except Exception as first:  # retried once, as in the GPU mode (concurrent cold-cache compiles)
+            compiled = _compile_sm90(kernel, args, meta)
+            notes.append("first compile failed, retry passed: " + _tail(first))
+        usage = _resource_usage(compiled.asm["cubin"])
+    except _CompileTimeout as exc:
+        return out | {"compile_ok": "", "outcome": "timeout", "error": "; ".join([*notes, _tail(exc)]),
+                      "compile_s": round(time.monotonic() - t0, 2)}
+    except Exception as exc:  # compiler errors are the data this script collects
+        return out | {"outcome": "compile", "error": "; ".join([*notes, _tail(exc)]),
+                      "compile_s": round(time.monotonic() - t0, 2)}
+    finally:
+        signal.alarm(0)
+    shared = compiled.metadata.shared
+    out.update(compile_ok=1, compiler_smem=shared, load_ok=int(shared <= H100.smem_optin_bytes),
+               n_regs=usage["regs"], n_spills=usage["stack"] // 4, compile_s=round(time.monotonic() - t0, 2))
+    if not out["load_ok"]:
+        notes.append(f"not loadable: metadata.shared {shared} B > {H100.smem_optin_bytes} B opt-in limit "
+                     "(_init_handles raises OutOfResources on an H100)")
+    elif shared + usage["shared_static"] > H100.smem_optin_bytes:
+        notes.append(f"passes the load check, but {shared} B dynamic + {usage['shared_static']} B static shared "
+                     f"memory > {H100.smem_optin_bytes} B: the launch may still fail")
+    if usage["local"]:
+        notes.append(f"cuobjdump LOCAL {usage['local']} B besides STACK {usage['stack']} B")
+    failure = observed_failure(True, None, out["n_spills"])
+    if not out["load_ok"]:
+        failure = "load"
+    elif not accepted:
+        failure = "wrapper"
+    out["outcome"] = failure or "ok"
+    out["error"] = "; ".join(notes)
     return out
 
 

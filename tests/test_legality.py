@@ -3,7 +3,9 @@
 Oracle: H100 limits (`legality.H100`); the shared-memory anchors are `metadata.shared` of Triton 3.6.0
 sm_90 compiles of these kernels (ptxas 13.0; compiled ahead of time, no GPU: see docs/legality.md);
 tolerance 10% as for the committed table. The replay test judges the *current* model against the
-compile outcomes recorded by benchmarks/validate_legality.py under results/legality/.
+compile outcomes recorded by benchmarks/validate_legality.py under results/legality/: GPU tables
+(compile, load, launch) and --cpu-compile tables (sm_90 compiles on the CPU: load judged against the
+opt-in limit, launch wrapper checks run, launch_ok blank because nothing was launched).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mxmoe.heuristic import default_config
 from mxmoe.legality import (
     H100,
     INTERPRETER,
+    SMEM_SAFETY_BYTES,
     DeviceLimits,
     Illegal,
     Legal,
@@ -255,7 +258,7 @@ def test_summarize_counts_every_config():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the committed compile table (benchmarks/validate_legality.py on the GPU)
+# the committed compile tables (benchmarks/validate_legality.py: on the GPU, or --cpu-compile without one)
 
 
 def test_observed_failure():
@@ -279,6 +282,30 @@ def _config(row: dict) -> TileConfig:
     return TileConfig.from_dict({k: int(row[k]) for k in ints} | {"mma": row["mma"], "combine": row["combine"]})
 
 
+def observed_outcome(row: dict) -> str | None:
+    """A recorded row's outcome, judged as `observed_failure` judges it. GPU rows: compile_ok covers the compile
+    and the load, launch_ok the wrapper and the launch. --cpu-compile rows: compile_ok is the sm_90 compile,
+    load_ok its metadata.shared against the opt-in limit (what the load checks), wrapper_ok the launch wrapper's
+    own checks; launch_ok is blank (not run: no GPU), so "compile and run" means compile_ok + load_ok + wrapper_ok
+    there. Blank load_ok / wrapper_ok (GPU rows, older tables) are no evidence either way."""
+    compiled = bool(_bool(row["compile_ok"])) and _bool(row.get("load_ok", "")) is not False
+    launched = False if _bool(row.get("wrapper_ok", "")) is False else _bool(row["launch_ok"])
+    n_spills = int(row["n_spills"]) if row["n_spills"] else None
+    return observed_failure(compiled, launched, n_spills)
+
+
+def known_smem_gap(stage: int, config: TileConfig, modelled: int, compiler: int) -> bool:
+    """The two misses the sm_90 table showed, each of which cannot flip a verdict (docs/legality.md):
+    - stage 2 with split_k >= 4: the K loop's start is only 16/split_k aligned, so Triton stops staging the
+      packed weight tile in shared memory; the model still counts it: an OVER-estimate (it can only reject a
+      split-K config wrongly, never admit one that fails). Fixing the model is open work on issue 5.
+    - an under-estimate no larger than SMEM_SAFETY_BYTES: the verdict adds exactly that headroom.
+    Anything else beyond 10% fails the replay."""
+    if stage == 2 and config.split_k >= 4 and modelled > compiler:
+        return True
+    return 0 < compiler - modelled <= SMEM_SAFETY_BYTES
+
+
 def replay(rows: list[dict]) -> tuple[list[str], int, int, list[str]]:
     """Judge the current model against recorded compile rows: (legal configs that failed, illegal configs
     with a failure code that ran fine, how many such illegal configs, legal configs with smem off > 10%)."""
@@ -288,15 +315,14 @@ def replay(rows: list[dict]) -> tuple[list[str], int, int, list[str]]:
             continue
         shape, path, stage, config = MODELS[row["shape"]], row["path"], int(row["stage"]), _config(row)
         v = check(shape, path, stage, config, H100)
-        n_spills = int(row["n_spills"]) if row["n_spills"] else None
-        failure = observed_failure(_bool(row["compile_ok"]), _bool(row["launch_ok"]), n_spills)
+        failure = observed_outcome(row)
         where = f"{row['shape']} {path} s{stage} {config.short()}"
         if isinstance(v, Legal):
             if failure in ("compile", "launch"):
                 wrong_legal.append(f"{where}: {failure}: {row['error'][:200]}")
             if row["compiler_smem"]:
                 cc, mod = int(row["compiler_smem"]), smem_breakdown(shape, path, stage, config)["total"]
-                if abs(mod - cc) > SMEM_TOLERANCE * cc:
+                if abs(mod - cc) > SMEM_TOLERANCE * cc and not known_smem_gap(stage, config, mod, cc):
                     smem_off.append(f"{where}: modelled {mod} vs compiler {cc}")
         elif v.reason.is_failure:
             illegal_total += 1
@@ -308,6 +334,32 @@ def _synthetic_row(config: TileConfig, **observed) -> dict:
     row = {"shape": "deepseek-v3", "path": "a16w4", "stage": "1", "compile_ok": "1", "launch_ok": "1",
            "compiler_smem": "", "n_spills": "0", "error": ""}
     return row | {k: str(v) for k, v in config.to_dict().items()} | observed
+
+
+def test_replay_judges_cpu_compile_rows():
+    """--cpu-compile rows: launch_ok blank (not run); the load check and the wrapper's refusal count as failures."""
+    legal = cfg(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4, mma=Mma.DOT_SCALED)
+    cpu = {"launch_ok": "", "load_ok": "1", "wrapper_ok": "1", "compiler_smem": "117760"}
+    assert observed_outcome(_synthetic_row(legal, **cpu)) is None
+    assert observed_outcome(_synthetic_row(legal, **cpu | {"load_ok": "0"})) == "compile"
+    assert observed_outcome(_synthetic_row(legal, **cpu | {"wrapper_ok": "0"})) == "launch"
+    assert observed_outcome(_synthetic_row(legal, **cpu | {"n_spills": "128"})) == "spills"
+    assert observed_outcome(_synthetic_row(legal, **cpu | {"compile_ok": "0", "load_ok": ""})) == "compile"
+    gpu = _synthetic_row(legal)  # a GPU row: no load_ok / wrapper_ok columns
+    del gpu["error"]
+    assert observed_outcome(gpu) is None
+    n128 = cfg(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=2)  # BLOCK_N=128 vs inter 2880
+    oss = {"shape": "gpt-oss-120b", "path": "a8w4"}
+    rows = [
+        _synthetic_row(legal, **cpu),  # fine
+        _synthetic_row(legal, **cpu | {"load_ok": "0", "compiler_smem": "240000", "error": "not loadable"}),
+        _synthetic_row(n128, **cpu | oss | {"wrapper_ok": "0", "compiler_smem": ""}),  # DIVISIBILITY, refused: a hit
+        _synthetic_row(n128, **cpu | oss | {"compiler_smem": ""}),  # DIVISIBILITY yet accepted: counted as fine
+    ]
+    wrong_legal, fine, total, smem_off = replay(rows)
+    assert len(wrong_legal) == 1 and "not loadable" in wrong_legal[0]
+    assert (fine, total) == (1, 2)
+    assert len(smem_off) == 1 and "240000" in smem_off[0]
 
 
 def test_replay_logic_on_synthetic_rows():
@@ -328,16 +380,33 @@ def test_replay_logic_on_synthetic_rows():
 
 
 @pytest.mark.skipif(not _tables(), reason="no compile table committed under results/legality/ yet "
-                    "(run benchmarks/validate_legality.py on the GPU)")
+                    "(run benchmarks/validate_legality.py, on the GPU or with --cpu-compile)")
 @pytest.mark.parametrize("table", _tables(), ids=lambda p: p.name)
 def test_replay_committed_table(table):
-    """The current model against recorded compiles: no legal config fails, few illegal ones run fine,
-    and the modelled shared memory tracks the compiler's."""
-    rows = list(csv.DictReader(table.open()))
+    """The current model against recorded compiles: no legal config fails (to compile, load, pass the launch
+    wrapper or launch), few illegal ones run fine, and the modelled shared memory tracks the compiler's.
+    Rows with launch_ok blank (--cpu-compile: not run, no GPU) are judged on compile_ok + load_ok + wrapper_ok."""
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
     assert rows, f"{table} is empty"
+    judged = [r for r in rows if r["compile_ok"] != ""]
+    assert any(r["predicted"] == "legal" for r in judged), f"{table}: no predicted-legal config was compiled"
     wrong_legal, illegal_fine, illegal_total, smem_off = replay(rows)
     assert not wrong_legal, f"{len(wrong_legal)} predicted-legal configs failed:\n" + "\n".join(wrong_legal[:20])
     if illegal_total:
         assert illegal_fine / illegal_total < FALSE_ILLEGAL_MAX, (
             f"{illegal_fine}/{illegal_total} predicted-illegal configs compiled and ran fine")
     assert not smem_off, f"{len(smem_off)} legal configs off by > 10%:\n" + "\n".join(smem_off[:20])
+
+
+def test_replay_flags_smem_misses_outside_the_two_known_gaps():
+    legal = cfg(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4, mma=Mma.DOT_SCALED)
+    modelled = smem_breakdown(MODELS["deepseek-v3"], "a16w4", 1, legal)["total"]
+    far_under = _synthetic_row(legal, compiler_smem=str(int(modelled * 1.3)))
+    far_over = _synthetic_row(legal, compiler_smem=str(modelled // 2))
+    assert len(replay([far_under, far_over])[3]) == 2
+    near_under = _synthetic_row(legal, compiler_smem=str(modelled + SMEM_SAFETY_BYTES))
+    assert replay([near_under])[3] == []
+    assert known_smem_gap(2, legal.replace(split_k=4), 40960, 8192)
+    assert not known_smem_gap(2, legal.replace(split_k=2), 40960, 8192)
+    assert not known_smem_gap(1, legal, 40960, 8192)
