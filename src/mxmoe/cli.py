@@ -212,10 +212,10 @@ def claim(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (sweep, export, noise, bench, guardrail, report, legal)."""
-    from mxmoe.cli_guardrail import register as register_guardrail
-    from mxmoe.cli_legal import register as register_legal
-    from mxmoe.cli_report import register as register_report
-    from mxmoe.cli_sweep import register as register_sweep
+    from mxmoe.tuning.commands.guardrail import register as register_guardrail
+    from mxmoe.tuning.commands.legal import register as register_legal
+    from mxmoe.tuning.commands.report import register as register_report
+    from mxmoe.tuning.commands.sweep import register as register_sweep
 
     for register in (register_sweep, register_guardrail, register_report, register_legal):
         register(app)

@@ -272,7 +272,7 @@ def cli():
     import typer
     from typer.testing import CliRunner
 
-    from mxmoe.cli_sweep import register
+    from mxmoe.tuning.commands.sweep import register
 
     app = typer.Typer()
     register(app)

@@ -19,12 +19,12 @@ import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import mxmoe.integrations.transformers as integ  # noqa: E402
-from mxmoe.cli_guardrail import register  # noqa: E402
 from mxmoe.config import Mma, MoEConfig, TileConfig  # noqa: E402
 from mxmoe.dispatch import choose_config  # noqa: E402
 from mxmoe.shapes import MODELS, Path  # noqa: E402
 from mxmoe.spec import E2E_LOGITS_DIFF_MAX  # noqa: E402
 from mxmoe.tuning import guardrail as g  # noqa: E402
+from mxmoe.tuning.commands.guardrail import register  # noqa: E402
 from mxmoe.tuning.ledger import Ledger  # noqa: E402
 from mxmoe.tuning.records import Attempt, Status  # noqa: E402
 

@@ -11,11 +11,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mxmoe import cli_report
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.shapes import MODELS, Path
 from mxmoe.spec import Profile, compute_floor_us, expected_experts_hit, flops, layer_bytes, memory_floor_us
 from mxmoe.tuning.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
+from mxmoe.tuning.commands import report as cli_report
 from mxmoe.tuning.gate import claimable_win
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import Attempt, GuardrailResult, Status

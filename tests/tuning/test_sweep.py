@@ -66,7 +66,7 @@ def assert_complete(ledger: Ledger, s: SweepSpec) -> None:
 
 def test_the_driver_never_loads_torch():
     code = ("import sys, mxmoe.tuning.sweep, mxmoe.tuning.executors, mxmoe.tuning.worker, mxmoe.tuning.export, "
-            "mxmoe.cli_sweep; assert not {'torch', 'triton'} & set(sys.modules), 'torch imported'")
+            "mxmoe.tuning.commands.sweep; assert not {'torch', 'triton'} & set(sys.modules), 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -277,7 +277,7 @@ def test_cli_sweep_then_export(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from mxmoe.cli_sweep import register
+    from mxmoe.tuning.commands.sweep import register
 
     app = typer.Typer()
     register(app)

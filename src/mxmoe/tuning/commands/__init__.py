@@ -1,0 +1,2 @@
+"""The harness's CLI commands, each a `register(app)` that `mxmoe.cli` calls; they live under
+`mxmoe.tuning` because they import the harness, which the runtime never does."""
