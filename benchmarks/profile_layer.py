@@ -13,12 +13,13 @@ import triton
 
 from mxmoe.config import Mma, MoEConfig
 from mxmoe.heuristic import default_config
+from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
-from mxmoe.routing import align_by_expert, experts_hit
+from mxmoe.routing import experts_hit
 from mxmoe.shapes import MODELS, Path, parse_tokens
 from mxmoe.spec import layer_bytes
 
@@ -50,12 +51,12 @@ def main() -> None:
                 cfg = MoEConfig(base.stage1.replace(mma=Mma(args.mma), **over),
                                 base.stage2.replace(mma=Mma(args.mma), **over))
                 e = shape.experts
-                plan = align_by_expert(p.topk_ids, e, cfg.stage1.block_m, validate=False)
+                plan = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
                 x = quantize_input(p.hidden, path)
                 h = stage1(x, p.weights, plan, cfg.stage1)
                 tw = p.topk_weights.float()
                 parts = {
-                    "route": lambda: align_by_expert(p.topk_ids, e, cfg.stage1.block_m, validate=False),  # noqa: B023
+                    "route": lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False),  # noqa: B023
                     "quant": lambda: quantize_input(p.hidden, path),  # noqa: B023
                     "stage1": lambda: stage1(x, p.weights, plan, cfg.stage1),  # noqa: B023
                     "stage2": lambda: stage2(h, p.weights, plan, tw, cfg.stage2, t),  # noqa: B023

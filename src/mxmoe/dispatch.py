@@ -62,6 +62,7 @@ def override(config: MoEConfig) -> Iterator[MoEConfig]:
 
 
 def interpreter_active() -> bool:
+    """Exactly Triton's own test (`TRITON_INTERPRET == "1"`), so rows are tagged as the kernels really ran."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

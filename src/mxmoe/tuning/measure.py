@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from mxmoe.dispatch import interpreter_active
 from mxmoe.spec import PointStats
 from mxmoe.tuning.gpu_state import (
     Check,
@@ -490,10 +490,6 @@ def idle_before(
     if index is None:
         return CheckResult((Check.NVML_UNAVAILABLE.value,), "CUDA device not found in NVML")
     return idle_check(nvml, idle_sample_s, index=index, own_pids=own_pids)
-
-
-def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def _protocol_checks(
