@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
+# Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
+# fails or runs long costs only itself. Steps: state tests bench_a16w4 bench_mx legality noise sweep
+# guardrail executors. Reads GPU state (NVML / nvidia-smi); never changes clocks or limits.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >/dev/null 2>&1 || echo "wheel install failed"
+  export PYTHONPATH=/tmp/site:src
+else
+  export PYTHONPATH=src
+fi
+MX="python3 -m mxmoe.cli"
+LEDGER=$OUT/mxmoe.sqlite
+T0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; }
+
+step_state() {
+  stamp state
+  git --version; git rev-parse HEAD; git status --porcelain | head
+  nvidia-smi --query-gpu=name,uuid,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.applications.graphics,power.draw,power.limit,temperature.gpu,utilization.gpu --format=csv
+  $MX doctor
+}
+
+step_tests() {
+  stamp "tests (pytest -m gpu)"
+  timeout "${TESTS_S:-280}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --durations=15 \
+    tests/test_*.py tests/tuning tests/integrations tests/kernels 2>&1 | tee "$OUT/pytest_gpu.log" | tail -40
+}
+
+step_bench_a16w4() {
+  stamp "bench a16w4, four models, full grid"
+  timeout 150 python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
+    --tokens grid --jobs 4
+  stamp "warm done"
+  timeout "${BENCH_S:-330}" python3 benchmarks/bench_moe.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 \
+    --path a16w4 --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-300}" \
+    --csv "$OUT/bench_a16w4.csv" 2>&1 | tee "$OUT/bench_a16w4.log"
+}
+
+step_bench_mx() {
+  stamp "bench a8w4 a4w4, gpt-oss-120b and deepseek-v3, full grid"
+  timeout 120 python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 --tokens grid --jobs 4
+  stamp "warm done"
+  timeout "${BENCH_S:-240}" python3 benchmarks/bench_moe.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 \
+    --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-220}" \
+    --csv "$OUT/bench_mx.csv" 2>&1 | tee "$OUT/bench_mx.log"
+}
+
+step_legality() {
+  stamp "legality: sampled wide space, compile + load + launch on the H100"
+  timeout "${LEGALITY_S:-230}" python3 benchmarks/validate_legality.py --per-combo "${PER_COMBO:-24}" \
+    --deadline-s "$(( ${LEGALITY_S:-230} - 40 ))" --out "$OUT/h100_wide.csv" 2>&1 | tail -40 | tee "$OUT/legality.log"
+}
+
+step_noise() {
+  stamp "noise A/A and do_bench cross-check"
+  timeout 120 $MX noise --model deepseek-v3 --path a16w4 --tokens 1,128,4096 --rounds 5 2>&1 | tee "$OUT/noise.log"
+  timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -rfE tests/tuning/test_measure_gpu.py 2>&1 \
+    | tee -a "$OUT/noise.log" | tail -5
+}
+
+step_sweep() {
+  stamp "sweep deepseek-v3 a16w4 T=1,128,4096: baseline, tune, claim, scan, export"
+  local args=(--model deepseek-v3 --path a16w4 --tokens 1,128,4096 --ledger "$LEDGER")
+  timeout 120 $MX sweep "${args[@]}" --campaign dsv3-base --baseline-only 2>&1 | tail -25 | tee "$OUT/sweep.log"
+  timeout "${SWEEP_S:-240}" $MX sweep "${args[@]}" --campaign dsv3-tune --baseline dsv3-base --limit "${LIMIT:-8}" \
+    2>&1 | tail -30 | tee -a "$OUT/sweep.log"
+  $MX claim dsv3-tune --baseline dsv3-base --ledger "$LEDGER" 2>&1 | tee -a "$OUT/sweep.log"
+  $MX ledger scan --ledger "$LEDGER" 2>&1 | tail -15 | tee -a "$OUT/sweep.log"
+  $MX export dsv3-tune --ledger "$LEDGER" --out-dir "$OUT/tuned" --ledger-export "$OUT/dsv3-tune.ledger.csv" \
+    --allow-nonclaimable 2>&1 | tail -15 | tee -a "$OUT/sweep.log"
+}
+
+step_guardrail() {
+  stamp "guardrail at real sizes"
+  for m in gpt-oss deepseek-v3; do
+    for p in a16w4 a8w4 a4w4; do
+      timeout 120 $MX guardrail --model $m --path $p --layers 2 2>&1 | tail -25 | tee -a "$OUT/guardrail.log"
+    done
+  done
+}
+
+step_executors() {
+  stamp "executor host on one H100"
+  timeout 150 $MX sweep --model gpt-oss-20b --path a16w4 --tokens 1,128 --campaign host-check --limit 3 \
+    --executor host --ledger "$LEDGER" 2>&1 | tail -20 | tee "$OUT/executors.log"
+}
+
+for s in "$@"; do "step_$s"; done
+stamp "all done"
