@@ -34,7 +34,7 @@ step_tests() {
 
 step_bench_a16w4() {
   stamp "bench a16w4, four models, full grid"
-  timeout 150 python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
+  timeout "${WARM_S:-120}" python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
     --tokens grid --jobs 4
   stamp "warm done"
   timeout "${BENCH_S:-330}" python3 benchmarks/bench_moe.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 \
@@ -44,7 +44,7 @@ step_bench_a16w4() {
 
 step_bench_mx() {
   stamp "bench a8w4 a4w4, gpt-oss-120b and deepseek-v3, full grid"
-  timeout 120 python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 --tokens grid --jobs 4
+  timeout "${WARM_S:-90}" python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 --tokens grid --jobs 4
   stamp "warm done"
   timeout "${BENCH_S:-240}" python3 benchmarks/bench_moe.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 \
     --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-220}" \
