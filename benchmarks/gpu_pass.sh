@@ -7,6 +7,8 @@ set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# The device tool cannot carry .git; a copy travels as .gitc so provenance can name the commit and verify a clean tree.
+[ -d .git ] || { [ -d .gitc ] && cp -r .gitc .git; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >/dev/null 2>&1 || echo "wheel install failed"
