@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
-# fails or runs long costs only itself. Steps: state tests bench_a16w4 bench_mx legality noise sweep
-# guardrail executors. Reads GPU state (NVML / nvidia-smi); never changes clocks or limits.
+# fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
+# bench_mx legality noise sweep executors (WARM=0: the benches skip their own warm-up). Reads GPU state
+# (NVML / nvidia-smi); never changes clocks or limits.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# The device tool cannot carry .git; a copy travels as .gitc so provenance can name the commit and verify a clean tree.
-[ -d .git ] || { [ -d .gitc ] && cp -r .gitc .git; }
+# The device tool cannot carry .git (the machine keeps a stale one of its own); the copy that travels as .gitc
+# replaces it, so provenance names the commit under test and verifies a clean tree.
+[ -d .gitc ] && { rm -rf .git; cp -r .gitc .git; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >/dev/null 2>&1 || echo "wheel install failed"
@@ -28,28 +30,53 @@ step_state() {
   $MX doctor
 }
 
-step_tests() {
-  stamp "tests (pytest -m gpu)"
-  timeout "${TESTS_S:-280}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --durations=15 \
-    tests/test_*.py tests/tuning tests/integrations tests/kernels 2>&1 | tee "$OUT/pytest_gpu.log" | tail -40
+step_kernel_tests() {
+  stamp "kernel tests (pytest -m gpu, 8 xdist workers: their compiles overlap)"
+  timeout "${TESTS_S:-150}" python3 -m pytest -m gpu -v -n 8 -p no:cacheprovider -rfE tests/kernels tests/test_mx.py \
+    tests/test_routing.py tests/tuning/test_measure_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+}
+
+step_warm_all() {
+  stamp "warm the Triton cache for both benches in the background"
+  (timeout 200 python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
+     --tokens grid --jobs 4; timeout 120 python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 \
+     --path a8w4,a4w4 --tokens "${MX_TOKENS:-grid}" --jobs 4) > "$OUT/warm.log" 2>&1 &
+  WARM_PID=$!
+}
+
+step_wait_warm() {
+  stamp "wait for the warm-up"
+  wait "${WARM_PID:-}" 2>/dev/null
+  cat "$OUT/warm.log"
+}
+
+step_guardrail_full() {
+  stamp "guardrail, real model sizes (full attention and vocab), every path"
+  for m in gpt-oss deepseek-v3; do
+    for p in a16w4 a8w4 a4w4; do
+      echo "== $m $p full" >> "$OUT/guardrail.log"
+      timeout "${GUARD_S:-60}" $MX guardrail --model $m --path $p --layers 2 --full --json >> "$OUT/guardrail.log" 2>&1
+    done
+  done
+  grep -E '"(model|path|outcome|logits_diff|agreement)"' "$OUT/guardrail.log" | head -40
 }
 
 step_bench_a16w4() {
   stamp "bench a16w4, four models, full grid"
-  timeout "${WARM_S:-120}" python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
+  [ "${WARM:-1}" = 0 ] || timeout "${WARM_S:-120}" python3 benchmarks/warm_cache.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 --path a16w4 \
     --tokens grid --jobs 4
   stamp "warm done"
-  timeout "${BENCH_S:-330}" python3 benchmarks/bench_moe.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 \
-    --path a16w4 --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-300}" \
+  timeout "${BENCH_A16_S:-330}" python3 benchmarks/bench_moe.py --model gpt-oss-20b,gpt-oss-120b,deepseek-v3,kimi-k2 \
+    --path a16w4 --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_A16_DEADLINE_S:-300}" \
     --csv "$OUT/bench_a16w4.csv" 2>&1 | tee "$OUT/bench_a16w4.log"
 }
 
 step_bench_mx() {
-  stamp "bench a8w4 a4w4, gpt-oss-120b and deepseek-v3, full grid"
-  timeout "${WARM_S:-90}" python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 --tokens grid --jobs 4
+  stamp "bench a8w4 a4w4, gpt-oss-120b and deepseek-v3, ${MX_TOKENS:-grid}"
+  [ "${WARM:-1}" = 0 ] || timeout "${WARM_S:-90}" python3 benchmarks/warm_cache.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 --tokens grid --jobs 4
   stamp "warm done"
   timeout "${BENCH_S:-240}" python3 benchmarks/bench_moe.py --model gpt-oss-120b,deepseek-v3 --path a8w4,a4w4 \
-    --tokens grid --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-220}" \
+    --tokens "${MX_TOKENS:-grid}" --max-time-s 0.5 --min-iters 10 --deadline-s "${BENCH_DEADLINE_S:-220}" \
     --csv "$OUT/bench_mx.csv" 2>&1 | tee "$OUT/bench_mx.log"
 }
 
@@ -76,15 +103,6 @@ step_sweep() {
   $MX ledger scan --ledger "$LEDGER" 2>&1 | tail -15 | tee -a "$OUT/sweep.log"
   $MX export dsv3-tune --ledger "$LEDGER" --out-dir "$OUT/tuned" --ledger-export "$OUT/dsv3-tune.ledger.csv" \
     --allow-nonclaimable 2>&1 | tail -15 | tee -a "$OUT/sweep.log"
-}
-
-step_guardrail() {
-  stamp "guardrail at real sizes"
-  for m in gpt-oss deepseek-v3; do
-    for p in a16w4 a8w4 a4w4; do
-      timeout 120 $MX guardrail --model $m --path $p --layers 2 2>&1 | tail -25 | tee -a "$OUT/guardrail.log"
-    done
-  done
 }
 
 step_executors() {

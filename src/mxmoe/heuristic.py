@@ -7,16 +7,22 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
 - BLOCK_N 64 keeps enough CTAs in flight at decode (hidden or inter / 64 tiles per hit expert) and
   divides every model's N (2880 = 45 x 64); prefill takes 128 where it divides.
 - BLOCK_K 128 streams 64 bytes of packed weights per row per step (a full 16 B vector per thread);
-  2880 is not a multiple of 128, and the kernels mask the tail. Decode stage 1 takes 256
-  (124.5 us vs 141.7 us at 128, deepseek-v3 a16w4 T=1, H100, benchmarks/scan_tiles.py, 2026-11-25):
-  fewer, longer K steps amortise the per-step scale loads and loop overhead.
+  2880 is not a multiple of 128, and the kernels mask the tail.
+- Decode stage 1 (BLOCK_M 16) takes N32 K256 with 2 warps and 2 stages: 100.9 us against 124.6 us for
+  N64 K256 4 warps (deepseek-v3 a16w4 T=1, H100, results/h100/2026-11-25_s2_scan3.log). A tile that small
+  lets many CTAs share an SM, and at one real row per block what decode lacks is memory parallelism.
+- Prefill (rows per expert > 32), measured at deepseek-v3 T=4096 on the H100 (same log):
+  a16w4 stage 1 takes 4 warps and BLOCK_N 64 (M128N64 8.78 ms against 9.68 ms for M128N128 8 warps;
+  M64N128 4 warps spills: 19.5 ms); the MX paths take M64N128 4 warps in both stages (a8w4 stage 1
+  11.5 ms against 22.8 ms for M128N128 8 warps, stage 2 6.73 ms against 13.3 ms): their activation
+  operand needs its own upcast registers, and the 128-row tile pays for them in spills.
+- a16w4 prefill stage 2 (>= 256 rows per expert) takes BLOCK_M=256: 8.37 ms vs 9.80 ms at 128 (deepseek-v3
+  T=8192, H100, results/h100/2026-11-25_scan2.log).
 - mma: `dot_scaled` on a GPU (the compiler's own e2m1 upcast), `upcast` under the interpreter,
   which lacks tl.dot_scaled.
 - combine: fp32 atomics; split-K stays off in the baseline.
-- Prefill stage 2 (>= 256 rows per expert) takes BLOCK_M=256: 8.37 ms vs 9.80 ms at 128 (deepseek-v3 a16w4
-  T=8192, H100, results/h100/2026-11-25_scan2.log); stage 1 holds two accumulators, so it stays at 128.
 - Measured and not taken: mma=fma (the tensor-core-free decode lever) ran 261 us vs 124 us for
-  dot_scaled on deepseek-v3 T=1 stage 1 (same log); the f32 unpack costs more than the 16-row MMA wastes.
+  dot_scaled on deepseek-v3 T=1 stage 1 (scan2 log); the f32 unpack costs more than the 16-row MMA wastes.
 """
 
 from __future__ import annotations
@@ -58,10 +64,16 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     mma = Mma.UPCAST if interpreter else Mma.DOT_SCALED
     common = dict(block_m=block_m, block_k=128, group_m=1 if block_m <= 32 else 8, num_warps=warps,
                   num_stages=stages, mma=mma)
-    s1_k = _block_k(shape.hidden, 256 if block_m == 16 else 128)
-    s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **{**common, "block_k": s1_k})
+    s1 = TileConfig(block_n=_block_n(shape.inter, prefer_n), **{**common, "block_k": _block_k(shape.hidden, 128)})
     s2 = TileConfig(block_n=_block_n(shape.hidden, prefer_n), combine=Combine.ATOMIC,
                     **{**common, "block_k": _block_k(shape.inter, 128)})
-    if rows >= 256:
-        s2 = s2.replace(block_m=256, block_n=_block_n(shape.hidden, 128))
+    if block_m == 16:
+        s1 = s1.replace(block_n=32, block_k=_block_k(shape.hidden, 256), num_warps=2, num_stages=2)
+    elif block_m >= 64 and Path(path) is not Path.A16W4:
+        s1 = s1.replace(block_m=64, block_n=_block_n(shape.inter, 128), num_warps=4)
+        s2 = s2.replace(block_m=64, block_n=_block_n(shape.hidden, 128), num_warps=4)
+    elif block_m >= 64:
+        s1 = s1.replace(block_n=_block_n(shape.inter, 64), num_warps=4)
+        if rows >= 256:
+            s2 = s2.replace(block_m=256, block_n=_block_n(shape.hidden, 128))
     return MoEConfig(s1, s2)
