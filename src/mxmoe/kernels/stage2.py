@@ -56,8 +56,12 @@ def _stage2_kernel(
     ws_e = ws_ptr + expert * stride_wse
 
     k_per_split = I // SPLIT_K
+    k_first = pid_k * k_per_split
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(pid_k * k_per_split, (pid_k + 1) * k_per_split, BLOCK_K):
+    # A loop from 0 with the split's offset added inside: with the offset in the loop bounds, the H100 sweep of
+    # 2026-11-25 recorded dot_scaled + split_k=4 as incorrect while the interpreter agreed with the oracle.
+    for kk in range(0, k_per_split, BLOCK_K):
+        k0 = k_first + kk
         a_even, a_odd, a_full, a_scale = load_act_tile(
             h_ptr, hs_ptr, rows, row_ok, k0, I, stride_hp, stride_hsp, PATH, MMA, EVEN_K, INTERP, BLOCK_M, BLOCK_K)
         acc = mma_tile(acc, a_even, a_odd, a_full, a_scale, w_e, ws_e, offs_n, k0, I,
