@@ -13,9 +13,11 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
   lets many CTAs share an SM, and at one real row per block what decode lacks is memory parallelism.
 - Prefill (rows per expert > 32), measured at deepseek-v3 T=4096 on the H100 (same log):
   a16w4 stage 1 takes 4 warps and BLOCK_N 64 (M128N64 8.78 ms against 9.68 ms for M128N128 8 warps;
-  M64N128 4 warps spills: 19.5 ms); the MX paths take M64N128 4 warps in both stages (a8w4 stage 1
-  11.5 ms against 22.8 ms for M128N128 8 warps, stage 2 6.73 ms against 13.3 ms): their activation
-  operand needs its own upcast registers, and the 128-row tile pays for them in spills.
+  M64N128 4 warps spills: 19.5 ms); the MX paths take M64N128 4 warps in a stage whose N 128 divides
+  (a8w4 stage 1 11.5 ms against 22.8 ms for M128N128 8 warps, stage 2 6.73 ms against 13.3 ms): their
+  activation operand needs its own upcast registers, and the 128-row tile pays for them in spills.
+  Whole layer: deepseek-v3 a8w4 T=4096 36.3 -> 18.3 ms, T=32768 194 -> 117 ms (bench CSVs of b605344 and
+  c44b721 under results/h100/).
 - a16w4 prefill stage 2 (>= 256 rows per expert) takes BLOCK_M=256: 8.37 ms vs 9.80 ms at 128 (deepseek-v3
   T=8192, H100, results/h100/2026-11-25_scan2.log).
 - mma: `dot_scaled` on a GPU (the compiler's own e2m1 upcast), `upcast` under the interpreter,
@@ -70,8 +72,15 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     if block_m == 16:
         s1 = s1.replace(block_n=32, block_k=_block_k(shape.hidden, 256), num_warps=2, num_stages=2)
     elif block_m >= 64 and Path(path) is not Path.A16W4:
-        s1 = s1.replace(block_m=64, block_n=_block_n(shape.inter, 128), num_warps=4)
-        s2 = s2.replace(block_m=64, block_n=_block_n(shape.hidden, 128), num_warps=4)
+        # The MX prefill tile M64N128 4 warps, where 128 divides the stage's N; a 64-wide N (gpt-oss: 2880)
+        # keeps the 128-row 8-warp tile, which measured faster there (gpt-oss-120b a4w4 T=32768: 64.8 ms
+        # against 89.6 ms for M64N64 4 warps, results/h100/2026-11-25_bench_heuristic_*.csv).
+        if shape.inter % 128 == 0:
+            s1 = s1.replace(block_m=64, block_n=128, num_warps=4)
+        if shape.hidden % 128 == 0:
+            s2 = s2.replace(block_m=64, block_n=128, num_warps=4)
+        elif rows >= 256:
+            s2 = s2.replace(block_m=256)
     elif block_m >= 64:
         s1 = s1.replace(block_n=_block_n(shape.inter, 64), num_warps=4)
         if rows >= 256:

@@ -72,6 +72,8 @@ def test_correct_kernels_pass_on_both_families_and_paths(family, path):
     assert r.fidelity <= g.FIDELITY.rms_rel
     # the accuracy cost of the path vs the plain fp32 model grows as activations narrow
     assert r.logits_diff_vs_plain >= r.logits_diff
+    # the interpreter reproduces the oracle: no routing flips to replay away, free and replayed runs agree
+    assert r.routing_flips == (0, 0) and r.logits_diff_free == r.logits_diff
     assert r.model_config["num_local_experts"] == 4 and r.model_config["num_hidden_layers"] == 2
 
 

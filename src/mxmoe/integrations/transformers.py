@@ -115,6 +115,43 @@ class PatchReport:
                 "config_key": self.config_key, "blocks": [b.to_dict() for b in self.blocks]}
 
 
+class RoutingTape:
+    """The routing decisions of one forward, in call order: record them from one run, replay them in another.
+
+    A model's router takes a discrete top-k of its logits, so any numerical difference upstream (a reordered
+    fp32 sum, one bf16 rounding flipped) can swap a near-tied expert in a later layer and change that token's
+    output by O(1). Replaying the reference run's ids and weights in the candidate run holds the model's own
+    routing fixed, so a comparison measures the experts' arithmetic; `flips` counts, per replayed call, the
+    tokens whose own top-k set differed from the recorded one (how much routing chaos the replay removed).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.flips: list[int] = []
+        self.replaying = False
+        self._next = 0
+
+    def replay(self) -> RoutingTape:
+        """Switch from recording to replaying, from the first recorded call."""
+        self.replaying, self._next, self.flips = True, 0, []
+        return self
+
+    def apply(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.replaying:
+            self.calls.append((ids.clone(), weights.clone()))
+            return ids, weights
+        if self._next >= len(self.calls):
+            raise RuntimeError(f"routing replay: call {self._next + 1} but only {len(self.calls)} were recorded")
+        rec_ids, rec_w = self.calls[self._next]
+        if rec_ids.shape != ids.shape:
+            raise RuntimeError(f"routing replay: call {self._next + 1} routes {tuple(ids.shape)}, the recording "
+                               f"{tuple(rec_ids.shape)}")
+        self._next += 1
+        same = (ids.sort(dim=1).values == rec_ids.sort(dim=1).values).all(dim=1)
+        self.flips.append(int((~same).sum()))
+        return rec_ids, rec_w
+
+
 class MXFP4Experts(nn.Module):
     """Drop-in for a transformers experts module: (hidden [T, H], top_k_index [T, A], top_k_weights [T, A]) -> [T, H].
 
@@ -129,6 +166,7 @@ class MXFP4Experts(nn.Module):
         self.num_experts = weights.num_experts
         self.backend = Backend.KERNEL
         self.launched: dict[str, MoEConfig] = {}
+        self.tape: RoutingTape | None = None
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -137,6 +175,8 @@ class MXFP4Experts(nn.Module):
         t = x.shape[0]
         ids = top_k_index.reshape(t, -1)  # [T, A]
         w = top_k_weights.reshape(t, -1).float()  # [T, A]
+        if self.tape is not None:
+            ids, w = self.tape.apply(ids, w)
         if self.backend is Backend.REFERENCE:
             out = moe_reference_from_weights(x, self.weights, ids, w, self.path, dtype=torch.bfloat16)
         else:
@@ -278,6 +318,21 @@ def use_backend(model: nn.Module, backend: Backend | str, path: Path | str | Non
             m.backend, m.path = b, p
 
 
+@contextmanager
+def routing_tape(model: nn.Module, tape: RoutingTape) -> Iterator[RoutingTape]:
+    """Record into (or replay from) `tape` every patched experts call inside the block (see RoutingTape)."""
+    modules = patched_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no MXFP4Experts: call patch_model first")
+    for m in modules:
+        m.tape = tape
+    try:
+        yield tape
+    finally:
+        for m in modules:
+            m.tape = None
+
+
 # ---- seeded random models: the guardrail's graphs (built from configs, never downloaded) --------------------
 
 FAMILIES = tuple(f.name for f in _FAMILIES)
@@ -380,6 +435,6 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
                   "torch": torch.__version__}
 
 
-__all__ = ["FAMILIES", "SUPPORTED_MODELS", "Backend", "ExpertsBlock", "MXFP4Experts", "PatchReport",
+__all__ = ["FAMILIES", "SUPPORTED_MODELS", "Backend", "ExpertsBlock", "MXFP4Experts", "PatchReport", "RoutingTape",
            "dequantize_model_experts", "family_of", "launched_configs", "model_summary", "patch_model",
-           "patched_modules", "random_model", "random_model_config", "use_backend"]
+           "patched_modules", "random_model", "random_model_config", "routing_tape", "use_backend"]
