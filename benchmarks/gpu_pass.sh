@@ -3,7 +3,8 @@
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
 # bench_mx legality noise sweep executors (WARM=0: the benches skip their own warm-up). Reads GPU state
-# (NVML / nvidia-smi); never changes clocks or limits.
+# (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
+#   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude).
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -11,12 +12,12 @@ export PYTHONUNBUFFERED=1
 # The device tool cannot carry .git (the machine keeps a stale one of its own); the copy that travels as .gitc
 # replaces it, so provenance names the commit under test and verifies a clean tree.
 [ -d .gitc ] && { rm -rf .git; cp -r .gitc .git; }
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >/dev/null 2>&1 || echo "wheel install failed"
-  export PYTHONPATH=/tmp/site:src
-else
-  export PYTHONPATH=src
+# Wheels the image lacks travel in .whl-ray (Ray without its Java jars, and jsonschema's family); the image's
+# own typer / rich / hypothesis / ml-dtypes are used as they are (a newer carried typer needs pydantic).
+export PYTHONPATH=src
+if [ -d .whl-ray ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl-ray/*.whl >/dev/null 2>&1 && export PYTHONPATH=src:/tmp/site || echo "ray wheel install failed"
 fi
 MX="python3 -m mxmoe.cli"
 LEDGER=$OUT/mxmoe.sqlite
@@ -106,9 +107,14 @@ step_sweep() {
 }
 
 step_executors() {
-  stamp "executor host on one H100"
-  timeout 150 $MX sweep --model gpt-oss-20b --path a16w4 --tokens 1,128 --campaign host-check --limit 3 \
-    --executor host --ledger "$LEDGER" 2>&1 | tail -20 | tee "$OUT/executors.log"
+  stamp "executors on one H100: the same small sweep through local, host and ray, each claimed against one baseline"
+  local args=(--model gpt-oss-20b --path a16w4 --tokens 1,128 --ledger "$LEDGER")
+  timeout 90 $MX sweep "${args[@]}" --campaign ex-base --baseline-only 2>&1 | tail -3 | tee "$OUT/executors.log"
+  for ex in local host ray; do
+    timeout 150 $MX sweep "${args[@]}" --campaign "ex-$ex" --baseline ex-base --limit 3 --executor $ex 2>&1 \
+      | tail -12 | tee -a "$OUT/executors.log"
+    $MX claim "ex-$ex" --baseline ex-base --ledger "$LEDGER" 2>&1 | tail -4 | tee -a "$OUT/executors.log"
+  done
 }
 
 for s in "$@"; do "step_$s"; done
