@@ -99,3 +99,56 @@ def test_real_nvml_state_and_our_own_process():
     print("pid", os.getpid(), "NVML compute pids", state.compute_pids, "events", state.clock_events)
     print("clocks locked:", state.clocks_locked, "app", state.sm_clock_app_mhz, "now", state.sm_clock_mhz)
     assert process_check(state).ok, process_check(state).detail
+
+
+def _layer(model: str, tokens: int):
+    """The heuristic layer as moe() runs it, capturable (validate=False), and its weights' bytes."""
+    from mxmoe.dispatch import choose_config
+    from mxmoe.moe import moe
+    from mxmoe.problem import make_problem
+    from mxmoe.shapes import Path, get_shape
+
+    shape = get_shape(model)
+    p = make_problem(shape, Path.A16W4, tokens, seed=1, device="cuda")
+    cfg = choose_config(shape, Path.A16W4, tokens)
+    w = p.weights
+    nbytes = sum(t.numel() * t.element_size() for t in (w.w13.data, w.w13.scales, w.w2.data, w.w2.scales))
+
+    def run(weights=p.weights):
+        return moe(p.hidden, weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg, validate=False)
+
+    return p, run, nbytes
+
+
+def test_agrees_with_do_bench_and_do_bench_cudagraph_on_the_moe_layer(idle):
+    """The layer (routing kernel + two stages, several launches) at a T where it runs ~1.4 ms: eager with the L2
+    flushed against do_bench, graph replay without a flush against do_bench_cudagraph; both within 3%."""
+    triton_testing = pytest.importorskip("triton.testing")
+    _, run, _ = _layer("gpt-oss-20b", 1024)
+    eager, graph, bench, bench_graph = [], [], [], []
+    for _ in range(3):
+        bench.append(1000.0 * triton_testing.do_bench(run, warmup=50, rep=300, return_mode="median"))
+        eager.append(measure(run, l2="flush", idle=idle, **QUICK).median_us)
+        bench_graph.append(1000.0 * triton_testing.do_bench_cudagraph(run, rep=300, return_mode="median"))
+        graph.append(measure(run, mode="graph", l2="none", idle=idle, **QUICK).median_us)
+    print(f"gpt-oss-20b T=1024 layer: eager {eager} vs do_bench {bench}; graph {graph} vs cudagraph {bench_graph}")
+    assert statistics.median(eager) == pytest.approx(statistics.median(bench), rel=0.03)
+    assert statistics.median(graph) == pytest.approx(statistics.median(bench_graph), rel=0.03)
+
+
+def test_l2_effect_on_a_decode_layer_whose_weights_fit_in_l2(idle):
+    """8 experts of H=2048, I=1024 (25 MB of MXFP4 weights, under the 50 MB L2) at T=1: replaying hot reads the 2
+    hit experts' 6.3 MB from L2; rotating weight copies past L2, or flushing it, reads them from HBM (~2 us more
+    at 3 TB/s on a ~20 us layer), which must show."""
+    from mxmoe.weights import MoEWeights
+
+    p, run, nbytes = _layer("8,2,2048,1024", 1)
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copies = [(MoEWeights.random(p.shape, seed=i, device="cuda"),) for i in range(rotation_copies(nbytes, l2))]
+    hot = measure(run, mode="graph", rotate=copies[:1], l2="none", idle=idle, **QUICK)
+    rotated = measure(run, mode="graph", rotate=copies, l2="rotate", bytes_per_set=nbytes, idle=idle, **QUICK)
+    flushed = measure(run, mode="graph", rotate=copies[:1], l2="flush", idle=idle, **QUICK)
+    print(f"decode layer, weights {nbytes / 2**20:.1f} MiB: hot {hot.median_us:.2f}, rotated "
+          f"{rotated.median_us:.2f} ({len(copies)} copies), flushed {flushed.median_us:.2f} us")
+    assert Check.L2_ROTATION_SHORT.value not in rotated.checks
+    assert rotated.median_us > 1.03 * hot.median_us and flushed.median_us > 1.03 * hot.median_us
