@@ -68,6 +68,18 @@ def test_fma_lever(path, block_m):
     assert_close(out.float(), p.reference(), path=path, stage="layer")
 
 
+@pytest.mark.parametrize("path", [Path.A16W4, Path.A4W4], ids=lambda p: p.value)
+@pytest.mark.parametrize("combine", list(Combine), ids=lambda c: c.value)
+def test_poisoned_buffers_change_nothing_when_every_tile_is_written(path, combine):
+    """moe(poison=True) NaN-fills the intermediate and the combine buffer first (the sweep's check): a correct
+    launch overwrites every element it reads, so the answer is bit-identical to the plain call."""
+    p = make_problem(TINY, path, 17, seed=8)
+    c = cfg(combine=combine)
+    plain = run(p, c)
+    poisoned = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, c, poison=True)
+    assert torch.equal(plain, poisoned) and not poisoned.isnan().any()
+
+
 def test_split_k():
     """split_k=2 over inter=128 with BLOCK_K=64: two programs add partial sums; only the first adds the bias."""
     shape = MoEShape("split", 4, 2, 64, 128, Activation.SWIGLU_OAI, bias=True)

@@ -243,27 +243,6 @@ class TrialRunner:
 
             torch.cuda.synchronize()
 
-    def _poisoned_layer(self, p: Any, cfg: Any) -> Any:
-        """moe()'s launches (align, stage 1, stage 2) with NaN-filled outputs: a tile the kernels skip
-        cannot pass on an old answer. TODO(issue 7): call moe(..., out=) once it takes one."""
-        import torch
-
-        from mxmoe.kernels.align import align
-        from mxmoe.kernels.common import KernelInput
-        from mxmoe.kernels.quant import quantize_input
-        from mxmoe.kernels.stage1 import stage1
-        from mxmoe.kernels.stage2 import stage2
-
-        e, t = p.weights.num_experts, p.tokens
-        x = quantize_input(p.hidden.contiguous(), p.path)
-        plan1 = align(p.topk_ids, e, cfg.stage1.block_m)
-        plan2 = plan1 if cfg.stage2.block_m == plan1.block_m else align(p.topk_ids, e, cfg.stage2.block_m)
-        h = KernelInput.empty(p.path, plan1.num_pairs, p.weights.inter, x.data.device).poison()  # [P, I]
-        stage1(x, p.weights, plan1, cfg.stage1, out=h)
-        rows = plan2.num_pairs if cfg.stage2.combine.value == "slots" else t
-        scratch = torch.full((rows, p.weights.hidden), float("nan"), dtype=torch.float32, device=x.data.device)
-        return stage2(h, p.weights, plan2, p.topk_weights.float(), cfg.stage2, t, out=scratch)
-
     def _check(self, job: Job, cfg: Any, faults: frozenset[str], first_out: Any) -> str | None:
         """None when correct; else the CloseReport message of the first failing run (later runs skipped)."""
         from mxmoe.tolerance import compare, lookup
@@ -271,8 +250,7 @@ class TrialRunner:
         tol = lookup(self.path, "layer")
         runs: list[tuple[str, str, Any]] = [("moe()", job.routing, lambda: first_out)]
         for routing in dict.fromkeys((job.routing, *ROUTINGS_CHECKED)):
-            runs.append(("poisoned", routing, lambda r=routing: self._poisoned_layer(self._problem(job.tokens, r)[0],
-                                                                                     cfg)))
+            runs.append(("poisoned", routing, lambda r=routing: _poisoned_layer(self._problem(job.tokens, r)[0], cfg)))
         for name, routing, run in runs:
             out = run().float()
             if "wrong" in faults:
@@ -399,3 +377,11 @@ def _raise_injected(faults: frozenset[str]) -> None:
     if "cuda_fatal" in faults:
         raise RuntimeError(f"CUDA error: an illegal memory access was encountered (injected by {FAULT_ENV})")
     raise RuntimeError(f"injected launch fault ({FAULT_ENV})")
+
+
+def _poisoned_layer(p: Any, cfg: Any) -> Any:
+    """moe() on `p` with its intermediate and combine buffers NaN-filled first: a tile the kernels skip cannot
+    pass on an old answer."""
+    from mxmoe.moe import moe
+
+    return moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, poison=True)
