@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mxmoe.kernels.align import align
 from mxmoe.routing import (
     RoutingPlan,
     add_shared_expert,
@@ -147,9 +148,11 @@ def test_validate_off_skips_the_range_check_only() -> None:
         (torch.tensor([[0, 1]]), 4, 0, ValueError),
     ],
 )
-def test_align_rejects_bad_input(ids: torch.Tensor, e: int, block_m: int, exc: type) -> None:
+@pytest.mark.parametrize("fn", [align_by_expert, align], ids=["torch", "triton_or_fallback"])
+def test_align_rejects_bad_input(fn, ids: torch.Tensor, e: int, block_m: int, exc: type) -> None:
+    """Both entry points share routing's argument checks (kernels.align.align is what moe() calls)."""
     with pytest.raises(exc):
-        align_by_expert(ids, e, block_m)
+        fn(ids, e, block_m)
 
 
 @settings(max_examples=60, deadline=None)

@@ -165,6 +165,13 @@ def _check_id_range(topk_ids: torch.Tensor, num_experts: int) -> None:
         raise ValueError(f"topk_ids hold values in [{lo}, {hi}], expected [0, {num_experts})")
 
 
+def _check_sizes(num_experts: int, block_m: int) -> None:
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts={num_experts!r} must be a positive int")
+    if not isinstance(block_m, int) or block_m < 1:
+        raise ValueError(f"block_m={block_m!r} must be a positive int")
+
+
 def align_by_expert(
     topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True
 ) -> RoutingPlan:
@@ -174,10 +181,7 @@ def align_by_expert(
     with validate=False it is CUDA-graph capturable: every size below is static in (T, A, E, block_m).
     """
     _check_ids(topk_ids)
-    if not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts={num_experts!r} must be a positive int")
-    if not isinstance(block_m, int) or block_m < 1:
-        raise ValueError(f"block_m={block_m!r} must be a positive int")
+    _check_sizes(num_experts, block_m)
     if validate:
         _check_id_range(topk_ids, num_experts)
 

@@ -37,7 +37,14 @@ import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import interpreting, require_executable
-from mxmoe.routing import RoutingPlan, _check_id_range, _check_ids, align_by_expert, max_padded_pairs
+from mxmoe.routing import (
+    RoutingPlan,
+    _check_id_range,
+    _check_ids,
+    _check_sizes,
+    align_by_expert,
+    max_padded_pairs,
+)
 
 # P above which align() takes the torch path. TODO: set from the H100 timings below once measured.
 MAX_TRITON_PAIRS = 8192
@@ -117,13 +124,6 @@ def _align_kernel(
 def _num_warps(p_block: int) -> int:
     """Warps for a PB-lane program. TODO: from the H100 sweep."""
     return 4 if p_block <= 1024 else 8
-
-
-def _check_sizes(num_experts: int, block_m: int) -> None:
-    if not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts={num_experts!r} must be a positive int")
-    if not isinstance(block_m, int) or block_m < 1:
-        raise ValueError(f"block_m={block_m!r} must be a positive int")
 
 
 def _round_up(n: int, m: int) -> int:
