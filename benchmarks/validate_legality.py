@@ -437,6 +437,17 @@ def _tail(exc: BaseException) -> str:
     return text[-ERROR_TAIL:]
 
 
+def _compile_retried(compile_fn):
+    """(compile_fn(), None), or after one failure that is not the alarm, (compile_fn() again, a note saying so):
+    concurrent cold-cache compiles failed transiently in calibration. A second failure propagates."""
+    try:
+        return compile_fn(), None
+    except _CompileTimeout:
+        raise
+    except Exception as first:
+        return compile_fn(), "first compile failed, retry passed: " + _tail(first)
+
+
 @functools.cache
 def _launch_weights(shape: MoEShape, device: str):
     """min(E, 8) experts of random MXFP4 weights at the shape's hidden and inter (one copy per worker and shape:
@@ -599,13 +610,9 @@ def run_task(task: Task, timeout_s: int, launch: bool) -> dict:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(timeout_s)
     try:
-        try:
-            compiled = kernel.warmup(*args, grid=grid, **meta)
-        except _CompileTimeout:
-            raise
-        except Exception as first:  # retried once: concurrent cold-cache compiles failed transiently in calibration
-            compiled = kernel.warmup(*args, grid=grid, **meta)
-            out["error"] = "first compile failed, retry passed: " + _tail(first)
+        compiled, retried = _compile_retried(lambda: kernel.warmup(*args, grid=grid, **meta))
+        if retried:
+            out["error"] = retried
         out["compiler_smem"] = compiled.metadata.shared
         compiled._init_handles()  # what the first launch does: loads the binary, checks shared memory vs device
         out.update(compile_ok=1, n_regs=compiled.n_regs, n_spills=compiled.n_spills)
@@ -828,13 +835,9 @@ def run_task_cpu(task: Task, timeout_s: int, launch: bool) -> dict:  # noqa: ARG
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(timeout_s)
     try:
-        try:
-            compiled = _compile_sm90(kernel, args, meta)
-        except _CompileTimeout:
-            raise
-        except Exception as first:  # retried once, as in the GPU mode (concurrent cold-cache compiles)
-            compiled = _compile_sm90(kernel, args, meta)
-            notes.append("first compile failed, retry passed: " + _tail(first))
+        compiled, retried = _compile_retried(lambda: _compile_sm90(kernel, args, meta))
+        if retried:
+            notes.append(retried)
         usage = _resource_usage(compiled.asm["cubin"])
     except _CompileTimeout as exc:
         return out | {"compile_ok": "", "outcome": "timeout", "error": "; ".join([*notes, _tail(exc)]),
