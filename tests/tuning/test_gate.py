@@ -20,13 +20,16 @@ GRID = (1, 16, 4096)
 BASE_US = {1: 20.0, 16: 30.0, 4096: 400.0}
 
 
-def row(campaign: str, tokens: int, median: float, cfg: MoEConfig = BASE_CFG, spread: float = 0.005, **kw) -> Attempt:
-    """A claimable measured layer row of `tiny`/a16w4 with a CI of +-spread around the median."""
+def row(campaign: str, tokens: int, median: float | None, cfg: MoEConfig = BASE_CFG, spread: float = 0.005,
+        model: str = "tiny", **kw) -> Attempt:
+    """A claimable measured a16w4 layer row of `model` with a CI of +-spread around the median (median None: a
+    row without timings, not claimable). Any field can be overridden through kw."""
+    measured = median is not None
     fields = dict(
         campaign=campaign,
         status=Status.MEASURED,
-        model="tiny",
-        shape=MODELS["tiny"].to_dict(),
+        model=model,
+        shape=MODELS[model].to_dict(),
         path="a16w4",
         stage="layer",
         tokens=tokens,
@@ -35,11 +38,11 @@ def row(campaign: str, tokens: int, median: float, cfg: MoEConfig = BASE_CFG, sp
         kernel_hash="kh1",
         device=H100,
         median_us=median,
-        p95_us=median * 1.05,
-        ci_lo_us=median * (1 - spread),
-        ci_hi_us=median * (1 + spread),
-        samples_us=(median,),
-        claimable=True,
+        p95_us=median * 1.05 if measured else None,
+        ci_lo_us=median * (1 - spread) if measured else None,
+        ci_hi_us=median * (1 + spread) if measured else None,
+        samples_us=(median,) if measured else (),
+        claimable=measured,
         argv=("mxmoe", "sweep"),
         provenance={"git_commit": "abc123", "mode": "eager", "l2": "flush"},
         created_at="2025-01-01T00:00:00+00:00",

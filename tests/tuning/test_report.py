@@ -9,6 +9,8 @@ import re
 
 import pytest
 import typer
+from test_gate import BASE_CFG, BASE_US, FAST_CFG, GRID
+from test_gate import row as gate_row
 from typer.testing import CliRunner
 
 from mxmoe.config import MoEConfig, TileConfig
@@ -31,47 +33,22 @@ from mxmoe.tuning.report import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BASE_CFG = MoEConfig(TileConfig(), TileConfig())
-FAST_CFG = MoEConfig(TileConfig(block_n=128), TileConfig(block_n=128))
 SLOW_CFG = MoEConfig(TileConfig(block_m=32), TileConfig(block_m=32))
 BAD_CFG = {reason: MoEConfig(TileConfig(num_warps=w), TileConfig(num_warps=w))
            for reason, w in (("SMEM", 2), ("REGISTERS", 8), (None, 16))}  # one config per failure: distinct probes
-H100 = "NVIDIA H100 80GB HBM3"
 MODELS_UNDER_TEST = ("gpt-oss-20b", "deepseek-v3")
-GRID = (1, 16, 4096)
-BASE_US = {1: 20.0, 16: 30.0, 4096: 400.0}
 # baseline / candidate median per point: (win, neutral, regression) and (win, neutral, win)
 SPEEDUPS = {"gpt-oss-20b": {1: 1.25, 16: 1.0, 4096: 0.8}, "deepseek-v3": {1: 2.0, 16: 1.0, 4096: 2.0}}
 GEOMEAN = {"gpt-oss-20b": 1.0, "deepseek-v3": 4 ** (1 / 3)}  # (1.25 * 1 * 0.8)^(1/3), (2 * 1 * 2)^(1/3)
 
 
+REPORT_PROVENANCE = {"git_commit": "abc123def4567890", "git_dirty": False, "mode": "graph", "l2": "flush",
+                     "triton_version": "3.6.0", "torch_version": "2.9.0"}
+
+
 def row(campaign: str, model: str, tokens: int, median: float | None, cfg: MoEConfig = BASE_CFG, **kw) -> Attempt:
-    """A claimable measured a16w4 layer row with a +-0.5% CI (override any field through kw)."""
-    fields = dict(
-        campaign=campaign,
-        status=Status.MEASURED,
-        model=model,
-        shape=MODELS[model].to_dict(),
-        path="a16w4",
-        stage="layer",
-        tokens=tokens,
-        config=cfg.to_dict(),
-        config_key=cfg.key(),
-        kernel_hash="kh1",
-        device=H100,
-        median_us=median,
-        p95_us=None if median is None else median * 1.05,
-        ci_lo_us=None if median is None else median * 0.995,
-        ci_hi_us=None if median is None else median * 1.005,
-        samples_us=() if median is None else (median,),
-        claimable=median is not None,
-        argv=("mxmoe", "sweep"),
-        provenance={"git_commit": "abc123def4567890", "git_dirty": False, "mode": "graph", "l2": "flush",
-                    "triton_version": "3.6.0", "torch_version": "2.9.0"},
-        created_at="2025-01-01T00:00:00+00:00",
-    )
-    fields.update(kw)
-    return Attempt.make(**fields)
+    """test_gate's row for `model` with a +-0.5% CI and graph-mode provenance (override any field through kw)."""
+    return gate_row(campaign, tokens, median, cfg, model=model, **{"provenance": REPORT_PROVENANCE, **kw})
 
 
 def failed(campaign: str, model: str, tokens: int, status: Status, reason: str | None = None) -> Attempt:
