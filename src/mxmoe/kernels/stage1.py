@@ -97,11 +97,12 @@ def _stage1_kernel(
         tl.store(outs_ptr + rows[:, None] * stride_osp + offs_s[None, :], s, mask=row_ok[:, None])
 
 
-def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None) -> KernelInput:
+def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
+           poison: bool = False) -> KernelInput:
     """Launch stage 1. `x` holds the layer input at the path's width; returns h at that width.
 
-    `out`, when given, is written in place (the sweep pre-fills it with NaN / 0xFF so a tile the
-    kernel skips cannot pass on an old answer).
+    `out`, when given, is written in place. `poison` fills a buffer allocated here with NaN / 0xFF first, so a
+    tile the kernel skips cannot pass on an old answer (the tuning harness's correctness check).
     """
     e, n, _ = weights.w13.data.shape
     i = n // 2
@@ -112,6 +113,8 @@ def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput |
     pairs = plan.num_pairs
     if out is None:
         out = KernelInput.empty(x.path, pairs, i, x.data.device)
+        if poison:
+            out.poison()
     if plan.max_blocks == 0:
         return out
     ws = weights.w13

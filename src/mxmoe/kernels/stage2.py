@@ -85,11 +85,13 @@ def _stage2_kernel(
 
 
 def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
-           *, out: torch.Tensor | None = None) -> torch.Tensor:
+           *, out: torch.Tensor | None = None, poison: bool = False) -> torch.Tensor:
     """Launch stage 2 and combine; returns bf16 [T, H].
 
     topk_weights: [T, A] f32 routing weights. `out` is the fp32 scratch the kernel writes
     ([T, H] for atomic, [P, H] for slots); it is zeroed here for atomic, poisoned by callers that want to.
+    `poison` allocates the slots scratch NaN-filled (a slot the kernel skips then shows in the sum); the
+    atomic scratch must start at zero, so there it changes nothing.
     """
     ws = weights.w2
     e, hidden, _ = ws.data.shape
@@ -105,7 +107,8 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
     slots = cfg.combine is Combine.SLOTS
     rows = plan.num_pairs if slots else num_tokens
     if out is None:
-        out = torch.zeros(rows, hidden, dtype=torch.float32, device=h.data.device)
+        fill = float("nan") if poison and slots else 0.0
+        out = torch.full((rows, hidden), fill, dtype=torch.float32, device=h.data.device)
     elif not slots:
         out.zero_()
     if plan.max_blocks > 0:
