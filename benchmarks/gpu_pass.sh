@@ -2,7 +2,7 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors (WARM=0: the benches skip their own warm-up). Reads GPU state
+# bench_mx legality noise sweep executors multi_gpu pack (WARM=0: the benches skip their own warm-up). Reads GPU state
 # (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude).
 set -u
@@ -33,8 +33,8 @@ step_state() {
 
 step_kernel_tests() {
   stamp "kernel tests (pytest -m gpu, 8 xdist workers: their compiles overlap)"
-  timeout "${TESTS_S:-150}" python3 -m pytest -m gpu -v -n 8 -p no:cacheprovider -rfE tests/kernels tests/test_mx.py \
-    tests/test_routing.py tests/tuning/test_measure_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+  timeout "${TESTS_S:-150}" python3 -m pytest -m gpu -v -n 8 -p no:cacheprovider -rfE --durations=20 tests 2>&1 \
+    | tee "$OUT/pytest_gpu.log" | tail -25
 }
 
 step_warm_all() {
@@ -88,10 +88,8 @@ step_legality() {
 }
 
 step_noise() {
-  stamp "noise A/A and do_bench cross-check"
+  stamp "noise A/A (the do_bench cross-check is a GPU test: kernel_tests)"
   timeout 120 $MX noise --model deepseek-v3 --path a16w4 --tokens 1,128,4096 --rounds 5 2>&1 | tee "$OUT/noise.log"
-  timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -rfE tests/tuning/test_measure_gpu.py 2>&1 \
-    | tee -a "$OUT/noise.log" | tail -5
 }
 
 step_sweep() {
@@ -115,6 +113,38 @@ step_executors() {
       | tail -12 | tee -a "$OUT/executors.log"
     $MX claim "ex-$ex" --baseline ex-base --ledger "$LEDGER" 2>&1 | tail -4 | tee -a "$OUT/executors.log"
   done
+}
+
+step_multi_gpu() {
+  stamp "issue 11: one small sweep on one GPU (local), then on every GPU (host, ray); ledgers merged, each claimed"
+  local args=(--model deepseek-v3 --path a16w4 --tokens 1,128,4096 --limit "${MG_LIMIT:-12}")
+  local first=${CUDA_VISIBLE_DEVICES:-0}; first=${first%%,*}
+  CUDA_VISIBLE_DEVICES=$first timeout 90 $MX sweep "${args[@]}" --campaign mg-base --baseline-only \
+    --ledger "$OUT/mg-local.sqlite" 2>&1 | tail -3 | tee "$OUT/multi_gpu.log"
+  cp "$OUT/mg-local.sqlite" "$OUT/mg-host.sqlite"; cp "$OUT/mg-local.sqlite" "$OUT/mg-ray.sqlite"
+  for ex in local host ray; do
+    stamp "multi_gpu $ex"
+    local pin=(); [ $ex = local ] && pin=(env CUDA_VISIBLE_DEVICES="$first")
+    timeout "${MG_S:-150}" "${pin[@]}" $MX sweep "${args[@]}" --campaign "mg-$ex" --baseline mg-base --executor $ex \
+      --ledger "$OUT/mg-$ex.sqlite" 2>&1 | tail -16 | tee -a "$OUT/multi_gpu.log"
+  done
+  cp "$OUT/mg-local.sqlite" "$OUT/mg.sqlite"
+  for ex in host ray; do $MX ledger merge "$OUT/mg-$ex.sqlite" --ledger "$OUT/mg.sqlite" 2>&1 | tail -3 | tee -a "$OUT/multi_gpu.log"; done
+  for ex in local host ray; do
+    timeout 120 $MX guardrail --campaign "mg-$ex" --model deepseek-v3 --path a16w4 --ledger "$OUT/mg.sqlite" 2>&1 \
+      | tail -8 | tee -a "$OUT/multi_gpu.log"
+    $MX claim "mg-$ex" --baseline mg-base --ledger "$OUT/mg.sqlite" 2>&1 | tail -6 | tee -a "$OUT/multi_gpu.log"
+  done
+  $MX ledger scan --ledger "$OUT/mg.sqlite" 2>&1 | tail -8 | tee -a "$OUT/multi_gpu.log"
+  $MX ledger export "$OUT/mg.ledger.csv" --ledger "$OUT/mg.sqlite" | tail -2
+  rm -f "$OUT"/mg-*.sqlite
+}
+
+step_pack() {
+  # At most 8 files come back from the device: each per-GPU folder travels as one archive.
+  local d
+  for d in "$OUT"/*/; do [ -d "$d" ] && tar czf "${d%/}.tgz" -C "$OUT" "$(basename "$d")" && rm -rf "$d"; done
+  ls -la "$OUT"
 }
 
 for s in "$@"; do "step_$s"; done
