@@ -18,15 +18,15 @@ from mxmoe.dispatch import override  # noqa: E402
 from mxmoe.integrations.transformers import (  # noqa: E402
     SUPPORTED_MODELS,
     Backend,
+    ExpertsTape,
     MXFP4Experts,
-    RoutingTape,
     dequantize_model_experts,
+    experts_tape,
     family_of,
     launched_configs,
     patch_model,
     patched_modules,
     random_model,
-    routing_tape,
     use_backend,
 )
 from mxmoe.shapes import MODELS, Activation, Path  # noqa: E402
@@ -153,31 +153,36 @@ def test_supported_models_listed():
     assert SUPPORTED_MODELS == ("GptOssForCausalLM", "DeepseekV3ForCausalLM")
 
 
-def test_routing_tape_records_replays_and_counts_flips():
-    tape = RoutingTape()
+def test_experts_tape_records_replays_and_counts_flips_and_drift():
+    tape = ExpertsTape()
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     ids, w = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[0.7, 0.3], [0.6, 0.4]])
-    assert tape.apply(ids, w) == (ids, w) and len(tape.calls) == 1
+    assert tape.apply(x, ids, w) == (x, ids, w) and len(tape.calls) == 1
     ids[0, 0] = 5  # the recording is a copy, not a view of the caller's tensor
-    got_ids, got_w = tape.replay().apply(torch.tensor([[1, 0], [2, 4]]), torch.zeros(2, 2))
+    x[0, 0] = 9.0
+    got_x, got_ids, got_w = tape.replay().apply(torch.tensor([[1.0, 2.0], [3.0, 4.5]]), torch.tensor([[1, 0], [2, 4]]),
+                                                torch.zeros(2, 2))
+    assert got_x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert got_ids.tolist() == [[0, 1], [2, 3]] and torch.equal(got_w, w)
     assert tape.flips == [1]  # token 0 picked the same set in another order; token 1 another expert
+    assert tape.drift == [pytest.approx(0.5 / 30**0.5)]  # ||(0, 0, 0, .5)|| / ||(1, 2, 3, 4)||
     with pytest.raises(RuntimeError, match="only 1 were recorded"):
-        tape.apply(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2))
-    with pytest.raises(RuntimeError, match="routes"):
-        tape.replay().apply(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2))
+        tape.apply(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2))
+    with pytest.raises(RuntimeError, match="takes"):
+        tape.replay().apply(torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2))
 
 
 @pytest.mark.parametrize("family", ["gpt-oss", "deepseek-v3"])
 def test_replayed_routing_overrides_the_models_router(family):
-    """A router that decides differently in the second run: replay feeds the experts the first run's ids and
-    weights, so every MoE output matches the first run, and the flips are counted per layer."""
+    """A router that decides differently in the second run: replay feeds the experts the first run's inputs, ids
+    and weights, so every MoE output matches the first run, and the flips and drift are counted per layer."""
     model = tiny(family)
     patch_model(model, "a16w4", CFG)
     ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
     outs: list[torch.Tensor] = []
     hooks = [layer.mlp.experts.register_forward_hook(lambda _m, _a, o: outs.append(o.detach().clone()))
              for layer in model.model.layers]
-    with torch.no_grad(), routing_tape(model, RoutingTape()) as tape:
+    with torch.no_grad(), experts_tape(model, ExpertsTape()) as tape:
         model(input_ids=ids, use_cache=False)
     first, outs[:] = list(outs), []
     for layer in model.model.layers:  # reverse every router's decisions from now on
@@ -185,7 +190,7 @@ def test_replayed_routing_overrides_the_models_router(family):
         gate.register_forward_hook(lambda _m, _a, o: tuple(x.flip(-1) if x.dim() == 2 and x.shape[-1] > 1
                                                              and not x.is_floating_point() else x for x in o)
                                    if isinstance(o, tuple) else o)
-    with torch.no_grad(), routing_tape(model, tape.replay()):
+    with torch.no_grad(), experts_tape(model, tape.replay()):
         model(input_ids=ids, use_cache=False)
     replayed, outs[:] = list(outs), []
     with torch.no_grad():
@@ -194,5 +199,5 @@ def test_replayed_routing_overrides_the_models_router(family):
         h.remove()
     assert all(torch.equal(a, b) for a, b in zip(first, replayed, strict=True))
     assert not torch.equal(first[0], outs[0])
-    assert len(tape.flips) == len(model.model.layers)
+    assert len(tape.flips) == len(tape.drift) == len(model.model.layers)
     assert all(m.tape is None for m in patched_modules(model))

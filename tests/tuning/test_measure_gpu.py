@@ -24,8 +24,13 @@ QUICK = {"warmup_s": 0.05, "max_time_s": 1.0, "idle_sample_s": 0.0}
 
 @pytest.fixture(scope="module", autouse=True)
 def idle():
-    """One idle check before this module loads the GPU (NVML's utilisation counts our kernels)."""
-    return idle_before(idle_sample_s=1.0)
+    """One idle check before this module loads the GPU (NVML's utilisation counts our kernels). Timing
+    comparisons made beside other work judge the neighbours, not measure(): on a busy GPU (pytest-xdist
+    workers, another job) the module is skipped, and benchmarks/gpu_pass.sh runs it alone after the rest."""
+    check = idle_before(idle_sample_s=1.0)
+    if not check.ok:
+        pytest.skip(f"the GPU is not idle ({check.detail}): run this module alone, without xdist")
+    return check
 
 
 def test_events_scale_with_known_gpu_work():

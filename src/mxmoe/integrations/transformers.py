@@ -115,41 +115,50 @@ class PatchReport:
                 "config_key": self.config_key, "blocks": [b.to_dict() for b in self.blocks]}
 
 
-class RoutingTape:
-    """The routing decisions of one forward, in call order: record them from one run, replay them in another.
+class ExpertsTape:
+    """What each patched experts call of one forward was given, in call order: record it from one run (the
+    oracle graph), replay it in another (the kernels).
 
-    A model's router takes a discrete top-k of its logits, so any numerical difference upstream (a reordered
-    fp32 sum, one bf16 rounding flipped) can swap a near-tied expert in a later layer and change that token's
-    output by O(1). Replaying the reference run's ids and weights in the candidate run holds the model's own
-    routing fixed, so a comparison measures the experts' arithmetic; `flips` counts, per replayed call, the
-    tokens whose own top-k set differed from the recorded one (how much routing chaos the replay removed).
+    Both inputs the experts take from the model hold discrete decisions that tiny upstream differences flip:
+    the router's top-k (an fp32 sum in another order can swap a near-tied expert and change that token's output
+    by O(1)) and the path's activation quantization (the block input lands on the other side of a bf16, e4m3 or
+    e2m1 rounding boundary: one e4m3 flip moves an element by 6-12%). Neither is an error of the kernels, and
+    through a few layers of random weights they compound into the logits. Replaying the recorded (hidden, ids,
+    weights) makes each kernel call see exactly its oracle call's input, so the comparison measures the
+    kernels' own arithmetic in every layer, while attention, norms and residuals stay the candidate graph's.
+    `flips` counts per replayed call the tokens whose own top-k set differed from the recording; `drift` the
+    rms relative difference of the block input the candidate graph itself produced.
     """
 
     def __init__(self) -> None:
-        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.flips: list[int] = []
+        self.drift: list[float] = []
         self.replaying = False
         self._next = 0
 
-    def replay(self) -> RoutingTape:
+    def replay(self) -> ExpertsTape:
         """Switch from recording to replaying, from the first recorded call."""
-        self.replaying, self._next, self.flips = True, 0, []
+        self.replaying, self._next, self.flips, self.drift = True, 0, [], []
         return self
 
-    def apply(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.replaying:
-            self.calls.append((ids.clone(), weights.clone()))
-            return ids, weights
+            self.calls.append((x.clone(), ids.clone(), weights.clone()))
+            return x, ids, weights
         if self._next >= len(self.calls):
-            raise RuntimeError(f"routing replay: call {self._next + 1} but only {len(self.calls)} were recorded")
-        rec_ids, rec_w = self.calls[self._next]
-        if rec_ids.shape != ids.shape:
-            raise RuntimeError(f"routing replay: call {self._next + 1} routes {tuple(ids.shape)}, the recording "
-                               f"{tuple(rec_ids.shape)}")
+            raise RuntimeError(f"experts replay: call {self._next + 1} but only {len(self.calls)} were recorded")
+        rec_x, rec_ids, rec_w = self.calls[self._next]
+        if rec_ids.shape != ids.shape or rec_x.shape != x.shape:
+            raise RuntimeError(f"experts replay: call {self._next + 1} takes {tuple(x.shape)} / {tuple(ids.shape)}, "
+                               f"the recording {tuple(rec_x.shape)} / {tuple(rec_ids.shape)}")
         self._next += 1
         same = (ids.sort(dim=1).values == rec_ids.sort(dim=1).values).all(dim=1)
         self.flips.append(int((~same).sum()))
-        return rec_ids, rec_w
+        ref = rec_x.float()
+        self.drift.append(float((x.float() - ref).norm() / ref.norm().clamp_min(1e-30)))
+        return rec_x, rec_ids, rec_w
 
 
 class MXFP4Experts(nn.Module):
@@ -166,7 +175,7 @@ class MXFP4Experts(nn.Module):
         self.num_experts = weights.num_experts
         self.backend = Backend.KERNEL
         self.launched: dict[str, MoEConfig] = {}
-        self.tape: RoutingTape | None = None
+        self.tape: ExpertsTape | None = None
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -176,7 +185,7 @@ class MXFP4Experts(nn.Module):
         ids = top_k_index.reshape(t, -1)  # [T, A]
         w = top_k_weights.reshape(t, -1).float()  # [T, A]
         if self.tape is not None:
-            ids, w = self.tape.apply(ids, w)
+            x, ids, w = self.tape.apply(x, ids, w)
         if self.backend is Backend.REFERENCE:
             out = moe_reference_from_weights(x, self.weights, ids, w, self.path, dtype=torch.bfloat16)
         else:
@@ -319,8 +328,8 @@ def use_backend(model: nn.Module, backend: Backend | str, path: Path | str | Non
 
 
 @contextmanager
-def routing_tape(model: nn.Module, tape: RoutingTape) -> Iterator[RoutingTape]:
-    """Record into (or replay from) `tape` every patched experts call inside the block (see RoutingTape)."""
+def experts_tape(model: nn.Module, tape: ExpertsTape) -> Iterator[ExpertsTape]:
+    """Record into (or replay from) `tape` every patched experts call inside the block (see ExpertsTape)."""
     modules = patched_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} has no MXFP4Experts: call patch_model first")
@@ -435,6 +444,6 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
                   "torch": torch.__version__}
 
 
-__all__ = ["FAMILIES", "SUPPORTED_MODELS", "Backend", "ExpertsBlock", "MXFP4Experts", "PatchReport", "RoutingTape",
-           "dequantize_model_experts", "family_of", "launched_configs", "model_summary", "patch_model",
-           "patched_modules", "random_model", "random_model_config", "routing_tape", "use_backend"]
+__all__ = ["FAMILIES", "SUPPORTED_MODELS", "Backend", "ExpertsBlock", "ExpertsTape", "MXFP4Experts", "PatchReport",
+           "dequantize_model_experts", "experts_tape", "family_of", "launched_configs", "model_summary",
+           "patch_model", "patched_modules", "random_model", "random_model_config", "use_backend"]

@@ -9,12 +9,13 @@ One run (docs/guardrail.md gives the why of each choice):
      through this plain transformers model;
   3. `patch_model` with the candidate's config, and run the same graph three ways: experts on the oracle
      (mxmoe.reference) at a16w4, which must reproduce the plain model (`fidelity`: the weight layout and
-     activation conventions are right); on the oracle at the candidate's path (the reference, its routing
-     recorded); on the kernels, once free and once with the reference's routing replayed (RoutingTape: the
-     router's discrete top-k turns any upstream rounding difference into an O(1) change, which is not the
-     kernels' error), checking that exactly the candidate's config was launched (REFERENCE.md shortfall 1).
+     activation conventions are right); on the oracle at the candidate's path (the reference, each experts
+     call's input and routing recorded); on the kernels, once free and once with the reference's experts
+     inputs replayed (ExpertsTape: the router's top-k and the path's activation rounding are discrete, so any
+     upstream rounding difference flips some of them, which is not the kernels' error), checking that exactly
+     the candidate's config was launched (REFERENCE.md shortfall 1).
 logits_diff = max over positions and vocab of |log_softmax(reference) - log_softmax(kernels)| in float64, on the
-replayed run; the free run's value and the routing flips it avoided are reported beside it.
+replayed run; the free run's value, the routing flips and the input drift it avoided are reported beside it.
 Pass: logits_diff <= spec.E2E_LOGITS_DIFF_MAX and greedy next tokens agree at every decisive position.
 """
 
@@ -83,10 +84,11 @@ class GuardrailReport:
     path: Path
     outcome: Outcome
     config_keys: tuple[str, ...]  # the MoEConfig keys the kernels launched (the intended one if none ran)
-    logits_diff: float | None = None  # kernels vs the oracle graph at the path, the oracle's routing replayed;
-    # None without a finite comparison
-    logits_diff_free: float | None = None  # the same with the model routing on the kernels' own activations
+    logits_diff: float | None = None  # kernels vs the oracle graph at the path, the oracle's experts inputs
+    # replayed; None without a finite comparison
+    logits_diff_free: float | None = None  # the same with the experts fed by the kernels' own graph
     routing_flips: tuple[int, ...] = ()  # per layer: tokens whose own top-k set differed from the oracle's
+    input_drift: tuple[float, ...] = ()  # per layer: rms_rel of the experts input the kernels' graph produced
     agreement: float | None = None  # greedy next-token agreement over all B*S positions
     decisive_agreement: float | None = None  # the same over positions whose reference top-2 margin > 2*limit
     near_ties: int = 0  # positions with reference top-2 margin <= 2*limit (a flip there fits inside logits_diff)
@@ -108,7 +110,7 @@ class GuardrailReport:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d |= {"path": self.path.value, "outcome": self.outcome.value, "config_keys": list(self.config_keys),
               "layers": [{k: getattr(x, k) for k in x.__dataclass_fields__} for x in self.layers],
-              "routing_flips": list(self.routing_flips),
+              "routing_flips": list(self.routing_flips), "input_drift": list(self.input_drift),
               "passed": self.passed}
         return d
 
@@ -310,12 +312,12 @@ def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, 
     """Steps 1-3 of the module docstring; fills `runs` as it goes, so a failure report keeps what ran."""
     from mxmoe.integrations.transformers import (
         Backend,
-        RoutingTape,
+        ExpertsTape,
         dequantize_model_experts,
+        experts_tape,
         model_summary,
         patch_model,
         random_model,
-        routing_tape,
         use_backend,
     )
 
@@ -327,17 +329,18 @@ def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, 
     _stage(Outcome.RUNTIME, "dequantize experts", lambda: dequantize_model_experts(model))
     runs["plain"] = _reference(lambda: _forward(model, ids), "plain transformers model")
     _stage(Outcome.RUNTIME, "patch_model", lambda: patch_model(model, path, forced))
-    with use_backend(model, Backend.REFERENCE, Path.A16W4), routing_tape(model, RoutingTape()) as a16w4_tape:
+    with use_backend(model, Backend.REFERENCE, Path.A16W4), experts_tape(model, ExpertsTape()) as a16w4_tape:
         runs["a16w4"] = _reference(lambda: _forward(model, ids), "a16w4 oracle graph")
     _check_fidelity(runs["plain"], runs["a16w4"])
     runs["ref"], runs["tape"] = runs["a16w4"], a16w4_tape
     if path is not Path.A16W4:
-        with use_backend(model, Backend.REFERENCE), routing_tape(model, RoutingTape()) as tape:
+        with use_backend(model, Backend.REFERENCE), experts_tape(model, ExpertsTape()) as tape:
             runs["ref"] = _reference(lambda: _forward(model, ids), f"{path.value} oracle graph")
         runs["tape"] = tape
     runs["kernel_free"] = _stage(Outcome.RUNTIME, "kernel forward", lambda: _forward(model, ids))
-    with routing_tape(model, runs["tape"].replay()):
-        runs["kernel"] = _stage(Outcome.RUNTIME, "kernel forward (reference routing)", lambda: _forward(model, ids))
+    with experts_tape(model, runs["tape"].replay()):
+        runs["kernel"] = _stage(Outcome.RUNTIME, "kernel forward (oracle's experts inputs replayed)",
+                                lambda: _forward(model, ids))
     _check_launched(model, forced)
 
 
@@ -395,6 +398,7 @@ def _judge(runs: dict[str, Any], seconds: float, base: dict[str, Any]) -> Guardr
                            agreement=agree, decisive_agreement=decisive, near_ties=ties,
                            logits_diff_vs_plain=finite(vs_plain), fidelity=_fidelity(runs),
                            logits_diff_free=finite(free), routing_flips=tuple(runs["tape"].flips),
+                           input_drift=tuple(runs["tape"].drift),
                            layers=_layer_errors(ref, out), model_config=runs["summary"], seconds=seconds, detail=detail,
                            **base)
 

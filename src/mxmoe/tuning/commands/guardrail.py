@@ -91,15 +91,17 @@ def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title="mxmoe guardrail (logits_diff limit 0.01)")
-    for col in ("model", "path", "config", "outcome", "logits_diff", "free run", "routing flips", "vs plain",
+    for col in ("model", "path", "config", "outcome", "logits_diff", "free run", "flips / drift", "vs plain",
                 "fidelity", "layer rms_rel", "s"):
         table.add_column(col, overflow="fold")
     for r in rows:
         colour = "green" if r["passed"] else "red"
         layer_err = ", ".join(f"{x['rms_rel']:.1e}" for x in r["layers"]) or "-"
         flips = ", ".join(str(f) for f in r.get("routing_flips", [])) or "-"
+        drift = ", ".join(f"{d:.0e}" for d in r.get("input_drift", [])) or "-"
         table.add_row(r["model"], r["path"], ",".join(k[:8] for k in r["config_keys"]),
-                      f"[{colour}]{r['outcome']}[/]", _fmt(r["logits_diff"]), _fmt(r.get("logits_diff_free")), flips,
+                      f"[{colour}]{r['outcome']}[/]", _fmt(r["logits_diff"]), _fmt(r.get("logits_diff_free")),
+                      f"{flips} / {drift}",
                       _fmt(r["logits_diff_vs_plain"]), _fmt(r["fidelity"]), layer_err, f"{r['seconds']:.1f}")
     console.print(table)
     for r in rows:
