@@ -2,7 +2,7 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu pack (WARM=0: the benches skip their own warm-up). Reads GPU state
+# bench_mx legality noise sweep executors multi_gpu baseline pack (WARM=0: the benches skip their own warm-up). Reads GPU state
 # (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude).
 set -u
@@ -141,6 +141,19 @@ step_multi_gpu() {
   $MX ledger scan --ledger "$OUT/mg.sqlite" 2>&1 | tail -8 | tee -a "$OUT/multi_gpu.log"
   $MX ledger export "$OUT/mg.ledger.csv" --ledger "$OUT/mg.sqlite" | tail -2
   rm -f "$OUT"/mg-*.sqlite
+}
+
+step_baseline() {
+  # The validated baseline (issues 9 and 13): the heuristic's config per (model, path, T), measured by the sweep
+  # (compile, correctness under three routings, graph-replay timing with provenance). COMBOS="model:path ..."
+  stamp "baseline $CAMPAIGN: $COMBOS, tokens ${BASE_TOKENS:-grid}"
+  local c
+  for c in $COMBOS; do
+    timeout "${BASE_S:-200}" $MX sweep --model "${c%%:*}" --path "${c##*:}" --tokens "${BASE_TOKENS:-grid}" \
+      --campaign "$CAMPAIGN" --baseline-only --ledger "$OUT/$CAMPAIGN.sqlite" 2>&1 | tail -12 | tee -a "$OUT/$CAMPAIGN.log"
+    stamp "baseline $c done"
+  done
+  $MX ledger scan --ledger "$OUT/$CAMPAIGN.sqlite" 2>&1 | tail -8 | tee -a "$OUT/$CAMPAIGN.log"
 }
 
 step_pack() {

@@ -17,7 +17,7 @@ from pathlib import Path as FsPath
 
 import pytest
 
-from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.config import DOT_SCALED_MAX_SPLIT_K, Combine, Mma, TileConfig
 from mxmoe.heuristic import default_config
 from mxmoe.legality import (
     H100,
@@ -84,6 +84,7 @@ CASES = [
      cfg(block_m=64, block_n=256, block_k=64, num_warps=4, num_stages=2), H100, None, Reason.REG_PRESSURE),
     ("operands-past-255", DS, "a8w4", 2, cfg(block_m=16, block_n=256, block_k=256, num_warps=2, num_stages=2),
      H100, None, Reason.REG_PRESSURE),
+    ("dot-scaled-split-4", DS, "a16w4", 2, cfg(split_k=4, mma=Mma.DOT_SCALED), H100, None, Reason.MISCOMPILE),
     ("replicated-warps", DS, "a16w4", 2, cfg(block_m=16, block_n=32, num_warps=8), H100, None, Reason.DEGENERATE),
     ("block-m-128-at-t1", DS, "a16w4", 1, cfg(block_m=128, block_n=128, num_warps=8), H100, 1, Reason.DEGENERATE),
     ("split-k-at-t32768", DS, "a8w4", 2, cfg(split_k=4, block_k=128), H100, 32768, Reason.DEGENERATE),
@@ -108,7 +109,7 @@ def test_every_reason_is_exercised_and_documented():
         assert r.__doc__ and "\n" not in r.__doc__ and r.__doc__ != Reason.__doc__, r
         assert r.name in legality.__doc__, f"{r.name} missing from the module docstring table"
         assert f"`{r.name}`" in doc, f"{r.name} missing from docs/legality.md"
-    assert [r for r in Reason if not r.is_failure] == [Reason.DEGENERATE]
+    assert [r for r in Reason if not r.is_failure] == [Reason.MISCOMPILE, Reason.DEGENERATE]
 
 
 def test_legal_configs_and_verdict_values():
@@ -515,3 +516,13 @@ def test_replay_flags_smem_misses_outside_the_known_gaps():
     assert known_smem_gap(DS, "a16w4", 2, two, b["total"] - b["scratch"] // 2) == "rounds"  # H100: 12288 B
     assert known_smem_gap(DS, "a16w4", 2, two, b["total"] - b["scratch"] - 2048) is None
     assert known_smem_gap(DS, "a16w4", 2, two.replace(num_warps=4), b["total"] - b["scratch"] // 2) is None
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 4, 8])
+@pytest.mark.parametrize("mma", [Mma.DOT_SCALED, Mma.UPCAST])
+def test_stage2_dot_scaled_past_split_2_is_refused_where_the_h100_computed_wrong_sums(mma, split_k):
+    """DOT_SCALED_MAX_SPLIT_K: the launch and the filter agree (tests/kernels/test_moe_gpu.py pins it on the GPU)."""
+    v = check(DS, "a16w4", 2, cfg(split_k=split_k, block_k=128, mma=mma), H100, tokens=1)
+    broken = mma is Mma.DOT_SCALED and split_k > DOT_SCALED_MAX_SPLIT_K
+    assert (isinstance(v, Illegal) and v.reason is Reason.MISCOMPILE and "wrong sums" in v.detail) == broken
+    assert check(DS, "a16w4", 1, cfg(mma=mma), H100, tokens=1).legal  # stage 1 has no such limit

@@ -15,6 +15,7 @@ configs, it never drops them. Rules run in the order of this table; the first th
 | WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads)                      | compile error  |
 | SMEM_OVERFLOW    | modelled shared memory + SMEM_SAFETY_BYTES above the device's opt-in limit    | OutOfResources |
 | REG_PRESSURE     | fp32 accumulators > 128 regs/thread; accumulators + upcast operands > 255     | heavy spills   |
+| MISCOMPILE       | stage 2 mma=dot_scaled with split_k > DOT_SCALED_MAX_SPLIT_K (2)              | wrong sums     |
 | DEGENERATE       | < 4 accumulator elements/thread (replicated warps); with T: BLOCK_M above     | nothing: waste |
 |                  | 2 x next_pow2(rows per hit expert), or split_k > 1 when T*A > 4*E*BLOCK_M     |                |
 
@@ -64,7 +65,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.config import DOT_SCALED_MAX_SPLIT_K, Combine, Mma, TileConfig
 from mxmoe.shapes import MoEShape, Path
 from mxmoe.space import candidate_space
 
@@ -100,12 +101,14 @@ class Reason(str, Enum):
     WARP_LAYOUT = ("warp_layout", "A num_warps the compiler refuses: not a power of two, or above 32.")
     SMEM_OVERFLOW = ("smem_overflow", "Modelled shared memory above the device's opt-in limit (OutOfResources).")
     REG_PRESSURE = ("reg_pressure", "Accumulators (+ upcast operands) past the register file: heavy spills.")
+    MISCOMPILE = ("miscompile", "Compiles and launches but computes wrong sums: a Triton 3.6 bug seen on the GPU.")
     DEGENERATE = ("degenerate", "Compiles and launches but only wastes work at this shape and T (a choice).")
 
     @property
     def is_failure(self) -> bool:
-        """True when the code predicts a compile, launch or heavy-spill failure; False for a choice."""
-        return self is not Reason.DEGENERATE
+        """True when the code predicts a compile, launch or heavy-spill failure; False for a choice and for
+        MISCOMPILE (it compiles and launches: a compile table cannot see it, the GPU correctness test does)."""
+        return self not in (Reason.MISCOMPILE, Reason.DEGENERATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +442,9 @@ def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits
     smem, acc, verdict = _check_resources(shape, path, stage, cfg, limits, model)
     if verdict is not None:
         return verdict
+    if stage == 2 and cfg.mma is Mma.DOT_SCALED and cfg.split_k > DOT_SCALED_MAX_SPLIT_K:
+        return Illegal(Reason.MISCOMPILE, f"stage 2 mma=dot_scaled with split_k={cfg.split_k} > "
+                       f"{DOT_SCALED_MAX_SPLIT_K} computes wrong sums on sm_90 (Triton 3.6, H100 2026-11-25)", smem)
     waste = _check_degenerate(shape, cfg, tokens)
     if waste is not None:
         return Illegal(Reason.DEGENERATE, waste, smem)
