@@ -120,14 +120,16 @@ step_executors() {
 
 step_multi_gpu() {
   stamp "issue 11: one small sweep on one GPU (local), then on every GPU (host, ray); ledgers merged, each claimed"
+  # Each run compiles into its own empty Triton cache, so rows/s compares like with like (a run after another
+  # would reuse the first one's compiles).
   local args=(--model deepseek-v3 --path a16w4 --tokens 1,128,4096 --limit "${MG_LIMIT:-12}")
   local first=${CUDA_VISIBLE_DEVICES:-0}; first=${first%%,*}
-  CUDA_VISIBLE_DEVICES=$first timeout 90 $MX sweep "${args[@]}" --campaign mg-base --baseline-only \
+  CUDA_VISIBLE_DEVICES=$first TRITON_CACHE_DIR=/tmp/tc-mg-base timeout 90 $MX sweep "${args[@]}" --campaign mg-base --baseline-only \
     --ledger "$OUT/mg-local.sqlite" 2>&1 | tail -3 | tee "$OUT/multi_gpu.log"
   cp "$OUT/mg-local.sqlite" "$OUT/mg-host.sqlite"; cp "$OUT/mg-local.sqlite" "$OUT/mg-ray.sqlite"
   for ex in local host ray; do
     stamp "multi_gpu $ex"
-    local pin=(); [ $ex = local ] && pin=(env CUDA_VISIBLE_DEVICES="$first")
+    local pin=(env TRITON_CACHE_DIR="/tmp/tc-mg-$ex"); [ $ex = local ] && pin+=(CUDA_VISIBLE_DEVICES="$first")
     timeout "${MG_S:-150}" "${pin[@]}" $MX sweep "${args[@]}" --campaign "mg-$ex" --baseline mg-base --executor $ex \
       --ledger "$OUT/mg-$ex.sqlite" 2>&1 | tail -16 | tee -a "$OUT/multi_gpu.log"
   done

@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from mxmoe.tuning.gpu_state import Check, open_nvml, process_check, read_gpu_state
-from mxmoe.tuning.measure import CudaEventClock, L2Policy, TimingMode, idle_before, measure, rotation_copies
+from mxmoe.tuning.measure import (
+    CudaEventClock,
+    L2Policy,
+    TimingMode,
+    idle_before,
+    measure,
+    resolve_device,
+    rotation_copies,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -98,7 +106,8 @@ def test_rotation_and_flush_defeat_l2_on_a_small_buffer(idle):
 
 def test_real_nvml_state_and_our_own_process():
     torch.zeros(1, device="cuda")  # hold a CUDA context, so NVML lists this process
-    state = read_gpu_state(open_nvml())
+    _, nvml, index = resolve_device(None, None, None)  # CUDA_VISIBLE_DEVICES renumbers: find ours by UUID
+    state = read_gpu_state(nvml, index)
     assert state.available and state.uuid and state.driver_version
     assert state.sm_clock_mhz and state.sm_clock_max_mhz and state.memory_total_bytes
     print("pid", os.getpid(), "NVML compute pids", state.compute_pids, "events", state.clock_events)
@@ -143,17 +152,21 @@ def test_agrees_with_do_bench_and_do_bench_cudagraph_on_the_moe_layer(idle):
 
 def test_l2_effect_on_a_decode_layer_whose_weights_fit_in_l2(idle):
     """8 experts of H=2048, I=1024 (25 MB of MXFP4 weights, under the 50 MB L2) at T=1: replaying hot reads the 2
-    hit experts' 6.3 MB from L2; rotating weight copies past L2, or flushing it, reads them from HBM (~2 us more
-    at 3 TB/s on a ~20 us layer), which must show."""
+    hit experts' 6.3 MB from L2; rotating weight copies past L2, or flushing it, reads them from HBM, which must
+    show beyond both confidence intervals. The rotation counts the bytes a call reads (the 2 hit experts): sized
+    on all 25 MB, the H100 (2026-11-25) kept 5 copies' hit experts (32 MB) in L2 and measured 36.29 us rotated
+    against 35.63 hot and 38.21 flushed."""
     from mxmoe.weights import MoEWeights
 
     p, run, nbytes = _layer("8,2,2048,1024", 1)
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    copies = [(MoEWeights.random(p.shape, seed=i, device="cuda"),) for i in range(rotation_copies(nbytes, l2))]
+    read = nbytes * p.shape.topk // p.shape.experts  # T=1: one token, topk distinct experts
+    copies = [(MoEWeights.random(p.shape, seed=i, device="cuda"),) for i in range(rotation_copies(read, l2))]
     hot = measure(run, mode="graph", rotate=copies[:1], l2="none", idle=idle, **QUICK)
-    rotated = measure(run, mode="graph", rotate=copies, l2="rotate", bytes_per_set=nbytes, idle=idle, **QUICK)
+    rotated = measure(run, mode="graph", rotate=copies, l2="rotate", bytes_per_set=read, idle=idle, **QUICK)
     flushed = measure(run, mode="graph", rotate=copies[:1], l2="flush", idle=idle, **QUICK)
     print(f"decode layer, weights {nbytes / 2**20:.1f} MiB: hot {hot.median_us:.2f}, rotated "
           f"{rotated.median_us:.2f} ({len(copies)} copies), flushed {flushed.median_us:.2f} us")
     assert Check.L2_ROTATION_SHORT.value not in rotated.checks
-    assert rotated.median_us > 1.03 * hot.median_us and flushed.median_us > 1.03 * hot.median_us
+    for cold in (rotated, flushed):
+        assert cold.ci_lo_us > hot.ci_hi_us and cold.median_us > 1.02 * hot.median_us

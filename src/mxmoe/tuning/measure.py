@@ -542,7 +542,9 @@ def measure(
 
     `rotate`: a list of argument sets cycled in order, or a callable i -> args (eager only, and its
     rotation cannot be verified, so the row is not claimable). With l2="rotate", `bytes_per_set`
-    lets the row prove the sets exceed L2 (see `rotation_copies`). `idle`: an idle_check result
+    lets the row prove the sets exceed L2 (see `rotation_copies`): the bytes one call reads, not the
+    bytes a set holds (a MoE layer at T=1 reads only its hit experts' weights: count those, or the
+    L2 keeps every set's hot part and the rotation defeats nothing). `idle`: an idle_check result
     taken before this process loaded the GPU; when None, one is taken here for `idle_sample_s`.
     A failed check never raises: the row is returned with its reason codes and is not claimable.
     `gpu_lead`: keep the GPU ahead of the host (see LEAD_HOST_FACTOR), so samples are GPU time in
