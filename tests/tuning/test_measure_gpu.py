@@ -14,7 +14,7 @@ import statistics
 import pytest
 import torch
 
-from mxmoe.tuning.gpu_state import Check, open_nvml, process_check, read_gpu_state
+from mxmoe.tuning.gpu_state import Check, process_check, read_gpu_state
 from mxmoe.tuning.measure import (
     CudaEventClock,
     L2Policy,
