@@ -50,7 +50,7 @@ def main() -> None:
                              ints(args.gm), args.mma.split(","), ints(args.split))
     for bm, bn, bk, w, s, gm, mma, sk in grid:
         cfg = TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s, group_m=gm, mma=Mma(mma),
-                         split_k=sk if args.stage == 2 else 1)
+                         split_k=sk)
         try:
             plan = align_by_expert(p.topk_ids, shape.experts, bm, validate=False)
             if args.stage == 1:

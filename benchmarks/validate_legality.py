@@ -8,7 +8,7 @@ then a deterministic stratified sample is compiled for real in spawn workers (on
   launch   the real wrapper (`stage1()` / `stage2()`: its checks, then one launch) on a tiny problem with the
            shape's hidden and inter but min(E, 8) experts and 16 tokens, then a synchronize
 Why a sample: one compile takes 1 to 200 s on one core (median ~5 s; heavily spilling and shared-memory-hungry
-tiles are the slow tail), so the full wide space (7680 stage-1 and 38400 stage-2 configs per shape and path)
+tiles are the slow tail), so the full wide space (30720 stage-1 and 38400 stage-2 configs per shape and path)
 would take hours. Per (shape, path, stage) the sample takes `--per-combo` configs: half predicted legal, half
 spread evenly over the failure codes that occur (4 of DEGENERATE, a choice outside every metric); each stratum
 is sampled at evenly spaced positions of its sorted order, SMEM_OVERFLOW and REG_PRESSURE only within 1.5x of
@@ -499,29 +499,32 @@ def _launch_problem(shape: MoEShape, path: Path, stage: int, block_m: int, devic
 
 
 def _stage1_call(x, weights, plan, cfg: TileConfig, out):
-    """The kernel, grid and arguments `kernels.stage1.stage1` launches with (mirrored; kept in step by hand)."""
+    """The main kernel, grid and arguments `kernels.stage1.stage1` launches with (mirrored; kept in step by hand).
+    With split_k > 1 the wrapper also launches the small epilogue kernel, which is not compiled here."""
+    import torch
     import triton
 
-    from mxmoe.config import Mma
-    from mxmoe.kernels.common import ACT_CODES, PATH_CODES, interpreting
+    from mxmoe.kernels.common import ACT_CODES, MMA_CODES, PATH_CODES, interpreting
     from mxmoe.kernels.stage1 import _stage1_kernel
 
     i, h = weights.inter, weights.hidden
     ws = weights.w13
     b = weights.b13 if weights.b13 is not None else ws.scales
-    grid = (plan.max_blocks * triton.cdiv(i, cfg.block_n),)
+    part = torch.zeros(plan.num_pairs, 2 * i, dtype=torch.float32, device=x.data.device) if cfg.split_k > 1 \
+        else out.data
+    grid = (plan.max_blocks * triton.cdiv(i, cfg.block_n), cfg.split_k)
     args = (
-        x.data, x.scales_or(x.data), ws.data, ws.scales, b, out.data, out.scales_or(out.data),
+        x.data, x.scales_or(x.data), ws.data, ws.scales, b, out.data, out.scales_or(out.data), part,
         plan.sorted_ids, plan.block_expert, plan.num_padded,
         plan.num_pairs, h, i, plan.max_blocks,
         x.data.stride(0), x.scales_or(x.data).stride(0), ws.data.stride(0), ws.data.stride(1),
         ws.scales.stride(0), ws.scales.stride(1), b.stride(0),
-        out.data.stride(0), out.scales_or(out.data).stride(0),
+        out.data.stride(0), out.scales_or(out.data).stride(0), part.stride(0),
     )
     meta = dict(
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation],
-        HAS_BIAS=weights.b13 is not None, MMA=int(cfg.mma is Mma.DOT_SCALED),
-        EVEN_K=h % cfg.block_k == 0, INTERP=interpreting(),
+        HAS_BIAS=weights.b13 is not None, MMA=MMA_CODES[cfg.mma],
+        EVEN_K=h % cfg.block_k == 0, INTERP=interpreting(), SPLIT_K=cfg.split_k,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -533,8 +536,8 @@ def _stage2_call(h, weights, plan, topk_weights, cfg: TileConfig, out):
     import torch
     import triton
 
-    from mxmoe.config import Combine, Mma
-    from mxmoe.kernels.common import PATH_CODES, interpreting
+    from mxmoe.config import Combine
+    from mxmoe.kernels.common import MMA_CODES, PATH_CODES, interpreting
     from mxmoe.kernels.stage2 import _stage2_kernel
 
     ws = weights.w2
@@ -551,7 +554,7 @@ def _stage2_call(h, weights, plan, topk_weights, cfg: TileConfig, out):
     )
     meta = dict(
         TOPK=plan.topk, PATH=PATH_CODES[h.path], HAS_BIAS=weights.b2 is not None,
-        MMA=int(cfg.mma is Mma.DOT_SCALED), SLOTS=cfg.combine is Combine.SLOTS, SPLIT_K=cfg.split_k,
+        MMA=MMA_CODES[cfg.mma], SLOTS=cfg.combine is Combine.SLOTS, SPLIT_K=cfg.split_k,
         EVEN_K=inter % cfg.block_k == 0, INTERP=interpreting(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -763,14 +766,14 @@ def _wrappers_record_launches():
     import mxmoe.kernels.stage1 as s1
     import mxmoe.kernels.stage2 as s2
 
-    saved = (common.require_executable, s1._stage1_kernel, s2._stage2_kernel)
+    saved = (common.require_executable, s1._stage1_kernel, s1._stage1_finish_kernel, s2._stage2_kernel)
     recorder = _LaunchRecorder()
     common.require_executable = lambda t: None
-    s1._stage1_kernel = s2._stage2_kernel = recorder
+    s1._stage1_kernel = s1._stage1_finish_kernel = s2._stage2_kernel = recorder
     try:
         yield recorder
     finally:
-        common.require_executable, s1._stage1_kernel, s2._stage2_kernel = saved
+        common.require_executable, s1._stage1_kernel, s1._stage1_finish_kernel, s2._stage2_kernel = saved
 
 
 def _wrapper_check(stage: int, x, weights, plan, topk_weights, cfg: TileConfig, t: int, buf):

@@ -57,7 +57,6 @@ def cfg(**kw) -> TileConfig:
 
 CASES = [
     # (id, shape, path, stage, config, limits, tokens, expected reason)
-    ("stage1-split-k", DS, "a16w4", 1, cfg(split_k=2), H100, None, Reason.PATH_UNSUPPORTED),
     ("stage1-slots", DS, "a16w4", 1, cfg(combine=Combine.SLOTS), H100, None, Reason.PATH_UNSUPPORTED),
     ("split-k-with-slots", DS, "a16w4", 2, cfg(split_k=2, combine=Combine.SLOTS), H100, None,
      Reason.PATH_UNSUPPORTED),
@@ -70,6 +69,8 @@ CASES = [
     ("block-n-128-vs-2880", OSS, "a8w4", 1, cfg(block_n=128), H100, None, Reason.DIVISIBILITY),
     ("split-k-x-block-k-vs-2048", DS, "a8w4", 2, cfg(split_k=8, block_k=512), H100, None, Reason.DIVISIBILITY),
     ("split-k-vs-2880", OSS, "a8w4", 2, cfg(split_k=2, block_k=64), H100, None, Reason.DIVISIBILITY),
+    ("stage1-split-k-with-slots", DS, "a16w4", 1, cfg(split_k=2, combine=Combine.SLOTS), H100, None,
+     Reason.PATH_UNSUPPORTED),
     ("block-m-24", DS, "a16w4", 1, cfg(block_m=24), H100, None, Reason.TILE_TOO_LARGE),
     ("block-k-192", DS, "a16w4", 1, cfg(block_k=192), H100, None, Reason.TILE_TOO_LARGE),
     ("block-n-224-divides-7168", DS, "a16w4", 2, cfg(block_n=224), H100, None, Reason.TILE_TOO_LARGE),
@@ -88,6 +89,9 @@ CASES = [
     ("replicated-warps", DS, "a16w4", 2, cfg(block_m=16, block_n=32, num_warps=8), H100, None, Reason.DEGENERATE),
     ("block-m-128-at-t1", DS, "a16w4", 1, cfg(block_m=128, block_n=128, num_warps=8), H100, 1, Reason.DEGENERATE),
     ("split-k-at-t32768", DS, "a8w4", 2, cfg(split_k=4, block_k=128), H100, 32768, Reason.DEGENERATE),
+    ("stage1-split-k-at-t32768", DS, "a8w4", 1, cfg(split_k=4), H100, 32768, Reason.DEGENERATE),
+    ("stage1-split-k-past-the-k-blocks", MODELS["tiny"], "a16w4", 1, cfg(block_n=32, block_k=64, num_warps=2,
+                                                                          split_k=2), H100, None, Reason.DEGENERATE),
 ]
 
 
@@ -122,7 +126,7 @@ def test_legal_configs_and_verdict_values():
     with pytest.raises(FrozenInstanceError):
         v.smem_bytes = 0  # type: ignore[misc]
     assert verdict_to_dict(v)["legal"] is True
-    bad = check(DS, "a16w4", 1, cfg(split_k=2), H100)
+    bad = check(DS, "a16w4", 1, cfg(combine=Combine.SLOTS), H100)
     assert verdict_to_dict(bad) == {"legal": False, "reason": "path_unsupported", "detail": bad.detail,
                                     "smem_bytes": None}
     # T-dependent rules stay off without tokens
@@ -186,7 +190,7 @@ def test_smem_model_matches_compiler_anchors(anchor):
     assert (shared > H100.smem_optin_bytes) == (getattr(verdict, "reason", None) is Reason.SMEM_OVERFLOW)
 
 
-# Stage 2 with split-K, and loops of one iteration: metadata.shared of the current kernels (Triton 3.6.0, sm_90).
+# Split-K in either stage, and loops of one iteration: metadata.shared of the current kernels (Triton 3.6.0, sm_90).
 # "h100" rows are from results/legality/h100_wide.csv (compiled, loaded and launched on an H100); the others were
 # compiled for sm_90 on the CPU (validate_legality.py's --cpu-compile path; identical metadata.shared for all 129
 # split-K configs of the committed tables, whose git sha predates the loop-from-0 change of the stage-2 kernel).
@@ -205,6 +209,9 @@ SPLIT_K_ANCHORS = [
     ("deepseek-v3", "a4w4", 2, "M64N128K128G1w4s3-dot_scaled-sk4", 32768, "cpu: e2m1 act not staged at sk4"),
     ("deepseek-v3-tp8", "a8w4", 2, "M64N64K256G1w4s5-dot_scaled", 131072, "cpu: K = BLOCK_K, one iteration, 4 buffers"),
     ("tiny", "a16w4", 1, "M64N64K64G1w4s5-dot_scaled", 57472, "cpu: K = BLOCK_K in stage 1, 4 buffers"),
+    ("gpt-oss-120b", "a4w4", 1, "M32N64K128G4w4s3-dot_scaled-sk4", 20736, "cpu: stage 1 sk4 stages e2m1 as sk1"),
+    ("deepseek-v3", "a8w4", 1, "M16N64K256G4w4s3-dot_scaled-sk4", 43136, "cpu: stage 1 sk4 keeps pipelined scales"),
+    ("gpt-oss-20b", "a16w4", 1, "M16N32K256G1w2s2-dot_scaled-sk8", 16640, "cpu: the decode tile at sk8, as sk1"),
 ]
 
 
@@ -246,6 +253,24 @@ def test_k_alignment_follows_the_split():
     assert e2m1[2]["act"] > 0 and e2m1[4]["act"] == 0
 
 
+def test_stage1_split_k_splits_whole_k_blocks():
+    """Stage 1 hands each split whole BLOCK_K blocks: any K splits (gpt-oss 2880 = 45 x 64, which stage 2's
+    K // SPLIT_K start cannot take), k0 stays a multiple of BLOCK_K so every stream is staged as at split_k = 1,
+    and only a split count past the K blocks is refused (its extra splits would add zeros)."""
+    oss20 = MODELS["gpt-oss-20b"]
+    decode = cfg(block_m=16, block_n=32, block_k=64, num_warps=2, num_stages=2, mma=Mma.DOT_SCALED)
+    for path in Path:
+        one = smem_breakdown(oss20, path, 1, decode)
+        for sk in (2, 4, 8):
+            assert isinstance(check(oss20, path, 1, decode.replace(split_k=sk), H100, tokens=1), Legal)
+            assert smem_breakdown(oss20, path, 1, decode.replace(split_k=sk)) == one
+    assert check(oss20, "a8w4", 2, decode.replace(split_k=2), H100).reason is Reason.DIVISIBILITY
+    tail = cfg(block_m=16, block_n=32, block_k=64, num_warps=2, mma=Mma.UPCAST)  # hidden 2880: 45 K blocks
+    assert isinstance(check(oss20, "a16w4", 1, tail.replace(split_k=32), H100), Legal)
+    too_many = check(oss20, "a16w4", 1, tail.replace(split_k=64), H100)
+    assert too_many.reason is Reason.DEGENERATE and "45 K blocks" in too_many.detail
+
+
 def test_smem_model_constants_are_one_frozen_value():
     model = SmemModel()
     assert model.to_dict()["pipeline_offset"] == -1
@@ -268,19 +293,20 @@ def test_register_model_counts_two_accumulators_in_stage_1():
 # candidate spaces
 
 
-@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 768),
-                                                     (1, "wide", 7680), (2, "wide", 38400)])
+@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 512), (2, "default", 768),
+                                                     (1, "wide", 30720), (2, "wide", 38400)])
 def test_space_sizes_order_and_uniqueness(stage, name, size):
     space = candidate_space(stage, Path.A8W4, name)
     assert len(space) == size
     assert len(set(space)) == size, "duplicates"
     assert list(space) == sorted(space, key=space_sort_key)
     assert candidate_space(stage, "a8w4", name) == space  # deterministic
+    r = RANGES[name]
     if stage == 1:
-        assert all(c.split_k == 1 and c.combine is Combine.ATOMIC for c in space)
+        assert all(c.combine is Combine.ATOMIC for c in space)
+        assert {c.split_k for c in space} == {sk for _, sk in r.stage1_combine_split}
     else:
         assert all(c.split_k == 1 for c in space if c.combine is Combine.SLOTS)
-    r = RANGES[name]
     for field in ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages"):
         assert {getattr(c, field) for c in space} == set(getattr(r, field)), field
 
@@ -312,7 +338,7 @@ def test_heuristic_defaults_are_legal(model):
 
 def test_summarize_counts_every_config():
     s = summarize(OSS, "a8w4", 1, "default", H100, tokens=64)
-    assert s["total"] == len(s["verdicts"]) == 256
+    assert s["total"] == len(s["verdicts"]) == 512
     assert sum(s["counts"].values()) == s["total"]
     assert set(s["counts"]) == {"legal"} | {r.value for r in Reason}
     assert s["counts"]["legal"] > 0 and s["counts"]["divisibility"] > 0  # BLOCK_N=128 does not divide 2880

@@ -38,7 +38,7 @@ class Combine(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class TileConfig:
-    """One stage's launch parameters. `split_k` and `combine` only mean something in stage 2."""
+    """One stage's launch parameters. `combine` only means something in stage 2; `split_k` in both."""
 
     block_m: int = 16
     block_n: int = 64

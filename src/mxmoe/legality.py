@@ -7,17 +7,19 @@ configs, it never drops them. Rules run in the order of this table; the first th
 
 | code             | rejects                                                                       | prevents       |
 |------------------|-------------------------------------------------------------------------------|----------------|
-| PATH_UNSUPPORTED | split_k > 1 or combine=slots in stage 1; split_k > 1 with slots;              | wrapper error  |
+| PATH_UNSUPPORTED | combine=slots in stage 1; split_k > 1 with slots;                             | wrapper error  |
 |                  | mma=dot_scaled under the interpreter                                          |                |
 | MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
-| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N; K % (split_k*BLOCK_K) if split_k > 1 | wrapper error  |
+| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N; in stage 2 K % (split_k*BLOCK_K) if  | wrapper error  |
+|                  | split_k > 1 (stage 1 splits whole K blocks, so any K)                         |                |
 | TILE_TOO_LARGE   | a BLOCK_* not a power of two (tl.arange); a tile over 2**20 elements          | compile error  |
 | WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads)                      | compile error  |
 | SMEM_OVERFLOW    | modelled shared memory + SMEM_SAFETY_BYTES above the device's opt-in limit    | OutOfResources |
 | REG_PRESSURE     | fp32 accumulators > 128 regs/thread; accumulators + upcast operands > 255     | heavy spills   |
 | MISCOMPILE       | stage 2 mma=dot_scaled with split_k > DOT_SCALED_MAX_SPLIT_K (2)              | wrong sums     |
-| DEGENERATE       | < 4 accumulator elements/thread (replicated warps); with T: BLOCK_M above     | nothing: waste |
-|                  | 2 x next_pow2(rows per hit expert), or split_k > 1 when T*A > 4*E*BLOCK_M     |                |
+| DEGENERATE       | < 4 accumulator elements/thread (replicated warps); split_k above the K       | nothing: waste |
+|                  | blocks, cdiv(K, BLOCK_K); with T: BLOCK_M above 2 x next_pow2(rows per hit    |                |
+|                  | expert), or split_k > 1 when T*A > 4*E*BLOCK_M (either stage)                 |                |
 
 Stage geometry: stage 1 has N = inter (each program holds a gate and an up tile: two weight streams,
 two accumulators) and K = hidden; stage 2 has N = hidden and K = inter, one of each.
@@ -30,15 +32,19 @@ these kernels, `metadata.shared`, see docs/legality.md):
     upcast   = BN*BK*2                                       the bf16 weight operand wgmma reads (x1)
     scratch  = max(BM*BK*b_act, BN*BK/2) over the streams that are not staged (see below)
     epilogue = 4 * min(BM*BN, R * max(BN, R))               stage 2 only: fp32 accumulator -> atomic layout
+                                                             (the stage-1 split-K atomics took none)
     total    = max(act + weights + max(upcast, scratch), epilogue) + fixed
 
     w_buffers   = num_stages + PIPELINE_OFFSET (-1); act_buffers the same, +1 for a bf16 activation fed to
                   tl.dot_scaled as loaded (num_warps >= 4, BLOCK_N >= 64)
     staged      the pipeliner stages a tile through shared memory (cp.async) only if each row of it starts
-                on >= 4 bytes. Rows start at k0, which Triton knows to be a multiple of 16 // split_k
-                elements: K is an int argument it specializes as divisible by 16, and split pid_k starts at
-                pid_k * (K // SPLIT_K). So weights (e2m1, k0/2 bytes) are staged only with split_k <= 2, an
-                e4m3 activation with split_k <= 4, an e2m1 one with split_k <= 2, bf16 with split_k <= 8.
+                on >= 4 bytes. Rows start at k0, which in stage 2 Triton knows to be a multiple of
+                16 // split_k elements: K is an int argument it specializes as divisible by 16, and split
+                pid_k starts at pid_k * (K // SPLIT_K). So there weights (e2m1, k0/2 bytes) are staged only
+                with split_k <= 2, an e4m3 activation with split_k <= 4, an e2m1 one with split_k <= 2, bf16
+                with split_k <= 8. Stage 1 splits whole K blocks (k0 = kb * BLOCK_K, a multiple of the
+                constexpr BLOCK_K), so every split_k keeps the 16 of split_k = 1 and its staging (sm_90 CPU
+                compiles: split_k 4 took the metadata.shared of split_k 1 on 24 configs, every path).
                 A stream that is not staged has no buffers (act or weights = 0): it is loaded to registers
                 and its raw tile passes once through shared memory to change layout (`scratch`); not for
                 weights whose bf16 copy wgmma reads (upcast > 0). Those transients (raw tiles, upcast) are
@@ -46,9 +52,10 @@ these kernels, `metadata.shared`, see docs/legality.md):
                 scratch; with 2 warps the conversion may run in rounds through 1/8 to 1/2 of it.
                 Not the trip count: the loop bounds are runtime values, so a one-iteration loop (K =
                 BLOCK_K, or K // split_k = BLOCK_K) still gets num_stages - 1 buffers per staged stream.
-    [scales]    only in stage 1, when K/32 is a multiple of 16, BLOCK_K >= 128 and the tile gives each
-                thread >= 4 bytes (Triton pipelines a load by cp.async only then; stage 2's loop start,
-                pid_k * (K // SPLIT_K), is known divisible by 16 at most, so k0 // 32 has no known alignment)
+    [scales]    only in stage 1 (split or not), when K/32 is a multiple of 16, BLOCK_K >= 128 and the tile
+                gives each thread >= 4 bytes (Triton pipelines a load by cp.async only then; stage 2's loop
+                start, pid_k * (K // SPLIT_K), is known divisible by 16 at most, so k0 // 32 has no known
+                alignment)
     upcast      only under wgmma (BLOCK_M % 64 == 0, num_warps % 4 == 0) and when the activation is not a
                 bf16 tile fed straight to tl.dot_scaled (mma.sync keeps operands in registers)
     R           16 * num_warps under wgmma, 16 under mma.sync
@@ -94,7 +101,7 @@ class Reason(str, Enum):
         member.__doc__ = doc
         return member
 
-    PATH_UNSUPPORTED = ("path_unsupported", "A lever the stage, path or runtime lacks (split-K in stage 1, ...).")
+    PATH_UNSUPPORTED = ("path_unsupported", "A lever the stage, path or runtime lacks (slots in stage 1, ...).")
     MX_FLOOR = ("mx_floor", "A block below the MMA tile (16), or BLOCK_K below two halves of one MX group.")
     DIVISIBILITY = ("divisibility", "A block that does not tile its axis (BLOCK_K % 64, N % BLOCK_N, ...).")
     TILE_TOO_LARGE = ("tile_too_large", "A block tl.arange cannot take (not a power of two), or a tile > 2**20.")
@@ -237,7 +244,8 @@ def k_alignment(k: int, split_k: int, model: SmemModel = SMEM_MODEL) -> int:
 
     K and the row strides are int arguments, specialized as divisible by 16 when they are; stage 2 starts
     split pid_k at pid_k * (K // SPLIT_K), and Triton's divisibility analysis divides that 16 by a
-    power-of-two SPLIT_K (any other divisor leaves 1). Stage 1 (split_k = 1) starts at 0: 16.
+    power-of-two SPLIT_K (any other divisor leaves 1). Stage 1 starts every split at a multiple of its
+    constexpr BLOCK_K, so it keeps the 16 of a loop from 0 whatever its split: callers pass split_k = 1.
     """
     base = model.int_divisibility if k % model.int_divisibility == 0 else 1
     if split_k < 1 or split_k & (split_k - 1):
@@ -268,7 +276,7 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     extra = direct and cfg.num_warps >= model.direct_min_warps and bn >= model.direct_min_block_n
     act_buffers = base + (model.direct_operand_extra if extra else 0)
     act_bytes = {Path.A16W4: 2.0, Path.A8W4: 1.0, Path.A4W4: 0.5}[path]
-    align = k_alignment(geo.k, cfg.split_k, model)
+    align = k_alignment(geo.k, cfg.split_k if stage == 2 else 1, model)
     act_staged = _staged(align, act_bytes, model)
     w_staged = _staged(align, 0.5, model)  # two e2m1 values per byte: row starts at k0 // 2 bytes
 
@@ -326,9 +334,6 @@ def _next_pow2(v: int) -> int:
 
 
 def _check_levers(stage: int, cfg: TileConfig, limits: DeviceLimits) -> Illegal | None:
-    if stage == 1 and cfg.split_k != 1:
-        return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 takes no split_k (got {cfg.split_k}): the fused activation "
-                       "needs full sums")
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 has no combine strategy (got combine={cfg.combine.value})")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
@@ -358,7 +363,7 @@ def _check_divisibility(geo: StageGeometry, stage: int, cfg: TileConfig) -> Ille
     if geo.n % cfg.block_n:
         axis = "inter" if stage == 1 else "hidden"
         return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} does not divide stage {stage} N={geo.n} ({axis})")
-    if cfg.split_k > 1 and geo.k % (cfg.split_k * cfg.block_k):
+    if stage == 2 and cfg.split_k > 1 and geo.k % (cfg.split_k * cfg.block_k):
         return Illegal(Reason.DIVISIBILITY, f"split_k={cfg.split_k} x BLOCK_K={cfg.block_k} does not divide "
                        f"stage {stage} K={geo.k}")
     return None
@@ -402,11 +407,15 @@ def _check_resources(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, l
     return smem, regs["acc"], None
 
 
-def _check_degenerate(shape: MoEShape, cfg: TileConfig, tokens: int | None) -> str | None:
+def _check_degenerate(shape: MoEShape, geo: StageGeometry, cfg: TileConfig, tokens: int | None) -> str | None:
     per_thread = cfg.block_m * cfg.block_n / (32 * cfg.num_warps)
     if per_thread < MIN_ACC_PER_THREAD:
         return (f"BLOCK_M x BLOCK_N = {cfg.block_m * cfg.block_n} gives {per_thread:g} accumulator elements per "
                 f"thread at num_warps={cfg.num_warps} (< {MIN_ACC_PER_THREAD}): warps replicate each other's MMA")
+    k_blocks = -(-geo.k // cfg.block_k)
+    if cfg.split_k > k_blocks:
+        return (f"split_k={cfg.split_k} > {k_blocks} K blocks (K={geo.k}, BLOCK_K={cfg.block_k}): the splits past "
+                "the last block launch only to add zeros")
     if tokens is None:
         return None
     pairs = tokens * shape.topk
@@ -445,7 +454,7 @@ def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits
     if stage == 2 and cfg.mma is Mma.DOT_SCALED and cfg.split_k > DOT_SCALED_MAX_SPLIT_K:
         return Illegal(Reason.MISCOMPILE, f"stage 2 mma=dot_scaled with split_k={cfg.split_k} > "
                        f"{DOT_SCALED_MAX_SPLIT_K} computes wrong sums on sm_90 (Triton 3.6, H100 2026-11-25)", smem)
-    waste = _check_degenerate(shape, cfg, tokens)
+    waste = _check_degenerate(shape, geo, cfg, tokens)
     if waste is not None:
         return Illegal(Reason.DEGENERATE, waste, smem)
     return Legal(smem_bytes=smem, acc_regs_per_thread=acc)

@@ -13,10 +13,11 @@ decides what a given problem can launch and records why the rest cannot.
 | num_warps   | 4, 8              | 2, 4, 8                       |
 | num_stages  | 3, 4              | 2, 3, 4, 5                    |
 | mma         | dot_scaled, upcast| dot_scaled, upcast            |
+| stage 1 (combine, split_k) | (atomic, 1), (atomic, 4) | (atomic, 1/2/4/8) |
 | stage 2 (combine, split_k) | (atomic, 1), (slots, 1), (atomic, 4) | (atomic, 1/2/4/8), (slots, 1) |
 
-Stage 1 has no split-K and only the atomic combine (its fused activation needs full sums), so those
-two levers are not enumerated for it. split_k > 1 only pairs with the atomic combine (the slots
+Stage 1 has only the atomic combine: its output is one row per pair, and its split-K partial sums meet
+in fp32 atomics before the fused activation. split_k > 1 only pairs with the atomic combine (the slots
 combine writes each pair's row once). The baseline (`heuristic.default_config`) is not guaranteed to
 be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it.
 
@@ -47,6 +48,7 @@ class SpaceRanges:
     num_warps: tuple[int, ...]
     num_stages: tuple[int, ...]
     mma: tuple[Mma, ...]
+    stage1_combine_split: tuple[tuple[Combine, int], ...]
     stage2_combine_split: tuple[tuple[Combine, int], ...]
 
 
@@ -61,6 +63,7 @@ RANGES: dict[str, SpaceRanges] = {
         num_warps=(4, 8),
         num_stages=(3, 4),
         mma=_MMAS,
+        stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 4)),
         stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ATOMIC, 4)),
     ),
     "wide": SpaceRanges(
@@ -71,6 +74,7 @@ RANGES: dict[str, SpaceRanges] = {
         num_warps=(2, 4, 8),
         num_stages=(2, 3, 4, 5),
         mma=_MMAS,
+        stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8)),
         stage2_combine_split=(
             (Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8), (Combine.SLOTS, 1),
         ),
@@ -92,7 +96,7 @@ def _check_stage(stage: int) -> None:
 @cache
 def _build(stage: int, name: str) -> tuple[TileConfig, ...]:
     r = RANGES[name]
-    levers = r.stage2_combine_split if stage == 2 else ((Combine.ATOMIC, 1),)
+    levers = r.stage2_combine_split if stage == 2 else r.stage1_combine_split
     configs = {
         TileConfig(block_m=bm, block_n=bn, block_k=bk, group_m=gm, num_warps=nw, num_stages=ns, mma=mma,
                    combine=comb, split_k=sk)

@@ -87,6 +87,40 @@ def test_split_k():
     assert_close(run(p, cfg(split_k=2)).float(), p.reference(), path=Path.A16W4, stage="layer")
 
 
+# Stage-1 split-K over hidden=160 with BLOCK_K=64: three K blocks, the last half masked. split_k=2 hands out
+# blocks (0, 1) and (2); split_k=4 one each, and a fourth split with none (more splits than blocks).
+# Each (path, activation) takes both split counts, at two of the three T, so every T meets every path,
+# activation and split count: 12 layer runs.
+SPLIT1_T = (1, 3, 17)
+SPLIT1_CASES = [
+    pytest.param(path, act, sk, SPLIT1_T[(i + j) % 3], id=f"{path.value}-{act.value}-sk{sk}-T{SPLIT1_T[(i + j) % 3]}")
+    for i, (path, act) in enumerate((p, a) for p in Path for a in Activation)
+    for j, sk in enumerate((2, 4))
+]
+
+
+def stage1_split(split_k: int, mma: Mma = Mma.UPCAST, block_m: int = 16) -> MoEConfig:
+    c = TileConfig(block_m=block_m, block_n=32, block_k=64, mma=mma)
+    return MoEConfig(c.replace(split_k=split_k), c)
+
+
+@pytest.mark.parametrize("path,activation,split_k,tokens", SPLIT1_CASES)
+def test_stage1_split_k(path, activation, split_k, tokens):
+    """Partial gate/up sums meet in the zeroed fp32 scratch (split 0 adds the bias) and the epilogue kernel
+    runs over every pair: h is poisoned first, so a pair row it skipped would show as NaN."""
+    shape = MoEShape(f"k160-{activation.value}", 4, 2, 160, 64, activation, bias=activation is Activation.SWIGLU_OAI)
+    p = make_problem(shape, path, tokens, seed=tokens)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, stage1_split(split_k), poison=True)
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}/T={tokens}")
+
+
+def test_stage1_split_k_one_row_blocks():
+    """BLOCK_M=1 (the fma lever) takes the 1-D atomic the interpreter needs, into the split-K scratch too."""
+    p = make_problem(MoEShape("k160-oai", 4, 2, 160, 64, Activation.SWIGLU_OAI, bias=True), Path.A8W4, 1, seed=4)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, stage1_split(2, Mma.FMA, block_m=1))
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+
+
 def test_k_tail_masking():
     """hidden=96 and inter=96 are not multiples of BLOCK_K=64: the last K step is half masked."""
     shape = MoEShape("odd-k", 4, 2, 96, 96, Activation.SILU)
@@ -183,6 +217,13 @@ def test_dot_scaled_refused_on_interpreter(prob):
     c = cfg()
     c = MoEConfig(c.stage1.replace(mma=Mma.DOT_SCALED), c.stage2)
     with pytest.raises(ValueError, match="interpreter"):
+        moe(prob.hidden, prob.weights, prob.topk_ids, prob.topk_weights, config=c)
+
+
+def test_stage1_combine_refused(prob):
+    c = cfg()
+    c = MoEConfig(c.stage1.replace(combine=Combine.SLOTS), c.stage2)
+    with pytest.raises(ValueError, match="stage 1 takes no combine"):
         moe(prob.hidden, prob.weights, prob.topk_ids, prob.topk_weights, config=c)
 
 

@@ -109,3 +109,17 @@ def test_stage2_split_k_gpu(problems, tokens, mma, split_k):
         return
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg)
     assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}/{mma.value}")
+
+
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_stage1_split_k_gpu(problems, tokens, path):
+    """Stage-1 split-K on gpt-oss-20b (hidden 2880: 12 K blocks of the heuristic's 256, the last one masked;
+    split_k=8 hands out 2 each and leaves two splits empty), dot_scaled, every path: the partial sums meet in
+    the fp32 scratch, the epilogue kernel quantizes the full sums."""
+    p = problems("gpt-oss-20b", path, tokens)
+    base, ref = default_config(p.shape, path, tokens), p.reference()
+    for split_k in (2, 4, 8):
+        cfg = MoEConfig(base.stage1.replace(mma=Mma.DOT_SCALED, split_k=split_k), base.stage2)
+        out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
+        assert_close(out.float(), ref, path=path, stage="layer", name=f"sk{split_k}/T={tokens}")

@@ -100,13 +100,26 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
     if cfg.mma is Mma.DOT_SCALED and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("mma=dot_scaled is not implemented by the Triton 3.6 interpreter; use mma=upcast")
-    if stage == 1 and (cfg.split_k != 1 or cfg.combine is not Combine.ATOMIC):
-        raise ValueError("stage 1 takes no split_k or combine strategy (the fused activation needs full sums)")
+    if stage == 1 and cfg.combine is not Combine.ATOMIC:
+        raise ValueError("stage 1 takes no combine strategy (its split-K partial sums meet in fp32 atomics)")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
         raise ValueError("split_k > 1 needs combine=atomic")
     if stage == 2 and cfg.mma is Mma.DOT_SCALED and cfg.split_k > DOT_SCALED_MAX_SPLIT_K:
         raise ValueError(f"stage 2: mma=dot_scaled with split_k={cfg.split_k} > {DOT_SCALED_MAX_SPLIT_K} computes "
                          "wrong sums on sm_90 (Triton 3.6); use mma=upcast or a smaller split_k")
+
+
+@triton.jit
+def atomic_add_tile(ptrs, vals, row_ok, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Relaxed fp32 atomic add of a [BM, BN] tile into the rows `row_ok` lets through."""
+    if BLOCK_M == 1:
+        # The 3.6 interpreter mishandles a [1, N] atomic; a 1-D one is the same op. Its mask is built by `&`:
+        # there, a reshaped tl.broadcast_to keeps only its first element.
+        mask = row_ok[:, None] & tl.full([BLOCK_M, BLOCK_N], 1, tl.int1)
+        tl.atomic_add(tl.reshape(ptrs, [BLOCK_N]), tl.reshape(vals, [BLOCK_N]), mask=tl.reshape(mask, [BLOCK_N]),
+                      sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, vals, mask=row_ok[:, None], sem="relaxed")
 
 
 @triton.jit

@@ -18,6 +18,7 @@ from mxmoe.kernels.common import (
     MMA_CODES,
     PATH_CODES,
     KernelInput,
+    atomic_add_tile,
     check_launch,
     grid_swizzle,
     interpreting,
@@ -76,12 +77,7 @@ def _stage2_kernel(
         tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None])
     else:
         token = rows // TOPK
-        ptrs = out_ptr + token[:, None] * stride_or + offs_n[None, :]
-        if BLOCK_M == 1:  # the 3.6 interpreter mishandles a [1, N] atomic; a 1-D one is the same op
-            tl.atomic_add(tl.reshape(ptrs, [BLOCK_N]), tl.reshape(acc, [BLOCK_N]),
-                          mask=tl.reshape(row_ok[:, None] & (offs_n < H)[None, :], [BLOCK_N]), sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, acc, mask=row_ok[:, None], sem="relaxed")
+        atomic_add_tile(out_ptr + token[:, None] * stride_or + offs_n[None, :], acc, row_ok, BLOCK_M, BLOCK_N)
 
 
 def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
