@@ -2,7 +2,7 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline pack (WARM=0: the benches skip their own warm-up). Reads GPU state
+# bench_mx legality noise sweep executors multi_gpu baseline splitk pack (WARM=0: the benches skip their own warm-up). Reads GPU state
 # (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude).
 set -u
@@ -156,6 +156,23 @@ step_baseline() {
     stamp "baseline $c done"
   done
   $MX ledger scan --ledger "$OUT/$CAMPAIGN.sqlite" 2>&1 | tail -8 | tee -a "$OUT/$CAMPAIGN.log"
+}
+
+step_splitk() {
+  # Split-K at decode: correctness of both stages' splits on the GPU, then the scan that decides the heuristic.
+  local models=${SCAN_MODELS:-gpt-oss-20b,deepseek-v3,deepseek-v3-tp8} m pids=()
+  stamp "split-K GPU tests, and the scan's compiles warmed in parallel (one process per model, untimed)"
+  for m in ${models//,/ }; do
+    timeout 240 python3 benchmarks/scan_splitk.py --model "$m" --path "${SCAN_PATHS:-a16w4}" \
+      --tokens "${SCAN_TOKENS:-1,4,16}" --warm-only > "$OUT/warm_$m.log" 2>&1 &
+    pids+=($!)
+  done
+  timeout 240 python3 -m pytest -m gpu -v -n 6 -p no:cacheprovider -rfE tests/kernels/test_moe_gpu.py -k split_k \
+    2>&1 | tee "$OUT/pytest_splitk.log" | tail -6
+  wait "${pids[@]}"
+  stamp "split-K decode scan: $models"
+  timeout "${SCAN_S:-240}" python3 benchmarks/scan_splitk.py --model "$models" --path "${SCAN_PATHS:-a16w4}" \
+    --tokens "${SCAN_TOKENS:-1,4,16}" --max-time-s 0.3 --csv "$OUT/splitk.csv" 2>&1 | tee "$OUT/splitk.log"
 }
 
 step_pack() {

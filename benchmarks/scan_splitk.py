@@ -1,5 +1,5 @@
-"""Split-K at decode: the heuristic's config against the same config with stage-1 split_k 2/4/8 and stage-2
-split_k 2/4, per (model, path, T), to decide the split-K defaults on the GPU.
+"""Split-K at decode: the heuristic's config against the same config with stage-1 split_k 2/4/8, stage-2
+split_k 2/4/8, and both stages split, per (model, path, T), to decide the split-K defaults on the GPU.
 
 Per config: the stage it changes alone (the baseline: both stages) and the whole layer, each a CUDA-graph replay
 with an L2 flush (`mxmoe.tuning.bench`'s timer, as `mxmoe bench`), and the layer output against the baseline's
@@ -22,7 +22,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 STAGE1_SPLITS = (2, 4, 8)
-STAGE2_SPLITS = (2, 4)
+STAGE2_SPLITS = (2, 4, 8)
+BOTH_SPLITS = ((4, 4), (8, 4), (8, 8))  # (stage 1, stage 2): the layer only
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class ScanRow:
     model: str
     path: str
     tokens: int
-    variant: str  # "baseline", "s1-sk<n>" or "s2-sk<n>"
+    variant: str  # "baseline", "s1-sk<n>", "s2-sk<n>" or "both-sk<n1>-<n2>"
     config: str
     verdict: str  # "legal", or the legality reason of a config timed anyway
     stage1_us: float | None
@@ -54,12 +55,14 @@ class ScanRow:
 
 
 def variants(base):
-    """(name, MoEConfig) pairs: the baseline, then one stage's split_k changed."""
+    """(name, MoEConfig) pairs: the baseline, then one stage's split_k changed, then both."""
     yield "baseline", base
     for sk in STAGE1_SPLITS:
         yield f"s1-sk{sk}", type(base)(base.stage1.replace(split_k=sk), base.stage2)
     for sk in STAGE2_SPLITS:
         yield f"s2-sk{sk}", type(base)(base.stage1, base.stage2.replace(split_k=sk))
+    for sk1, sk2 in BOTH_SPLITS:
+        yield f"both-sk{sk1}-{sk2}", type(base)(base.stage1.replace(split_k=sk1), base.stage2.replace(split_k=sk2))
 
 
 def verdict(shape, path, tokens, cfg, limits):
@@ -84,7 +87,8 @@ class Timed:
 
 
 def time_config(name: str, cfg, p, time_it) -> Timed:
-    """Times the stage the variant changes alone (the baseline: both), then the layer, whose output it keeps."""
+    """Times the stage the variant changes alone (the baseline: both; a both-stage variant: neither), then the
+    layer, whose output it keeps."""
     from mxmoe.kernels.align import align
     from mxmoe.kernels.quant import quantize_input
     from mxmoe.kernels.stage1 import stage1
@@ -96,9 +100,9 @@ def time_config(name: str, cfg, p, time_it) -> Timed:
     plan1 = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
     plan2 = align(p.topk_ids, e, cfg.stage2.block_m, validate=False)
     s1 = s2 = None
-    if not name.startswith("s2"):
+    if name == "baseline" or name.startswith("s1"):
         s1 = time_it(lambda: stage1(x, p.weights, plan1, cfg.stage1), key, t, 0.6)
-    if not name.startswith("s1"):
+    if name == "baseline" or name.startswith("s2"):
         h = stage1(x, p.weights, plan1, cfg.stage1)
         s2 = time_it(lambda: stage2(h, p.weights, plan2, tw, cfg.stage2, t), key, t, 0.35)
     run = lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)  # noqa: E731
@@ -164,6 +168,27 @@ def show(r: ScanRow) -> None:
           f"{num(r.layer_speedup, '6.3f')} {num(r.max_rel, '9.2e')}  {r.config}{note}{flag}", flush=True)
 
 
+def warm(args, interpreter: bool, make_problem, get_shape, parse_tokens, limits) -> None:
+    """Compile every legal variant of every point: one untimed moe() each (both stages, split-K's finish kernel)."""
+    from mxmoe import legality
+    from mxmoe.heuristic import default_config
+    from mxmoe.moe import moe
+
+    for model in args.model.split(","):
+        shape = get_shape(model)
+        for path in args.path.split(","):
+            for t in parse_tokens(args.tokens):
+                p = make_problem(shape, path, t, device="cpu" if interpreter else "cuda")
+                for name, cfg in variants(default_config(p.shape, p.path, t, interpreter=interpreter)):
+                    v = verdict(p.shape, p.path, t, cfg, limits)
+                    if isinstance(v, legality.Legal) or v.reason is legality.Reason.DEGENERATE:
+                        try:
+                            moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)
+                        except Exception as exc:  # the timed scan reports it; warming goes on
+                            print(f"warm {model} {path} T={t} {name}: {type(exc).__name__}: {exc}"[:300])
+                print(f"warmed {model} {path} T={t}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gpt-oss-20b,deepseek-v3,kimi-k2", help="comma list of models")
@@ -172,6 +197,9 @@ def main() -> None:
     ap.add_argument("--csv", default=None)
     ap.add_argument("--max-time-s", type=float, default=None, help="cap per measurement (default: measure's)")
     ap.add_argument("--min-iters", type=int, default=None, help="samples before the stop rule may stop")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="run every legal variant once, untimed: fills the Triton cache (run one per model in "
+                         "parallel before the timed scan, whose compiles are otherwise serial)")
     args = ap.parse_args()
 
     import torch
@@ -186,6 +214,9 @@ def main() -> None:
     from mxmoe.tuning.bench import _timer, _versions
     from mxmoe.tuning.measure import idle_before
 
+    if args.warm_only:
+        warm(args, interpreter, make_problem, get_shape, parse_tokens, device_limits(running_device()))
+        return
     kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
     if not interpreter:
         kw["idle"] = idle_before()  # before this process loads the GPU
