@@ -36,6 +36,15 @@ by a recorder (also checks that the recorded launch specializes like the compile
 run: no GPU). Outcome: compile (compiler error) | load (over the opt-in limit) | wrapper (refused) | spills | ok.
     nice -n 10 python benchmarks/validate_legality.py --cpu-compile --jobs 2 --deadline-s 1800 \
         --out results/legality/sm90_cpu_compile.csv
+
+`--from-csv TABLE --where FIELD=VALUE [--where FIELD!=VALUE ...]` (either mode): instead of a fresh sample,
+recompile the configs of TABLE's rows that match every predicate (compared as the CSV's text), judged by the
+current model; TABLE's other rows are copied to --out unchanged first, so `--out TABLE` refreshes just those
+rows (they move to the end). For a kernel change that leaves some rows describing code that no longer exists,
+without redrawing the sample (which would change every row), e.g. the stage-2 split-K rows:
+    nice -n 10 python benchmarks/validate_legality.py --cpu-compile --jobs 2 --deadline-s 1200 \
+        --from-csv results/legality/sm90_cpu_compile.csv --where stage=2 --where split_k!=1 \
+        --out results/legality/sm90_cpu_compile.csv
 """
 
 from __future__ import annotations
@@ -134,20 +143,24 @@ def _near_boundary(shape: MoEShape, path: Path, stage: int, reason: str, tasks: 
     return near or tasks
 
 
+def judge(shape: MoEShape, path: Path, stage: int, cfg: TileConfig) -> Task:
+    """A Task carrying the current model's verdict and modelled shared memory (H100 limits)."""
+    v = check(shape, path, stage, cfg, H100)
+    smem = smem_breakdown(shape, path, stage, cfg)["total"]
+    if isinstance(v, Legal):
+        return Task(shape.name, path.value, stage, cfg.to_json(), "legal", "", "", smem)
+    assert isinstance(v, Illegal)
+    return Task(shape.name, path.value, stage, cfg.to_json(), "illegal", v.reason.value, v.detail, smem)
+
+
 def sample_tasks(shape: MoEShape, path: Path, stage: int, space: str, per_combo: int) -> list[Task]:
     """Half predicted-legal, half split evenly over the failure codes present (a few of the choice code);
     leftovers go to the other strata. Each stratum is sampled at evenly spaced positions of its sorted order,
     resource strata only near their limit (`_near_boundary`)."""
     strata: dict[str, list[Task]] = defaultdict(list)
     for cfg in candidate_space(stage, path, space):
-        v = check(shape, path, stage, cfg, H100)
-        smem = smem_breakdown(shape, path, stage, cfg)["total"]
-        if isinstance(v, Legal):
-            strata["legal"].append(Task(shape.name, path.value, stage, cfg.to_json(), "legal", "", "", smem))
-        else:
-            assert isinstance(v, Illegal)
-            strata[v.reason.value].append(
-                Task(shape.name, path.value, stage, cfg.to_json(), "illegal", v.reason.value, v.detail, smem))
+        task = judge(shape, path, stage, cfg)
+        strata[task.reason or "legal"].append(task)
     reasons = sorted((k for k in strata if k != "legal"), key=lambda k: (not Reason(k).is_failure, k))
     for r in reasons:
         strata[r] = _near_boundary(shape, path, stage, r, strata[r])
@@ -343,6 +356,38 @@ def _cfg_fields(r: dict) -> dict:
     return {k: int(r[k]) for k in ints} | {"mma": r["mma"], "combine": r["combine"]}
 
 
+_WHERE = re.compile(r"(\w+)(!?=)(.*)")
+
+
+def _matches(row: dict, where: list[str]) -> bool:
+    """Every `FIELD=VALUE` / `FIELD!=VALUE` predicate holds on the row's text (an unknown column raises)."""
+    for pred in where:
+        m = _WHERE.fullmatch(pred)
+        if m is None:
+            raise SystemExit(f"--where {pred!r}: expected FIELD=VALUE or FIELD!=VALUE")
+        field, op, value = m.groups()
+        if field not in row:
+            raise SystemExit(f"--where {pred!r}: no column {field!r}")
+        if (row[field] == value) != (op == "="):
+            return False
+    return True
+
+
+def tasks_from_csv(table: FsPath, where: list[str]) -> tuple[list[dict], list[Task]]:
+    """(the rows that stay as recorded, Tasks re-judged by the current model for the rows every predicate
+    matches), so rows compiled with an older kernel can be recompiled without redrawing the sample."""
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if not _matches(r, where)]
+    groups: dict[tuple, list[Task]] = defaultdict(list)
+    for r in rows:
+        if _matches(r, where):
+            shape, path, stage = MODELS[r["shape"]], Path(r["path"]), int(r["stage"])
+            groups[shape.name, path.value, stage].append(
+                judge(shape, path, stage, TileConfig.from_dict(_cfg_fields(r))))
+    return kept, _interleave(list(groups.values()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="deepseek-v3,gpt-oss-120b")
@@ -358,6 +403,11 @@ def main() -> None:
     ap.add_argument("--cpu-compile", action="store_true",
                     help="no GPU: compile for sm_90 on the CPU (ASTSource + bundled ptxas), judge the load against "
                          "the H100 opt-in limit, run the launch wrappers' checks, launch nothing")
+    ap.add_argument("--from-csv", type=FsPath, default=None,
+                    help="compile the configs of this table instead of a fresh sample (see --where); its other "
+                         "rows are copied to --out unchanged, so --out may be the same table")
+    ap.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                    help="with --from-csv: only rows where every FIELD=VALUE / FIELD!=VALUE holds (repeatable)")
     ap.add_argument("--dry-run", action="store_true", help="print the sample per (shape, path, stage) and exit")
     ap.add_argument("--out", type=FsPath, default=None,
                     help="CSV to write (default results/legality/h100_wide.csv, under $OUT when set; "
@@ -370,21 +420,33 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("validate_legality.py compiles for the GPU: unset TRITON_INTERPRET")
 
-    groups = [sample_tasks(MODELS[s], Path(p), int(st), args.space, args.per_combo)
-              for s in args.shapes.split(",") for p in args.paths.split(",") for st in args.stages.split(",")]
-    tasks = _interleave(groups)
+    if args.where and args.from_csv is None:
+        sys.exit("--where filters the rows of --from-csv")
+    if args.limit and args.from_csv is not None and args.out.resolve() == args.from_csv.resolve():
+        sys.exit("--limit would drop the matching rows past it from the --from-csv table: write to another --out")
+    kept: list[dict] = []
+    if args.from_csv is not None:
+        kept, tasks = tasks_from_csv(args.from_csv, args.where)
+        groups = [[t for t in tasks if (t.shape, t.path, t.stage) == key]
+                  for key in dict.fromkeys((t.shape, t.path, t.stage) for t in tasks)]
+    else:
+        groups = [sample_tasks(MODELS[s], Path(p), int(st), args.space, args.per_combo)
+                  for s in args.shapes.split(",") for p in args.paths.split(",") for st in args.stages.split(",")]
+        tasks = _interleave(groups)
     if args.limit:
         tasks = tasks[: args.limit]
     if args.dry_run:
         for g in groups:
             print(f"{g[0].shape:14} {g[0].path} stage {g[0].stage}: "
                   f"{dict(Counter(t.reason or 'legal' for t in g))}" if g else "empty")
-        print(f"{len(tasks)} configs in all")
+        print(f"{len(tasks)} configs in all" + (f", {len(kept)} rows of {args.from_csv} kept" if kept else ""))
         return
     provenance = {"triton": _version("triton"), "torch": _version("torch"), "git_sha": _git_sha(),
                   "spill_source": CPU_SPILL_SOURCE if args.cpu_compile else GPU_SPILL_SOURCE}
     mode = "sm_90 compiles on the CPU, nothing launched" if args.cpu_compile else "GPU compile, load and launch"
-    print(f"{mode}: {len(tasks)} configs ({args.space} space, stratified sample) on {args.jobs} workers; "
+    source = f"rows of {args.from_csv} where {' and '.join(args.where) or 'always'}" if args.from_csv else \
+        f"{args.space} space, stratified sample"
+    print(f"{mode}: {len(tasks)} configs ({source}) on {args.jobs} workers; "
           f"timeout {args.timeout_s}s per compile, deadline {args.deadline_s:.0f}s; -> {args.out}", flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,6 +455,7 @@ def main() -> None:
     with args.out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
+        writer.writerows(kept)
 
         def write(task: Task, result: dict) -> None:
             row = _row(task, result, provenance)

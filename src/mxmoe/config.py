@@ -22,13 +22,6 @@ class Mma(str, Enum):
     FMA = "fma"  # no tensor cores: unpack to f32 and multiply-add (decode GEMV; BLOCK_M of a few rows)
 
 
-# Stage 2 with mma=dot_scaled and split_k > 2 runs but returns wrong sums on sm_90 (Triton 3.6, H100, 2026-11-25:
-# tests/kernels/test_moe_gpu.py::test_stage2_split_k_gpu failed with max_rel 1.4 at T=1 and 128; split_k 2 and the
-# upcast MMA at split_k 4 matched). Past split 2 Triton knows the e2m1 row start only to 2 bytes, so the weights
-# are no longer staged through cp.async, and that unstaged dot_scaled lowering is the one that breaks.
-DOT_SCALED_MAX_SPLIT_K = 2
-
-
 class Combine(str, Enum):
     """How stage 2 sums the top-k slots of a token."""
 

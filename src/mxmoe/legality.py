@@ -10,13 +10,11 @@ configs, it never drops them. Rules run in the order of this table; the first th
 | PATH_UNSUPPORTED | combine=slots in stage 1; split_k > 1 with slots;                             | wrapper error  |
 |                  | mma=dot_scaled under the interpreter                                          |                |
 | MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
-| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N; in stage 2 K % (split_k*BLOCK_K) if  | wrapper error  |
-|                  | split_k > 1 (stage 1 splits whole K blocks, so any K)                         |                |
+| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N (splits take whole K blocks: any K)   | wrapper error  |
 | TILE_TOO_LARGE   | a BLOCK_* not a power of two (tl.arange); a tile over 2**20 elements          | compile error  |
 | WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads)                      | compile error  |
 | SMEM_OVERFLOW    | modelled shared memory + SMEM_SAFETY_BYTES above the device's opt-in limit    | OutOfResources |
 | REG_PRESSURE     | fp32 accumulators > 128 regs/thread; accumulators + upcast operands > 255     | heavy spills   |
-| MISCOMPILE       | stage 2 mma=dot_scaled with split_k > DOT_SCALED_MAX_SPLIT_K (2)              | wrong sums     |
 | DEGENERATE       | < 4 accumulator elements/thread (replicated warps); split_k above the K       | nothing: waste |
 |                  | blocks, cdiv(K, BLOCK_K); with T: BLOCK_M above 2 x next_pow2(rows per hit    |                |
 |                  | expert), or split_k > 1 when T*A > 4*E*BLOCK_M (either stage)                 |                |
@@ -30,32 +28,22 @@ these kernels, `metadata.shared`, see docs/legality.md):
     act      = act_buffers * BM*BK*b_act [+ act scales]    b_act = 2 (a16w4), 1 (a8w4), 1/2 (a4w4) B/element
     weights  = n_w * w_buffers * (BN*BK/2 [+ BN*BK/32])     n_w = 2 in stage 1 (gate + up), 1 in stage 2
     upcast   = BN*BK*2                                       the bf16 weight operand wgmma reads (x1)
-    scratch  = max(BM*BK*b_act, BN*BK/2) over the streams that are not staged (see below)
     epilogue = 4 * min(BM*BN, R * max(BN, R))               stage 2 only: fp32 accumulator -> atomic layout
                                                              (the stage-1 split-K atomics took none)
-    total    = max(act + weights + max(upcast, scratch), epilogue) + fixed
+    total    = max(act + weights + upcast, epilogue) + fixed
 
     w_buffers   = num_stages + PIPELINE_OFFSET (-1); act_buffers the same, +1 for a bf16 activation fed to
-                  tl.dot_scaled as loaded (num_warps >= 4, BLOCK_N >= 64)
-    staged      the pipeliner stages a tile through shared memory (cp.async) only if each row of it starts
-                on >= 4 bytes. Rows start at k0, which in stage 2 Triton knows to be a multiple of
-                16 // split_k elements: K is an int argument it specializes as divisible by 16, and split
-                pid_k starts at pid_k * (K // SPLIT_K). So there weights (e2m1, k0/2 bytes) are staged only
-                with split_k <= 2, an e4m3 activation with split_k <= 4, an e2m1 one with split_k <= 2, bf16
-                with split_k <= 8. Stage 1 splits whole K blocks (k0 = kb * BLOCK_K, a multiple of the
-                constexpr BLOCK_K), so every split_k keeps the 16 of split_k = 1 and its staging (sm_90 CPU
-                compiles: split_k 4 took the metadata.shared of split_k 1 on 24 configs, every path).
-                A stream that is not staged has no buffers (act or weights = 0): it is loaded to registers
-                and its raw tile passes once through shared memory to change layout (`scratch`); not for
-                weights whose bf16 copy wgmma reads (upcast > 0). Those transients (raw tiles, upcast) are
-                live one at a time, hence max, on top of the staged buffers. A whole tile bounds the
-                scratch; with 2 warps the conversion may run in rounds through 1/8 to 1/2 of it.
-                Not the trip count: the loop bounds are runtime values, so a one-iteration loop (K =
-                BLOCK_K, or K // split_k = BLOCK_K) still gets num_stages - 1 buffers per staged stream.
-    [scales]    only in stage 1 (split or not), when K/32 is a multiple of 16, BLOCK_K >= 128 and the tile
-                gives each thread >= 4 bytes (Triton pipelines a load by cp.async only then; stage 2's loop
-                start, pid_k * (K // SPLIT_K), is known divisible by 16 at most, so k0 // 32 has no known
-                alignment)
+                  tl.dot_scaled as loaded (num_warps >= 4, BLOCK_N >= 64). Every activation and weight tile
+                  is staged: cp.async needs each row to start on >= 4 bytes, and every loop start k0 is
+                  known to be a multiple of 16 elements (K, a multiple of 32, is an int argument Triton
+                  specializes as divisible by 16; stage 2 at split_k = 1 starts at pid_k * K, and a split
+                  of either stage at a multiple of the constexpr BLOCK_K). Not the trip count: the loop
+                  bounds are runtime values, so a one-iteration loop (K = BLOCK_K, one block per split)
+                  still gets num_stages - 1 buffers per stream.
+    [scales]    when K/32 is a multiple of 16, BLOCK_K >= 128 and the tile gives each thread >= 4 bytes
+                (Triton pipelines a load by cp.async only then), and only where k0 // 32 has a known
+                alignment: stage 1, and stage 2 with split_k > 1 (k0 a multiple of BLOCK_K); not stage 2
+                at split_k = 1 (k0 = pid_k * K + kk is known divisible by 16, so k0 // 32 by nothing)
     upcast      only under wgmma (BLOCK_M % 64 == 0, num_warps % 4 == 0) and when the activation is not a
                 bf16 tile fed straight to tl.dot_scaled (mma.sync keeps operands in registers)
     R           16 * num_warps under wgmma, 16 under mma.sync
@@ -72,7 +60,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from mxmoe.config import DOT_SCALED_MAX_SPLIT_K, Combine, Mma, TileConfig
+from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.shapes import MoEShape, Path
 from mxmoe.space import candidate_space
 
@@ -108,14 +96,12 @@ class Reason(str, Enum):
     WARP_LAYOUT = ("warp_layout", "A num_warps the compiler refuses: not a power of two, or above 32.")
     SMEM_OVERFLOW = ("smem_overflow", "Modelled shared memory above the device's opt-in limit (OutOfResources).")
     REG_PRESSURE = ("reg_pressure", "Accumulators (+ upcast operands) past the register file: heavy spills.")
-    MISCOMPILE = ("miscompile", "Compiles and launches but computes wrong sums: a Triton 3.6 bug seen on the GPU.")
     DEGENERATE = ("degenerate", "Compiles and launches but only wastes work at this shape and T (a choice).")
 
     @property
     def is_failure(self) -> bool:
-        """True when the code predicts a compile, launch or heavy-spill failure; False for a choice and for
-        MISCOMPILE (it compiles and launches: a compile table cannot see it, the GPU correctness test does)."""
-        return self not in (Reason.MISCOMPILE, Reason.DEGENERATE)
+        """True when the code predicts a compile, launch or heavy-spill failure; False for a choice."""
+        return self is not Reason.DEGENERATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +137,11 @@ def limits_from_properties(name: str, smem: int, sms: int, *, interpreter: bool 
 class SmemModel:
     """The shared-memory formula's constants, in one place so they can be refitted to real compiles.
 
-    Defaults: Triton 3.6, sm_90, fitted to ~280 compiles of these kernels (docs/legality.md); the staging rule
-    (int_divisibility, cp_async_min_bytes) checked on the split-K rows of results/legality/ and ~400 more
-    split-K compiles of every path (docs/legality.md).
+    Defaults: Triton 3.6, sm_90, fitted to ~280 compiles of these kernels, and the stage-2 split-K scales to
+    192 more (docs/legality.md).
     """
 
     pipeline_offset: int = -1  # buffers per pipelined operand stream = num_stages + offset
-    int_divisibility: int = 16  # Triton specializes an int argument divisible by this (K, strides) as such ...
-    cp_async_min_bytes: int = 4  # ... and stages a tile only if each row starts on >= this many bytes
     direct_operand_extra: int = 1  # one more buffer for a bf16 activation tl.dot_scaled reads as loaded ...
     direct_min_warps: int = 4  # ... seen only with num_warps >= 4 ...
     direct_min_block_n: int = 64  # ... and BLOCK_N >= 64
@@ -233,29 +216,11 @@ def _act_direct(path: Path, cfg: TileConfig) -> bool:
 
 
 def _scales_pipelined(geo: StageGeometry, stage: int, cfg: TileConfig, tile_bytes: float, model: SmemModel) -> bool:
-    """Whether Triton stages an e8m0 scale tile through shared memory (cp.async) rather than registers."""
-    return (stage == 1 and (geo.k // MX_GROUP) % model.scale_row_alignment == 0
+    """Whether Triton stages an e8m0 scale tile through shared memory (cp.async) rather than registers: only
+    where the loop start is a multiple of the constexpr BLOCK_K (not stage 2's pid_k * K at split_k = 1)."""
+    return ((stage == 1 or cfg.split_k > 1) and (geo.k // MX_GROUP) % model.scale_row_alignment == 0
             and cfg.block_k // MX_GROUP >= model.scale_min_row_bytes
             and tile_bytes / (32 * cfg.num_warps) >= model.scale_min_bytes_per_thread)
-
-
-def k_alignment(k: int, split_k: int, model: SmemModel = SMEM_MODEL) -> int:
-    """Elements the compiler knows every K-loop start k0 (and row start) to be a multiple of.
-
-    K and the row strides are int arguments, specialized as divisible by 16 when they are; stage 2 starts
-    split pid_k at pid_k * (K // SPLIT_K), and Triton's divisibility analysis divides that 16 by a
-    power-of-two SPLIT_K (any other divisor leaves 1). Stage 1 starts every split at a multiple of its
-    constexpr BLOCK_K, so it keeps the 16 of a loop from 0 whatever its split: callers pass split_k = 1.
-    """
-    base = model.int_divisibility if k % model.int_divisibility == 0 else 1
-    if split_k < 1 or split_k & (split_k - 1):
-        return 1
-    return max(1, base // split_k)
-
-
-def _staged(align_elems: int, bytes_per_element: float, model: SmemModel) -> bool:
-    """Whether the pipeliner stages a stream through shared memory: cp.async needs aligned >= 4-byte rows."""
-    return align_elems * bytes_per_element >= model.cp_async_min_bytes
 
 
 def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig,
@@ -263,10 +228,8 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     """Modelled shared memory per CTA, term by term, in bytes; `total` is what legality compares.
 
     Terms: act (pipelined activation tiles + scales), weights (pipelined packed weights + scales, all
-    streams), upcast (the bf16 weight operand wgmma reads), scratch (the raw tile of a stream the pipeliner
-    does not stage, passing through shared memory to change layout), mainloop (act + weights + max(upcast,
-    scratch)), epilogue (the stage-2 accumulator layout conversion, which reuses the main loop's space),
-    fixed, total. The module docstring says when a stream is staged (split-K breaks the alignment).
+    streams), upcast (the bf16 weight operand wgmma reads), mainloop (their sum), epilogue (the stage-2
+    accumulator layout conversion, which reuses the main loop's space), fixed, total.
     """
     path = Path(path)
     geo = stage_geometry(shape, stage)
@@ -275,12 +238,8 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     direct = _act_direct(path, cfg)
     extra = direct and cfg.num_warps >= model.direct_min_warps and bn >= model.direct_min_block_n
     act_buffers = base + (model.direct_operand_extra if extra else 0)
-    act_bytes = {Path.A16W4: 2.0, Path.A8W4: 1.0, Path.A4W4: 0.5}[path]
-    align = k_alignment(geo.k, cfg.split_k if stage == 2 else 1, model)
-    act_staged = _staged(align, act_bytes, model)
-    w_staged = _staged(align, 0.5, model)  # two e2m1 values per byte: row starts at k0 // 2 bytes
 
-    act_tile = bm * bk * act_bytes
+    act_tile = bm * bk * {Path.A16W4: 2.0, Path.A8W4: 1.0, Path.A4W4: 0.5}[path]
     act_scales = bm * bk / MX_GROUP
     if path is not Path.A16W4 and _scales_pipelined(geo, stage, cfg, act_scales, model):
         act_tile += act_scales
@@ -289,12 +248,10 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     if _scales_pipelined(geo, stage, cfg, w_scales, model):
         w_tile += w_scales
 
-    act = act_buffers * act_tile if act_staged else 0.0
-    weights = geo.weight_streams * base * w_tile if w_staged else 0.0
+    act = act_buffers * act_tile
+    weights = geo.weight_streams * base * w_tile
     upcast = model.upcast_operand_bytes * bn * bk if _uses_wgmma(cfg, model) and not direct else 0.0
-    scratch = max(0.0 if act_staged else bm * bk * act_bytes,
-                  0.0 if w_staged or upcast else bn * bk / 2)
-    mainloop = act + weights + max(upcast, scratch)
+    mainloop = act + weights + upcast
     epilogue = 0.0
     if stage == 2:
         rows = model.epilogue_rows_per_warp * cfg.num_warps if _uses_wgmma(cfg, model) else model.epilogue_rows_mma_sync
@@ -304,7 +261,6 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
         "act": math.ceil(act),
         "weights": math.ceil(weights),
         "upcast": math.ceil(upcast),
-        "scratch": math.ceil(scratch),
         "mainloop": math.ceil(mainloop),
         "epilogue": math.ceil(epilogue),
         "fixed": model.fixed_bytes,
@@ -363,9 +319,6 @@ def _check_divisibility(geo: StageGeometry, stage: int, cfg: TileConfig) -> Ille
     if geo.n % cfg.block_n:
         axis = "inter" if stage == 1 else "hidden"
         return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} does not divide stage {stage} N={geo.n} ({axis})")
-    if stage == 2 and cfg.split_k > 1 and geo.k % (cfg.split_k * cfg.block_k):
-        return Illegal(Reason.DIVISIBILITY, f"split_k={cfg.split_k} x BLOCK_K={cfg.block_k} does not divide "
-                       f"stage {stage} K={geo.k}")
     return None
 
 
@@ -451,9 +404,6 @@ def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits
     smem, acc, verdict = _check_resources(shape, path, stage, cfg, limits, model)
     if verdict is not None:
         return verdict
-    if stage == 2 and cfg.mma is Mma.DOT_SCALED and cfg.split_k > DOT_SCALED_MAX_SPLIT_K:
-        return Illegal(Reason.MISCOMPILE, f"stage 2 mma=dot_scaled with split_k={cfg.split_k} > "
-                       f"{DOT_SCALED_MAX_SPLIT_K} computes wrong sums on sm_90 (Triton 3.6, H100 2026-11-25)", smem)
     waste = _check_degenerate(shape, geo, cfg, tokens)
     if waste is not None:
         return Illegal(Reason.DEGENERATE, waste, smem)

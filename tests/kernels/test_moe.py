@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
+from mxmoe.legality import INTERPRETER, Legal, Reason, check
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
@@ -119,6 +120,35 @@ def test_stage1_split_k_one_row_blocks():
     p = make_problem(MoEShape("k160-oai", 4, 2, 160, 64, Activation.SWIGLU_OAI, bias=True), Path.A8W4, 1, seed=4)
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, stage1_split(2, Mma.FMA, block_m=1))
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+
+
+# Stage-2 split-K over inter=160 with BLOCK_K=64 (not a multiple of split_k x BLOCK_K): three K blocks, the last
+# half masked. split_k=2 hands out blocks (0, 1) and (2); split_k=4 one each and a fourth split none, a count
+# legality refuses as DEGENERATE (waste), which must still compute right if launched. Every path takes both split
+# counts and both activations, at T 1, 3 and 17.
+_SILU, _OAI = Activation.SILU, Activation.SWIGLU_OAI
+SPLIT2_CASES = [
+    pytest.param(path, sk, act, t, id=f"{path.value}-sk{sk}-{act.value}-T{t}")
+    for path, sk, act, t in ((Path.A16W4, 2, _SILU, 3), (Path.A16W4, 4, _OAI, 17), (Path.A8W4, 2, _OAI, 1),
+                             (Path.A8W4, 4, _SILU, 3), (Path.A4W4, 2, _SILU, 17), (Path.A4W4, 4, _OAI, 1))
+]
+
+
+@pytest.mark.parametrize("path,split_k,activation,tokens", SPLIT2_CASES)
+def test_stage2_split_k_whole_blocks(path, split_k, activation, tokens):
+    """Each split takes whole K blocks, so an inter that split_k x BLOCK_K does not divide splits too; the
+    partial sums meet in the fp32 atomics and only split 0 adds the bias."""
+    shape = MoEShape(f"i160-{activation.value}", 4, 2, 64, 160, activation, bias=activation is Activation.SWIGLU_OAI)
+    c = TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST)
+    config = MoEConfig(c, c.replace(split_k=split_k))
+    verdict = check(shape, path, 2, config.stage2, INTERPRETER)
+    if split_k > 3:
+        assert verdict.reason is Reason.DEGENERATE and "3 K blocks" in verdict.detail
+    else:
+        assert isinstance(verdict, Legal)
+    p = make_problem(shape, path, tokens, seed=tokens)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, config, poison=True)
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}/sk{split_k}")
 
 
 def test_k_tail_masking():
