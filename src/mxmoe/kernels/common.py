@@ -120,6 +120,19 @@ def atomic_add_tile(ptrs, vals, row_ok, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
 
 
 @triton.jit
+def split_k_range(pid_k, K, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(k_first, k_len) of split `pid_k`: whole K blocks, cdiv(cdiv(K, BK), SPLIT_K) of them. So any K splits
+    (gpt-oss 2880 = 45 x 64), the tail block keeps its mask, and every k0 stays a multiple of the constexpr
+    BLOCK_K, which keeps the e2m1 rows aligned enough for Triton to stage them (a split at pid_k * (K // SPLIT_K)
+    lost that past split 2, and its unstaged dot_scaled lowering computed wrong sums on the H100: docs/legality.md).
+    A split past the last block gets k_len 0: it loops zero times and adds zeros."""
+    num_kb = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(num_kb, SPLIT_K)
+    kb_first = pid_k * per_split
+    return kb_first * BLOCK_K, (tl.minimum(num_kb, kb_first + per_split) - kb_first) * BLOCK_K
+
+
+@triton.jit
 def grid_swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
     """Grouped ordering: GROUP_M consecutive M blocks share each N tile while it sits in L2."""
     width = GROUP_M * num_n

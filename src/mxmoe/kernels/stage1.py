@@ -32,6 +32,7 @@ from mxmoe.kernels.common import (
     interpreting,
     load_act_tile,
     mma_tile,
+    split_k_range,
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import quantize_tile_mxfp4, quantize_tile_mxfp8
@@ -104,14 +105,8 @@ def _stage1_kernel(
         k_first = 0
         k_len = H
     else:
-        # Whole K blocks per split, so any K splits (2880 = 45 x 64) and k0 stays a multiple of BLOCK_K, as
-        # unsplit; the tail block keeps its mask. A split past the last block loops zero times and adds zeros.
         pid_k = tl.program_id(1)
-        num_kb = tl.cdiv(H, BLOCK_K)
-        per_split = tl.cdiv(num_kb, SPLIT_K)
-        kb_first = pid_k * per_split
-        k_first = kb_first * BLOCK_K
-        k_len = (tl.minimum(num_kb, kb_first + per_split) - kb_first) * BLOCK_K
+        k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # A loop from 0 with the split's offset added inside, as stage 2's (see the H100 note there).

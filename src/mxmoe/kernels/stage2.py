@@ -24,6 +24,7 @@ from mxmoe.kernels.common import (
     interpreting,
     load_act_tile,
     mma_tile,
+    split_k_range,
 )
 
 
@@ -60,15 +61,7 @@ def _stage2_kernel(
         k_first = pid_k * I  # pid_k is 0; kept as compiled since the legality tables were recorded
         k_len = I
     else:
-        # Whole K blocks per split, as stage 1: any K splits (2880 = 45 x 64), the tail block keeps its mask,
-        # and k0 stays a multiple of the constexpr BLOCK_K, so the e2m1 rows keep the alignment that lets Triton
-        # stage them (a split at pid_k * (I // SPLIT_K) lost it past split 2, and that unstaged dot_scaled
-        # lowering returned sums off by max_rel 1.4 on the H100, 2026-11-25: docs/legality.md).
-        num_kb = tl.cdiv(I, BLOCK_K)
-        per_split = tl.cdiv(num_kb, SPLIT_K)
-        kb_first = pid_k * per_split
-        k_first = kb_first * BLOCK_K
-        k_len = (tl.minimum(num_kb, kb_first + per_split) - kb_first) * BLOCK_K
+        k_first, k_len = split_k_range(pid_k, I, SPLIT_K, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for kk in range(0, k_len, BLOCK_K):
         k0 = k_first + kk
