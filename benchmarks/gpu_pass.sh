@@ -2,16 +2,18 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline campaign splitk pack (WARM=0: the benches skip their own warm-up). Reads GPU state
-# (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
-#   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude).
+# bench_mx legality noise sweep executors multi_gpu baseline campaign splitk pack (WARM=0: the benches skip
+# their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
+#   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
+# and delete .gitc again once the call is back.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# The device tool cannot carry .git (the machine keeps a stale one of its own); the copy that travels as .gitc
-# replaces it, so provenance names the commit under test and verifies a clean tree.
-[ -d .gitc ] && { rm -rf .git; cp -r .gitc .git; }
+# Provenance: the device tool cannot carry .git (the machine keeps a stale one of its own), so a copy travels
+# as .gitc and the device command, not this script, swaps it in and resets the tree to that commit:
+#   rm -rf .git && cp -r .gitc .git && git checkout -q -- . && git clean -fdq
+# (never here: in the developer's checkout that swap would replace .git with the older copy).
 # Wheels the image lacks travel in .whl-ray (Ray without its Java jars, and jsonschema's family); the image's
 # own typer / rich / hypothesis / ml-dtypes are used as they are (a newer carried typer needs pydantic).
 export PYTHONPATH=src
