@@ -22,7 +22,15 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
   T=8192, H100, results/h100/2026-11-25_scan2.log).
 - mma: `dot_scaled` on a GPU (the compiler's own e2m1 upcast), `upcast` under the interpreter,
   which lacks tl.dot_scaled.
-- combine: fp32 atomics; split-K stays off in the baseline.
+- combine: fp32 atomics.
+- Decode split-K (BLOCK_M 16): a stage whose grid (hit experts x N tiles) is under SPLIT_K_MIN_CTAS splits K
+  (whole K blocks) by the smallest power of two that reaches it, at most 8 and at most its K blocks. Measured on
+  the H100 (a16w4, results/h100/2026-11-25_splitk_6461d9f.csv, layer us, graph replay, L2 flushed):
+  deepseek-v3-tp8 T=1 stage 1 72 CTAs: split 8 90.2 -> 51.7 (split 2 65.6, 4 60.6); T=4 288 CTAs: split 2
+  113.5 -> 108.2; gpt-oss-20b T=1 stage 1 360 CTAs: split 2 97.6 -> 95.1, stage 2 180 CTAs: split 4 -> 87.5,
+  both split 4 -> 83.8; deepseek-v3 T=1 (512 and 896 CTAs) split 2 was slower (0.98x), hence the threshold.
+  Splits past it lose: gpt-oss-20b T=16 (1300-2600 CTAs) split 4 0.87x. Not measured for a8w4 / a4w4, whose
+  decode is the same weight stream.
 - Measured and not taken: mma=fma (the tensor-core-free decode lever) ran 261 us vs 124 us for
   dot_scaled on deepseek-v3 T=1 stage 1 (scan2 log); the f32 unpack costs more than the 16-row MMA wastes.
 """
@@ -31,6 +39,9 @@ from __future__ import annotations
 
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.shapes import MoEShape, Path
+
+SPLIT_K_MIN_CTAS = 512  # about 4 CTAs per SM of the H100's 132: below it a decode stage lacks memory parallelism
+SPLIT_K_MAX = 8
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -48,6 +59,15 @@ def _block_n(n: int, prefer: int) -> int:
 def _block_k(k: int, prefer: int) -> int:
     """`prefer`, capped at K rounded up to a power of two (>= 64): a K step past K only loads masked zeros."""
     return max(64, min(prefer, 1 << (k - 1).bit_length()))
+
+
+def _decode_split(ctas: int, k: int, block_k: int) -> int:
+    """The smallest power-of-two split_k that lifts `ctas` to SPLIT_K_MIN_CTAS, within SPLIT_K_MAX and K's blocks."""
+    k_blocks = -(-k // block_k)
+    split = 1
+    while ctas * split < SPLIT_K_MIN_CTAS and split * 2 <= min(SPLIT_K_MAX, k_blocks):
+        split *= 2
+    return split
 
 
 def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False) -> MoEConfig:
@@ -71,6 +91,9 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
                     **{**common, "block_k": _block_k(shape.inter, 128)})
     if block_m == 16:
         s1 = s1.replace(block_n=32, block_k=_block_k(shape.hidden, 256), num_warps=2, num_stages=2)
+        hit = min(shape.experts, tokens * shape.topk)
+        s1 = s1.replace(split_k=_decode_split(hit * shape.inter // s1.block_n, shape.hidden, s1.block_k))
+        s2 = s2.replace(split_k=_decode_split(hit * shape.hidden // s2.block_n, shape.inter, s2.block_k))
     elif block_m >= 64 and Path(path) is not Path.A16W4:
         # The MX prefill tile M64N128 4 warps, where 128 divides the stage's N; a 64-wide N (gpt-oss: 2880)
         # keeps the 128-row 8-warp tile, which measured faster there (gpt-oss-120b a4w4 T=32768: 64.8 ms
