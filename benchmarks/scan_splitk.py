@@ -211,7 +211,7 @@ def main() -> None:
     from mxmoe.dispatch import device_limits, running_device
     from mxmoe.problem import make_problem
     from mxmoe.shapes import get_shape, parse_tokens
-    from mxmoe.tuning.bench import _timer, _versions
+    from mxmoe.tuning.bench import layer_timer, run_versions
     from mxmoe.tuning.measure import idle_before
 
     if args.warm_only:
@@ -220,9 +220,9 @@ def main() -> None:
     kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
     if not interpreter:
         kw["idle"] = idle_before()  # before this process loads the GPU
-    time_it, device = _timer(interpreter, kw), running_device()
+    time_it, device = layer_timer(interpreter, kw), running_device()
     limits = device_limits(device)
-    stamp = {"device": "interpreter" if interpreter else device, **_versions()}
+    stamp = {"device": "interpreter" if interpreter else device, **run_versions()}
     print(f"{'model':12} {'path':6} {'T':>3} {'variant':9} {'stage1':>9} {'stage2':>9} {'layer':>9} {'x':>6} "
           f"{'max_rel':>9}  config (us; x = baseline layer / this layer; max_rel vs the baseline's output)")
     for model in args.model.split(","):

@@ -161,7 +161,8 @@ class BenchRow:
         return asdict(self)
 
 
-def _versions() -> dict[str, Any]:
+def run_versions() -> dict[str, Any]:
+    """The version columns every bench-style CSV row carries (benchmarks/scan_splitk.py too)."""
     import torch
 
     from mxmoe._version import __version__
@@ -179,9 +180,10 @@ def _versions() -> dict[str, Any]:
 Timer = Callable[[Callable[[], object], str, int, float], Any]
 
 
-def _timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
+def layer_timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
     """time(fn, config_key, T, scale) -> Measurement: graph replay with an L2 flush on a GPU; on the
-    interpreter fn runs once for real and a FakeClock makes the samples."""
+    interpreter fn runs once for real and a FakeClock makes the samples. Shared with the benchmarks' scans,
+    so every timing script measures as `mxmoe bench` does."""
     from mxmoe.tuning.measure import FakeClock, measure
 
     def time_it(fn: Callable[[], object], key: str, t: int, scale: float) -> Any:
@@ -273,8 +275,8 @@ def run_bench(
         kw["idle"] = idle_before()  # before this process loads the GPU
     pt = _Point(shape, Path(path), str(routing), seed, "cpu" if interpreter else "cuda",
                 "interpreter" if interpreter else torch.cuda.get_device_name(),
-                measure_floors(interpreter=interpreter), _versions())
-    time_it, rows = _timer(interpreter, kw), []
+                measure_floors(interpreter=interpreter), run_versions())
+    time_it, rows = layer_timer(interpreter, kw), []
     for t in tokens:
         rows.append(_bench_point(pt, t, time_it))
         if on_row is not None:
