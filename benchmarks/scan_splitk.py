@@ -65,6 +65,13 @@ def variants(base):
         yield f"both-sk{sk1}-{sk2}", type(base)(base.stage1.replace(split_k=sk1), base.stage2.replace(split_k=sk2))
 
 
+def runnable(v) -> bool:
+    """Legal, or DEGENERATE (it runs, only wastefully), so the scan times it and says so."""
+    from mxmoe import legality
+
+    return isinstance(v, legality.Legal) or v.reason is legality.Reason.DEGENERATE
+
+
 def verdict(shape, path, tokens, cfg, limits):
     """The layer's verdict: either stage's rejection, DEGENERATE last, else Legal."""
     from mxmoe import legality
@@ -120,7 +127,7 @@ def scan_point(p, *, limits, interpreter: bool, time_it, stamp: dict):
     base = None
     for name, cfg in variants(base_cfg):
         v = verdict(p.shape, p.path, p.tokens, cfg, limits)
-        if isinstance(v, legality.Illegal) and v.reason is not legality.Reason.DEGENERATE:
+        if not runnable(v):
             print(f"{p.shape.name:12} {p.path.value:6} {p.tokens:>3} {name:9} skipped: {v.reason.value}: {v.detail}")
             continue
         timed, rep, err = None, None, ""
@@ -168,25 +175,39 @@ def show(r: ScanRow) -> None:
           f"{num(r.layer_speedup, '6.3f')} {num(r.max_rel, '9.2e')}  {r.config}{note}{flag}", flush=True)
 
 
-def warm(args, interpreter: bool, make_problem, get_shape, parse_tokens, limits) -> None:
-    """Compile every legal variant of every point: one untimed moe() each (both stages, split-K's finish kernel)."""
-    from mxmoe import legality
-    from mxmoe.heuristic import default_config
-    from mxmoe.moe import moe
+def for_each_problem(args, interpreter: bool, fn) -> None:
+    """fn(problem) for every (model, path, T) the arguments name, one problem alive at a time (its GPU memory is
+    released before the next is built)."""
+    import torch
+
+    from mxmoe.problem import make_problem
+    from mxmoe.shapes import get_shape, parse_tokens
 
     for model in args.model.split(","):
         shape = get_shape(model)
         for path in args.path.split(","):
             for t in parse_tokens(args.tokens):
                 p = make_problem(shape, path, t, device="cpu" if interpreter else "cuda")
-                for name, cfg in variants(default_config(p.shape, p.path, t, interpreter=interpreter)):
-                    v = verdict(p.shape, p.path, t, cfg, limits)
-                    if isinstance(v, legality.Legal) or v.reason is legality.Reason.DEGENERATE:
-                        try:
-                            moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)
-                        except Exception as exc:  # the timed scan reports it; warming goes on
-                            print(f"warm {model} {path} T={t} {name}: {type(exc).__name__}: {exc}"[:300])
-                print(f"warmed {model} {path} T={t}", flush=True)
+                fn(p)
+                del p
+                if not interpreter:
+                    torch.cuda.empty_cache()
+
+
+def warm_point(p, *, limits, interpreter: bool) -> None:
+    """Compile every runnable variant of one point: one untimed moe() each (both stages, split-K's finish
+    kernel)."""
+    from mxmoe.heuristic import default_config
+    from mxmoe.moe import moe
+
+    point = f"{p.shape.name} {p.path.value} T={p.tokens}"
+    for name, cfg in variants(default_config(p.shape, p.path, p.tokens, interpreter=interpreter)):
+        if runnable(verdict(p.shape, p.path, p.tokens, cfg, limits)):
+            try:
+                moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)
+            except Exception as exc:  # the timed scan reports it; warming goes on
+                print(f"warm {point} {name}: {type(exc).__name__}: {exc}"[:300])
+    print(f"warmed {point}", flush=True)
 
 
 def main() -> None:
@@ -209,13 +230,12 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         print("Triton interpreter: timings are from a fake clock and are not claims")
     from mxmoe.dispatch import device_limits, running_device
-    from mxmoe.problem import make_problem
-    from mxmoe.shapes import get_shape, parse_tokens
     from mxmoe.tuning.bench import layer_timer, run_versions
     from mxmoe.tuning.measure import idle_before
 
     if args.warm_only:
-        warm(args, interpreter, make_problem, get_shape, parse_tokens, device_limits(running_device()))
+        limits = device_limits(running_device())
+        for_each_problem(args, interpreter, lambda p: warm_point(p, limits=limits, interpreter=interpreter))
         return
     kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
     if not interpreter:
@@ -225,18 +245,13 @@ def main() -> None:
     stamp = {"device": "interpreter" if interpreter else device, **run_versions()}
     print(f"{'model':12} {'path':6} {'T':>3} {'variant':9} {'stage1':>9} {'stage2':>9} {'layer':>9} {'x':>6} "
           f"{'max_rel':>9}  config (us; x = baseline layer / this layer; max_rel vs the baseline's output)")
-    for model in args.model.split(","):
-        shape = get_shape(model)
-        for path in args.path.split(","):
-            for t in parse_tokens(args.tokens):
-                p = make_problem(shape, path, t, device="cpu" if interpreter else "cuda")
-                for row in scan_point(p, limits=limits, interpreter=interpreter, time_it=time_it, stamp=stamp):
-                    show(row)
-                    if args.csv:
-                        write_row(row, args.csv)
-                del p
-                if not interpreter:
-                    torch.cuda.empty_cache()
+    def scan(p) -> None:
+        for row in scan_point(p, limits=limits, interpreter=interpreter, time_it=time_it, stamp=stamp):
+            show(row)
+            if args.csv:
+                write_row(row, args.csv)
+
+    for_each_problem(args, interpreter, scan)
 
 
 if __name__ == "__main__":
