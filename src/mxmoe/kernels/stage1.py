@@ -109,7 +109,7 @@ def _stage1_kernel(
         k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # A loop from 0 with the split's offset added inside, as stage 2's (see the H100 note there).
+    # Bounds from 0, the split's block-aligned offset added inside, as stage 2 (split_k_range says why).
     for kk in range(0, k_len, BLOCK_K):
         k0 = k_first + kk
         a_even, a_odd, a_full, a_scale = load_act_tile(
