@@ -2,7 +2,7 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline campaign splitk pack (WARM=0: the benches skip
+# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk pack (WARM=0: the benches skip
 # their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
 # and delete .gitc again once the call is back.
@@ -160,26 +160,50 @@ step_baseline() {
   $MX ledger scan --ledger "$OUT/$CAMPAIGN.sqlite" 2>&1 | tail -8 | tee -a "$OUT/$CAMPAIGN.log"
 }
 
+left() {  # seconds to the call's DEADLINE (epoch s; unset: the given default), capped at $1
+  local cap=$1
+  [ -z "${DEADLINE:-}" ] && { echo "$cap"; return; }
+  local l=$(( DEADLINE - $(date +%s) ))
+  [ "$l" -lt "$cap" ] && cap=$l
+  [ "$cap" -lt 1 ] && cap=1
+  echo "$cap"
+}
+
 step_campaign() {
-  # A tuning campaign (issues 9 and 13) over COMBOS="model:path ...": per combo the heuristic's baseline and the
-  # sweep on every GPU of the host, then the guardrail of its winners; then both claim profiles, the scan, the
-  # export (tables + ledger CSV) and the report. RESUME=ledger.sqlite continues an earlier run's ledger.
-  local c m p fam led="$OUT/$CAMPAIGN.sqlite" log="$OUT/$CAMPAIGN.log"
-  local sweep=(--tokens "${TOKENS:-grid}" --executor "${EXECUTOR:-host}" --ledger "$led")
+  # A tuning campaign (issues 9 and 13) over COMBOS="model:path ...", in phases that each resume: every combo's
+  # heuristic baseline first (cheap, and the gate's coverage), then every combo's sweep (LIMIT candidates per T,
+  # regime neighbours first), each bounded by DEADLINE so the call ends in time; RESUME=ledger.sqlite continues an
+  # earlier call's ledger. ROUTING (default uniform) is the measured routing. `campaign_finish` judges it.
+  local c m p led="$OUT/$CAMPAIGN.sqlite" log="$OUT/$CAMPAIGN.log"
+  local sweep=(--tokens "${TOKENS:-grid}" --executor "${EXECUTOR:-host}" --ledger "$led" --routing "${ROUTING:-uniform}")
   [ -n "${RESUME:-}" ] && cp "$RESUME" "$led"
   for c in $COMBOS; do
     m=${c%%:*}; p=${c##*:}
-    case $m in gpt-oss*) fam=gpt-oss ;; *) fam=deepseek-v3 ;; esac
+    stamp "baseline $CAMPAIGN-base: $m $p"
+    timeout "$(left "${BASE_S:-200}")" $MX sweep --model "$m" --path "$p" "${sweep[@]}" --campaign "$CAMPAIGN-base" \
+      --baseline-only 2>&1 | tail -3 | tee -a "$log"
+  done
+  for c in $COMBOS; do
+    m=${c%%:*}; p=${c##*:}
     stamp "campaign $CAMPAIGN: $m $p"
-    timeout "${BASE_S:-200}" $MX sweep --model "$m" --path "$p" "${sweep[@]}" --campaign "$CAMPAIGN-base" \
-      --baseline-only 2>&1 | tail -4 | tee -a "$log"
-    timeout "${TUNE_S:-300}" $MX sweep --model "$m" --path "$p" "${sweep[@]}" --campaign "$CAMPAIGN" \
-      --baseline "$CAMPAIGN-base" --limit "${LIMIT:-6}" 2>&1 | tail -14 | tee -a "$log"
-    timeout "${GUARD_S:-240}" $MX guardrail --campaign "$CAMPAIGN" --model "$fam" --path "$p" --ledger "$led" 2>&1 \
-      | tail -12 | tee -a "$log"
+    timeout "$(left "${TUNE_S:-300}")" $MX sweep --model "$m" --path "$p" "${sweep[@]}" --campaign "$CAMPAIGN" \
+      --baseline "$CAMPAIGN-base" --limit "${LIMIT:-4}" 2>&1 | tail -6 | tee -a "$log"
+  done
+  $MX ledger scan --ledger "$led" 2>&1 | tail -6 | tee -a "$log"
+}
+
+step_campaign_finish() {
+  # Guard each (family, path)'s winners once, then both claim profiles, the scan, the export and the report.
+  local c fam p led="$OUT/$CAMPAIGN.sqlite" log="$OUT/$CAMPAIGN.log"
+  [ -n "${RESUME:-}" ] && [ ! -f "$led" ] && cp "$RESUME" "$led"
+  for c in $(for c in $COMBOS; do m=${c%%:*}; case $m in gpt-oss*) echo "gpt-oss:${c##*:}" ;; *) echo "deepseek-v3:${c##*:}" ;; esac; done | sort -u); do
+    fam=${c%%:*}; p=${c##*:}
+    stamp "guardrail $CAMPAIGN: $fam $p"
+    timeout "$(left "${GUARD_S:-240}")" $MX guardrail --campaign "$CAMPAIGN" --model "$fam" --path "$p" --ledger "$led" \
+      2>&1 | tail -12 | tee -a "$log"
   done
   for prof in mxmoe seed708; do
-    $MX claim "$CAMPAIGN" --baseline "$CAMPAIGN-base" --profile "$prof" --ledger "$led" 2>&1 | tail -12 | tee -a "$log"
+    $MX claim "$CAMPAIGN" --baseline "$CAMPAIGN-base" --profile "$prof" --ledger "$led" 2>&1 | tail -30 | tee -a "$log"
   done
   $MX ledger scan --ledger "$led" 2>&1 | tail -6 | tee -a "$log"
   $MX export "$CAMPAIGN" --ledger "$led" --out-dir "$OUT/tuned" --ledger-export "$OUT/$CAMPAIGN.ledger.csv" 2>&1 \

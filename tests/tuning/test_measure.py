@@ -92,6 +92,15 @@ def test_low_noise_converges_at_min_iters():
     assert m.stop_reason is StopReason.CONVERGED and m.n == 50
 
 
+@pytest.mark.parametrize(("median_ms", "budget", "n"), [(100.0, 2.0, 20), (40.0, 2.0, 50), (200.0, 2.0, 20),
+                                                        (100.0, None, 100), (0.02, 2.0, 100)])
+def test_a_slow_layer_takes_the_min_iters_that_fit_its_budget(median_ms, budget, n):
+    """A tight 100 ms layer stops after the floor of 20 samples (2 s), not 100 (10 s); a fast one keeps 100."""
+    m = measure(lambda: None, clock=FakeClock(median_ms * 1e3, 0.001, seed=4, overhead_us=0.0), nvml=FakeNvml(),
+                min_iters=100, min_iters_budget_s=budget, max_time_s=60.0, **FAST)
+    assert m.stop_reason is StopReason.CONVERGED and m.n == n
+
+
 def test_moderate_noise_takes_more_batches_then_converges():
     m = measure(lambda: None, clock=FakeClock(20.0, 0.15, seed=4), nvml=FakeNvml(), min_iters=50, **FAST)
     assert m.stop_reason is StopReason.CONVERGED and m.n > 50 and m.rel_ci_halfwidth <= 0.01

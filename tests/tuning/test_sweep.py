@@ -23,7 +23,7 @@ import pytest
 from mxmoe import legality
 from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.heuristic import default_config
-from mxmoe.shapes import MODELS, Path
+from mxmoe.shapes import MODELS, TOKEN_GRID, Path
 from mxmoe.source_hash import kernel_source_hash
 from mxmoe.tuning import candidates
 from mxmoe.tuning.bench import NOMINAL_FLOORS
@@ -96,6 +96,22 @@ def test_plan_stages_pair_with_the_heuristic():
     base = candidates.plan(TINY, "a16w4", (1, 2), limits=legality.INTERPRETER, interpreter=True, baseline_only=True)
     assert [(c.stage, c.tokens, c.config) for c in base] == [
         ("layer", t, default_config(TINY, "a16w4", t, interpreter=True)) for t in (1, 2)]
+
+
+def test_regime_neighbours_come_right_after_the_heuristic_nearest_t_first():
+    """The heuristic's own configs at other grid points are the first alternatives a short campaign tries."""
+    shape, t = MODELS["deepseek-v3"], 4096
+    near = candidates.regime_neighbours(shape, Path.A16W4, t, legality.H100, False)
+    h = default_config(shape, "a16w4", t)
+    assert near and len(set(near)) == len(near)
+    assert set(near) <= {default_config(shape, "a16w4", g) for g in TOKEN_GRID} - {h}
+    assert near[0] == default_config(shape, "a16w4", 2048)  # the nearest grid point whose config differs
+    plan = candidates.plan(shape, "a16w4", (t,), limits=legality.H100, interpreter=False, limit=len(near) + 2)
+    layer = [c.config for c in plan if c.stage == "layer"]
+    assert layer[: len(near) + 1] == [h, *near] and len(layer) == len(near) + 2 and len(set(layer)) == len(layer)
+    # a neighbour illegal at this T is skipped: no 64- or 128-row tile at one token (DEGENERATE there)
+    assert all(c.stage1.block_m <= 32 for c in candidates.regime_neighbours(shape, Path.A16W4, 1, legality.H100,
+                                                                             False))
 
 
 def test_default_space_plan_is_quick_and_capped_on_a_real_shape():

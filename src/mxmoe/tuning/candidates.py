@@ -1,13 +1,18 @@
 """What a sweep measures: candidate configs per T, each with its legality verdict, in a stable order.
 
 No torch or triton here. A candidate is a MoEConfig at one T and one stage:
-- stage "layer" (the default; what users run and what the gate compares): the product of the legal
-  stage-1 and stage-2 configs of the space, capped to the `limit` best by a cheap prior, plus the
-  heuristic's config always (first). The prior is the heuristic's neighbourhood: a config scores the
+- stage "layer" (the default; what users run and what the gate compares): the heuristic's config
+  always (first); then its regime neighbours, the configs the heuristic itself takes at the other
+  grid points, nearest T first (a rule boundary placed at the wrong T is the likeliest loss, and these
+  configs are compiled for the baseline anyway, so a short campaign tests every boundary at almost no
+  compile cost); then the product of the legal stage-1 and stage-2 configs of the space, ranked by a
+  cheap prior; all capped at `limit`. The prior is the heuristic's neighbourhood: a config scores the
   log2 distance of its tile sizes from the heuristic's at this T (BLOCK_M counts double: it follows
   rows per expert, the lever that matters most), plus 0.25 per other lever it changes, plus 0.5 when
   the two stages' BLOCK_M differ (moe() then aligns the routing twice). Ties break on a hash of
-  (config key, T): a deterministic subsample, the same on every machine.
+  (config key, T): a deterministic subsample, the same on every machine. A regime neighbour that
+  `legality.check` rejects at this T (e.g. a 128-row tile at T=1, DEGENERATE) is skipped: its
+  rejection is a fact about another T.
 - stage "1" / "2": that stage's legal configs (capped the same way), the other stage fixed at the
   heuristic's, so the stage's time is measured against a known partner.
 - baseline: exactly the heuristic's config per T.
@@ -29,7 +34,7 @@ from typing import Any
 from mxmoe import legality
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.heuristic import default_config
-from mxmoe.shapes import MoEShape, Path
+from mxmoe.shapes import TOKEN_GRID, MoEShape, Path
 from mxmoe.space import candidate_space
 
 DEFAULT_LIMIT = 48  # layer candidates per T: ~3 s each on an H100 (checks + timing), ~2.5 min per T
@@ -107,6 +112,20 @@ def _layer_verdict(shape: MoEShape, path: Path, cfg: MoEConfig, h: MoEConfig, li
     return None
 
 
+def regime_neighbours(shape: MoEShape, path: Path, tokens: int, limits: legality.DeviceLimits,
+                      interpreter: bool) -> list[MoEConfig]:
+    """The heuristic's configs at the other grid points that are legal at `tokens`, nearest T first, each once."""
+    h = default_config(shape, path, tokens, interpreter=interpreter)
+    out: dict[str, MoEConfig] = {}
+    for t in sorted(TOKEN_GRID, key=lambda g: (abs(math.log2(g / tokens)), g)):
+        c = default_config(shape, path, t, interpreter=interpreter)
+        if c != h and c.key() not in out and all(
+                not isinstance(legality.check(shape, path, s, tile, limits, tokens=tokens), legality.Illegal)
+                for s, tile in ((1, c.stage1), (2, c.stage2))):
+            out[c.key()] = c
+    return list(out.values())
+
+
 def _at_t(shape: MoEShape, path: Path, t: int, stage: str, limits: legality.DeviceLimits, interpreter: bool,
           limit: int, spaces: Mapping[int, Sequence[TileConfig]]) -> list[Candidate]:
     h = default_config(shape, path, t, interpreter=interpreter)
@@ -116,7 +135,9 @@ def _at_t(shape: MoEShape, path: Path, t: int, stage: str, limits: legality.Devi
     out += [Candidate("2", t, MoEConfig(h.stage1, c), v) for c, v in bad2 if stage in ("2", "both", "layer")]
     picked: list[MoEConfig] = []
     if stage == "layer":
-        picked += [h, *(c for c in _rank_layer(legal1, legal2, h, t, limit) if c != h)][:limit]
+        near = regime_neighbours(shape, path, t, limits, interpreter)
+        ranked = (c for c in _rank_layer(legal1, legal2, h, t, limit) if c != h and c not in near)
+        picked += [h, *near, *ranked][:limit]
     if stage in ("1", "both"):
         s1 = [h.stage1, *(c for c in _rank_stage(legal1, h.stage1, t, limit) if c != h.stage1)][:limit]
         out += [Candidate("1", t, MoEConfig(c, h.stage2), _layer_verdict(shape, path, MoEConfig(c, h.stage2), h,

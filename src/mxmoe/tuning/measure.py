@@ -59,6 +59,10 @@ MAX_WARMUP_ITERS = 100_000
 # it, a 16 MB torch.sum timed at 32 us (the host's launch cost) instead of its GPU time (H100, l2=none).
 LEAD_HOST_FACTOR = 1.5
 LEAD_EXTRA_US = 20.0
+# A slow layer (tens of ms at T=32768) takes min_iters only while they fit in `min_iters_budget_s` of the warm-up's
+# per-iteration time, and never fewer than MIN_ITERS_FLOOR: its run-to-run noise is ~0.01% (A/A on the H100),
+# so 100 samples of 80 ms would spend 8 s per row to tighten a CI already far inside the 1% target.
+MIN_ITERS_FLOOR = 20
 HOST_PROBE_ITERS = 20  # few enough that the launch queue never fills (which would time the GPU instead)
 _SLEEP_CALIBRATION_CYCLES = 2_000_000
 
@@ -426,6 +430,12 @@ def _warm_up(clock: Clock, step: Step, before: Step | None, warmup_s: float, min
         batch = max(1, min(max(want, min_iters - iters), 2 * iters, MAX_WARMUP_ITERS - iters))
 
 
+def _budgeted_min_iters(min_iters: int, budget_s: float | None, per_iter_s: float) -> int:
+    if budget_s is None or per_iter_s <= 0:
+        return min_iters
+    return min(min_iters, max(MIN_ITERS_FLOOR, math.ceil(budget_s / per_iter_s)))
+
+
 def _timed(
     clock: Clock,
     step: Step,
@@ -523,6 +533,7 @@ def measure(
     min_iters: int = 100,
     max_iters: int = 10_000,
     max_time_s: float = 5.0,
+    min_iters_budget_s: float | None = 2.0,
     target_rel_ci: float = 0.01,
     l2: L2Policy | str = L2Policy.FLUSH,
     rotate: ArgSets | None = None,
@@ -549,9 +560,13 @@ def measure(
     A failed check never raises: the row is returned with its reason codes and is not claimable.
     `gpu_lead`: keep the GPU ahead of the host (see LEAD_HOST_FACTOR), so samples are GPU time in
     both modes; the host's own enqueue cost per iteration is recorded beside them as `host_us`.
+    `min_iters_budget_s`: see MIN_ITERS_FLOOR (None: always min_iters). The stop rule still takes
+    samples until the CI converges, so only a slow and already-tight measurement ends early.
     """
     mode, l2 = TimingMode(mode), L2Policy(l2)
-    rule = StopRule(target_rel_ci, min_iters, max_iters, max_time_s)
+    StopRule(target_rel_ci, min_iters, max_iters, max_time_s)  # validates before any work
+    if min_iters_budget_s is not None and not min_iters_budget_s > 0:
+        raise ValueError(f"min_iters_budget_s must be positive or None, got {min_iters_budget_s!r}")
     if l2 is L2Policy.ROTATE and rotate is None:
         raise ValueError("l2='rotate' needs rotate= (argument sets whose bytes exceed L2)")
     if mode is TimingMode.GRAPH and callable(rotate):
@@ -564,6 +579,8 @@ def measure(
     plan = _plan(fn, rotate, clock.flusher() if l2 is L2Policy.FLUSH else None)
 
     warmup_iters, warmup_elapsed = _warm_up(clock, plan.eager, plan.before, warmup_s, warmup_min_iters)
+    rule = StopRule(target_rel_ci, _budgeted_min_iters(min_iters, min_iters_budget_s, warmup_elapsed / warmup_iters),
+                    max_iters, max_time_s)
     step, first = plan.eager, warmup_iters
     if mode is TimingMode.GRAPH:
         replays = clock.capture(plan.calls)
