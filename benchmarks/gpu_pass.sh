@@ -174,9 +174,10 @@ step_campaign() {
   # heuristic baseline first (cheap, and the gate's coverage), then every combo's sweep (LIMIT candidates per T,
   # regime neighbours first), each bounded by DEADLINE so the call ends in time; RESUME=ledger.sqlite continues an
   # earlier call's ledger. ROUTING (default uniform) is the measured routing. `campaign_finish` judges it.
-  local c m p led="$OUT/$CAMPAIGN.sqlite" log="$OUT/$CAMPAIGN.log"
-  local sweep=(--tokens "${TOKENS:-grid}" --executor "${EXECUTOR:-host}" --ledger "$led" --routing "${ROUTING:-uniform}")
-  [ -n "${RESUME:-}" ] && cp "$RESUME" "$led"
+  local c m p led="${LEDGER_FILE:-$OUT/$CAMPAIGN.sqlite}" log="$OUT/$CAMPAIGN.log"
+  local sweep=(--tokens "${TOKENS:-grid}" --executor "${EXECUTOR:-host}" --ledger "$led" --routing "${ROUTING:-uniform}"
+               ${SWEEP_FLAGS:-})  # e.g. SWEEP_FLAGS=--retry-nonclaimable
+  [ -n "${RESUME:-}" ] && [ ! -f "$led" ] && cp "$RESUME" "$led"
   for c in $COMBOS; do
     m=${c%%:*}; p=${c##*:}
     stamp "baseline $CAMPAIGN-base: $m $p"
@@ -193,14 +194,15 @@ step_campaign() {
 }
 
 step_campaign_finish() {
-  # Guard each (family, path)'s winners once, then both claim profiles, the scan, the export and the report.
-  local c fam p led="$OUT/$CAMPAIGN.sqlite" log="$OUT/$CAMPAIGN.log"
+  # Guard each (family, path)'s winners once (those that are not the baseline's own config; GUARD_FLAGS=--small
+  # keeps the real MoE dims with tiny attention and vocab), then both claim profiles, the scan, the export and the report.
+  local c fam p led="${LEDGER_FILE:-$OUT/$CAMPAIGN.sqlite}" log="$OUT/$CAMPAIGN.log"
   [ -n "${RESUME:-}" ] && [ ! -f "$led" ] && cp "$RESUME" "$led"
   for c in $(for c in $COMBOS; do m=${c%%:*}; case $m in gpt-oss*) echo "gpt-oss:${c##*:}" ;; *) echo "deepseek-v3:${c##*:}" ;; esac; done | sort -u); do
     fam=${c%%:*}; p=${c##*:}
     stamp "guardrail $CAMPAIGN: $fam $p"
-    timeout "$(left "${GUARD_S:-240}")" $MX guardrail --campaign "$CAMPAIGN" --model "$fam" --path "$p" --ledger "$led" \
-      2>&1 | tail -12 | tee -a "$log"
+    timeout "$(left "${GUARD_S:-240}")" $MX guardrail --campaign "$CAMPAIGN" --baseline "$CAMPAIGN-base" --model "$fam" \
+      --path "$p" --ledger "$led" ${GUARD_FLAGS:-} 2>&1 | tail -12 | tee -a "$log"
   done
   for prof in mxmoe seed708; do
     $MX claim "$CAMPAIGN" --baseline "$CAMPAIGN-base" --profile "$prof" --ledger "$led" 2>&1 | tail -30 | tee -a "$log"

@@ -193,7 +193,6 @@ def test_clock_drop_over_two_percent():
     [
         (THERMAL_SW, "clock:thermal"),
         (THERMAL_HW | HW_SLOW, "clock:hw_slowdown"),
-        (POWER_SW, "clock:power"),
         (POWER_BRAKE, "clock:power"),
         (HW_SLOW, "clock:hw_slowdown"),
     ],
@@ -206,6 +205,20 @@ def test_throttle_reason_at_either_end(mask, code, end):
     assert code in result.codes and not result.ok
     if mask & (THERMAL_SW | THERMAL_HW):
         assert "clock:thermal" in result.codes
+
+
+@pytest.mark.parametrize("end", ["before", "after", "both"])
+def test_the_sw_power_cap_alone_is_named_but_voids_nothing(end):
+    """Prefill holds the GPU at its default power limit; a steady clock there is a trustworthy sample."""
+    capped = {"clock_event_reasons": POWER_SW}
+    before, after = _pair(capped if end != "after" else {}, capped if end != "before" else {})
+    result = clock_check(before, after)
+    assert result.ok and "sw_power_cap" in result.detail
+
+
+def test_the_sw_power_cap_with_a_clock_drop_is_void():
+    before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1700, "clock_event_reasons": POWER_SW})
+    assert clock_check(before, after).codes == (Check.CLOCK_DROP.value,)
 
 
 def test_unreadable_sm_clock_fails_closed():

@@ -241,6 +241,23 @@ def test_cli_guards_a_campaign_and_records_each_config(campaign_ledger):
     assert empty.exit_code == 1 and "no claimable measured layer row" in empty.output
 
 
+def test_winners_that_are_the_baselines_own_config_are_not_guarded(campaign_ledger):
+    """CFG won T=1 where the baseline ran CFG too (a tie, no win): only OTHER, which won T=16 over it, is guarded."""
+    with Ledger.open(campaign_ledger) as led:
+        led.add_campaign("base")
+        for t in (1, 16):
+            led.record(layer_row("base", "tiny-oai", t, 11.0, CFG))
+        done = g.guard_campaign(led, "cand", "gpt-oss", "a16w4", baseline="base", layers=1)
+        assert [w.config_key for w, _ in done] == [OTHER.key()]
+        assert [s.config_keys for s in led.guardrails("cand")] == [(OTHER.key(),)]
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    run = CliRunner().invoke(app, ["guardrail", "--model", "gpt-oss", "--campaign", "cand", "--baseline", "nope",
+                                   "--ledger", str(campaign_ledger)])
+    assert run.exit_code == 2 and "'nope' is not in" in run.output
+
+
 def test_cli_exits_non_zero_on_failure(monkeypatch):
     _broken_moe(monkeypatch, lambda w, ids, tw: (w, ids, tw.flip(-1)))
     app = typer.Typer()

@@ -231,7 +231,6 @@ def test_no_nvml_is_unavailable(no_interpreter):
         ({"utilization_pct": (80, 40)}, "busy:utilization"),
         ({"clock_event_reasons": 0x20}, "clock:thermal"),
         ({"clock_event_reasons": 0x40 | 0x8}, "clock:thermal"),
-        ({"clock_event_reasons": 0x4}, "clock:power"),
         ({"clock_event_reasons": 0x80}, "clock:power"),
         ({"clock_event_reasons": 0x8}, "clock:hw_slowdown"),
     ],

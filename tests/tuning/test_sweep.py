@@ -185,6 +185,12 @@ def test_kernel_edits_and_retries_supersede_never_duplicate(tmp_path, monkeypatc
         retried = run_sweep(dataclasses.replace(s, retry_failed=True), led, ScriptedExecutor(["measured"]),
                             spaces=SPACE)
         assert retried.counts == {"measured": first.counts["timeout"]}
+        # the scripted rows are fake-clock rows, so all non-claimable: each measured one is timed once more
+        measured = sum(r.status is Status.MEASURED for r in active(led.attempts("edit")))
+        again = run_sweep(dataclasses.replace(s, retry_nonclaimable=True), led, ScriptedExecutor(["measured"]),
+                          spaces=SPACE)
+        assert again.counts == {"measured": measured}
+        assert_complete(led, s)
         monkeypatch.setattr("mxmoe.tuning.sweep.kernel_source_hash", lambda: "e" * 64)
         edited = ScriptedExecutor(["measured"])
         edited.info = dataclasses.replace(edited.info, kernel_hash="e" * 64)
@@ -192,7 +198,7 @@ def test_kernel_edits_and_retries_supersede_never_duplicate(tmp_path, monkeypatc
         assert run_sweep(s, led, edited, spaces=SPACE).written == 0
         assert_complete(led, s)
         rows = led.attempts("edit")
-        assert len(rows) == 2 * first.planned + first.counts["timeout"]
+        assert len(rows) == 2 * first.planned + first.counts["timeout"] + measured
         assert all(r.kernel_hash == "e" * 64 for r in active(rows))
 
 

@@ -443,12 +443,20 @@ def campaign_winners(ledger: Ledger, campaign: str, family: str, path: Path | st
                    tuple(sorted({r.tokens for r in rs}))) for (model, ck), rs in sorted(won.items())]
 
 
-def guard_campaign(ledger: Ledger, campaign: str, family: str, path: Path | str, **kwargs: Any
-                   ) -> list[tuple[Winner, GuardrailReport]]:
+def guard_campaign(ledger: Ledger, campaign: str, family: str, path: Path | str, *, baseline: str | None = None,
+                   **kwargs: Any) -> list[tuple[Winner, GuardrailReport]]:
     """run_guardrail for each winner (its shape and its config forced) and record a GuardrailResult per config
-    under the sweep rows' model name. kwargs go to run_guardrail (layers, seed, device, small, max_experts)."""
+    under the sweep rows' model name. kwargs go to run_guardrail (layers, seed, device, small, max_experts).
+    With `baseline`, a winner that is the baseline's own config at every point it won is skipped: the gate asks
+    guardrails only of configs that win, and a tie with the heuristic is no win (each run costs a model build)."""
+    base: dict[tuple[str, int], set[str]] = {}
+    if baseline is not None:
+        for r in active(ledger.attempts(baseline, stage="layer", path=Path(path).value)):
+            base.setdefault((r.model, r.tokens), set()).add(r.config_key)
     out = []
     for w in campaign_winners(ledger, campaign, family, path):
+        if baseline is not None and all(w.config_key in base.get((w.model, t), ()) for t in w.tokens):
+            continue
         report = run_guardrail(family, path, config=w.config, shape=w.shape, **kwargs)
         ledger.record_guardrail(report.to_result(campaign, extra_keys=(w.config_key,)))
         out.append((w, report))

@@ -9,7 +9,9 @@ and this driver is the ledger's only writer, one transaction per row (`Ledger.re
   is skipped, so a re-run resumes and a finished sweep re-run adds nothing; a kill -9 loses at
   most the candidate in flight (SQLite WAL, one commit per row). An active row made with other
   kernel sources is re-measured by a row that supersedes it (the scan forbids two active answers
-  to one probe); so is a transient failure (timeout, worker_lost, unmeasured) with `retry_failed`.
+  to one probe); so is a transient failure (timeout, worker_lost, unmeasured) with `retry_failed`,
+  and a measured row that GPU state made non-claimable (busy GPU, clock events) with
+  `retry_nonclaimable`: those are facts about the moment, not the config, and the old row stays.
 - Statuses: `illegal:<REASON>` rows are written from `legality.check` before anything compiles;
   every other status comes from the worker's `TrialResult` (see `worker.py`, `executors.py`).
 - Claimable: a measured row is claimable only when its measurement and provenance checks are all
@@ -62,6 +64,7 @@ class SweepSpec:
     allow_busy: bool = False
     force: bool = False
     retry_failed: bool = False
+    retry_nonclaimable: bool = False
     argv: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -142,7 +145,9 @@ class _Rows:
         """The key of the row this candidate still needs, or None when the ledger already answers it."""
         old = self.active.get(self._probe(c))
         current = old is not None and old.kernel_hash == self.common["kernel_hash"]
-        if current and not (self.spec.retry_failed and old.status in TRANSIENT):
+        retry = (self.spec.retry_failed and old is not None and old.status in TRANSIENT) or (
+            self.spec.retry_nonclaimable and old is not None and old.status is Status.MEASURED and not old.claimable)
+        if current and not retry:
             return None
         supersedes = None if old is None else old.key
         key = attempt_key(**self.common, stage=c.stage, tokens=c.tokens, config_key=c.config.key(),

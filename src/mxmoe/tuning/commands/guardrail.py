@@ -31,6 +31,8 @@ def guardrail(
     campaign: Annotated[str | None, typer.Option(help="Guard every winning config of this campaign and "
                                                       "record a GuardrailResult per config.")] = None,
     ledger: Annotated[FsPath | None, typer.Option(help="Ledger of --campaign (default mxmoe.sqlite).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="With --campaign: skip winners that are this baseline "
+                                                      "campaign's own config wherever they won.")] = None,
     config_dir: Annotated[FsPath | None, typer.Option(help="Tuned-table directory for dispatch "
                                                            "(MXMOE_CONFIG_DIR); not with --campaign.")] = None,
     shape: Annotated[str | None, typer.Option(help="MODELS shape giving the MoE dims (without --campaign; "
@@ -48,6 +50,8 @@ def guardrail(
 
     if campaign is not None and config_dir is not None:
         raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
+    if campaign is None and baseline is not None:
+        raise typer.BadParameter("--baseline needs --campaign")
     if campaign is None and ledger is not None:
         raise typer.BadParameter("--ledger needs --campaign (only campaign runs are recorded)")
     if config_dir is not None and not config_dir.is_dir():
@@ -68,11 +72,16 @@ def guardrail(
         if shape is not None:
             raise typer.BadParameter("--shape and --campaign exclude each other: the sweep rows name the shape")
         with Ledger.open(ledger or DEFAULT_LEDGER) as led:
-            if campaign not in {c.name for c in led.campaigns()}:
-                raise typer.BadParameter(f"campaign {campaign!r} is not in {ledger or DEFAULT_LEDGER}")
-            done = g.guard_campaign(led, campaign, model, path, **opts)
+            for name in (campaign, baseline):
+                if name is not None and name not in {c.name for c in led.campaigns()}:
+                    raise typer.BadParameter(f"campaign {name!r} is not in {ledger or DEFAULT_LEDGER}")
+            done = g.guard_campaign(led, campaign, model, path, baseline=baseline, **opts)
         rows += [r.to_dict() | {"recorded": True, "won_tokens": list(w.tokens), "sweep_config_key": w.config_key}
                  for w, r in done]
+        if not rows and baseline is not None:
+            console.print(f"campaign {campaign!r}: every {model} {path.value} winner is {baseline!r}'s own config: "
+                          "nothing to guard")
+            return
         if not rows:
             console.print(f"[red]campaign {campaign!r} has no claimable measured layer row for {model} "
                           f"{path.value}: nothing to guard[/]")

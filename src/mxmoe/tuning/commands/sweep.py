@@ -78,6 +78,8 @@ def sweep(
     limit: Annotated[int | None, typer.Option(help="Candidates per T (default 48 for the layer)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run timeout / worker_lost / unmeasured "
                                                "rows again (the new row supersedes the old)")] = False,
+    retry_nonclaimable: Annotated[bool, typer.Option("--retry-nonclaimable", help="Measure non-claimable rows "
+                                                     "(busy GPU, clock events) again; the new row supersedes")] = False,
     seed: int = 0,
     force: ForceOpt = False,
     executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: one GPU | host: every GPU of this "
@@ -97,7 +99,8 @@ def sweep(
     try:
         spec = SweepSpec(model, path, parse_tokens(tokens), campaign, stage=stage, space=space, baseline=baseline,
                          baseline_only=baseline_only, routing=routing, limit=limit, seed=seed,
-                         allow_busy=allow_busy, force=force, retry_failed=retry_failed, argv=argv)
+                         allow_busy=allow_busy, force=force, retry_failed=retry_failed,
+                         retry_nonclaimable=retry_nonclaimable, argv=argv)
         get_shape(model)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
