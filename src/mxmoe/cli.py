@@ -190,6 +190,8 @@ def claim(
     baseline: Annotated[str, typer.Option(help="Baseline campaign")],
     ledger: LedgerOpt = DEFAULT_LEDGER,
     profile: Annotated[str, typer.Option(help="Spec profile: mxmoe or seed708")] = "mxmoe",
+    model: Annotated[str | None, typer.Option(help="Scope the claim to this model's rows")] = None,
+    path: Annotated[str | None, typer.Option(help="Scope the claim to this path's rows")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The single claimable_win gate: prints the verdict with every reason; exit 1 when not claimable."""
@@ -198,7 +200,7 @@ def claim(
     from mxmoe.tuning.ledger import Ledger
 
     with Ledger.open(ledger) as led:
-        verdict = claimable_win(led, campaign, baseline, Profile(profile))
+        verdict = claimable_win(led, campaign, baseline, Profile(profile), model=model, path=path)
     if as_json:
         print(json.dumps({"claimable": verdict.claimable, "reasons": list(verdict.reasons)}, indent=2))
     else:

@@ -271,3 +271,16 @@ def test_pareto_front():
         [row("cand", 1, 10.0, FAST_CFG), row("cand", 1, 9.0, OTHER_CFG), row("cand", 16, 20.0, OTHER_CFG)]
     )
     assert front.config_keys == (OTHER_CFG.key(),)
+
+
+def test_a_claim_scoped_to_one_model_ignores_another_models_gaps(ledger):
+    """One table ships per (shape, path): its claim rests on its own rows, not on an unfinished neighbour."""
+    record_candidate(ledger, {1: 1.0, 16: 1.25, 4096: 1.0})
+    ledger.record_guardrail(guardrail())
+    ledger.record(row("base", 1, 20.0, model="tiny-oai"))  # the other model's candidate never ran
+    assert claimable_win(ledger, "cand", "base").reasons == ("missing:tiny-oai/a16w4/T=1",)
+    assert claimable_win(ledger, "cand", "base", model="tiny").claimable
+    assert claimable_win(ledger, "cand", "base", model="tiny", path="a16w4").claimable
+    scoped = claimable_win(ledger, "cand", "base", model="tiny-oai")
+    assert scoped.reasons == ("missing:tiny-oai/a16w4/T=1", "no_win")
+    assert claimable_win(ledger, "cand", "base", path="a8w4").reasons == ("no_coverage:base",)

@@ -22,15 +22,19 @@ from mxmoe.tuning.gate import claimable_win
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import Attempt, GuardrailResult, Status
 from mxmoe.tuning.report import (
+    BARS_SECTION,
     INTERPRETER_BANNER,
     SECTIONS,
+    WORKLOAD_SECTION,
     best_layer_rows,
     best_point,
     build_report,
+    collect,
     headline_markdown,
     row_floors,
     status_counts,
 )
+from mxmoe.tuning.report_bars import Bar, bars_markdown, performance_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLOW_CFG = MoEConfig(TileConfig(block_m=32), TileConfig(block_m=32))
@@ -103,7 +107,8 @@ def test_page_is_self_contained_with_inline_pngs(built):
 def test_page_has_every_section_both_verdicts_and_the_banner(built):
     _, page, verdicts, _ = built
     for title in SECTIONS:
-        assert f"<h2>{title}</h2>" in page
+        assert (f"<h2>{title}</h2>" in page) is (title != WORKLOAD_SECTION)  # no #708 shape in this campaign
+    assert "latency_708" not in page and "roofline_708" not in page
     for profile, verdict in verdicts.items():
         assert f"claimable_win, {profile.value} profile: " in page
         assert not verdict.claimable  # gpt-oss-20b regresses at T=4096 under both profiles
@@ -199,3 +204,157 @@ def test_cli_report_defaults_to_the_recorded_baseline(tmp_path):
     assert str(out / "index.html") in res.output
     assert f"{GEOMEAN['deepseek-v3']:.3f}x" in res.output and "| gpt-oss-20b | a16w4 |" in res.output
     assert "claimable_win, mxmoe profile" in (out / "index.html").read_text()
+
+
+# ---- performance bars and the #708 workload (report_bars.py) ----------------------------------------
+# Oracle: the bar thresholds of issues 9 and 13 applied by hand to medians placed at a chosen fraction of
+# the nominal floors (best_point's, checked above against spec.py).
+
+
+def at_fraction(campaign: str, model: str, tokens: int, fraction: float, floor: str = "memory",
+                cfg: MoEConfig = FAST_CFG, **kw) -> Attempt:
+    """A row whose median is the nominal memory (or compute) floor / fraction."""
+    probe = best_point(row(campaign, model, tokens, 1.0, cfg, **kw))
+    us = (probe.memory_floor_us if floor == "memory" else probe.compute_floor_us) / fraction
+    return row(campaign, model, tokens, us, cfg, **kw)
+
+
+def record_pair(led: Ledger, cand: Attempt, speedup: float) -> None:
+    """The candidate row and a baseline row `speedup` times slower at the same point."""
+    led.record(cand)
+    led.record(row("base", cand.model, cand.tokens, cand.median_us * speedup, path=cand.path, routing=cand.routing))
+
+
+def issue9_ledger(led: Ledger) -> None:
+    """deepseek-v3: decode 0.90 and 0.37 of the memory floor, prefill 0.65 of the bf16 rate, 1.2x everywhere;
+    gpt-oss-20b: decode 0.85 / 0.90, 1.25x, and no candidate row at the baseline's T=4096."""
+    led.add_campaign("base")
+    led.add_campaign("cand", baseline="base")
+    for t, frac, floor in ((1, 0.90, "memory"), (16, 0.37, "memory"), (4096, 0.65, "compute")):
+        record_pair(led, at_fraction("cand", "deepseek-v3", t, frac, floor), 1.2)
+    for t, frac in ((1, 0.85), (16, 0.90)):
+        record_pair(led, at_fraction("cand", "gpt-oss-20b", t, frac), 1.25)
+    led.record(row("base", "gpt-oss-20b", 4096, BASE_US[4096]))
+
+
+def by_name(bars: tuple[Bar, ...]) -> dict[tuple[str, str], Bar]:
+    out = {(b.name, b.panel): b for b in bars}
+    assert len(out) == len(bars)  # one row per (bar, panel)
+    return out
+
+
+def test_issue9_bars_met_and_missed_with_shortfall(tmp_path):
+    with Ledger.open(tmp_path / "l.sqlite") as led:
+        issue9_ledger(led)
+        bars = by_name(performance_bars(collect(led, "cand", "base")))
+        markdown = bars_markdown(led, "cand", "base")
+    assert {b.issue for b in bars.values()} == {9}  # no #708 shape: no issue 13 rows
+    dec = bars["decode memory-floor fraction", "deepseek-v3/a16w4"]
+    assert (dec.at, round(dec.value, 2), dec.met, dec.shortfall) == (16, 0.37, False, "0.37 of 0.80")
+    pre = bars["prefill bf16-rate fraction", "deepseek-v3/a16w4"]
+    assert (pre.at, round(pre.value, 2), pre.met, pre.shortfall) == (4096, 0.65, True, "")
+    dec20 = bars["decode memory-floor fraction", "gpt-oss-20b/a16w4"]
+    assert (dec20.at, round(dec20.value, 2), dec20.met) == (1, 0.85, True)  # the worst of 0.85 and 0.90
+    pre20 = bars["prefill bf16-rate fraction", "gpt-oss-20b/a16w4"]
+    assert (pre20.value, pre20.met, pre20.shortfall) == (None, False, "candidate misses T=4096")
+    sp = bars["tuned / baseline geomean", "deepseek-v3/a16w4"]
+    assert (sp.value, sp.met, sp.shortfall) == (pytest.approx(1.2), True, "")
+    sp20 = bars["tuned / baseline geomean", "gpt-oss-20b/a16w4"]
+    assert (sp20.value, sp20.met, sp20.shortfall) == (pytest.approx(1.25), False, "candidate misses 1 of 3 point(s)")
+    assert "| 9 | decode memory-floor fraction | deepseek-v3/a16w4 | T<=16 (worst T=16) | 0.37 | >= 0.80 | NO | " \
+        "0.37 of 0.80 |" in markdown
+    assert "| 9 | tuned / baseline geomean | deepseek-v3/a16w4 | grid | 1.200x | >= 1.10x | yes | - |" in markdown
+
+
+def test_bars_say_when_the_baseline_or_a_point_is_missing(tmp_path):
+    with Ledger.open(tmp_path / "l.sqlite") as led:
+        issue9_ledger(led)
+        alone = by_name(performance_bars(collect(led, "cand", None)))
+        led.add_campaign("other")
+        led.record(row("other", "deepseek-v3", 1, 50.0))
+        data = collect(led, "cand", "other")
+        partial = by_name(performance_bars(data))
+    for model in ("deepseek-v3", "gpt-oss-20b"):
+        b = alone["tuned / baseline geomean", f"{model}/a16w4"]
+        assert (b.value, b.met, b.shortfall) == (None, False, "no baseline campaign")
+    # without the baseline's T=4096 nothing expects gpt-oss-20b prefill: the row says none was measured
+    assert alone["prefill bf16-rate fraction", "gpt-oss-20b/a16w4"].shortfall == "no point measured at T>=4096"
+    assert partial["tuned / baseline geomean", "gpt-oss-20b/a16w4"].shortfall == \
+        "baseline other has no gpt-oss-20b/a16w4 point"
+    # the baseline's one point (T=1) is the grid the speedup is judged over
+    cand_t1 = data.cand_best["deepseek-v3", "a16w4", "uniform"][0]
+    assert cand_t1.tokens == 1
+    assert partial["tuned / baseline geomean", "deepseek-v3/a16w4"].value == pytest.approx(50.0 / cand_t1.median_us)
+
+
+WORKLOAD_SHAPE = "deepseek-v3-tp8"
+# (T=1 median us, T=4096 fraction of the bf16 rate) per routing: uniform meets both issue 13 bars, skewed neither
+WORKLOAD_POINTS = {"uniform": (20.0, 0.55), "skewed": (31.2, 0.30)}
+
+
+@pytest.fixture(scope="module")
+def built_708(tmp_path_factory):
+    """deepseek-v3-tp8 a4w4 under uniform and skewed routing, 1.2x over the baseline at every point."""
+    tmp = tmp_path_factory.mktemp("report708")
+    kw = {"path": "a4w4"}
+    with Ledger.open(tmp / "l.sqlite") as led:
+        led.add_campaign("base")
+        led.add_campaign("cand", baseline="base")
+        for routing, (t1_us, prefill) in WORKLOAD_POINTS.items():
+            record_pair(led, row("cand", WORKLOAD_SHAPE, 1, t1_us, FAST_CFG, routing=routing, **kw), 1.2)
+            record_pair(led, row("cand", WORKLOAD_SHAPE, 16, 40.0, FAST_CFG, routing=routing, **kw), 1.2)
+            record_pair(led, at_fraction("cand", WORKLOAD_SHAPE, 4096, prefill, "compute", routing=routing, **kw), 1.2)
+        led.record_guardrail(GuardrailResult(campaign="cand", model=WORKLOAD_SHAPE, path="a4w4",
+                                             config_keys=(FAST_CFG.key(),), logits_diff=0.002, agreement=0.999,
+                                             passed=True))
+        led.add_campaign("fast")  # a baseline twice as fast at T=1: a regression, so no claim
+        led.record(row("fast", WORKLOAD_SHAPE, 1, 10.0, **kw))
+        data = collect(led, "cand", "base")
+        others = {name: collect(led, "cand", name) for name in ("fast", None)}
+        index = build_report(led, "cand", "base", tmp / "out")
+    return data, index, index.read_text(encoding="utf-8"), others
+
+
+def test_issue13_bars(built_708):
+    data, _, _, others = built_708
+    bars = by_name(performance_bars(data))
+    assert {b.issue for b in bars.values()} == {13}  # no issue 9 model in this campaign
+    t1, t1_skew = (bars["T=1 latency", f"{WORKLOAD_SHAPE}/a4w4{s}"] for s in ("", "@skewed"))
+    assert (t1.value, t1.met, t1.shortfall) == (20.0, True, "")
+    assert (t1_skew.value, t1_skew.met, t1_skew.shortfall) == (31.2, False, "31.2 us over 25 us")
+    pre, pre_skew = (bars["prefill bf16-rate fraction", f"{WORKLOAD_SHAPE}/a4w4{s}"] for s in ("", "@skewed"))
+    assert (round(pre.value, 2), pre.met) == (0.55, True)
+    assert (pre_skew.met, pre_skew.shortfall) == (False, "0.30 of 0.50")
+    regressed = by_name(performance_bars(others["fast"]))
+    unjudged = by_name(performance_bars(others[None]))
+    for profile, verdict in data.verdicts.items():
+        assert verdict.claimable  # 1.2x everywhere, guardrail passed
+        claim = f"claimable_win ({profile.value})", "campaign-wide"
+        assert (bars[claim].value, bars[claim].met, bars[claim].shortfall) == (1.0, True, "")
+        reasons = others["fast"].verdicts[profile].reasons
+        assert (regressed[claim].value, regressed[claim].met) == (0.0, False)
+        assert regressed[claim].shortfall.startswith(f"{len(reasons)} reason(s), 1 on #708 points: "
+                                                     f"regression:{WORKLOAD_SHAPE}/a4w4/T=1:0.5000x")
+        assert (unjudged[claim].value, unjudged[claim].shortfall) == (None, "no baseline campaign: no verdict")
+
+
+def test_workload_708_section_has_both_routings_side_by_side(built_708):
+    _, index, page, _ = built_708
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""(src|href)=["'](?!data:|#)[^"']*//""", page)
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    names = [name for name, _ in images]
+    assert {f"latency_708_{WORKLOAD_SHAPE}.png", "roofline_708.png", "speedup_708.png"} <= set(names)
+    assert all(base64.b64decode(b).startswith(PNG_MAGIC) for _, b in images)
+    assert (index.parent / f"latency_708_{WORKLOAD_SHAPE}.png").read_bytes().startswith(PNG_MAGIC)
+    section = page[page.index(f"<h2>{WORKLOAD_SECTION}</h2>"):]
+    section = section[:section.index("</section>")]
+    # uniform before skewed in every column group of the per-shape table
+    heads = re.findall(r"<th>(uniform|skewed): candidate us", section)
+    assert heads == ["uniform", "skewed"]
+    assert "1.200x [" in section  # speedup with its CI pair
+    assert "campaign-wide" in section and "#708 points" in section
+    bars = page[page.index(f"<h2>{BARS_SECTION}</h2>"):]
+    assert "31.2 us over 25 us" in bars[:bars.index("</section>")]

@@ -203,11 +203,18 @@ def _config_reasons(
     return out
 
 
-def claimable_win(ledger: Ledger, campaign: str, baseline: str, profile: Profile = Profile.MXMOE) -> Verdict:
+def claimable_win(ledger: Ledger, campaign: str, baseline: str, profile: Profile = Profile.MXMOE, *,
+                  model: str | None = None, path: str | None = None) -> Verdict:
     """The one gate (DESIGN.md "Locked spec"): full coverage, no regression, at least one win, winning
     configs correct and guardrail-passed, every row used claimable and on the baseline's protocol, and
-    a clean integrity scan of both campaigns. Same code for both profiles."""
-    cand_rows, base_rows = ledger.attempts(campaign), ledger.attempts(baseline)
+    a clean integrity scan of both campaigns. Same code for both profiles.
+
+    `model` / `path` scope the claim to the rows of one model and / or path of both campaigns (what a
+    shipped table rests on: one table per shape and path); the integrity scan stays campaign-wide."""
+    def scoped(rows: Sequence[Attempt]) -> list[Attempt]:
+        return [r for r in rows if (model is None or r.model == model) and (path is None or r.path == path)]
+
+    cand_rows, base_rows = scoped(ledger.attempts(campaign)), scoped(ledger.attempts(baseline))
     comparison = compare(cand_rows, base_rows, profile)
     reasons: list[str] = []
     if not comparison.points:

@@ -2,12 +2,16 @@
 
 No torch or triton here, and nothing is re-measured: every number on the page is a ledger row, a
 spec.py formula applied to one, or a gate.py verdict. matplotlib (the `report` extra) is imported
-only when plots are drawn, so `headline_markdown` works without it.
+only when plots are drawn, so `headline_markdown` and `report_bars.bars_markdown` work without it.
 
 Sections of the page (`SECTIONS`, in this order): the `claimable_win` verdict under both profiles
-and the headline table; latency vs T against the memory and compute floors; roofline fraction;
-speedup over the baseline; rejections per status / reason code; provenance. A banner heads the page
-when any row ran on the Triton interpreter or a fake clock.
+and the headline table; the performance bars of issues 9 and 13, so a reader sees how far the campaign
+is from its targets and not only from its baseline; latency vs T against the memory and compute floors;
+roofline fraction; speedup over the baseline; the #708 workload, only when the campaign measured a #708
+shape, because #708 is judged on its own shapes and routings rather than averaged into the rest;
+rejections per status / reason code; provenance. A banner heads the page when any row ran on the
+Triton interpreter or a fake clock. The bars and the #708 view live in report_bars.py: targets move
+with their issues, the spec sections here do not.
 
 "Best" at a grid point (model, path, routing, T) is the active measured layer row with the lowest
 median among claimable rows, else among all rows (then it is drawn hollow and marked non-claimable),
@@ -47,17 +51,21 @@ from mxmoe.spec import (
     roofline_fraction,
 )
 from mxmoe.tuning.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
-from mxmoe.tuning.gate import Comparison, Outcome, Verdict, claimable_win, compare
+from mxmoe.tuning.gate import Comparison, Outcome, PointVerdict, Verdict, claimable_win, compare
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import INTERPRETER, Attempt, Status, active
 
 INTERPRETER_BANNER = "Triton interpreter rows: timings are not claims"
 INTERPRETER_MARKS = frozenset({"interpreter", "fake_clock"})  # nonclaimable reasons that mean "not a GPU time"
+BARS_SECTION = "Performance bars"
+WORKLOAD_SECTION = "#708 workload"  # drawn only when the campaign holds rows of a #708 shape
 SECTIONS = (
     "Verdict and headline",
+    BARS_SECTION,
     "Latency vs T (roofline view)",
     "Roofline fraction",
     "Speedup over baseline",
+    WORKLOAD_SECTION,
     "Rejections by reason",
     "Provenance",
 )
@@ -352,68 +360,71 @@ font-weight:bold;padding:0.8em;margin:1em 0;border:4px solid #600}.ok{color:#2a9
 .no{color:#d62728;font-weight:bold}img{max-width:100%}code,pre{font-size:0.85em}"""
 
 
-def _esc(x: object) -> str:
+def esc(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _img(name: str, pngs: dict[str, bytes]) -> str:
+def html_img(name: str, pngs: dict[str, bytes]) -> str:
     if name not in pngs:
         return ""
     data = base64.b64encode(pngs[name]).decode("ascii")
     return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
 
 
-def _section(title: str, *body: str) -> str:
-    anchor = title.lower().replace(" ", "-").replace("(", "").replace(")", "")
-    return f'<section id="{_esc(anchor)}"><h2>{_esc(title)}</h2>' + "".join(body) + "</section>"
+def html_section(title: str, *body: str) -> str:
+    anchor = title.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("#", "")
+    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>' + "".join(body) + "</section>"
 
 
-def _verdict_html(profile: Profile, v: Verdict) -> str:
+def verdict_html(profile: Profile, v: Verdict) -> str:
     flag = '<span class="ok">CLAIMABLE</span>' if v.claimable else '<span class="no">NOT claimable</span>'
-    items = "".join(f"<li><code>{_esc(r)}</code></li>" for r in v.reasons)
+    items = "".join(f"<li><code>{esc(r)}</code></li>" for r in v.reasons)
     reasons = f"<details open><summary>{len(v.reasons)} reason(s)</summary><ul>{items}</ul></details>" if items else ""
-    return f"<h3>claimable_win, {_esc(profile.value)} profile: {flag}</h3>{reasons}"
+    return f"<h3>claimable_win, {esc(profile.value)} profile: {flag}</h3>{reasons}"
 
 
 def _verdict_section(data: ReportData) -> str:
     if not data.verdicts:
-        return _section(SECTIONS[0], "<p>No baseline campaign given: no verdict, speedup or headline.</p>")
-    parts = [_verdict_html(p, v) for p, v in data.verdicts.items()]
+        return html_section(SECTIONS[0], "<p>No baseline campaign given: no verdict, speedup or headline.</p>")
+    parts = [verdict_html(p, v) for p, v in data.verdicts.items()]
     parts.append("<h3>Headline (speedup = baseline / candidate median; wins and regressions: mxmoe profile)</h3>")
-    parts.append(_table(HEADLINE_COLUMNS, (headline_cells(h) for h in data.headline)))
-    md = _esc(format_headline(data.headline))
+    parts.append(html_table(HEADLINE_COLUMNS, (headline_cells(h) for h in data.headline)))
+    md = esc(format_headline(data.headline))
     parts.append(f"<details><summary>Markdown for the README</summary><pre>{md}</pre></details>")
-    return _section(SECTIONS[0], *parts)
+    return html_section(SECTIONS[0], *parts)
 
 
-def _ci(s: PointStats | None) -> str:
+def ci_text(s: PointStats | None) -> str:
     return "-" if s is None else f"{s.median_us:.2f} [{s.ci_lo_us:.2f}, {s.ci_hi_us:.2f}]"
+
+
+def speedup_text(p: PointVerdict) -> str:
+    """`1.234x [1.200, 1.270]`: the speedup and its CI pair, `-` where the candidate has no row."""
+    if p.speedup is None or p.speedup_ci is None:
+        return "-"
+    return f"{p.speedup:.3f}x [{p.speedup_ci[0]:.3f}, {p.speedup_ci[1]:.3f}]"
 
 
 def _point_rows(data: ReportData) -> list[tuple[str, ...]]:
     seed = {p.label: p.outcome.value for p in data.verdicts[Profile.SEED708].comparison.points}
-    rows = []
-    for p in data.verdicts[Profile.MXMOE].comparison.points:
-        sp = "-" if p.speedup is None or p.speedup_ci is None else (
-            f"{p.speedup:.3f}x [{p.speedup_ci[0]:.3f}, {p.speedup_ci[1]:.3f}]")
-        rows.append((p.label, _ci(p.base), _ci(p.cand), sp, p.outcome.value, seed[p.label], p.cand_config_key or "-"))
-    return rows
+    return [(p.label, ci_text(p.base), ci_text(p.cand), speedup_text(p), p.outcome.value, seed[p.label],
+             p.cand_config_key or "-") for p in data.verdicts[Profile.MXMOE].comparison.points]
 
 
 def _speedup_section(data: ReportData, pngs: dict[str, bytes]) -> str:
     if not data.verdicts:
-        return _section(SECTIONS[3], "<p>No baseline campaign given.</p>")
+        return html_section(SECTIONS[4], "<p>No baseline campaign given.</p>")
     heads = ("point", "baseline us [95% CI]", "candidate us [95% CI]", "speedup [CI pair]", "mxmoe", "seed708",
              "candidate config")
     note = ("<p>Bars pair the CI ends (base_lo / cand_hi, base_hi / cand_lo). Colour: mxmoe outcome "
             "(green win, red regression, grey neutral; a red x is a point the candidate did not measure).</p>")
-    return _section(SECTIONS[3], note, _img("speedup.png", pngs), _table(heads, _point_rows(data)))
+    return html_section(SECTIONS[4], note, html_img("speedup.png", pngs), html_table(heads, _point_rows(data)))
 
 
 def _banner(data: ReportData) -> str:
@@ -422,7 +433,7 @@ def _banner(data: ReportData) -> str:
         return ""
     total = len(data.cand_rows) + len(data.base_rows)
     text = f"{INTERPRETER_BANNER} ({n} of {total} rows ran on the Triton interpreter or a fake clock)"
-    return f'<div class="banner">{_esc(text)}</div>'
+    return f'<div class="banner">{esc(text)}</div>'
 
 
 def _above_roofline(data: ReportData) -> str:
@@ -432,7 +443,7 @@ def _above_roofline(data: ReportData) -> str:
         return ""
     items = ", ".join(f"{panel_label(p.panel)}/T={p.tokens} ({p.roofline_fraction:.2f})" for p in bad)
     return f'<p class="no">{len(bad)} point(s) above the roofline (time below a floor: check floors and clock): ' \
-        f"{_esc(items)}</p>"
+        f"{esc(items)}</p>"
 
 
 def _provenance_section(data: ReportData) -> str:
@@ -441,11 +452,13 @@ def _provenance_section(data: ReportData) -> str:
         sides[data.baseline] = provenance_summary(data.base_rows)
     names = [name for name, _ in sides[data.campaign]]
     cells = [(name, *(dict(summary)[name] for summary in sides.values())) for name in names]
-    return _section(SECTIONS[5], _table(("field", *sides), cells))
+    return html_section(SECTIONS[7], html_table(("field", *sides), cells))
 
 
 def page(data: ReportData, pngs: dict[str, bytes]) -> str:
     """The whole HTML page: no external references, every image inline."""
+    from mxmoe.tuning import report_bars  # imports this module: loaded here, not at the top
+
     title = f"mxmoe report: {data.campaign}" + (f" vs {data.baseline}" if data.baseline else "")
     nominal = ("<p>Floors: the copy bandwidth and bf16 rate stored in each row's provenance, else the values "
                f"passed in ('given'), else nominal H100 numbers ('nominal': {NOMINAL_BANDWIDTH / 1e12:.1f} TB/s, "
@@ -453,18 +466,20 @@ def page(data: ReportData, pngs: dict[str, bytes]) -> str:
                "routing ('expected'). Hollow markers: the best row is non-claimable.</p>")
     counts = sorted(status_counts(data.cand_rows).items(), key=lambda kv: (-kv[1], kv[0]))
     body = [
-        f"<h1>{_esc(title)}</h1>",
+        f"<h1>{esc(title)}</h1>",
         _banner(data),
-        f"<p>Ledger <code>{_esc(data.ledger_path)}</code>: {len(data.cand_rows)} candidate rows, "
+        f"<p>Ledger <code>{esc(data.ledger_path)}</code>: {len(data.cand_rows)} candidate rows, "
         f"{len(data.base_rows)} baseline rows. Built from the ledger only; nothing re-measured.</p>",
         _verdict_section(data),
-        _section(SECTIONS[1], nominal, _img("latency.png", pngs)),
-        _section(SECTIONS[2], "<p>Candidate's best layer row per point: max(memory floor, compute floor) / median "
-                 "(the row's own roofline_fraction where the sweep stored one).</p>", _img("roofline.png", pngs),
+        report_bars.bars_section(data),
+        html_section(SECTIONS[2], nominal, html_img("latency.png", pngs)),
+        html_section(SECTIONS[3], "<p>Candidate's best layer row per point: max(memory floor, compute floor) / median "
+                 "(the row's own roofline_fraction where the sweep stored one).</p>", html_img("roofline.png", pngs),
                  _above_roofline(data)),
         _speedup_section(data, pngs),
-        _section(SECTIONS[4], _img("rejections.png", pngs), _table(("status", "active rows"), counts)),
+        report_bars.workload_section(data, pngs),
+        html_section(SECTIONS[6], html_img("rejections.png", pngs), html_table(("status", "active rows"), counts)),
         _provenance_section(data),
     ]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")

@@ -1,6 +1,8 @@
 """The report's plots: matplotlib Figures (Agg, no pyplot state), rendered to PNG bytes.
 
 Each function takes ReportData pieces and returns a Figure; `render_all` gives {file name: PNG bytes}.
+The #708 section reuses the same figures on its own panels rather than drawing new kinds, so a #708
+panel reads the same here as in the campaign-wide figures.
 PNGs carry no Software metadata, so the same ledger gives the same bytes run to run.
 """
 
@@ -14,9 +16,11 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
+from mxmoe.shapes import WORKLOAD_708
 from mxmoe.spec import Profile
 from mxmoe.tuning.gate import Outcome, PointVerdict
 from mxmoe.tuning.report import panel_label, status_counts
+from mxmoe.tuning.report_bars import workload_best, workload_grid, workload_png, workload_shapes
 
 if TYPE_CHECKING:
     from mxmoe.tuning.report import BestPoint, PanelKey, ReportData
@@ -32,8 +36,8 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _grid(n: int) -> tuple[Figure, list]:
-    cols = max(1, min(MAX_COLS, n))
+def _grid(n: int, columns: int | None = None) -> tuple[Figure, list]:
+    cols = max(1, min(columns or MAX_COLS, n))
     rows = max(1, math.ceil(n / cols))
     fig = Figure(figsize=(PANEL_W * cols, PANEL_H * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
@@ -65,19 +69,25 @@ def _floors(ax, pts: Sequence[BestPoint]) -> None:
     ax.plot(ts, [p.compute_floor_us for p in pts], ":", color="#000000", label=f"compute floor ({sources})")
 
 
-def latency_figure(cand: dict[PanelKey, tuple[BestPoint, ...]], base: dict[PanelKey, tuple[BestPoint, ...]]) -> Figure:
+def latency_figure(cand: dict[PanelKey, tuple[BestPoint, ...]], base: dict[PanelKey, tuple[BestPoint, ...]],
+                   panels: Sequence[PanelKey] | None = None, columns: int | None = None) -> Figure:
     """Latency vs T, log-log, one panel per (model, path[, routing]): best medians with 95% CIs and the
-    floors (candidate's rows where it measured a T, else the baseline's)."""
-    keys = sorted(set(cand) | set(base))
-    fig, axes = _grid(len(keys))
+    floors (candidate's rows where it measured a T, else the baseline's). `panels` fixes the panels and
+    their order (a panel neither side measured is drawn empty, so a grid of `columns` stays aligned)."""
+    keys = sorted(set(cand) | set(base)) if panels is None else list(panels)
+    fig, axes = _grid(len(keys), columns)
     for ax, key in zip(axes, keys, strict=False):
+        ax.set(title=panel_label(key))
+        if key not in cand and key not in base:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            continue
         floors = {p.tokens: p for p in base.get(key, ())} | {p.tokens: p for p in cand.get(key, ())}
         _floors(ax, [floors[t] for t in sorted(floors)])
         if key in base:
             _side(ax, "baseline", base[key])
         if key in cand:
             _side(ax, "candidate", cand[key])
-        ax.set(xscale="log", yscale="log", xlabel="tokens T", ylabel="layer time (us)", title=panel_label(key))
+        ax.set(xscale="log", yscale="log", xlabel="tokens T", ylabel="layer time (us)")
         ax.legend(fontsize=7)
     if not keys:
         axes[0].text(0.5, 0.5, "no measured layer rows", ha="center", va="center")
@@ -148,6 +158,23 @@ def rejections_figure(counts: Counter[str]) -> Figure:
     return fig
 
 
+def workload_figures(data: ReportData) -> dict[str, Figure]:
+    """The #708 section's figures: latency per #708 shape (paths in rows, routings side by side), and the
+    roofline and speedup figures restricted to the #708 panels; none when the campaign has no #708 row."""
+    if not workload_shapes(data):
+        return {}
+    figs = {}
+    for shape in workload_shapes(data):
+        panels, columns = workload_grid(data, shape)
+        figs[workload_png(shape)] = latency_figure(workload_best(data.cand_best, shape),
+                                                   workload_best(data.base_best, shape), panels, columns)
+    figs["roofline_708.png"] = roofline_heatmap(workload_best(data.cand_best))
+    if data.verdicts:
+        points = data.verdicts[Profile.MXMOE].comparison.points
+        figs["speedup_708.png"] = speedup_figure([p for p in points if p.model in WORKLOAD_708])
+    return figs
+
+
 def render_all(data: ReportData) -> dict[str, bytes]:
     """{file name: PNG} for every plot the page shows."""
     figs = {
@@ -157,4 +184,5 @@ def render_all(data: ReportData) -> dict[str, bytes]:
     }
     if data.verdicts:
         figs["speedup.png"] = speedup_figure(data.verdicts[Profile.MXMOE].comparison.points)
+    figs |= workload_figures(data)
     return {name: png_bytes(fig) for name, fig in figs.items()}
