@@ -102,3 +102,10 @@ def test_sweep_export_dispatch_round_trip(tmp_path, monkeypatch):
     running_versions.cache_clear()  # kernels/ may have been edited since this process first hashed it
     for live, bucket in ((1, 1), (2, 16), (16, 16), (500, 16)):
         assert choose_config(MODELS["tiny"], Path.A16W4, live).to_dict() == best[bucket].config
+
+
+def test_only_exports_the_named_model_path_pairs(ledger, tmp_path):
+    ledger.record(row(1, CFGS[0], 10.0))
+    assert [t.model for t in export_tables(ledger, "c", tmp_path / "a", only={(DSV3.name, "a16w4")})] == [DSV3.name]
+    with pytest.raises(ExportError, match="no measured layer rows"):
+        export_tables(ledger, "c", tmp_path / "b", only={(DSV3.name, "a8w4")})

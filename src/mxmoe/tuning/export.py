@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -103,13 +103,16 @@ def export_tables(
     allow_nonclaimable: bool = False,
     routing: str = "uniform",
     ledger_export: str | os.PathLike[str] | None = None,
+    only: Collection[tuple[str, str]] | None = None,
 ) -> list[ExportedTable]:
     """Write one table per (device, shape, path) of `campaign`; returns what was written.
 
     `ledger_export`: where to write the campaign's rows as CSV (recorded in every table's metadata).
+    `only`: the (model, path) pairs to export, e.g. those whose scoped claim (`claimable_win(model=,
+    path=)`) holds; a table for an unfinished pair would stretch its last entry over the T it never measured.
     """
     rows = [r for r in active(ledger.attempts(campaign)) if r.stage == "layer" and r.status is Status.MEASURED
-            and r.routing == routing]
+            and r.routing == routing and (only is None or (r.model, r.path) in only)]
     if not rows:
         raise ExportError(f"campaign {campaign!r} has no measured layer rows at routing {routing!r}")
     usable = rows if allow_nonclaimable else [r for r in rows if r.claimable]

@@ -181,6 +181,8 @@ def export(
     routing: str = "uniform",
     ledger_export: Annotated[FsPath | None, typer.Option(help="CSV of the campaign's rows, named in the "
                                                          "metadata (default results/<campaign>.ledger.csv)")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="model:path to export (repeatable; default: every pair)")
+                    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write one tuned table per (GPU, shape, path) from CLAIMABLE measured layer rows."""
@@ -188,10 +190,16 @@ def export(
     from mxmoe.tuning.ledger import Ledger
 
     dest = ledger_export or FsPath("results") / f"{campaign}.ledger.csv"
+    pairs = None
+    if only:
+        bad = [o for o in only if o.count(":") != 1]
+        if bad:
+            raise typer.BadParameter(f"--only {bad[0]!r}: expected model:path")
+        pairs = {tuple(o.split(":")) for o in only}
     with Ledger.open(ledger) as led:
         try:
             tables = export_tables(led, campaign, out_dir, allow_nonclaimable=allow_nonclaimable, routing=routing,
-                                   ledger_export=dest)
+                                   ledger_export=dest, only=pairs)
         except ExportError as exc:
             err.print(f"[red]export refused:[/] {exc}")
             raise typer.Exit(1) from exc
