@@ -119,9 +119,9 @@ def regime_neighbours(shape: MoEShape, path: Path, tokens: int, limits: legality
     out: dict[str, MoEConfig] = {}
     for t in sorted(TOKEN_GRID, key=lambda g: (abs(math.log2(g / tokens)), g)):
         c = default_config(shape, path, t, interpreter=interpreter)
-        if c != h and c.key() not in out and all(
-                not isinstance(legality.check(shape, path, s, tile, limits, tokens=tokens), legality.Illegal)
-                for s, tile in ((1, c.stage1), (2, c.stage2))):
+        legal = all(_verdict(shape, path, s, tile, limits, tokens, False) is None
+                    for s, tile in ((1, c.stage1), (2, c.stage2)))
+        if c != h and c.key() not in out and legal:
             out[c.key()] = c
     return list(out.values())
 

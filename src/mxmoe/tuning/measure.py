@@ -16,7 +16,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -564,7 +564,7 @@ def measure(
     samples until the CI converges, so only a slow and already-tight measurement ends early.
     """
     mode, l2 = TimingMode(mode), L2Policy(l2)
-    StopRule(target_rel_ci, min_iters, max_iters, max_time_s)  # validates before any work
+    rule = StopRule(target_rel_ci, min_iters, max_iters, max_time_s)  # validates before any work
     if min_iters_budget_s is not None and not min_iters_budget_s > 0:
         raise ValueError(f"min_iters_budget_s must be positive or None, got {min_iters_budget_s!r}")
     if l2 is L2Policy.ROTATE and rotate is None:
@@ -579,8 +579,7 @@ def measure(
     plan = _plan(fn, rotate, clock.flusher() if l2 is L2Policy.FLUSH else None)
 
     warmup_iters, warmup_elapsed = _warm_up(clock, plan.eager, plan.before, warmup_s, warmup_min_iters)
-    rule = StopRule(target_rel_ci, _budgeted_min_iters(min_iters, min_iters_budget_s, warmup_elapsed / warmup_iters),
-                    max_iters, max_time_s)
+    rule = replace(rule, min_iters=_budgeted_min_iters(min_iters, min_iters_budget_s, warmup_elapsed / warmup_iters))
     step, first = plan.eager, warmup_iters
     if mode is TimingMode.GRAPH:
         replays = clock.capture(plan.calls)

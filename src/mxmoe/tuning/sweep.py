@@ -145,9 +145,8 @@ class _Rows:
         """The key of the row this candidate still needs, or None when the ledger already answers it."""
         old = self.active.get(self._probe(c))
         current = old is not None and old.kernel_hash == self.common["kernel_hash"]
-        retry = (self.spec.retry_failed and old is not None and old.status in TRANSIENT) or (
-            self.spec.retry_nonclaimable and old is not None and old.status is Status.MEASURED and not old.claimable)
-        if current and not retry:
+        if current and not ((self.spec.retry_failed and old.status in TRANSIENT) or (
+                self.spec.retry_nonclaimable and old.status is Status.MEASURED and not old.claimable)):
             return None
         supersedes = None if old is None else old.key
         key = attempt_key(**self.common, stage=c.stage, tokens=c.tokens, config_key=c.config.key(),

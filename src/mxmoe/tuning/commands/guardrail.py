@@ -72,8 +72,9 @@ def guardrail(
         if shape is not None:
             raise typer.BadParameter("--shape and --campaign exclude each other: the sweep rows name the shape")
         with Ledger.open(ledger or DEFAULT_LEDGER) as led:
+            known = {c.name for c in led.campaigns()}
             for name in (campaign, baseline):
-                if name is not None and name not in {c.name for c in led.campaigns()}:
+                if name is not None and name not in known:
                     raise typer.BadParameter(f"campaign {name!r} is not in {ledger or DEFAULT_LEDGER}")
             done = g.guard_campaign(led, campaign, model, path, baseline=baseline, **opts)
         rows += [r.to_dict() | {"recorded": True, "won_tokens": list(w.tokens), "sweep_config_key": w.config_key}
