@@ -14,6 +14,7 @@ import torch
 
 from mxmoe.tuning import gpu_state as gs
 from mxmoe.tuning.gpu_state import (
+    DRIFT_MIN_SAMPLES,
     Check,
     CheckResult,
     FakeNvml,
@@ -30,6 +31,7 @@ from mxmoe.tuning.gpu_state import (
     process_check,
     read_gpu_state,
     require_idle,
+    sample_drift,
     verify_locked,
 )
 
@@ -219,6 +221,47 @@ def test_the_sw_power_cap_alone_is_named_but_voids_nothing(end):
 def test_the_sw_power_cap_with_a_clock_drop_is_void():
     before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1700, "clock_event_reasons": POWER_SW})
     assert clock_check(before, after).codes == (Check.CLOCK_DROP.value,)
+
+
+STEADY = [100.0] * 30  # samples of one clock level
+DRIFTED = [100.0] * 10 + [101.0] * 10 + [103.6] * 10  # kimi-k2 T=512 on the H100: the last third 3.6% slower
+
+
+def test_a_clock_drop_with_steady_samples_is_not_a_void():
+    """NVML's clock is an instant's reading that the power cap moves by several percent; steady samples
+    show the timed work saw one level (H100, a16w4 prefill: 1965 -> 1740 MHz with samples within 0.4%)."""
+    capped = {"clock_event_reasons": POWER_SW}
+    before, after = _pair({"sm_clock": 1965, **capped}, {"sm_clock": 1740, **capped})
+    result = clock_check(before, after, samples=STEADY)
+    assert result.ok and "samples steady" in result.detail and "1965 -> 1740" in result.detail
+
+
+def test_a_clock_drop_with_drifting_samples_is_void():
+    before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1815, "clock_event_reasons": POWER_SW})
+    result = clock_check(before, after, samples=DRIFTED)
+    assert result.codes == (Check.CLOCK_DROP.value,) and "+3.60%" in result.detail
+    faster = list(reversed(DRIFTED))  # a drift either way is two clock levels
+    assert clock_check(before, after, samples=faster).codes == (Check.CLOCK_DROP.value,)
+
+
+def test_drift_just_inside_and_outside_the_limit():
+    before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1800})
+    inside = [100.0] * 20 + [100.9] * 10
+    outside = [100.0] * 20 + [101.1] * 10
+    assert clock_check(before, after, samples=inside).ok
+    assert not clock_check(before, after, samples=outside).ok
+
+
+def test_too_few_samples_leave_the_drop_to_decide():
+    before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1800})
+    assert sample_drift(STEADY[:DRIFT_MIN_SAMPLES - 1]) is None
+    assert clock_check(before, after, samples=STEADY[:DRIFT_MIN_SAMPLES - 1]).codes == (Check.CLOCK_DROP.value,)
+    assert clock_check(before, after, samples=STEADY[:DRIFT_MIN_SAMPLES]).ok
+
+
+def test_steady_samples_do_not_excuse_a_thermal_event():
+    before, after = _pair({"sm_clock": 1980}, {"sm_clock": 1800, "clock_event_reasons": THERMAL_SW})
+    assert clock_check(before, after, samples=STEADY).codes == (Check.CLOCK_THERMAL.value,)
 
 
 def test_unreadable_sm_clock_fails_closed():

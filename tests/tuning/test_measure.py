@@ -240,11 +240,23 @@ def test_each_failure_is_non_claimable_with_its_code(no_interpreter, nvml_kwargs
     assert code in m.checks and not m.claimable
 
 
+class SlowingFakeClock(TrustedFakeClock):
+    """Each sample 0.1% slower than the one before: the samples of a GPU whose clock falls while it is timed."""
+
+    def time_batch(self, step, indices, before=None, lead_us=0.0):
+        samples = super().time_batch(step, indices, before, lead_us)
+        return [x * 1.001**i for x, i in zip(samples, indices, strict=True)]
+
+
 def test_clock_drop_between_before_and_after(no_interpreter):
     # idle passed in, so the state reads are exactly: before, after.
-    m = _trusted(FakeNvml(sm_clock=Script(1980, 1900)), idle=CheckResult())
-    assert m.checks == (Check.CLOCK_DROP.value,) and not m.claimable
+    nvml = lambda: FakeNvml(sm_clock=Script(1980, 1900))  # noqa: E731
+    m = measure(lambda: None, clock=SlowingFakeClock(seed=11, rel_noise=0.001), nvml=nvml(), idle=CheckResult(),
+                **FAST)
+    assert m.checks == (Check.CLOCK_DROP.value,) and not m.claimable and "samples drifted" in m.check_detail
     assert (m.gpu_before.sm_clock_mhz, m.gpu_after.sm_clock_mhz) == (1980, 1900)
+    steady = _trusted(nvml(), idle=CheckResult())  # the same drop, samples of one level: the drop alone voids nothing
+    assert steady.claimable and "samples steady" in steady.check_detail
 
 
 def test_process_appearing_during_the_run(no_interpreter):

@@ -10,8 +10,9 @@ A missing pynvml or GPU gives a state with available=False, so a row says so ins
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import Enum
@@ -19,7 +20,9 @@ from typing import Any, Protocol
 
 GPU_STATE_SCHEMA_VERSION = 1
 IDLE_MAX_UTIL_PCT = 5.0  # averaged over the idle sample; above it another job shares the GPU
-CLOCK_MAX_DROP = 0.02  # relative SM clock drop between before and after that voids a measurement
+CLOCK_MAX_DROP = 0.02  # relative SM clock drop between before and after that calls for the drift test
+CLOCK_MAX_DRIFT = 0.01  # |median of the last third / median of the first third - 1| that voids a dropped-clock row
+DRIFT_MIN_SAMPLES = 9  # fewer samples: thirds too small to judge, the NVML drop alone decides
 
 
 class Check(str, Enum):
@@ -28,7 +31,7 @@ class Check(str, Enum):
     BUSY_OTHER_PROCESS = "busy:other_process"  # another compute process holds the GPU
     BUSY_UTILIZATION = "busy:utilization"  # GPU utilisation >= 5% over the idle sample
     BUSY_ALLOWED = "busy:allowed"  # the user timed with allow_busy: idleness was not enforced
-    CLOCK_DROP = "clock:drop"  # SM clock fell by more than 2% from before to after
+    CLOCK_DROP = "clock:drop"  # SM clock fell by more than 2% from before to after and the samples drifted
     CLOCK_THERMAL = "clock:thermal"  # sw or hw thermal slowdown active at either end
     CLOCK_POWER = "clock:power"  # hw power brake active at either end (the sw power cap alone: see clock_check)
     CLOCK_HW_SLOWDOWN = "clock:hw_slowdown"  # hw slowdown active at either end
@@ -311,15 +314,32 @@ def idle_check(
     return result
 
 
-def clock_check(before: GpuState, after: GpuState, *, max_drop: float = CLOCK_MAX_DROP) -> CheckResult:
-    """SM clock dropped more than `max_drop` from before to after, or a thermal / power-brake / hw slowdown
-    reason was active at either end: the samples may not come from one steady clock.
+def sample_drift(samples: Sequence[float]) -> float | None:
+    """Median of the last third of the samples over the median of the first third, minus 1: the trend a change
+    of clock level leaves in the samples themselves (None below DRIFT_MIN_SAMPLES)."""
+    k = len(samples) // 3
+    if len(samples) < DRIFT_MIN_SAMPLES:
+        return None
+    return statistics.median(samples[-k:]) / statistics.median(samples[:k]) - 1.0
+
+
+def clock_check(before: GpuState, after: GpuState, *, max_drop: float = CLOCK_MAX_DROP,
+                samples: Sequence[float] | None = None, max_drift: float = CLOCK_MAX_DRIFT) -> CheckResult:
+    """The samples may not come from one steady clock: the SM clock fell more than `max_drop` from before to
+    after and (given `samples`) the samples drifted more than `max_drift`; or a thermal / power-brake / hw
+    slowdown reason was active at either end.
+
+    Why the drift arbitrates the drop: NVML's SM clock is one instant's reading, and under the power cap the
+    board moves it by 2-10% within milliseconds (an H100 at 700 W in a16w4 prefill read 1740-1980 MHz across
+    rows whose samples agreed to 0.1%). Two instants then differ with no change in what was timed; a run that
+    really moved from one clock level to another shows it in its own samples (kimi-k2 T=512 started at 1980 MHz
+    uncapped and ended capped: its last third ran 3.6% slower than its first). Without samples, or with fewer
+    than DRIFT_MIN_SAMPLES, the drop alone voids.
 
     The sw power cap alone is named in the detail but voids nothing: it is the board's own default limit
     (never changed here), and dense prefill holds an H100 or H200 at it for as long as it runs, so a
-    prefill row taken without it does not exist on a GPU whose clocks are not locked. What it threatens,
-    samples from two clock levels, is what the drop check catches: a run that starts below the cap and
-    ends capped shows the drop. Steady at the cap, the A/A noise at T=4096 was 0.01% (H100, session 3)."""
+    prefill row taken without it does not exist on a GPU whose clocks are not locked. Steady at the cap, the
+    A/A noise at T=4096 was 0.01% (H100, session 3)."""
     if not (before.available and after.available):
         reason = before.reason if not before.available else after.reason
         return CheckResult((Check.NVML_UNAVAILABLE.value,), f"nvml: {reason}")
@@ -330,8 +350,12 @@ def clock_check(before: GpuState, after: GpuState, *, max_drop: float = CLOCK_MA
         codes.append(Check.NVML_UNAVAILABLE.value)
         details.append("SM clock unreadable")
     elif a < b * (1.0 - max_drop):
-        codes.append(Check.CLOCK_DROP.value)
-        details.append(f"SM clock {b} -> {a} MHz")
+        drift = sample_drift(samples) if samples is not None else None
+        if drift is None or abs(drift) > max_drift:
+            codes.append(Check.CLOCK_DROP.value)
+            details.append(f"SM clock {b} -> {a} MHz" + ("" if drift is None else f", samples drifted {drift:+.2%}"))
+        else:
+            details.append(f"SM clock {b} -> {a} MHz, samples steady (drift {drift:+.2%}; not a void)")
     active = set(before.clock_events) | set(after.clock_events)
     for names, code in (
         (_THERMAL, Check.CLOCK_THERMAL),

@@ -601,7 +601,7 @@ def measure(
         idle,
         process_check(before, own_pids),
         process_check(after, own_pids),
-        gpu_clock_check(before, after),
+        gpu_clock_check(before, after, samples=samples),
         _protocol_checks(clock, l2, plan, bytes_per_set, allow_busy),
     )
     return Measurement(
