@@ -192,23 +192,34 @@ def claim(
     profile: Annotated[str, typer.Option(help="Spec profile: mxmoe or seed708")] = "mxmoe",
     model: Annotated[str | None, typer.Option(help="Scope the claim to this model's rows")] = None,
     path: Annotated[str | None, typer.Option(help="Scope the claim to this path's rows")] = None,
+    each: Annotated[bool, typer.Option("--each", help="One verdict per (model, path) of the baseline (what each "
+                                       "shipped table rests on), the ledger read once")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The single claimable_win gate: prints the verdict with every reason; exit 1 when not claimable."""
+    """The single claimable_win gate: prints the verdict with every reason; exit 1 when not claimable (with
+    --each: when any (model, path) is not)."""
     from mxmoe.spec import Profile
-    from mxmoe.tuning.gate import claimable_win
+    from mxmoe.tuning.gate import claimable_wins
     from mxmoe.tuning.ledger import Ledger
 
+    if each and (model or path):
+        raise typer.BadParameter("--each judges every (model, path) of the baseline: drop --model / --path")
     with Ledger.open(ledger) as led:
-        verdict = claimable_win(led, campaign, baseline, Profile(profile), model=model, path=path)
+        scopes = sorted({(r.model, r.path) for r in led.attempts(baseline)}) if each else [(model, path)]
+        verdicts = claimable_wins(led, campaign, baseline, Profile(profile), scopes=scopes)
+    labels = [":".join(x for x in scope if x) or "all" for scope in scopes]
     if as_json:
-        print(json.dumps({"claimable": verdict.claimable, "reasons": list(verdict.reasons)}, indent=2))
+        out = [{"scope": label, "claimable": v.claimable, "reasons": list(v.reasons)}
+               for label, v in zip(labels, verdicts, strict=True)]
+        print(json.dumps(out if each else {k: out[0][k] for k in ("claimable", "reasons")}, indent=2))
     else:
-        colour = "green" if verdict.claimable else "red"
-        console.print(f"[{colour}]claimable={verdict.claimable}[/] ({profile} profile)")
-        for r in verdict.reasons:
-            console.print(f"  - {r}")
-    if not verdict.claimable:
+        for label, v in zip(labels, verdicts, strict=True):
+            colour = "green" if v.claimable else "red"
+            scope = f" {label}" if each else ""
+            console.print(f"[{colour}]claimable={v.claimable}[/]{scope} ({profile} profile)")
+            for r in v.reasons:
+                console.print(f"  - {r}")
+    if not all(v.claimable for v in verdicts):
         raise typer.Exit(1)
 
 

@@ -53,9 +53,10 @@ class Finding:
         return f"{self.code.value}:{self.key}:{self.detail}"
 
 
-def scan(ledger: Ledger, campaign: str | None = None) -> list[Finding]:
-    """Every finding for `campaign` (the whole ledger when None), in a stable order."""
-    rows = ledger.attempts(campaign)
+def scan(ledger: Ledger, campaign: str | None = None, *, rows: Sequence[Attempt] | None = None) -> list[Finding]:
+    """Every finding for `campaign` (the whole ledger when None), in a stable order. `rows`: the campaign's rows
+    when the caller has read them already (`ledger.attempts(campaign)`, as here otherwise)."""
+    rows = ledger.attempts(campaign) if rows is None else rows
     findings = [
         Finding(Code.CONFLICT, c.key, f"incoming {c.incoming.status_text} from {c.source}")
         for c in ledger.conflicts(campaign)
