@@ -317,9 +317,9 @@ def idle_check(
 def sample_drift(samples: Sequence[float]) -> float | None:
     """Median of the last third of the samples over the median of the first third, minus 1: the trend a change
     of clock level leaves in the samples themselves (None below DRIFT_MIN_SAMPLES)."""
-    k = len(samples) // 3
     if len(samples) < DRIFT_MIN_SAMPLES:
         return None
+    k = len(samples) // 3
     return statistics.median(samples[-k:]) / statistics.median(samples[:k]) - 1.0
 
 
