@@ -15,16 +15,8 @@ import argparse
 import csv
 
 from mxmoe.spec import Profile, is_regression, is_win
+from mxmoe.tuning.gate import layer_rows
 from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, Status, active
-
-
-def _layer(rows: list[Attempt]) -> dict[tuple, list[Attempt]]:
-    out: dict[tuple, list[Attempt]] = {}
-    for r in active(rows):
-        if r.stage == "layer" and r.status is Status.MEASURED:
-            out.setdefault(r.point, []).append(r)
-    return out
 
 
 def main() -> None:
@@ -35,7 +27,7 @@ def main() -> None:
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     with Ledger.open(args.ledger) as led:
-        base, again = _layer(led.attempts(args.baseline)), _layer(led.attempts(args.campaign))
+        base, again = layer_rows(led.attempts(args.baseline)), layer_rows(led.attempts(args.campaign))
     rows = []
     for pt in sorted(base):
         b = min(base[pt], key=lambda r: r.median_us)

@@ -103,7 +103,8 @@ class Verdict:
 Point = tuple[str, str, str, int]  # (model, path, routing, tokens)
 
 
-def _layer_rows(rows: Sequence[Attempt]) -> dict[Point, list[Attempt]]:
+def layer_rows(rows: Sequence[Attempt]) -> dict[Point, list[Attempt]]:
+    """The active measured layer rows per grid point: what the gate compares (per-stage rows are tuning detail)."""
     out: dict[Point, list[Attempt]] = {}
     for r in active(rows):
         if r.stage == "layer" and r.status is Status.MEASURED:
@@ -143,7 +144,7 @@ def pareto_fronts(rows: Sequence[Attempt]) -> tuple[ParetoFront, ...]:
     several). Claimability is not considered: the front is a tuning aid, the gate judges claims.
     """
     medians: dict[tuple[str, str], dict[str, dict[tuple[str, int], float]]] = {}
-    for (model, path, routing, tokens), group in _layer_rows(rows).items():
+    for (model, path, routing, tokens), group in layer_rows(rows).items():
         for r in group:
             cfg = medians.setdefault((model, path), {}).setdefault(r.config_key, {})
             pt = (routing, tokens)
@@ -170,7 +171,7 @@ def compare(candidate: Sequence[Attempt], baseline: Sequence[Attempt], profile: 
     1-2% apart at T >= 8192 (power cap, temperature) and 2% at T = 128, where the regression band is 1%
     (campaigns h100-i9 and h100-w708, session 5); counted, it read as regressions, and flipped, as wins."""
     profile = Profile(profile)
-    base_pts, cand_pts = _layer_rows(baseline), _layer_rows(candidate)
+    base_pts, cand_pts = layer_rows(baseline), layer_rows(candidate)
     points = []
     for pt in sorted(base_pts):
         b = _best(base_pts[pt])
