@@ -56,7 +56,8 @@ def doctor(as_json: JsonOpt = False) -> None:
         "triton": triton.__version__, "cuda_runtime": torch.version.cuda, "gpu": None,
     }
     if torch.cuda.is_available():
-        from mxmoe.tuning.gpu_state import open_nvml, read_gpu_state
+        from mxmoe.tuning.gpu_state import read_gpu_state
+        from mxmoe.tuning.nvml import open_nvml
 
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),

@@ -17,23 +17,20 @@ from mxmoe.tuning.gpu_state import (
     DRIFT_MIN_SAMPLES,
     Check,
     CheckResult,
-    FakeNvml,
     GpuBusyError,
     GpuState,
-    MissingNvml,
-    Script,
     clock_check,
     decode_clock_events,
     idle_check,
     locked_clocks_advice,
     merge_checks,
-    open_nvml,
     process_check,
     read_gpu_state,
     require_idle,
     sample_drift,
     verify_locked,
 )
+from mxmoe.tuning.nvml import FakeNvml, MissingNvml, Script, open_nvml
 
 THERMAL_SW, THERMAL_HW, POWER_SW, POWER_BRAKE, HW_SLOW = 0x20, 0x40, 0x4, 0x80, 0x8
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from mxmoe.tuning.gpu_state import Check, CheckResult, FakeNvml, Script
+from mxmoe.tuning.gpu_state import Check, CheckResult
 from mxmoe.tuning.measure import (
     HOST_PROBE_ITERS,
     CudaUnavailableError,
@@ -23,6 +23,7 @@ from mxmoe.tuning.measure import (
     measure,
     rotation_copies,
 )
+from mxmoe.tuning.nvml import FakeNvml, Script
 
 FAST = {"warmup_s": 0.001, "warmup_min_iters": 3, "idle_sample_s": 0.0, "resamples": 300}
 

@@ -12,7 +12,8 @@ import pytest
 
 from mxmoe.shapes import MODELS
 from mxmoe.tuning import provenance as prov_mod
-from mxmoe.tuning.gpu_state import FakeNvml, read_gpu_state, unavailable_state
+from mxmoe.tuning.gpu_state import read_gpu_state, unavailable_state
+from mxmoe.tuning.nvml import FakeNvml
 from mxmoe.tuning.provenance import (
     Provenance,
     codegen_env,

@@ -40,7 +40,8 @@ from mxmoe.tuning.executors import (
     lost_result,
     stamp,
 )
-from mxmoe.tuning.gpu_state import CheckResult, NvmlError, merge_checks, open_nvml
+from mxmoe.tuning.gpu_state import CheckResult, merge_checks
+from mxmoe.tuning.nvml import NvmlError, open_nvml
 
 
 def visible_gpus(environ: Mapping[str, str], nvml: Any = None) -> tuple[str, ...]:

@@ -29,16 +29,14 @@ from mxmoe.tuning.gpu_state import (
     Check,
     CheckResult,
     GpuState,
-    MissingNvml,
-    Nvml,
     idle_check,
     merge_checks,
-    open_nvml,
     process_check,
     read_gpu_state,
     unavailable_state,
 )
 from mxmoe.tuning.gpu_state import clock_check as gpu_clock_check
+from mxmoe.tuning.nvml import MissingNvml, Nvml, open_nvml
 from mxmoe.tuning.stats import (
     CI_LEVEL,
     CI_RESAMPLES,
