@@ -209,7 +209,8 @@ step_campaign_finish() {
     $MX claim "$CAMPAIGN" --baseline "$CAMPAIGN-base" --profile "$prof" --ledger "$led" 2>&1 | tail -30 | tee -a "$log"
   done
   $MX ledger scan --ledger "$led" 2>&1 | tail -6 | tee -a "$log"
-  $MX export "$CAMPAIGN" --ledger "$led" --out-dir "$OUT/tuned" --ledger-export "$OUT/$CAMPAIGN.ledger.csv" 2>&1 \
+  $MX export "$CAMPAIGN" --baseline "$CAMPAIGN-base" --ledger "$led" --out-dir "$OUT/tuned" \
+    --ledger-export "$OUT/$CAMPAIGN.ledger.csv" 2>&1 \
     | tail -8 | tee -a "$log"
   $MX report "$CAMPAIGN" --baseline "$CAMPAIGN-base" --ledger "$led" -o "$OUT/report" 2>&1 | tail -12 | tee -a "$log"
 }

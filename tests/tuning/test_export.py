@@ -28,10 +28,10 @@ CFGS = [MoEConfig(TileConfig(block_m=m), TileConfig(block_m=m, num_warps=w)) for
 
 
 def row(tokens: int, cfg: MoEConfig, median: float, *, claimable: bool = True, status: Status = Status.MEASURED,
-        kernel_hash: str = KHASH, supersedes: str | None = None) -> Attempt:
+        kernel_hash: str = KHASH, supersedes: str | None = None, campaign: str = "c") -> Attempt:
     stats = dict(median_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01, samples_us=(median,))
     return Attempt.make(
-        campaign="c", status=status, model=DSV3.name, shape=DSV3.to_dict(), path="a16w4", stage="layer",
+        campaign=campaign, status=status, model=DSV3.name, shape=DSV3.to_dict(), path="a16w4", stage="layer",
         tokens=tokens, config=cfg.to_dict(), config_key=cfg.key(), kernel_hash=kernel_hash, device=GPU,
         claimable=claimable, nonclaimable_reasons=() if claimable or status is not Status.MEASURED
         else ("busy:utilization",),
@@ -65,6 +65,28 @@ def test_best_claimable_row_per_t_becomes_the_table(ledger, tmp_path):
     assert meta["median_us"] == {"1": 9.0, "16": 20.0} and meta["created_at"] and meta["mxmoe_version"]
     with open(tmp_path / "c.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 8
+
+
+def test_with_the_baseline_a_table_departs_from_it_only_where_a_win_was_proven(ledger, tmp_path):
+    """T=1: CFGS[1] 20% faster than the baseline's CFGS[0], CIs apart: a win, so it ships. T=16: CFGS[2] 0.5%
+    faster than the campaign's own re-measure of CFGS[0] (neutral under the gate): the baseline's config ships,
+    from the campaign's row. T=128: the campaign never re-measured the baseline config: the fastest row stays."""
+    ledger.add_campaign("b")
+    for t, m in ((1, 10.0), (16, 20.0), (128, 40.0)):
+        ledger.record(row(t, CFGS[0], m, campaign="b"))
+    for r in (row(1, CFGS[0], 10.0), row(1, CFGS[1], 8.0), row(16, CFGS[0], 20.0), row(16, CFGS[2], 19.9),
+              row(128, CFGS[3], 39.9)):
+        ledger.record(r)
+    (plain,) = export_tables(ledger, "c", tmp_path / "plain")
+    (kept,) = export_tables(ledger, "c", tmp_path / "kept", baseline="b")
+    plain_data, kept_data = (json.loads(t.file.read_text()) for t in (plain, kept))
+    assert [MoEConfig.from_dict(plain_data[t]) for t in ("1", "16", "128")] == [CFGS[1], CFGS[2], CFGS[3]]
+    assert [MoEConfig.from_dict(kept_data[t]) for t in ("1", "16", "128")] == [CFGS[1], CFGS[0], CFGS[3]]
+    meta = kept_data["_metadata"]
+    assert meta["baseline"] == "b" and plain_data["_metadata"]["baseline"] is None
+    assert meta["median_us"] == {"1": 8.0, "16": 20.0, "128": 39.9}
+    campaign_keys = {r.key for r in ledger.attempts("c")}
+    assert set(meta["rows"].values()) <= campaign_keys  # every entry traces to a row of the campaign's export
 
 
 def test_nonclaimable_rows_are_refused_unless_allowed(ledger, tmp_path):

@@ -21,6 +21,8 @@ from typing import Any
 from mxmoe._version import __version__
 from mxmoe.dispatch import METADATA_KEY, TABLE_SCHEMA_VERSION, table_filename
 from mxmoe.shapes import Activation, MoEShape
+from mxmoe.spec import Profile
+from mxmoe.tuning.gate import Outcome, compare
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import Attempt, Status, active, utc_now
 
@@ -60,8 +62,27 @@ def _best(rows: Sequence[Attempt]) -> dict[int, Attempt]:
     return dict(sorted(best.items()))
 
 
-def _metadata(group: Sequence[Attempt], best: dict[int, Attempt], campaign: str, ledger_export: str | None,
-              where: str) -> dict[str, Any]:
+def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_rows: Sequence[Attempt]) -> dict[
+        int, Attempt]:
+    """At each T where the gate (mxmoe profile) sees no win over the baseline, the campaign's own row of the
+    baseline's config instead of the fastest row: a table then departs from the heuristic only where a win was
+    proven, not where a config merely measured within noise of it. A T whose baseline config the campaign never
+    measured keeps the fastest row."""
+    verdicts = {p.tokens: p for p in compare(group, base_rows, Profile.MXMOE).points}
+    out = dict(best)
+    for t in best:
+        v = verdicts.get(t)
+        if v is None or v.outcome is Outcome.WIN or v.base_key is None:
+            continue
+        base_cfg = next(r.config_key for r in base_rows if r.key == v.base_key)
+        same = [r for r in group if r.tokens == t and r.config_key == base_cfg]
+        if same:
+            out[t] = min(same, key=lambda r: (r.median_us, r.key))
+    return out
+
+
+def _metadata(group: Sequence[Attempt], best: dict[int, Attempt], campaign: str, baseline: str | None,
+              ledger_export: str | None, where: str) -> dict[str, Any]:
     used = list(best.values())
     claimable = all(r.claimable for r in used)
     commits = sorted({str(r.provenance.get("git_commit")) for r in used})
@@ -71,6 +92,7 @@ def _metadata(group: Sequence[Attempt], best: dict[int, Attempt], campaign: str,
         "kernel_source_hash": _one({r.kernel_hash for r in used}, "kernel_hash", where),
         "git_commit": commits[0] if len(commits) == 1 else commits,
         "campaign": campaign,
+        "baseline": baseline,
         "ledger_export": ledger_export,
         "created_at": utc_now(),
         "mxmoe_version": __version__,
@@ -104,15 +126,23 @@ def export_tables(
     routing: str = "uniform",
     ledger_export: str | os.PathLike[str] | None = None,
     only: Collection[tuple[str, str]] | None = None,
+    baseline: str | None = None,
 ) -> list[ExportedTable]:
     """Write one table per (device, shape, path) of `campaign`; returns what was written.
+
+    `baseline`: the campaign the claim was judged against; each T then takes the fastest row only where it is a
+    win over the baseline, and the campaign's row of the baseline's config elsewhere (`_keep_unless_won`).
 
     `ledger_export`: where to write the campaign's rows as CSV (recorded in every table's metadata).
     `only`: the (model, path) pairs to export, e.g. those whose scoped claim (`claimable_win(model=,
     path=)`) holds; a table for an unfinished pair would stretch its last entry over the T it never measured.
     """
-    rows = [r for r in active(ledger.attempts(campaign)) if r.stage == "layer" and r.status is Status.MEASURED
-            and r.routing == routing and (only is None or (r.model, r.path) in only)]
+    def wanted(r: Attempt) -> bool:
+        return r.stage == "layer" and r.status is Status.MEASURED and r.routing == routing and (
+            only is None or (r.model, r.path) in only)
+
+    rows = [r for r in active(ledger.attempts(campaign)) if wanted(r)]
+    base_rows = [r for r in active(ledger.attempts(baseline)) if wanted(r)] if baseline is not None else []
     if not rows:
         raise ExportError(f"campaign {campaign!r} has no measured layer rows at routing {routing!r}")
     usable = rows if allow_nonclaimable else [r for r in rows if r.claimable]
@@ -137,7 +167,10 @@ def export_tables(
         if any(w.file == file for w in written):
             raise ExportError(f"{file.name}: two shapes of the campaign share one table name (same dimensions)")
         best = _best(group)
-        meta = _metadata(group, best, campaign, export_path, file.name)
+        if baseline is not None:
+            best = _keep_unless_won(best, group, [r for r in base_rows if r.device == device and r.path == path
+                                                  and r.shape == group[0].shape])
+        meta = _metadata(group, best, campaign, baseline, export_path, file.name)
         _write_json(file, {METADATA_KEY: meta} | {str(t): r.config for t, r in best.items()})
         written.append(ExportedTable(file, device, group[0].model, path, tuple(best), meta["claimable"]))
     return written

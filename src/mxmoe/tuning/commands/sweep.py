@@ -183,6 +183,8 @@ def export(
                                                          "metadata (default results/<campaign>.ledger.csv)")] = None,
     only: Annotated[list[str] | None, typer.Option(help="model:path to export (repeatable; default: every pair)")
                     ] = None,
+    baseline: Annotated[str | None, typer.Option(help="The claim's baseline campaign: keep its config at every T "
+                                                 "where the campaign has no win over it")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write one tuned table per (GPU, shape, path) from CLAIMABLE measured layer rows."""
@@ -199,7 +201,7 @@ def export(
     with Ledger.open(ledger) as led:
         try:
             tables = export_tables(led, campaign, out_dir, allow_nonclaimable=allow_nonclaimable, routing=routing,
-                                   ledger_export=dest, only=pairs)
+                                   ledger_export=dest, only=pairs, baseline=baseline)
         except ExportError as exc:
             err.print(f"[red]export refused:[/] {exc}")
             raise typer.Exit(1) from exc
