@@ -10,11 +10,10 @@ import json
 import pytest
 import torch
 
+from mxmoe.tuning.clocks import CudaUnavailableError, FakeClock
 from mxmoe.tuning.gpu_state import Check, CheckResult
 from mxmoe.tuning.measure import (
     HOST_PROBE_ITERS,
-    CudaUnavailableError,
-    FakeClock,
     L2Policy,
     Measurement,
     StopReason,

@@ -10,7 +10,7 @@ import pytest
 
 from mxmoe.shapes import MODELS, Path
 from mxmoe.spec import win_margin
-from mxmoe.tuning.measure import FakeClock
+from mxmoe.tuning.clocks import FakeClock
 from mxmoe.tuning.noise import NoiseReport, aa_noise, run_noise
 from mxmoe.tuning.nvml import FakeNvml
 

@@ -72,7 +72,7 @@ def _median_us(step: Callable[[int], object], iters: int, device: Any) -> float:
     """Median CUDA-event time (us) of `step` on `device` (a torch.device), after FLOOR_WARMUP calls."""
     from statistics import median
 
-    from mxmoe.tuning.measure import CudaEventClock
+    from mxmoe.tuning.clocks import CudaEventClock
 
     clock = CudaEventClock(device.index)
     clock.time_batch(step, range(FLOOR_WARMUP))
@@ -184,7 +184,8 @@ def layer_timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
     """time(fn, config_key, T, scale) -> Measurement: graph replay with an L2 flush on a GPU; on the
     interpreter fn runs once for real and a FakeClock makes the samples. Shared with the benchmarks' scans,
     so every timing script measures as `mxmoe bench` does."""
-    from mxmoe.tuning.measure import FakeClock, measure
+    from mxmoe.tuning.clocks import FakeClock
+    from mxmoe.tuning.measure import measure
 
     def time_it(fn: Callable[[], object], key: str, t: int, scale: float) -> Any:
         if not interpreter:

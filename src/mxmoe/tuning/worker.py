@@ -193,8 +193,9 @@ class TrialRunner:
         from mxmoe.shapes import get_shape
         from mxmoe.source_hash import kernel_source_hash
         from mxmoe.tuning.bench import measure_floors
+        from mxmoe.tuning.clocks import FakeClock
         from mxmoe.tuning.gpu_state import CheckResult, read_gpu_state
-        from mxmoe.tuning.measure import FakeClock, idle_before, resolve_device
+        from mxmoe.tuning.measure import idle_before, resolve_device
         from mxmoe.tuning.provenance import collect_provenance
 
         clock = FakeClock() if interpreter else None
@@ -281,8 +282,9 @@ class TrialRunner:
 
     def _measure(self, job: Job, fn: Any) -> Any:
         from mxmoe.tuning.bench import FAKE_MEASURE, fake_median_us, fake_seed
+        from mxmoe.tuning.clocks import FakeClock
         from mxmoe.tuning.gpu_state import CheckResult
-        from mxmoe.tuning.measure import FakeClock, measure
+        from mxmoe.tuning.measure import measure
 
         kw: dict[str, Any] = {"idle": CheckResult.from_dict(self.info.idle)}
         if self.info.interpreter:

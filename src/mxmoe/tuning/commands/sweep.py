@@ -238,7 +238,7 @@ def noise(
     """A/A noise floor of the heuristic layer (graph replay, L2 flushed): must sit under the win margins."""
     interp = _interpreter_guard(model, force)
     from mxmoe.tuning.bench import FAKE_MEASURE
-    from mxmoe.tuning.measure import FakeClock
+    from mxmoe.tuning.clocks import FakeClock
     from mxmoe.tuning.noise import run_noise
 
     shape = get_shape(model)
