@@ -122,6 +122,19 @@ def test_page_has_every_section_both_verdicts_and_the_banner(built):
     assert "above the roofline" in page and "gpt-oss-20b/a16w4/T=16" in page
 
 
+def test_page_has_the_claim_of_each_model_and_path_under_both_profiles(built):
+    """The table each shipped table rests on: gpt-oss-20b regresses at T=4096 (not claimable), deepseek-v3 wins
+    at T=1 and 4096 with no regression (claimable under mxmoe), as `claimable_win(model=)` says."""
+    _, page, _, _ = built
+    assert "Per (model, path): the claim each table rests on" in page
+    cells = re.findall(r"<tr><td>(gpt-oss-20b|deepseek-v3)</td><td>a16w4</td><td>([^<]*)</td><td>([^<]*)</td></tr>",
+                       page)
+    by_model = {m: (mx, seed) for m, mx, seed in cells}
+    assert by_model["deepseek-v3"][0] == "claimable"
+    assert by_model["gpt-oss-20b"][0].startswith("no: regression:gpt-oss-20b/a16w4/T=4096")
+    assert set(by_model) == {"gpt-oss-20b", "deepseek-v3"}
+
+
 def test_headline_markdown_rows_and_geomeans(built):
     _, page, _, markdown = built
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]

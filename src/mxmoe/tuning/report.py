@@ -4,14 +4,14 @@ No torch or triton here, and nothing is re-measured: every number on the page is
 spec.py formula applied to one, or a gate.py verdict. matplotlib (the `report` extra) is imported
 only when plots are drawn, so `headline_markdown` and `report_bars.bars_markdown` work without it.
 
-Sections of the page (`SECTIONS`, in this order): the `claimable_win` verdict under both profiles
-and the headline table; the performance bars of issues 9 and 13, so a reader sees how far the campaign
-is from its targets and not only from its baseline; latency vs T against the memory and compute floors;
-roofline fraction; speedup over the baseline; the #708 workload, only when the campaign measured a #708
-shape, because #708 is judged on its own shapes and routings rather than averaged into the rest;
-rejections per status / reason code; provenance. A banner heads the page when any row ran on the
-Triton interpreter or a fake clock. The bars and the #708 view live in report_bars.py: targets move
-with their issues, the spec sections here do not.
+Sections of the page (`SECTIONS`, in this order): the `claimable_win` verdict under both profiles,
+campaign-wide and per (model, path) (the claim each shipped table rests on), and the headline table; the
+performance bars of issues 9 and 13, so a reader sees how far the campaign is from its targets and not only from
+its baseline; latency vs T against the memory and compute floors; roofline fraction; speedup over the baseline;
+the #708 workload, only when the campaign measured a #708 shape, because #708 is judged on its own shapes and
+routings rather than averaged into the rest; rejections per status / reason code; provenance. A banner heads
+the page when any row ran on the Triton interpreter or a fake clock. The bars and the #708 view live in
+report_bars.py: targets move with their issues, the spec sections here do not.
 
 "Best" at a grid point (model, path, routing, T) is the active measured layer row with the lowest
 median among claimable rows, else among all rows (then it is drawn hollow and marked non-claimable),
@@ -36,7 +36,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path as FsPath
 
 from mxmoe.shapes import Activation, MoEShape, Path
@@ -51,7 +51,7 @@ from mxmoe.spec import (
     roofline_fraction,
 )
 from mxmoe.tuning.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
-from mxmoe.tuning.gate import Comparison, Outcome, PointVerdict, Verdict, claimable_win, compare
+from mxmoe.tuning.gate import Comparison, Outcome, PointVerdict, Verdict, claimable_wins, compare
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import INTERPRETER, Attempt, Status, active
 
@@ -124,6 +124,8 @@ class ReportData:
     base_best: dict[PanelKey, tuple[BestPoint, ...]]
     verdicts: dict[Profile, Verdict]
     headline: tuple[HeadlineRow, ...]
+    # per profile: ((model, path), verdict) for each (model, path) of the baseline, the claim one table rests on
+    scoped: dict[Profile, tuple[tuple[tuple[str, str], Verdict], ...]] = field(default_factory=dict)
 
     @property
     def interpreter_rows(self) -> int:
@@ -275,10 +277,16 @@ def collect(
         _require_campaign(ledger, baseline, "baseline")
     cand = tuple(ledger.attempts(campaign))
     base = tuple(ledger.attempts(baseline)) if baseline is not None else ()
-    verdicts = {p: claimable_win(ledger, campaign, baseline, p) for p in Profile} if baseline is not None else {}
+    verdicts: dict[Profile, Verdict] = {}
+    scoped: dict[Profile, tuple[tuple[tuple[str, str], Verdict], ...]] = {}
+    if baseline is not None:
+        pairs = sorted({(r.model, r.path) for r in base})
+        for p in Profile:
+            whole, *each = claimable_wins(ledger, campaign, baseline, p, scopes=[(None, None), *pairs])
+            verdicts[p], scoped[p] = whole, tuple(zip(pairs, each, strict=True))
     head = headline_rows(verdicts[Profile.MXMOE].comparison) if verdicts else ()
     return ReportData(campaign, baseline, ledger.path, cand, base, best_layer_rows(cand, bandwidth, rate),
-                      best_layer_rows(base, bandwidth, rate), verdicts, head)
+                      best_layer_rows(base, bandwidth, rate), verdicts, head, scoped)
 
 
 def build_report(
@@ -389,10 +397,33 @@ def verdict_html(profile: Profile, v: Verdict) -> str:
     return f"<h3>claimable_win, {esc(profile.value)} profile: {flag}</h3>{reasons}"
 
 
+def scoped_verdict_text(v: Verdict) -> str:
+    """`claimable`, or the first reason and how many more (a cell of the per-(model, path) table)."""
+    if v.claimable:
+        return "claimable"
+    more = f" (+{len(v.reasons) - 1} more)" if len(v.reasons) > 1 else ""
+    return f"no: {v.reasons[0]}{more}"
+
+
+def _scoped_table(data: ReportData) -> str:
+    """One row per (model, path): the claim scoped to the rows its shipped table rests on, under both profiles."""
+    profiles = list(data.scoped)
+    if not profiles:
+        return ""
+    by_pair: dict[tuple[str, str], dict[Profile, Verdict]] = {}
+    for p in profiles:
+        for pair, v in data.scoped[p]:
+            by_pair.setdefault(pair, {})[p] = v
+    rows = [(m, path, *(scoped_verdict_text(vs[p]) for p in profiles)) for (m, path), vs in sorted(by_pair.items())]
+    return ("<h3>Per (model, path): the claim each table rests on (<code>mxmoe claim --each</code>)</h3>"
+            + html_table(("model", "path", *(f"claimable_win ({p.value})" for p in profiles)), rows))
+
+
 def _verdict_section(data: ReportData) -> str:
     if not data.verdicts:
         return html_section(SECTIONS[0], "<p>No baseline campaign given: no verdict, speedup or headline.</p>")
     parts = [verdict_html(p, v) for p, v in data.verdicts.items()]
+    parts.append(_scoped_table(data))
     parts.append("<h3>Headline (speedup = baseline / candidate median; wins and regressions: mxmoe profile)</h3>")
     parts.append(html_table(HEADLINE_COLUMNS, (headline_cells(h) for h in data.headline)))
     md = esc(format_headline(data.headline))
