@@ -317,6 +317,11 @@ def test_claimable_wins_reads_once_and_judges_each_scope_as_claimable_win(ledger
     assert [(v.claimable, v.reasons) for v in together] == [(v.claimable, v.reasons) for v in singles]
     assert [v.claimable for v in together] == [True, False, False]
     assert sorted(reads) == [("base",), ("cand",)]  # each campaign read once, the scan included
+    reads.clear()
+    rows = (real(ledger, "cand"), real(ledger, "base"))
+    again = claimable_wins(ledger, "cand", "base", scopes=scopes, rows=rows)
+    assert [(v.claimable, v.reasons) for v in again] == [(v.claimable, v.reasons) for v in singles]
+    assert reads == []  # rows the caller read are not read again
 
 
 def test_cli_claim_each(ledger):

@@ -369,5 +369,7 @@ def test_workload_708_section_has_both_routings_side_by_side(built_708):
     assert heads == ["uniform", "skewed"]
     assert "1.200x [" in section  # speedup with its CI pair
     assert "campaign-wide" in section and "#708 points" in section
+    # the scoped claim of the one #708 (model, path): claimable under both profiles (1.2x, guardrail passed)
+    assert f"<tr><td>{WORKLOAD_SHAPE}</td><td>a4w4</td><td>claimable</td><td>claimable</td></tr>" in section
     bars = page[page.index(f"<h2>{BARS_SECTION}</h2>"):]
     assert "31.2 us over 25 us" in bars[:bars.index("</section>")]

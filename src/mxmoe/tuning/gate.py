@@ -212,10 +212,12 @@ def _config_reasons(
 
 
 def claimable_wins(ledger: Ledger, campaign: str, baseline: str, profile: Profile = Profile.MXMOE, *,
-                   scopes: Sequence[tuple[str | None, str | None]] = ((None, None),)) -> list[Verdict]:
+                   scopes: Sequence[tuple[str | None, str | None]] = ((None, None),),
+                   rows: tuple[Sequence[Attempt], Sequence[Attempt]] | None = None) -> list[Verdict]:
     """`claimable_win` for several (model, path) scopes of one campaign pair, reading the ledger once: a
-    campaign's rows (tens of thousands of `illegal:*` rows with their provenance) take most of a claim's time."""
-    cand_all, base_all = ledger.attempts(campaign), ledger.attempts(baseline)
+    campaign's rows (tens of thousands of `illegal:*` rows with their provenance) take most of a claim's time.
+    `rows`: (campaign rows, baseline rows) when the caller has read them already, as `scan(rows=)`."""
+    cand_all, base_all = rows if rows is not None else (ledger.attempts(campaign), ledger.attempts(baseline))
     guards = ledger.guardrails(campaign)
     findings = [f"scan:{f}" for name, rows in ((campaign, cand_all), (baseline, base_all))
                 for f in scan(ledger, name, rows=rows)]

@@ -282,7 +282,8 @@ def collect(
     if baseline is not None:
         pairs = sorted({(r.model, r.path) for r in base})
         for p in Profile:
-            whole, *each = claimable_wins(ledger, campaign, baseline, p, scopes=[(None, None), *pairs])
+            whole, *each = claimable_wins(ledger, campaign, baseline, p, scopes=[(None, None), *pairs],
+                                          rows=(cand, base))
             verdicts[p], scoped[p] = whole, tuple(zip(pairs, each, strict=True))
     head = headline_rows(verdicts[Profile.MXMOE].comparison) if verdicts else ()
     return ReportData(campaign, baseline, ledger.path, cand, base, best_layer_rows(cand, bandwidth, rate),

@@ -11,9 +11,9 @@ coverage, as the gate reads it): a point the candidate lacks is named in the row
 point whose best row is non-claimable cannot meet a bar.
 
 The #708 section exists because #708 is judged on its own shapes and routings (skew changes both the
-floor and the best tile), which the campaign-wide figures average away. claimable_win takes campaign
-names and has no #708-only form, so the section prints the campaign-wide verdicts, says so, and counts
-the #708 points inside them.
+floor and the best tile), which the campaign-wide figures average away. It prints the campaign-wide
+verdicts with the #708 points counted inside them, and the claim of each #708 (model, path) (ReportData.scoped,
+what each #708 table rests on).
 
 matplotlib is not imported here: report.py loads this module while writing the page, report_plots.py
 draws the figures the #708 section shows.
@@ -42,6 +42,7 @@ from mxmoe.tuning.report import (
     html_section,
     html_table,
     panel_label,
+    scoped_verdict_text,
     speedup_text,
 )
 
@@ -300,13 +301,18 @@ def workload_counts(points: Iterable[PointVerdict]) -> dict[str, int]:
 def _workload_verdicts(data: ReportData) -> str:
     if not data.verdicts:
         return "<p>No baseline campaign given: no verdict.</p>"
-    note = ("<p>claimable_win judges whole campaigns (it takes campaign names; the gate has no #708-only "
-            "verdict), so these are the campaign-wide verdicts; the counts are the #708 points inside them.</p>")
+    note = ("<p>The campaign-wide verdicts, with the #708 points counted inside them; then the claim of each #708 "
+            "(model, path), scoped to the rows its table rests on.</p>")
     heads = ("profile", "campaign-wide verdict", "#708 points", "win", "neutral", "regression", "missing",
              "reasons on #708 points")
     rows = [(p.value, "CLAIMABLE" if v.claimable else "NOT claimable", *workload_counts(v.comparison.points).values(),
              "; ".join(reasons_708(v)) or "-") for p, v in data.verdicts.items()]
-    return note + html_table(heads, rows)
+    profiles = list(data.scoped)
+    scoped = {p: dict(data.scoped[p]) for p in profiles}
+    pairs = sorted({pair for p in profiles for pair in scoped[p] if pair[0] in WORKLOAD_708})
+    per_pair = [(m, path, *(scoped_verdict_text(scoped[p][m, path]) for p in profiles)) for m, path in pairs]
+    table = html_table(("model", "path", *(f"claimable_win ({p.value})" for p in profiles)), per_pair) if pairs else ""
+    return note + html_table(heads, rows) + table
 
 
 def workload_section(data: ReportData, pngs: dict[str, bytes]) -> str:

@@ -161,10 +161,11 @@ def rejections_figure(counts: Counter[str]) -> Figure:
 def workload_figures(data: ReportData) -> dict[str, Figure]:
     """The #708 section's figures: latency per #708 shape (paths in rows, routings side by side), and the
     roofline and speedup figures restricted to the #708 panels; none when the campaign has no #708 row."""
-    if not workload_shapes(data):
+    shapes = workload_shapes(data)
+    if not shapes:
         return {}
     figs = {}
-    for shape in workload_shapes(data):
+    for shape in shapes:
         panels, columns = workload_grid(data, shape)
         figs[workload_png(shape)] = latency_figure(workload_best(data.cand_best, shape),
                                                    workload_best(data.base_best, shape), panels, columns)
