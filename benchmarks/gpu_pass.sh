@@ -173,7 +173,8 @@ step_campaign() {
   # A tuning campaign (issues 9 and 13) over COMBOS="model:path ...", in phases that each resume: every combo's
   # heuristic baseline first (cheap, and the gate's coverage), then every combo's sweep (LIMIT candidates per T,
   # regime neighbours first), each bounded by DEADLINE so the call ends in time; RESUME=ledger.sqlite continues an
-  # earlier call's ledger, SKIP_BASE=1 skips the baseline phase. ROUTING (default uniform) is the measured routing. `campaign_finish` judges it.
+  # earlier call's ledger, SKIP_BASE=1 skips the baseline phase. ROUTING (default uniform) is the measured routing.
+  # `campaign_finish` judges it.
   local c m p led="${LEDGER_FILE:-$OUT/$CAMPAIGN.sqlite}" log="$OUT/$CAMPAIGN.log"
   local sweep=(--tokens "${TOKENS:-grid}" --executor "${EXECUTOR:-host}" --ledger "$led" --routing "${ROUTING:-uniform}"
                ${SWEEP_FLAGS:-})  # e.g. SWEEP_FLAGS=--retry-nonclaimable

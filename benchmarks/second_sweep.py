@@ -15,7 +15,7 @@ import argparse
 import csv
 
 from mxmoe.spec import Profile, is_regression, is_win
-from mxmoe.tuning.gate import layer_rows
+from mxmoe.tuning.gate import best_row, layer_rows
 from mxmoe.tuning.ledger import Ledger
 
 
@@ -30,11 +30,10 @@ def main() -> None:
         base, again = layer_rows(led.attempts(args.baseline)), layer_rows(led.attempts(args.campaign))
     rows = []
     for pt in sorted(base):
-        b = min(base[pt], key=lambda r: r.median_us)
-        same = [r for r in again.get(pt, []) if r.config_key == b.config_key]
-        if not same:
+        b = best_row(base[pt])
+        c = best_row([r for r in again.get(pt, []) if r.config_key == b.config_key])
+        if c is None:
             continue
-        c = min(same, key=lambda r: r.median_us)
         bs, cs = b.stats(), c.stats()
         verdicts = {p.value: ("win" if is_win(pt[3], bs, cs, p) else "regression" if is_regression(pt[3], bs, cs, p)
                               else "agree") for p in Profile}

@@ -112,8 +112,9 @@ def layer_rows(rows: Sequence[Attempt]) -> dict[Point, list[Attempt]]:
     return out
 
 
-def _best(rows: Sequence[Attempt]) -> Attempt | None:
-    """Lowest median, claimable rows first; the key breaks ties so the choice is deterministic."""
+def best_row(rows: Sequence[Attempt]) -> Attempt | None:
+    """The row a side shows at a point: lowest median, claimable rows first; the key breaks ties so the choice is
+    deterministic."""
     return min(rows, key=lambda r: (not r.claimable, r.median_us, r.key), default=None)
 
 
@@ -174,9 +175,9 @@ def compare(candidate: Sequence[Attempt], baseline: Sequence[Attempt], profile: 
     base_pts, cand_pts = layer_rows(baseline), layer_rows(candidate)
     points = []
     for pt in sorted(base_pts):
-        b = _best(base_pts[pt])
+        b = best_row(base_pts[pt])
         assert b is not None  # every coverage point has at least one row
-        points.append(_verdict(pt, b, _best(cand_pts.get(pt, [])), profile))
+        points.append(_verdict(pt, b, best_row(cand_pts.get(pt, [])), profile))
     return Comparison(profile, tuple(points), pareto_fronts(candidate))
 
 
