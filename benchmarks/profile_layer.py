@@ -1,17 +1,24 @@
 """Where does a layer's time go? Times routing, input quantization, stage 1 and stage 2 apart.
 
-Each piece is timed alone with CUDA-graph replay (triton.testing.do_bench_cudagraph), next to the
-whole layer, and the weight-stream floor at the measured copy bandwidth. Prints; never asserts.
+Each piece is timed alone by the harness's own `measure` (CUDA-graph replay, L2 flushed before every
+replay, GPU state read), next to the whole layer and the weight-stream floor at the measured copy
+bandwidth. Stage 2 is also split into its kernel, the fp32 zero fill before it and the bf16 cast after
+it, and timed with the slots combine (plain stores of [P, H], then a sum over the A slots) beside the
+atomic one: with inter = 256 the stage-2 GEMM has K = 256, so the combine is a large share of it.
+`launch` is one tiny kernel under the same protocol: the floor every launch of the layer pays.
+Prints and writes a CSV; never asserts (a benchmark, not a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import sys
+from collections.abc import Callable
 
 import torch
-import triton
 
-from mxmoe.config import Mma, MoEConfig
+from mxmoe.config import Combine, MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
@@ -22,53 +29,83 @@ from mxmoe.problem import make_problem
 from mxmoe.routing import experts_hit
 from mxmoe.shapes import MODELS, Path, parse_tokens
 from mxmoe.spec import layer_bytes
+from mxmoe.tuning.measure import measure
 
 
 def copy_bandwidth() -> float:
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), rep=200)
-    return 2 * x.numel() / (ms * 1e-3)
+    m = measure(lambda: y.copy_(x), mode="graph", min_iters=20, max_time_s=1.0, idle_sample_s=0.1)
+    return 2 * x.numel() / (m.median_us * 1e-6)
+
+
+def _us(fn: Callable[[], object], max_time_s: float) -> float:
+    return measure(fn, mode="graph", max_time_s=max_time_s, min_iters=30, idle_sample_s=0.05).median_us
+
+
+def profile_point(model: str, path: Path, t: int, routing: str, max_time_s: float,
+                  bandwidth: float, device: str = "cuda") -> dict[str, object]:
+    """One (model, path, T): every piece's median us (graph replay, L2 flushed) and the layer's floor."""
+    shape = MODELS[model]
+    p = make_problem(shape, path, t, routing=routing, device=device)
+    cfg = default_config(shape, path, t, interpreter=device != "cuda")
+    e, hidden = shape.experts, shape.hidden
+    plan1 = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
+    plan2 = plan1 if cfg.stage2.block_m == cfg.stage1.block_m else align(
+        p.topk_ids, e, cfg.stage2.block_m, validate=False)
+    x = quantize_input(p.hidden, path)
+    h = stage1(x, p.weights, plan1, cfg.stage1)
+    tw = p.topk_weights.float()
+    out32 = torch.zeros(t, hidden, dtype=torch.float32, device=device)
+    slots_cfg = cfg.stage2.replace(combine=Combine.SLOTS, split_k=1)
+    tiny = torch.empty(1, device=device)
+    parts: dict[str, Callable[[], object]] = {
+        "launch": lambda: tiny.zero_(),
+        "route": lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False),
+        "quant": lambda: quantize_input(p.hidden, path),
+        "stage1": lambda: stage1(x, p.weights, plan1, cfg.stage1),
+        "s2_zero": lambda: out32.zero_(),
+        "s2_cast": lambda: out32.to(torch.bfloat16),
+        "stage2": lambda: stage2(h, p.weights, plan2, tw, cfg.stage2, t),
+        "stage2_slots": lambda: stage2(h, p.weights, plan2, tw, slots_cfg, t),
+        "layer": lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False),
+    }
+    if path is Path.A16W4:
+        del parts["quant"]
+    us = {k: _us(f, max_time_s) for k, f in parts.items()}
+    us["s2_kernel"] = us["stage2"] - us["s2_zero"] - us["s2_cast"]
+    floor = layer_bytes(shape, path, t, experts_hit(p.topk_ids, e)) / bandwidth * 1e6
+    return {"model": model, "path": path.value, "tokens": t, "routing": routing,
+            "config": MoEConfig(cfg.stage1, cfg.stage2).key(), **{k: round(v, 2) for k, v in us.items()},
+            "floor_us": round(floor, 2), "floor_frac": round(floor / us["layer"], 3)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="gpt-oss-120b,deepseek-v3")
-    ap.add_argument("--paths", default="a16w4")
-    ap.add_argument("--tokens", default="1,16,1024")
-    ap.add_argument("--mma", default="dot_scaled")
-    ap.add_argument("--set", default="", help="overrides for both stages, e.g. block_n=128,num_warps=8")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="deepseek-v3-tp8,kimi-k2-tp8")
+    ap.add_argument("--paths", default="a16w4,a8w4,a4w4")
+    ap.add_argument("--tokens", default="1,16,4096")
+    ap.add_argument("--routing", default="uniform")
+    ap.add_argument("--max-time-s", type=float, default=0.5, help="timing budget per piece")
+    ap.add_argument("--csv", default=None, help="write every row here")
     args = ap.parse_args()
-    bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
-    over = {k: int(v) for k, v in (kv.split("=") for kv in args.set.split(",") if kv)}
+    bandwidth = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    rows = []
     for model in args.models.split(","):
-        shape = MODELS[model]
         for path in [Path(p) for p in args.paths.split(",")]:
             for t in parse_tokens(args.tokens):
-                p = make_problem(shape, path, t, device="cuda")
-                base = default_config(shape, path, t)
-                cfg = MoEConfig(base.stage1.replace(mma=Mma(args.mma), **over),
-                                base.stage2.replace(mma=Mma(args.mma), **over))
-                e = shape.experts
-                plan = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
-                x = quantize_input(p.hidden, path)
-                h = stage1(x, p.weights, plan, cfg.stage1)
-                tw = p.topk_weights.float()
-                parts = {
-                    "route": lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False),  # noqa: B023
-                    "quant": lambda: quantize_input(p.hidden, path),  # noqa: B023
-                    "stage1": lambda: stage1(x, p.weights, plan, cfg.stage1),  # noqa: B023
-                    "stage2": lambda: stage2(h, p.weights, plan, tw, cfg.stage2, t),  # noqa: B023
-                    "layer": lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg,  # noqa: B023
-                                         validate=False),
-                }
-                us = {k: triton.testing.do_bench_cudagraph(f, rep=40) * 1e3 for k, f in parts.items()}
-                floor = layer_bytes(shape, path, t, experts_hit(p.topk_ids, e)) / bw * 1e6
-                row = " ".join(f"{k}={v:8.1f}" for k, v in us.items())
-                print(f"{model:16} {path.value} T={t:<6} {row}  floor={floor:7.1f}us  frac={floor / us['layer']:.2f}",
-                      flush=True)
-                torch.cuda.empty_cache()
+                if t < MODELS[model].min_tokens:
+                    continue
+                row = profile_point(model, path, t, args.routing, args.max_time_s, bandwidth)
+                rows.append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    if args.csv and rows:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {len(rows)} rows to {args.csv}", file=sys.stderr)
 
 
 if __name__ == "__main__":
