@@ -33,6 +33,14 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
   decode is the same weight stream.
 - Measured and not taken: mma=fma (the tensor-core-free decode lever) ran 261 us vs 124 us for
   dot_scaled on deepseek-v3 T=1 stage 1 (scan2 log); the f32 unpack costs more than the 16-row MMA wastes.
+  Nor at BLOCK_M 1, where it multiplies only the real row: deepseek-v3-tp8 T=1 whole layer 50.7 us (a16w4) and
+  63.5 us (a4w4) with the heuristic against 79.7 / 84.6 us for the best fma stage 1 and 64.7 / 73.2 us for the best
+  fma stage 2 over N 32-128, K 128-512, 2-4 warps (H100, results/h100/2026-11-26_scan_decode_9cc6586.csv).
+- Routing skew is invisible here (a pure function of T): the split-K and BLOCK_M rules assume uniform routing, so
+  `hit` overstates the experts a skewed batch hits. Under `skewed` routing the #708 shapes' winners are the
+  heuristic's config of a smaller T at decode (one more split-K step: 1.4-1.5x at T = 8) and of a larger T from
+  256 tokens up (BLOCK_M 32). The shipped tables carry that where it costs nothing under uniform routing
+  (`mxmoe export --robust-over skewed`).
 """
 
 from __future__ import annotations

@@ -28,11 +28,12 @@ CFGS = [MoEConfig(TileConfig(block_m=m), TileConfig(block_m=m, num_warps=w)) for
 
 
 def row(tokens: int, cfg: MoEConfig, median: float, *, claimable: bool = True, status: Status = Status.MEASURED,
-        kernel_hash: str = KHASH, supersedes: str | None = None, campaign: str = "c") -> Attempt:
+        kernel_hash: str = KHASH, supersedes: str | None = None, campaign: str = "c",
+        routing: str = "uniform") -> Attempt:
     stats = dict(median_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01, samples_us=(median,))
     return Attempt.make(
         campaign=campaign, status=status, model=DSV3.name, shape=DSV3.to_dict(), path="a16w4", stage="layer",
-        tokens=tokens, config=cfg.to_dict(), config_key=cfg.key(), kernel_hash=kernel_hash, device=GPU,
+        routing=routing, tokens=tokens, config=cfg.to_dict(), config_key=cfg.key(), kernel_hash=kernel_hash, device=GPU,
         claimable=claimable, nonclaimable_reasons=() if claimable or status is not Status.MEASURED
         else ("busy:utilization",),
         provenance={"git_commit": "a" * 40, "triton_version": TRITON}, argv=("mxmoe", "sweep"),
@@ -87,6 +88,33 @@ def test_with_the_baseline_a_table_departs_from_it_only_where_a_win_was_proven(l
     assert meta["median_us"] == {"1": 8.0, "16": 20.0, "128": 39.9}
     campaign_keys = {r.key for r in ledger.attempts("c")}
     assert set(meta["rows"].values()) <= campaign_keys  # every entry traces to a row of the campaign's export
+
+
+def test_robust_over_a_second_routing_a_table_never_takes_a_config_that_loses_under_it(ledger, tmp_path):
+    """Baseline CFGS[0] at T=4, 8, 16 under uniform and skewed. T=4: CFGS[1] is 20% faster under skewed and even
+    under uniform (neutral): it ships. T=8: CFGS[2] wins 30% under skewed but is 5% slower under uniform (a
+    regression): the baseline's config ships. T=16: CFGS[3] wins under uniform but the campaign never measured it
+    under skewed: it ships only in the uniform-only table. Oracle: the gate's band by hand (CIs +-1%)."""
+    ledger.add_campaign("b")
+    for routing in ("uniform", "skewed"):
+        for t in (4, 8, 16):
+            ledger.record(row(t, CFGS[0], 100.0, campaign="b", routing=routing))
+            ledger.record(row(t, CFGS[0], 100.0, routing=routing))
+    for t, cfg, uniform, skewed in ((4, CFGS[1], 99.9, 80.0), (8, CFGS[2], 105.0, 70.0), (16, CFGS[3], 80.0, None)):
+        ledger.record(row(t, cfg, uniform))
+        if skewed is not None:
+            ledger.record(row(t, cfg, skewed, routing="skewed"))
+    (plain,) = export_tables(ledger, "c", tmp_path / "plain", baseline="b")
+    (robust,) = export_tables(ledger, "c", tmp_path / "robust", baseline="b", robust_over=["skewed"])
+    plain_data, robust_data = (json.loads(t.file.read_text()) for t in (plain, robust))
+    assert [MoEConfig.from_dict(plain_data[t]) for t in ("4", "8", "16")] == [CFGS[0], CFGS[0], CFGS[3]]
+    assert [MoEConfig.from_dict(robust_data[t]) for t in ("4", "8", "16")] == [CFGS[1], CFGS[0], CFGS[0]]
+    meta = robust_data["_metadata"]
+    assert meta["robust_over"] == ["skewed"] and meta["routing"] == "uniform" and "robust_over" not in plain_data[
+        "_metadata"]
+    assert meta["median_us"] == {"4": 99.9, "8": 100.0, "16": 100.0}  # the uniform rows' timings
+    with pytest.raises(ExportError, match="baseline"):
+        export_tables(ledger, "c", tmp_path / "x", robust_over=["skewed"])
 
 
 def test_nonclaimable_rows_are_refused_unless_allowed(ledger, tmp_path):

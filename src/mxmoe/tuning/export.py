@@ -12,6 +12,7 @@ the git commit(s), campaign, the ledger CSV export written beside it, and each e
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import Any
 from mxmoe._version import __version__
 from mxmoe.dispatch import METADATA_KEY, TABLE_SCHEMA_VERSION, table_filename
 from mxmoe.shapes import Activation, MoEShape
-from mxmoe.spec import Profile
-from mxmoe.tuning.gate import Outcome, compare
+from mxmoe.spec import is_regression, is_win
+from mxmoe.tuning.gate import best_row, layer_rows
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import Attempt, Status, active, utc_now
 
@@ -62,22 +63,49 @@ def _best(rows: Sequence[Attempt]) -> dict[int, Attempt]:
     return dict(sorted(best.items()))
 
 
-def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_rows: Sequence[Attempt]) -> dict[
-        int, Attempt]:
-    """At each T where the gate (mxmoe profile) sees no win over the baseline, the campaign's own row of the
-    baseline's config instead of the fastest row: a table then departs from the heuristic only where a win was
-    proven, not where a config merely measured within noise of it. A T whose baseline config the campaign never
-    measured keeps the fastest row."""
-    verdicts = {p.tokens: p for p in compare(group, base_rows, Profile.MXMOE).points}
+def _config_rows(group: Sequence[Attempt]) -> dict[tuple[int, str, str], Attempt]:
+    """The fastest row of each (T, routing, config key)."""
+    out: dict[tuple[int, str, str], Attempt] = {}
+    for r in group:
+        k = (r.tokens, r.routing, r.config_key)
+        if k not in out or (r.median_us, r.key) < (out[k].median_us, out[k].key):
+            out[k] = r
+    return out
+
+
+def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_rows: Sequence[Attempt],
+                     routings: Sequence[str]) -> dict[int, Attempt]:
+    """At each T, a config other than the baseline's only where it is proven better: a win over the baseline
+    (mxmoe profile) under at least one of `routings` and a regression under none of them, measured under every
+    routing the baseline has at that T; of several, the best geometric-mean speedup over those routings. Elsewhere
+    the campaign's own row of the baseline's config, not a config that merely measured within noise of it. So a
+    table departs from the heuristic only where a win was proven, and with several routings (`robust_over`) never
+    where it would lose under any of them (the runtime cannot see the routing it will be called with). A T whose
+    baseline config the campaign never measured (or that the baseline lacks) keeps the fastest row. The table's
+    entry is the chosen config's row under the first routing."""
+    primary = routings[0]
+    base = {pt: best_row(rs) for pt, rs in layer_rows(base_rows).items()}
+    cfg_rows = _config_rows(group)
     out = dict(best)
-    for t in best:
-        v = verdicts.get(t)
-        if v is None or v.outcome is Outcome.WIN or v.base_key is None:
+    for t, fastest in best.items():
+        bases = {r: base.get((fastest.model, fastest.path, r, t)) for r in routings}
+        bases = {r: b for r, b in bases.items() if b is not None}
+        if primary not in bases:
             continue
-        base_cfg = next(r.config_key for r in base_rows if r.key == v.base_key)
-        same = [r for r in group if r.tokens == t and r.config_key == base_cfg]
-        if same:
-            out[t] = min(same, key=lambda r: (r.median_us, r.key))
+        base_cfg = bases[primary].config_key
+        if (t, primary, base_cfg) not in cfg_rows:
+            continue
+        scored = []
+        for cfg in {k for (tt, r, k) in cfg_rows if tt == t and r == primary and k != base_cfg}:
+            rows = {r: cfg_rows.get((t, r, cfg)) for r in bases}
+            if any(c is None for c in rows.values()):
+                continue
+            pairs = [(b.stats(), rows[r].stats()) for r, b in bases.items()]
+            if any(is_regression(t, b, c) for b, c in pairs) or not any(is_win(t, b, c) for b, c in pairs):
+                continue
+            speedup = math.prod(b.median_us / c.median_us for b, c in pairs) ** (1 / len(pairs))
+            scored.append((-speedup, cfg))
+        out[t] = cfg_rows[(t, primary, min(scored)[1] if scored else base_cfg)]
     return out
 
 
@@ -127,23 +155,31 @@ def export_tables(
     ledger_export: str | os.PathLike[str] | None = None,
     only: Collection[tuple[str, str]] | None = None,
     baseline: str | None = None,
+    robust_over: Sequence[str] = (),
 ) -> list[ExportedTable]:
     """Write one table per (device, shape, path) of `campaign`; returns what was written.
 
     `baseline`: the campaign the claim was judged against; each T then takes the fastest row only where it is a
     win over the baseline, and the campaign's row of the baseline's config elsewhere (`_keep_unless_won`).
+    `robust_over`: more routings (e.g. "skewed") the campaign and the baseline measured; with `baseline`, a T then
+    departs from the baseline's config only for a config that wins under one of the routings and regresses under
+    none. The table's entries and timings stay those of `routing`.
 
     `ledger_export`: where to write the campaign's rows as CSV (recorded in every table's metadata).
     `only`: the (model, path) pairs to export, e.g. those whose scoped claim (`claimable_win(model=,
     path=)`) holds; a table for an unfinished pair would stretch its last entry over the T it never measured.
     """
+    routings = (routing, *(r for r in dict.fromkeys(robust_over) if r != routing))
+    if len(routings) > 1 and baseline is None:
+        raise ExportError(f"robust_over={list(robust_over)} needs the baseline the campaign is judged against")
+
     def wanted(r: Attempt) -> bool:
-        return r.stage == "layer" and r.status is Status.MEASURED and r.routing == routing and (
+        return r.stage == "layer" and r.status is Status.MEASURED and r.routing in routings and (
             only is None or (r.model, r.path) in only)
 
     rows = [r for r in active(ledger.attempts(campaign)) if wanted(r)]
     base_rows = [r for r in active(ledger.attempts(baseline)) if wanted(r)] if baseline is not None else []
-    if not rows:
+    if not any(r.routing == routing for r in rows):
         raise ExportError(f"campaign {campaign!r} has no measured layer rows at routing {routing!r}")
     usable = rows if allow_nonclaimable else [r for r in rows if r.claimable]
     if not usable:
@@ -162,15 +198,20 @@ def export_tables(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for (device, _, path), group in sorted(groups.items()):
-        shape = _shape(group[0])
+        primary = [r for r in group if r.routing == routing]
+        if not primary:
+            continue  # only the other routings were measured for this shape: no table to anchor
+        shape = _shape(primary[0])
         file = out / table_filename(shape, path, device)
         if any(w.file == file for w in written):
             raise ExportError(f"{file.name}: two shapes of the campaign share one table name (same dimensions)")
-        best = _best(group)
+        best = _best(primary)
         if baseline is not None:
             best = _keep_unless_won(best, group, [r for r in base_rows if r.device == device and r.path == path
-                                                  and r.shape == group[0].shape])
-        meta = _metadata(group, best, campaign, baseline, export_path, file.name)
+                                                  and r.shape == primary[0].shape], routings)
+        meta = _metadata(primary, best, campaign, baseline, export_path, file.name)
+        if len(routings) > 1:
+            meta["robust_over"] = list(routings[1:])
         _write_json(file, {METADATA_KEY: meta} | {str(t): r.config for t, r in best.items()})
-        written.append(ExportedTable(file, device, group[0].model, path, tuple(best), meta["claimable"]))
+        written.append(ExportedTable(file, device, primary[0].model, path, tuple(best), meta["claimable"]))
     return written

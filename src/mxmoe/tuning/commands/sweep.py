@@ -185,6 +185,9 @@ def export(
                     ] = None,
     baseline: Annotated[str | None, typer.Option(help="The claim's baseline campaign: keep its config at every T "
                                                  "where the campaign has no win over it")] = None,
+    robust_over: Annotated[list[str] | None, typer.Option(
+        "--robust-over", help="Another routing both campaigns measured (repeatable, needs --baseline): a T leaves "
+        "the baseline's config only for one that wins under some routing and regresses under none")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write one tuned table per (GPU, shape, path) from CLAIMABLE measured layer rows."""
@@ -201,7 +204,7 @@ def export(
     with Ledger.open(ledger) as led:
         try:
             tables = export_tables(led, campaign, out_dir, allow_nonclaimable=allow_nonclaimable, routing=routing,
-                                   ledger_export=dest, only=pairs, baseline=baseline)
+                                   ledger_export=dest, only=pairs, baseline=baseline, robust_over=robust_over or ())
         except ExportError as exc:
             err.print(f"[red]export refused:[/] {exc}")
             raise typer.Exit(1) from exc
