@@ -1,8 +1,11 @@
-"""Decode without the 16-row MMA tile: the whole layer with `mma=fma` and BLOCK_M < 16, against the heuristic.
+"""Decode levers against the heuristic: the whole layer with other mma levers (fma at BLOCK_M < 16, the swapped
+levers) over a small tile grid.
 
 At T = 1 to a few tokens every hit expert holds one or two rows, and the heuristic's BLOCK_M 16 tile makes the
 tensor cores multiply 14-15 rows of padding, after the compiler has staged the upcast weights through shared
-memory for them. The FMA lever at BLOCK_M 1 or 2 multiplies only the real rows, in registers. This scans stage 1
+memory for them. The FMA lever at BLOCK_M 1 or 2 multiplies only the real rows, in registers; the swapped levers
+(`dot_scaled_t`, `upcast_t`) make the weight tile the MMA's M side (wgmma from BLOCK_N 64 over 4 warps) and the
+16 token rows its N. This scans stage 1
 over a small grid (stage 2 at the heuristic's), then stage 2 (stage 1 at the best found), timing the whole layer
 with the harness's `measure` (CUDA-graph replay, L2 flushed) and checking each output against the heuristic's.
 Prints and writes a CSV; never asserts (a benchmark, not a test).
@@ -35,16 +38,22 @@ def _split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
-def stage_grid(shape: MoEShape, tokens: int, stage: int, bms: list[int]) -> list[TileConfig]:
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",")]
+
+
+def stage_grid(shape: MoEShape, tokens: int, stage: int, args: argparse.Namespace) -> list[TileConfig]:
+    """The product of the scan's levers for one stage, split-K as the heuristic would set it for each tile."""
     n, k = (shape.inter, shape.hidden) if stage == 1 else (shape.hidden, shape.inter)
     hit = min(shape.experts, tokens * shape.topk)
     out = []
-    for bm, bn, bk, warps in itertools.product(bms, (32, 64, 128), (128, 256, 512), (2, 4)):
+    for mma, bm, bn, bk, warps in itertools.product([Mma(m) for m in args.mma.split(",")], ints(args.bm),
+                                                    ints(args.bn), ints(args.bk), ints(args.warps)):
         if n % bn or bk > max(64, 1 << (k - 1).bit_length()):
             continue
         split = _split(hit * n // bn, k, bk)
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=2, group_m=1,
-                              mma=Mma.FMA, split_k=split))
+                              mma=mma, split_k=split))
     return out
 
 
@@ -53,11 +62,14 @@ def main() -> None:
     ap.add_argument("--models", default="deepseek-v3-tp8")
     ap.add_argument("--paths", default="a16w4")
     ap.add_argument("--tokens", default="1")
-    ap.add_argument("--bm", default="1", help="comma list of BLOCK_M for the fma configs")
+    ap.add_argument("--mma", default="fma", help="comma list of mma levers to scan")
+    ap.add_argument("--bm", default="1", help="comma list of BLOCK_M")
+    ap.add_argument("--bn", default="32,64,128")
+    ap.add_argument("--bk", default="128,256,512")
+    ap.add_argument("--warps", default="2,4")
     ap.add_argument("--max-time-s", type=float, default=0.25)
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
-    bms = [int(b) for b in args.bm.split(",")]
     rows: list[dict[str, object]] = []
 
     def time_layer(p, path: Path, cfg: MoEConfig, ref: torch.Tensor | None, label: str) -> float | None:
@@ -87,12 +99,12 @@ def main() -> None:
         print(f"== {model} {path.value} T={t}", flush=True)
         base_us = time_layer(p, path, base, None, "base")
         best1, best1_us = base.stage1, base_us
-        for c in stage_grid(shape, t, 1, bms):
+        for c in stage_grid(shape, t, 1, args):
             us = time_layer(p, path, MoEConfig(c, base.stage2), ref, "stage1")
             if us is not None and (best1_us is None or us < best1_us):
                 best1, best1_us = c, us
         best, best_us = MoEConfig(best1, base.stage2), best1_us
-        for c in stage_grid(shape, t, 2, bms):
+        for c in stage_grid(shape, t, 2, args):
             us = time_layer(p, path, MoEConfig(best1, c), ref, "stage2")
             if us is not None and (best_us is None or us < best_us):
                 best, best_us = MoEConfig(best1, c), us

@@ -60,7 +60,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.config import Combine, TileConfig
 from mxmoe.shapes import MoEShape, Path
 from mxmoe.space import candidate_space
 
@@ -207,12 +207,13 @@ def stage_geometry(shape: MoEShape, stage: int) -> StageGeometry:
 
 
 def _uses_wgmma(cfg: TileConfig, model: SmemModel) -> bool:
-    return cfg.block_m % model.wgmma_min_block_m == 0 and cfg.num_warps % model.wgmma_warp_multiple == 0
+    m = cfg.block_n if cfg.mma.swapped else cfg.block_m  # a swapped lever's MMA M side is the weight tile
+    return m % model.wgmma_min_block_m == 0 and cfg.num_warps % model.wgmma_warp_multiple == 0
 
 
 def _act_direct(path: Path, cfg: TileConfig) -> bool:
     """The activation tile meets the MMA as loaded (bf16 into tl.dot_scaled): no register upcast."""
-    return path is Path.A16W4 and cfg.mma is Mma.DOT_SCALED
+    return path is Path.A16W4 and cfg.mma.needs_dot_scaled
 
 
 def _scales_pipelined(geo: StageGeometry, stage: int, cfg: TileConfig, tile_bytes: float, model: SmemModel) -> bool:
@@ -294,8 +295,9 @@ def _check_levers(stage: int, cfg: TileConfig, limits: DeviceLimits) -> Illegal 
         return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 has no combine strategy (got combine={cfg.combine.value})")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
         return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic, got {cfg.combine.value}")
-    if limits.interpreter and cfg.mma is Mma.DOT_SCALED:
-        return Illegal(Reason.PATH_UNSUPPORTED, "mma=dot_scaled is not implemented by the Triton 3.6 interpreter")
+    if limits.interpreter and cfg.mma.needs_dot_scaled:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"mma={cfg.mma.value} is not implemented by the Triton 3.6 "
+                       "interpreter")
     return None
 
 

@@ -18,7 +18,7 @@ from mxmoe.shapes import Activation, Path
 
 PATH_CODES = {Path.A16W4: 0, Path.A8W4: 1, Path.A4W4: 2}
 ACT_CODES = {Activation.SILU: 0, Activation.SWIGLU_OAI: 1}
-MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2}
+MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2, Mma.UPCAST_T: 3, Mma.DOT_SCALED_T: 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +98,9 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"stage {stage}: BLOCK_N={cfg.block_n} must be a multiple of 32")
     if cfg.block_m != plan.block_m:
         raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
-    if cfg.mma is Mma.DOT_SCALED and os.environ.get("TRITON_INTERPRET") == "1":
-        raise ValueError("mma=dot_scaled is not implemented by the Triton 3.6 interpreter; use mma=upcast")
+    if cfg.mma.needs_dot_scaled and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError(f"mma={cfg.mma.value} is not implemented by the Triton 3.6 interpreter (it lacks "
+                         "tl.dot_scaled); use mma=upcast or upcast_t")
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         raise ValueError("stage 1 takes no combine strategy (its split-K partial sums meet in fp32 atomics)")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
@@ -176,7 +177,7 @@ def _scale_cols(s, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, REPEAT: tl.const
 def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: tl.constexpr, MMA: tl.constexpr,
                   EVEN_K: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows `row` x [k0, k0+BK) of the activation. Returns (even K, odd K, whole tile, scales):
-    the upcast and FMA levers use the even/odd halves, dot_scaled the raw tile and its scales.
+    the upcast and FMA levers use the even/odd halves, dot_scaled (and its swap, MMA 4) the raw tile and its scales.
     Columns past K (a K that BLOCK_K does not divide) read as zeros unless EVEN_K."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -192,7 +193,7 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
     if PATH == 0:
         a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0)
         a_scale = a
-        if MMA != 1:
+        if MMA != 1 and MMA != 4:
             a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP or MMA == 2), [BLOCK_M, BLOCK_K // 2, 2]))
         else:
             a_even = a
@@ -201,7 +202,7 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
         a_scale = tl.load(xs_ptr + row[:, None] * stride_xs + offs_s[None, :], mask=mask_s, other=0)
         if PATH == 1:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0)
-            if MMA != 1:
+            if MMA != 1 and MMA != 4:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 32)
                 f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP or MMA == 2)
                 a_even, a_odd = tl.split(tl.reshape(f, [BLOCK_M, BLOCK_K // 2, 2]))
@@ -210,7 +211,7 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
                 a_odd = a
         else:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_b[None, :], mask=mask_b, other=0)
-            if MMA != 1:
+            if MMA != 1 and MMA != 4:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 16)
                 ai = a.to(tl.int32)
                 a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP or MMA == 2)
@@ -225,7 +226,8 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
 def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constexpr, EVEN_K: tl.constexpr,
                 INTERP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """MXFP4 weight rows x [k0, k0+BK). Upcast MMA: (bf16 even-K [BN, BK//2], bf16 odd-K, ...);
-    dot_scaled: (packed [BK//2, BN] (K-major, as tl.dot_scaled wants), scales [BN, BK//32])."""
+    dot_scaled: (packed [BK//2, BN] (K-major, as tl.dot_scaled wants its right operand), scales [BN, BK//32]);
+    dot_scaled_t: (packed [BN, BK//2], the left operand, scales [BN, BK//32])."""
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_s[None, :]
@@ -242,7 +244,7 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[None, :], other=0)
         else:
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[:, None], other=0)
-    if MMA != 1:
+    if MMA != 1 and MMA != 4:
         wi = w.to(tl.int32)
         sf = e8m0_to_f32(s.to(tl.int32))
         sf = tl.reshape(tl.broadcast_to(sf[:, :, None], [BLOCK_N, BLOCK_K // 32, 16]), [BLOCK_N, BLOCK_K // 2])
@@ -258,9 +260,25 @@ def mma_tile(acc, a_even, a_odd, a_full, a_scale, w_ptr, s_ptr, rows, k0, K, str
              PATH: tl.constexpr, MMA: tl.constexpr, EVEN_K: tl.constexpr, INTERP: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A_tile @ W_tile^T for one K step: manual upcast + tl.dot (MMA 0), tl.dot_scaled (MMA 1), or
-    f32 multiply-add without tensor cores (MMA 2: a decode block of a few rows pays no 16-row MMA tile)."""
+    f32 multiply-add without tensor cores (MMA 2: a decode block of a few rows pays no 16-row MMA tile).
+    The swapped levers take and return the transposed accumulator, acc^T [BN, BM] += W_tile @ A_tile^T: the
+    upcast (MMA 3) and tl.dot_scaled with the e2m1 weights on the left (MMA 4)."""
     w0, w1, w_s = load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
-    if MMA == 0:
+    if MMA == 3:
+        if INTERP:
+            acc = tl.dot(w0, tl.trans(a_even), acc, input_precision="ieee")
+            acc = tl.dot(w1, tl.trans(a_odd), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w0, tl.trans(a_even), acc)
+            acc = tl.dot(w1, tl.trans(a_odd), acc)
+    elif MMA == 4:
+        if PATH == 0:
+            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), None, "bf16", acc)
+        elif PATH == 1:
+            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), a_scale, "e4m3", acc)
+        else:
+            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), a_scale, "e2m1", acc)
+    elif MMA == 0:
         if INTERP:
             acc = tl.dot(a_even, tl.trans(w0), acc, input_precision="ieee")
             acc = tl.dot(a_odd, tl.trans(w1), acc, input_precision="ieee")

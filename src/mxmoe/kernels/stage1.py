@@ -107,8 +107,12 @@ def _stage1_kernel(
     else:
         pid_k = tl.program_id(1)
         k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BLOCK_K)
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if MMA >= 3:  # swapped levers accumulate the transpose (common.mma_tile)
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # Bounds from 0, the split's block-aligned offset added inside, as stage 2 (split_k_range says why).
     for kk in range(0, k_len, BLOCK_K):
         k0 = k_first + kk
@@ -118,6 +122,9 @@ def _stage1_kernel(
                          stride_wn, stride_wsn, PATH, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
         acc_u = mma_tile(acc_u, a_even, a_odd, a_full, a_scale, w_e, ws_e, up_rows, k0, H,
                          stride_wn, stride_wsn, PATH, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
+    if MMA >= 3:
+        acc_g = tl.trans(acc_g)
+        acc_u = tl.trans(acc_u)
 
     if HAS_BIAS and (SPLIT_K == 1 or pid_k == 0):  # split-K: split 0 carries the bias
         acc_g += tl.load(b_ptr + expert * stride_be + gate_rows)[None, :]
