@@ -36,6 +36,11 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
   Nor at BLOCK_M 1, where it multiplies only the real row: deepseek-v3-tp8 T=1 whole layer 50.7 us (a16w4) and
   63.5 us (a4w4) with the heuristic against 79.7 / 84.6 us for the best fma stage 1 and 64.7 / 73.2 us for the best
   fma stage 2 over N 32-128, K 128-512, 2-4 warps (H100, results/h100/2026-11-26_scan_decode_9cc6586.csv).
+- Not taken either: the swapped levers (mma=dot_scaled_t: the weight tile as the MMA's M side, wgmma from
+  BLOCK_N 64 over 4 warps). deepseek-v3-tp8 whole layer, H100: a16w4 loses at T=1 (best 54.8 us against 51.0) and
+  T=16 (350 against 322); a4w4 gains 1.04x at T=1 (stage 2 M16N64K128 w4: 60.2 against 62.7 us) and 1.08x at T=16
+  (both stages swapped, N128 K128 w4: 415 against 450 us) (results/h100/2026-11-26_scan_decode_swapped_5220123.csv).
+  The weights' upcast, not the padded MMA rows, is what decode pays for.
 - Routing skew is invisible here (a pure function of T): the split-K and BLOCK_M rules assume uniform routing, so
   `hit` overstates the experts a skewed batch hits. Under `skewed` routing the #708 shapes' winners are the
   heuristic's config of a smaller T at decode (one more split-K step: 1.4-1.5x at T = 8) and of a larger T from
