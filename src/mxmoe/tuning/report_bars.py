@@ -35,13 +35,15 @@ from mxmoe.tuning.report import (
     BestPoint,
     PanelKey,
     ReportData,
-    ci_text,
     collect,
+    panel_label,
+)
+from mxmoe.tuning.report_html import (
+    ci_text,
     esc,
     html_img,
     html_section,
     html_table,
-    panel_label,
     scoped_verdict_text,
     speedup_text,
 )
