@@ -21,21 +21,13 @@ import sys
 import torch
 
 from mxmoe.config import Mma, MoEConfig, TileConfig
-from mxmoe.heuristic import SPLIT_K_MIN_CTAS, default_config
+from mxmoe.heuristic import decode_split, default_config
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, MoEShape, Path, parse_tokens
 from mxmoe.tuning.measure import measure
 
 MAX_REL_ERR = 2e-2  # fma sums f32 products in another order than the MMA: a few bf16 ulps of the output
-
-
-def _split(ctas: int, k: int, block_k: int) -> int:
-    """As the heuristic: the smallest power of two lifting the grid to SPLIT_K_MIN_CTAS, within K's blocks."""
-    split, k_blocks = 1, -(-k // block_k)
-    while ctas * split < SPLIT_K_MIN_CTAS and split * 2 <= min(8, k_blocks):
-        split *= 2
-    return split
 
 
 def ints(s: str) -> list[int]:
@@ -51,7 +43,7 @@ def stage_grid(shape: MoEShape, tokens: int, stage: int, args: argparse.Namespac
                                                     ints(args.bn), ints(args.bk), ints(args.warps)):
         if n % bn or bk > max(64, 1 << (k - 1).bit_length()):
             continue
-        split = _split(hit * n // bn, k, bk)
+        split = decode_split(hit * n // bn, k, bk)  # as the heuristic sets it for this tile
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=2, group_m=1,
                               mma=mma, split_k=split))
     return out

@@ -206,8 +206,10 @@ def claim(
     if each and (model or path):
         raise typer.BadParameter("--each judges every (model, path) of the baseline: drop --model / --path")
     with Ledger.open(ledger) as led:
-        scopes = sorted({(r.model, r.path) for r in led.attempts(baseline)}) if each else [(model, path)]
-        verdicts = claimable_wins(led, campaign, baseline, Profile(profile), scopes=scopes)
+        base_rows = led.attempts(baseline)
+        scopes = sorted({(r.model, r.path) for r in base_rows}) if each else [(model, path)]
+        verdicts = claimable_wins(led, campaign, baseline, Profile(profile), scopes=scopes,
+                                  rows=(led.attempts(campaign), base_rows))
     labels = [":".join(x for x in scope if x) or "all" for scope in scopes]
     if as_json:
         out = [{"scope": label, "claimable": v.claimable, "reasons": list(v.reasons)}

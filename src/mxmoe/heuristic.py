@@ -74,7 +74,7 @@ def _block_k(k: int, prefer: int) -> int:
     return max(64, min(prefer, 1 << (k - 1).bit_length()))
 
 
-def _decode_split(ctas: int, k: int, block_k: int) -> int:
+def decode_split(ctas: int, k: int, block_k: int) -> int:
     """The smallest power-of-two split_k that lifts `ctas` to SPLIT_K_MIN_CTAS, within SPLIT_K_MAX and K's blocks."""
     k_blocks = -(-k // block_k)
     split = 1
@@ -105,8 +105,8 @@ def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interprete
     if block_m == 16:
         s1 = s1.replace(block_n=32, block_k=_block_k(shape.hidden, 256), num_warps=2, num_stages=2)
         hit = min(shape.experts, tokens * shape.topk)
-        s1 = s1.replace(split_k=_decode_split(hit * shape.inter // s1.block_n, shape.hidden, s1.block_k))
-        s2 = s2.replace(split_k=_decode_split(hit * shape.hidden // s2.block_n, shape.inter, s2.block_k))
+        s1 = s1.replace(split_k=decode_split(hit * shape.inter // s1.block_n, shape.hidden, s1.block_k))
+        s2 = s2.replace(split_k=decode_split(hit * shape.hidden // s2.block_n, shape.inter, s2.block_k))
     elif block_m >= 64 and Path(path) is not Path.A16W4:
         # The MX prefill tile M64N128 4 warps, where 128 divides the stage's N; a 64-wide N (gpt-oss: 2880)
         # keeps the 128-row 8-warp tile, which measured faster there (gpt-oss-120b a4w4 T=32768: 64.8 ms

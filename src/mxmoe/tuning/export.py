@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -54,20 +54,11 @@ def _one(values: set[Any], what: str, where: str) -> Any:
     return next(iter(values))
 
 
-def _best(rows: Sequence[Attempt]) -> dict[int, Attempt]:
-    best: dict[int, Attempt] = {}
+def _fastest(rows: Sequence[Attempt], by: Callable[[Attempt], Hashable]) -> dict[Any, Attempt]:
+    """The lowest-median row of each group `by` names (ties: the smaller key)."""
+    out: dict[Any, Attempt] = {}
     for r in rows:
-        cur = best.get(r.tokens)
-        if cur is None or (r.median_us, r.key) < (cur.median_us, cur.key):
-            best[r.tokens] = r
-    return dict(sorted(best.items()))
-
-
-def _config_rows(group: Sequence[Attempt]) -> dict[tuple[int, str, str], Attempt]:
-    """The fastest row of each (T, routing, config key)."""
-    out: dict[tuple[int, str, str], Attempt] = {}
-    for r in group:
-        k = (r.tokens, r.routing, r.config_key)
+        k = by(r)
         if k not in out or (r.median_us, r.key) < (out[k].median_us, out[k].key):
             out[k] = r
     return out
@@ -85,7 +76,7 @@ def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_ro
     entry is the chosen config's row under the first routing."""
     primary = routings[0]
     base = {pt: best_row(rs) for pt, rs in layer_rows(base_rows).items()}
-    cfg_rows = _config_rows(group)
+    cfg_rows = _fastest(group, lambda r: (r.tokens, r.routing, r.config_key))
     out = dict(best)
     for t, fastest in best.items():
         bases = {r: base.get((fastest.model, fastest.path, r, t)) for r in routings}
@@ -205,7 +196,7 @@ def export_tables(
         file = out / table_filename(shape, path, device)
         if any(w.file == file for w in written):
             raise ExportError(f"{file.name}: two shapes of the campaign share one table name (same dimensions)")
-        best = _best(primary)
+        best = dict(sorted(_fastest(primary, lambda r: r.tokens).items()))
         if baseline is not None:
             best = _keep_unless_won(best, group, [r for r in base_rows if r.device == device and r.path == path
                                                   and r.shape == primary[0].shape], routings)

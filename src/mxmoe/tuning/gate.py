@@ -220,8 +220,8 @@ def claimable_wins(ledger: Ledger, campaign: str, baseline: str, profile: Profil
     `rows`: (campaign rows, baseline rows) when the caller has read them already, as `scan(rows=)`."""
     cand_all, base_all = rows if rows is not None else (ledger.attempts(campaign), ledger.attempts(baseline))
     guards = ledger.guardrails(campaign)
-    findings = [f"scan:{f}" for name, rows in ((campaign, cand_all), (baseline, base_all))
-                for f in scan(ledger, name, rows=rows)]
+    findings = [f"scan:{f}" for name, side in ((campaign, cand_all), (baseline, base_all))
+                for f in scan(ledger, name, rows=side)]
     return [_judge(cand_all, base_all, guards, findings, Profile(profile), baseline, model, path)
             for model, path in scopes]
 
