@@ -5,7 +5,7 @@
 # one, but its timings come from a fake clock and are not claims (every row says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh report,gpu
 MX=.venv/bin/mxmoe
 LEDGER=${MXMOE_LEDGER:-mxmoe.sqlite}
 $MX doctor
