@@ -25,10 +25,19 @@ class Mma(str, Enum):
     # from registers, BLOCK_N >= 64 over 4 warps reaching Hopper's wgmma; the tokens never pad an M of 64.
     DOT_SCALED_T = "dot_scaled_t"  # tl.dot_scaled with the e2m1 weights as its left operand (GPU only)
     UPCAST_T = "upcast_t"  # the same swap with the hand upcast and tl.dot (runs in the interpreter)
+    # v2 (kernels/swmoe.py): the swap on wgmma with the weights as its register operand, read from the swizzled
+    # layout (kernels/layout.py) and decoded in 9 integer ops per 8 values; bf16 activation carriers on every path.
+    # Runs on the GPU and, bit for bit the same layout and decode, under the interpreter.
+    WGMMA = "wgmma"
 
     @property
     def swapped(self) -> bool:
-        return self in (Mma.DOT_SCALED_T, Mma.UPCAST_T)
+        return self in (Mma.DOT_SCALED_T, Mma.UPCAST_T, Mma.WGMMA)
+
+    @property
+    def v2(self) -> bool:
+        """The v2 kernels (kernels/swmoe.py): swizzled weights, bf16 activation carriers."""
+        return self is Mma.WGMMA
 
     @property
     def needs_dot_scaled(self) -> bool:

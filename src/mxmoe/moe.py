@@ -75,7 +75,7 @@ def moe(
     t, a = topk_ids.shape
     if config is None:
         config = choose_config(shape_of(weights, a), path, t)
-    x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path)
+    x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path, bf16=config.stage1.mma.v2)
     plan1 = align(topk_ids, weights.num_experts, config.stage1.block_m, validate=validate)
     plan2 = plan1
     if config.stage2.block_m != config.stage1.block_m:

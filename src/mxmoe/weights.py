@@ -8,6 +8,7 @@ Kernel layout (what `MoEWeights` holds):
   w2.data    [E, H, I//2] uint8   packed along I
   w2.scales  [E, H, I//32] uint8
   b13        [E, N] f32 or None;  b2 [E, H] f32 or None
+  w13_sw, w2_sw     the same weights in the v2 kernels' layout (kernels/layout.py), built once here
 Rows of W13 are always "gate half then up half" here. GPT-OSS (`swiglu_oai`) interleaves gate and
 up rows (row 2j gate, 2j+1 up); `from_float` de-interleaves once so the kernel loads one contiguous
 gate tile and one up tile, and `w13_model_layout` puts them back for the reference.
@@ -15,10 +16,11 @@ gate tile and one up tile, and `w13_model_layout` puts them back for the referen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from mxmoe.kernels.layout import SwizzledMX, swizzle
 from mxmoe.mx import MXFormat, MXTensor, dequantize, quantize_mxfp4
 from mxmoe.shapes import Activation, MoEShape
 
@@ -39,13 +41,24 @@ def _interleave(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 @dataclass(frozen=True, slots=True)
 class MoEWeights:
-    """Quantized expert weights; build with `from_float` or `random`, never by hand."""
+    """Quantized expert weights; build with `from_float` or `random`, never by hand.
+
+    The logical `w13` / `w2` feed the fp32 reference and the older levers; the v2 kernels read `w13_sw` / `w2_sw`,
+    permuted once at construction. (Both are kept: the swizzled copy doubles the weights' memory until the older
+    levers and the reference read the swizzled layout too.)
+    """
 
     w13: MXTensor
     w2: MXTensor
     b13: torch.Tensor | None
     b2: torch.Tensor | None
     activation: Activation
+    w13_sw: SwizzledMX = field(init=False, repr=False, compare=False)
+    w2_sw: SwizzledMX = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "w13_sw", swizzle(self.w13.data, self.w13.scales))
+        object.__setattr__(self, "w2_sw", swizzle(self.w2.data, self.w2.scales))
 
     @property
     def num_experts(self) -> int:

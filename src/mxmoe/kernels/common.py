@@ -18,14 +18,15 @@ from mxmoe.shapes import Activation, Path
 
 PATH_CODES = {Path.A16W4: 0, Path.A8W4: 1, Path.A4W4: 2}
 ACT_CODES = {Activation.SILU: 0, Activation.SWIGLU_OAI: 1}
-MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2, Mma.UPCAST_T: 3, Mma.DOT_SCALED_T: 4}
+MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2, Mma.UPCAST_T: 3, Mma.DOT_SCALED_T: 4}  # v1 kernels
 
 
 @dataclass(frozen=True, slots=True)
 class KernelInput:
     """An activation matrix at its path's width: bf16 [R, C]; e4m3 bytes [R, C]; e2m1 pairs [R, C//2].
 
-    MX paths carry e8m0 scales [R, C//32].
+    MX paths carry e8m0 scales [R, C//32], except on the v2 kernels, where every path carries bf16 [R, C] holding
+    values on its grid (MXFP8 / MXFP4 values are exact in bf16) and `scales` is None.
     """
 
     data: torch.Tensor
@@ -38,7 +39,12 @@ class KernelInput:
 
     @property
     def cols(self) -> int:
-        return self.data.shape[1] * (2 if self.path is Path.A4W4 else 1)
+        return self.data.shape[1] * (2 if self.path is Path.A4W4 and not self.bf16 else 1)
+
+    @property
+    def bf16(self) -> bool:
+        """Carried as bf16 (a16w4, or an MX path on the v2 kernels)."""
+        return self.data.dtype == torch.bfloat16
 
     @classmethod
     def empty(cls, path: Path, rows: int, cols: int, device: torch.device) -> KernelInput:
@@ -101,10 +107,33 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
     if cfg.mma.needs_dot_scaled and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError(f"mma={cfg.mma.value} is not implemented by the Triton 3.6 interpreter (it lacks "
                          "tl.dot_scaled); use mma=upcast or upcast_t")
+    if cfg.mma.v2:
+        _check_v2(x, k, weights, cfg, stage)
+    elif x.bf16 and x.path is not Path.A16W4:
+        raise ValueError(f"stage {stage}: mma={cfg.mma.value} reads {x.path.value} activations as MX bytes; "
+                         "bf16 carriers are for mma=wgmma")
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         raise ValueError("stage 1 takes no combine strategy (its split-K partial sums meet in fp32 atomics)")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
         raise ValueError("split_k > 1 needs combine=atomic")
+
+
+def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> None:
+    """What the v2 kernels (kernels/swmoe.py) assume of a launch: bf16 carriers, whole 16-row weight slabs per warp
+    (wgmma's warpgroup), a K step of whole 64-wide swizzle blocks, an N that BLOCK_N divides."""
+    if not x.bf16:
+        raise ValueError(f"stage {stage}: mma=wgmma takes bf16 activations (quantize_input(..., bf16=True))")
+    if cfg.num_warps not in (4, 8):
+        raise ValueError(f"stage {stage}: mma=wgmma needs num_warps 4 or 8 (a warpgroup), got {cfg.num_warps}")
+    if cfg.block_n % (16 * cfg.num_warps):
+        raise ValueError(f"stage {stage}: mma=wgmma needs BLOCK_N a multiple of 16 x num_warps = "
+                         f"{16 * cfg.num_warps}, got {cfg.block_n}")
+    n = weights.inter if stage == 1 else weights.hidden
+    if n % cfg.block_n:
+        raise ValueError(f"stage {stage}: BLOCK_N={cfg.block_n} must divide N={n}")
+    if not 16 <= cfg.block_m <= 256:
+        raise ValueError(f"stage {stage}: mma=wgmma needs 16 <= BLOCK_M <= 256 (wgmma's N), got {cfg.block_m}")
+    del k
 
 
 @triton.jit

@@ -53,8 +53,8 @@ def _shared_exponent(x, R: tl.constexpr, C: tl.constexpr, EMAX: tl.constexpr):
 
 
 @triton.jit
-def quantize_tile_mxfp4(x, R: tl.constexpr, C: tl.constexpr):
-    """f32 [R, C] -> (uint8 [R, C//2] packed e2m1 pairs, uint8 [R, C//32] e8m0), as mx.quantize_mxfp4."""
+def _e2m1_codes(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (int32 [R, C // 32, 32] e2m1 codes, int32 [R, C // 32] shared exponents)."""
     xg, shared, inv = _shared_exponent(x, R, C, 2)
     v = xg * inv[:, :, None]
     a = tl.abs(v)
@@ -64,16 +64,21 @@ def quantize_tile_mxfp4(x, R: tl.constexpr, C: tl.constexpr):
         + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
         + (a > 5.0).to(tl.int32)
     )
-    code = code | ((v < 0).to(tl.int32) << 3)
-    code = tl.reshape(code, [R, C // 2, 2])
-    lo, hi = tl.split(code)
+    return code | ((v < 0).to(tl.int32) << 3), shared
+
+
+@triton.jit
+def quantize_tile_mxfp4(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (uint8 [R, C//2] packed e2m1 pairs, uint8 [R, C//32] e8m0), as mx.quantize_mxfp4."""
+    code, shared = _e2m1_codes(x, R, C)
+    lo, hi = tl.split(tl.reshape(code, [R, C // 2, 2]))
     packed = (lo | (hi << 4)).to(tl.uint8)
     return packed, (shared + 127).to(tl.uint8)
 
 
 @triton.jit
-def quantize_tile_mxfp8(x, R: tl.constexpr, C: tl.constexpr):
-    """f32 [R, C] -> (uint8 [R, C] e4m3fn codes, uint8 [R, C//32] e8m0), as mx.quantize_mxfp8."""
+def _e4m3_codes(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (int32 [R, C // 32, 32] e4m3fn codes, int32 [R, C // 32] shared exponents)."""
     xg, shared, inv = _shared_exponent(x, R, C, 8)
     v = xg * inv[:, :, None]
     a = tl.minimum(tl.abs(v), 448.0)
@@ -83,5 +88,29 @@ def quantize_tile_mxfp8(x, R: tl.constexpr, C: tl.constexpr):
     r = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # RNE to 3 mantissa bits (mask 0xFFF00000)
     normal = ((((r >> 23) & 0xFF) - 120) << 3) | ((r >> 20) & 7)
     code = tl.where(a < 0.015625, m, normal)
-    code = code | ((v < 0).to(tl.int32) << 7)
+    return code | ((v < 0).to(tl.int32) << 7), shared
+
+
+@triton.jit
+def quantize_tile_mxfp8(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (uint8 [R, C] e4m3fn codes, uint8 [R, C//32] e8m0), as mx.quantize_mxfp8."""
+    code, shared = _e4m3_codes(x, R, C)
     return tl.reshape(code, [R, C]).to(tl.uint8), (shared + 127).to(tl.uint8)
+
+
+@triton.jit
+def qdq_tile(x, FP4: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> the MXFP4 (FP4) or MXFP8 values it quantizes to, as f32: what the v2 kernels carry between
+    stages in bf16 (exactly: e2m1 and e4m3 times a power of two fit bf16, bar e4m3 subnormals under scales below
+    2**-124, which round as the old in-kernel upcast rounded them). A NaN or Inf element is kept as it is, so it
+    reaches its token's output as on a16w4 (quantizing alone would turn a NaN into a finite code)."""
+    if FP4:
+        code, shared = _e2m1_codes(x, R, C)
+        val = e2m1_to_f32(code)
+    else:
+        code, shared = _e4m3_codes(x, R, C)
+        val = e4m3_to_f32(code)
+    scale = ((shared + 127) << 23).to(tl.float32, bitcast=True)  # 2**shared; shared >= -126 unless amax is tiny
+    scale = tl.where(shared == -127, 5.877471754111438e-39, scale)  # 2**-127, an f32 subnormal
+    q = tl.reshape(val * scale[:, :, None], [R, C])
+    return tl.where(tl.abs(x) <= 3.4028234663852886e38, q, x)  # NaN and +-Inf fail the test: kept

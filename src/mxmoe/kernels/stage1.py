@@ -36,6 +36,7 @@ from mxmoe.kernels.common import (
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import quantize_tile_mxfp4, quantize_tile_mxfp8
+from mxmoe.kernels.swmoe import stage1_wgmma
 
 # The split-K epilogue kernel: 16 pairs x the config's BLOCK_N (a multiple of the 32-column MX group) per program,
 # 4 warps. Not tuned: it reads 2*I*4 bytes per pair, far below the weights the main kernel streams (gpt-oss-20b
@@ -174,6 +175,8 @@ def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput |
     i = n // 2
     h = weights.hidden
     check_launch(x, h, weights, plan, cfg, stage=1)
+    if cfg.mma.v2:
+        return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison)
     if i % cfg.block_n:
         raise ValueError(f"stage 1: BLOCK_N={cfg.block_n} must divide inter={i}")
     pairs = plan.num_pairs

@@ -26,6 +26,7 @@ from mxmoe.kernels.common import (
     mma_tile,
     split_k_range,
 )
+from mxmoe.kernels.swmoe import stage2_wgmma
 
 
 @triton.jit
@@ -112,7 +113,9 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
         out = torch.full((rows, hidden), fill, dtype=torch.float32, device=h.data.device)
     elif not slots:
         out.zero_()
-    if plan.max_blocks > 0:
+    if cfg.mma.v2:
+        stage2_wgmma(h, weights, plan, topk_weights, cfg, num_tokens, out)
+    elif plan.max_blocks > 0:
         rw = topk_weights.to(torch.float32).contiguous().view(-1)
         b = weights.b2 if weights.b2 is not None else rw
         grid = (plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)
