@@ -83,8 +83,54 @@ def decode_split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
-def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False) -> MoEConfig:
-    """The baseline MoEConfig for one launch of `shape` on `path` at `tokens` tokens."""
+def _pow2_divisor(n: int, prefer: int, floor: int) -> int | None:
+    """The largest power of two in [floor, prefer] that divides n, or None."""
+    b = prefer
+    while b >= floor:
+        if n % b == 0:
+            return b
+        b //= 2
+    return None
+
+
+def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int) -> TileConfig:
+    """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N allows a 128-row weight slab, else 4."""
+    warps = 8 if block_m >= 128 and _pow2_divisor(n, prefer_n_per_warp * 8, 128) else 4
+    bn = _pow2_divisor(n, prefer_n_per_warp * warps, 16 * warps)
+    if bn is None:
+        raise ValueError(f"mma=wgmma: no BLOCK_N (a power of two >= {16 * warps}) divides N={n}")
+    return TileConfig(block_m=block_m, block_n=bn, block_k=_block_k(k, 128), group_m=1 if block_m <= 32 else 8,
+                      num_warps=warps, num_stages=4 if block_m <= 64 else 3, mma=Mma.WGMMA)
+
+
+def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
+    """The v2 kernels' baseline (mma=wgmma, GPU and interpreter alike).
+
+    BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
+    rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
+    K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
+    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `decode_split`, as the v1 rule.
+    """
+    Path(path)  # validates
+    rows = _rows_per_expert(shape, tokens)
+    block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= 64 else 128
+    s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16)
+    s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32)
+    if block_m == 16:
+        hit = min(shape.experts, tokens * shape.topk)
+        s1 = s1.replace(split_k=decode_split(hit * shape.inter // s1.block_n, shape.hidden, s1.block_k))
+        s2 = s2.replace(split_k=decode_split(hit * shape.hidden // s2.block_n, shape.inter, s2.block_k))
+    return MoEConfig(s1, s2)
+
+
+def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False,
+                   kernels: str = "v2") -> MoEConfig:
+    """The baseline MoEConfig for one launch of `shape` on `path` at `tokens` tokens: the v2 kernels' rule, or
+    with kernels="v1" the rule of the v1 levers (kept while the two are measured side by side)."""
+    if kernels == "v2":
+        return v2_config(shape, path, tokens)
+    if kernels != "v1":
+        raise ValueError(f"kernels={kernels!r}: expected 'v2' or 'v1'")
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
     if rows <= 16:

@@ -12,7 +12,8 @@ configs, it never drops them. Rules run in the order of this table; the first th
 | MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
 | DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N (splits take whole K blocks: any K)   | wrapper error  |
 | TILE_TOO_LARGE   | a BLOCK_* not a power of two (tl.arange); a tile over 2**20 elements          | compile error  |
-| WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads)                      | compile error  |
+| WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads); mma=wgmma: warps   | compile error  |
+|                  | not 4 or 8, BLOCK_N not a multiple of 16 x num_warps, BLOCK_M above 256      | wrong layout   |
 | SMEM_OVERFLOW    | modelled shared memory + SMEM_SAFETY_BYTES above the device's opt-in limit    | OutOfResources |
 | REG_PRESSURE     | fp32 accumulators > 128 regs/thread; accumulators + upcast operands > 255     | heavy spills   |
 | DEGENERATE       | < 4 accumulator elements/thread (replicated warps); split_k above the K       | nothing: waste |
@@ -69,6 +70,8 @@ MX_GROUP = 32  # elements per e8m0 scale
 MIN_BLOCK_MN = 16  # MMA tile M and N (mma.sync m16n8k16; wgmma's m64 is a multiple)
 MIN_BLOCK_K = 64  # the upcast splits BLOCK_K into even/odd halves of >= one 32-element MX group
 MAX_WARPS = 32  # 1024 threads per CTA
+V2_WARPS = (4, 8)  # mma=wgmma: one or two warpgroups (kernels/common._check_v2 refuses the rest at launch)
+V2_MAX_BLOCK_M = 256  # mma=wgmma: BLOCK_M is the MMA's N
 ACC_REG_BUDGET = 128  # fp32 accumulator registers/thread: every config above it spilled >= 1 KiB (sm_90)
 SMEM_SAFETY_BYTES = 4096  # headroom for scratch the model omits: barriers (<= 512 B), upcast conversions (4 KiB seen)
 HEAVY_SPILL_BYTES = 512  # local memory per thread that counts as heavy spilling (REG_PRESSURE confirmed)
@@ -236,6 +239,8 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     geo = stage_geometry(shape, stage)
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
     base = max(1, cfg.num_stages + model.pipeline_offset)
+    if cfg.mma.v2:
+        return _smem_v2(geo, stage, cfg, base, model)
     direct = _act_direct(path, cfg)
     extra = direct and cfg.num_warps >= model.direct_min_warps and bn >= model.direct_min_block_n
     act_buffers = base + (model.direct_operand_extra if extra else 0)
@@ -269,14 +274,30 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
     }
 
 
+def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: SmemModel) -> dict[str, int]:
+    """The v2 kernels (mma=wgmma): bf16 activation tiles and swizzled weight + scale tiles, all cp.async-staged
+    (num_stages - 1 buffers each); the decoded weights stay in registers (no upcast buffer); the stage-2
+    epilogue converts the fp32 accumulator through shared memory as the v1 wgmma kernels do."""
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    act = base * bm * bk * 2
+    weights = geo.weight_streams * base * (bn * bk / 2 + bn * bk / MX_GROUP)
+    epilogue = 0.0
+    if stage == 2:
+        rows = model.epilogue_rows_per_warp * cfg.num_warps
+        epilogue = model.epilogue_bytes * min(bm * bn, rows * max(bn, rows))
+    total = max(act + weights, epilogue) + model.fixed_bytes
+    return {"act": math.ceil(act), "weights": math.ceil(weights), "upcast": 0, "mainloop": math.ceil(act + weights),
+            "epilogue": math.ceil(epilogue), "fixed": model.fixed_bytes, "total": math.ceil(total)}
+
+
 def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:
     """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (bf16 upcast tiles), `total`."""
     path = Path(path)
     n_acc = 2 if stage == 1 else 1
     threads = 32 * cfg.num_warps
     acc = math.ceil(n_acc * cfg.block_m * cfg.block_n / threads)
-    operand_bytes = cfg.block_n * cfg.block_k * 2
-    if not _act_direct(path, cfg):
+    operand_bytes = cfg.block_n * cfg.block_k * 2 * (n_acc if cfg.mma.v2 else 1)  # v2: gate and up tiles live
+    if not _act_direct(path, cfg) and not cfg.mma.v2:  # v2 reads its activation from shared memory
         operand_bytes += cfg.block_m * cfg.block_k * 2
     operand = math.ceil(operand_bytes / 4 / threads)
     return {"acc": acc, "operand": operand, "total": acc + operand}
@@ -339,6 +360,14 @@ def _check_tile(cfg: TileConfig) -> Illegal | None:
 def _check_warps(cfg: TileConfig) -> Illegal | None:
     if not _is_pow2(cfg.num_warps) or cfg.num_warps > MAX_WARPS:
         return Illegal(Reason.WARP_LAYOUT, f"num_warps={cfg.num_warps} must be a power of two <= {MAX_WARPS}")
+    if cfg.mma.v2 and cfg.num_warps not in V2_WARPS:
+        return Illegal(Reason.WARP_LAYOUT, f"mma=wgmma needs num_warps in {V2_WARPS} (a warpgroup issues wgmma; the "
+                       f"swizzled layout gives each warp 16-row slabs), got {cfg.num_warps}")
+    if cfg.mma.v2 and cfg.block_n % (16 * cfg.num_warps):
+        return Illegal(Reason.WARP_LAYOUT, f"mma=wgmma needs BLOCK_N a multiple of 16 x num_warps = "
+                       f"{16 * cfg.num_warps}, got {cfg.block_n}")
+    if cfg.mma.v2 and cfg.block_m > V2_MAX_BLOCK_M:
+        return Illegal(Reason.WARP_LAYOUT, f"mma=wgmma: BLOCK_M={cfg.block_m} is wgmma's N, at most {V2_MAX_BLOCK_M}")
     return None
 
 

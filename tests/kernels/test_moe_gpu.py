@@ -55,7 +55,7 @@ def problems():
 @pytest.mark.parametrize("model,path,tokens,mma", MMA_CASES, ids=lambda v: getattr(v, "value", str(v)))
 def test_layer_gpu(problems, model, path, tokens, mma):
     p = problems(model, path, tokens)
-    cfg = _with(default_config(p.shape, path, tokens), mma, Combine.ATOMIC)
+    cfg = _with(default_config(p.shape, path, tokens, kernels="v2" if mma.v2 else "v1"), mma, Combine.ATOMIC)
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg)
     assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{model}/{path.value}/T={tokens}")
 
@@ -64,7 +64,7 @@ def test_layer_gpu(problems, model, path, tokens, mma):
 def test_slots_combine_and_routings_gpu(routing):
     p = make_problem(MODELS["gpt-oss-120b"], Path.A16W4, 200, seed=3, routing=routing, device="cuda")
     for combine in Combine:
-        cfg = _with(default_config(p.shape, Path.A16W4, 200), Mma.DOT_SCALED, combine)
+        cfg = _with(default_config(p.shape, Path.A16W4, 200), Mma.WGMMA, combine)
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg)
         assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"{routing}/{combine.value}")
 
@@ -98,7 +98,7 @@ def test_cpu_tensor_without_interpreter_gets_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("split_k", [2, 4, 8])
-@pytest.mark.parametrize("mma", [Mma.DOT_SCALED, Mma.UPCAST], ids=lambda m: m.value)
+@pytest.mark.parametrize("mma", [Mma.WGMMA, Mma.DOT_SCALED, Mma.UPCAST], ids=lambda m: m.value)
 @pytest.mark.parametrize("model,tokens", [("deepseek-v3", 1), ("deepseek-v3", 128), ("gpt-oss-20b", 1)])
 def test_stage2_split_k_gpu(problems, model, tokens, mma, split_k):
     """Stage-2 split-K: each split takes whole K blocks and the partial sums meet in the fp32 atomics. The split
@@ -107,7 +107,7 @@ def test_stage2_split_k_gpu(problems, model, tokens, mma, split_k):
     of BLOCK_K and the weights staged, and this pins that it computes right. gpt-oss-20b (inter 2880 = 45 x 64,
     the tail block masked) is a K the old split could not take."""
     p = problems(model, Path.A16W4, tokens)
-    base = default_config(p.shape, Path.A16W4, tokens)
+    base = default_config(p.shape, Path.A16W4, tokens, kernels="v2" if mma.v2 else "v1")
     cfg = MoEConfig(base.stage1, base.stage2.replace(mma=mma, split_k=split_k, combine=Combine.ATOMIC))
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg)
     assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer",
@@ -118,11 +118,12 @@ def test_stage2_split_k_gpu(problems, model, tokens, mma, split_k):
 @pytest.mark.parametrize("tokens", [1, 16])
 def test_stage1_split_k_gpu(problems, tokens, path):
     """Stage-1 split-K on gpt-oss-20b (hidden 2880: 12 K blocks of the heuristic's 256, the last one masked;
-    split_k=8 hands out 2 each and leaves two splits empty), dot_scaled, every path: the partial sums meet in
-    the fp32 scratch, the epilogue kernel quantizes the full sums."""
+    split_k=8 hands out 2 each and leaves two splits empty), both kernel generations, every path: the partial sums
+    meet in the fp32 scratch, the epilogue kernel quantizes the full sums."""
     p = problems("gpt-oss-20b", path, tokens)
-    base, ref = default_config(p.shape, path, tokens), p.reference()
-    for split_k in (2, 4, 8):
-        cfg = MoEConfig(base.stage1.replace(mma=Mma.DOT_SCALED, split_k=split_k), base.stage2)
+    ref = p.reference()
+    for kernels, split_k in ((k, s) for k in ("v2", "v1") for s in (2, 4, 8)):
+        base = default_config(p.shape, path, tokens, kernels=kernels)
+        cfg = MoEConfig(base.stage1.replace(split_k=split_k), base.stage2)
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
         assert_close(out.float(), ref, path=path, stage="layer", name=f"sk{split_k}/T={tokens}")
