@@ -302,14 +302,17 @@ def test_from_float_matches_random_layout_roundtrip():
 
 
 def test_heuristic_prefill_configs_run():
-    """The prefill heuristic (BLOCK_M 128 in stage 1, 256 in stage 2, two routing plans) on the interpreter."""
+    """The prefill heuristic (v2: BLOCK_M 128 in both stages) on the interpreter, and a stage 2 on its own BLOCK_M
+    (two routing plans)."""
     shape = MoEShape("prefill-ish", 4, 2, 128, 128, Activation.SILU)
     p = make_problem(shape, Path.A16W4, 600, seed=8)
     from mxmoe.heuristic import default_config
 
     c = default_config(shape, Path.A16W4, 600, interpreter=True)
-    assert (c.stage1.block_m, c.stage2.block_m) == (128, 256)
+    assert (c.stage1.block_m, c.stage2.block_m) == (128, 128)
     assert_close(run(p, c).float(), p.reference(), path=Path.A16W4, stage="layer")
+    two_plans = MoEConfig(c.stage1, c.stage2.replace(block_m=64))
+    assert_close(run(p, two_plans).float(), p.reference(), path=Path.A16W4, stage="layer")
 
 
 @pytest.mark.parametrize("topk", [7, 9])

@@ -1,0 +1,115 @@
+"""The v2 kernels (mma=wgmma) on the Triton interpreter: the swizzled layout, the weight-tile decode and the layer.
+
+Oracles: `mxmoe.mx.dequantize` for the decoded weight tile (bit-exact: every decoded value is e2m1 times a power of
+two, exact in bf16 and f32, so TILE_TOL is 0), and the fp32 reference for the layer with the path's tolerance
+(mxmoe.tolerance.TOLERANCES[(path, "layer")], justified there). The interpreter runs the same layout, bit
+placement and reshape chain as the GPU; only the final decode step differs (int32 twin instead of inline asm),
+and the GPU suite (test_moe_gpu.py) checks that one against the same oracle.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
+from mxmoe.kernels.layout import swizzle, unswizzle
+from mxmoe.kernels.wtile import weight_tile
+from mxmoe.moe import moe
+from mxmoe.mx import MXFormat, MXTensor, dequantize
+from mxmoe.problem import make_problem
+from mxmoe.shapes import MODELS, Activation, MoEShape, Path
+from mxmoe.tolerance import assert_close
+
+TILE_TOL = 0.0  # bit-exact: see the module docstring
+
+
+@pytest.mark.parametrize("e,n,k", [(1, 16, 64), (3, 48, 96), (2, 128, 2880 // 45 * 3)])
+def test_swizzle_round_trips(e, n, k):
+    g = torch.Generator().manual_seed(n + k)
+    data = torch.randint(0, 256, (e, n, k // 2), generator=g, dtype=torch.uint8)
+    scales = torch.randint(0, 256, (e, n, k // 32), generator=g, dtype=torch.uint8)
+    back = unswizzle(swizzle(data, scales))
+    assert torch.equal(back[0], data) and torch.equal(back[1], scales)
+
+
+def test_fold_needs_every_real_scale_at_most_128():
+    data = torch.zeros(1, 16, 32, dtype=torch.uint8)
+    assert swizzle(data, torch.full((1, 16, 2), 128, dtype=torch.uint8)).fold
+    assert swizzle(data, torch.full((1, 16, 2), 255, dtype=torch.uint8)).fold  # NaN blocks do not count
+    assert not swizzle(data, torch.full((1, 16, 2), 129, dtype=torch.uint8)).fold
+
+
+@triton.jit
+def _tile_kernel(w_ptr, s_ptr, out_ptr, n16_0, k64_0, N16, K64, FOLD: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr):
+    w = weight_tile(w_ptr, s_ptr, n16_0, k64_0, N16, K64, FOLD, True, BN, BK)
+    tl.store(out_ptr + tl.arange(0, BN)[:, None] * BK + tl.arange(0, BK)[None, :], w)
+
+
+@pytest.mark.parametrize("scale_bytes", [(0, 100, 126, 127, 128, 255), (1, 127, 129, 200, 254, 255)],
+                         ids=["fold", "wide"])
+@pytest.mark.parametrize("bn,bk,n16_0,k64_0", [(64, 128, 0, 0), (64, 128, 4, 1), (128, 64, 0, 3), (16, 128, 7, 3)])
+def test_weight_tile_decodes_the_dequantized_weights(scale_bytes, bn, bk, n16_0, k64_0):
+    """Every e2m1 code, scales at both ends of the fold rule, NaN scales, and a tile past K (k64_0 = 3 of 4 blocks
+    with BK = 128: its second half reads as zeros)."""
+    e, n, k = 1, 128, 256
+    g = torch.Generator().manual_seed(bn + bk + n16_0)
+    data = torch.randint(0, 256, (e, n, k // 2), generator=g, dtype=torch.uint8)
+    choice = torch.tensor(scale_bytes, dtype=torch.uint8)
+    scales = choice[torch.randint(0, len(scale_bytes), (e, n, k // 32), generator=g)]
+    sw = swizzle(data, scales)
+    assert sw.fold == (max(s for s in scale_bytes if s != 255) <= 128)
+    want = torch.zeros(bn, bk)
+    full = dequantize(MXTensor(data, scales, MXFormat.E2M1, 2, (e, n, k)))[0]
+    kk = min(bk, k - 64 * k64_0)
+    want[:, :kk] = full[16 * n16_0 : 16 * n16_0 + bn, 64 * k64_0 : 64 * k64_0 + kk]
+    got = torch.empty(bn, bk)
+    _tile_kernel[(1,)](sw.data[0], sw.scales[0], got, n16_0, k64_0, sw.n16, sw.k64, FOLD=sw.fold, BN=bn, BK=bk)
+    assert torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    assert torch.equal(got[ok].isinf(), want[ok].isinf())  # 6 x 2**127 overflows both, to the same signed inf
+    fin = ok & want.isfinite()
+    assert (got[fin] - want[fin]).abs().max().item() <= TILE_TOL
+
+
+def _v2(block_m=16, block_n=64, block_k=64, split_k=1, combine=Combine.ATOMIC, num_warps=4) -> MoEConfig:
+    s1 = TileConfig(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=num_warps, mma=Mma.WGMMA,
+                    split_k=split_k)
+    return MoEConfig(s1, s1.replace(combine=combine, split_k=split_k if combine is Combine.ATOMIC else 1))
+
+
+@pytest.mark.parametrize("shape", [MODELS["tiny"], MODELS["tiny-oai"]], ids=lambda s: s.name)
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("combine", list(Combine), ids=lambda c: c.value)
+@pytest.mark.parametrize("tokens,split_k,block_m", [(1, 1, 16), (3, 2, 16), (17, 1, 32)])
+def test_layer_matches_reference(shape, path, combine, tokens, split_k, block_m):
+    p = make_problem(shape, path, tokens, seed=tokens)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2(block_m, split_k=split_k, combine=combine))
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}/T={tokens}")
+
+
+def test_layer_k_tail_and_eight_warps():
+    """H = 192 with BLOCK_K 128: stage 1's second K step is half past K (its weight rows and activation columns
+    read as zeros); stage 1 also on 8 warps (I = 128: one 128-row slab per warpgroup pair)."""
+    shape = MoEShape("k-tail", 4, 2, 192, 128, Activation.SWIGLU_OAI, bias=True)
+    p = make_problem(shape, Path.A8W4, 9, seed=2)
+    base = _v2(block_k=128)
+    for cfg in (base, MoEConfig(base.stage1.replace(block_n=128, num_warps=8, block_m=32),
+                                base.stage2.replace(block_m=32))):
+        out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, cfg)
+        assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+
+
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+def test_nan_in_the_input_reaches_its_token_on_every_path(path):
+    """A NaN in one token's hidden state poisons that token's output row and no other, on all three paths
+    (quantizing alone would turn it into a finite code on a8w4 / a4w4)."""
+    p = make_problem(MODELS["tiny"], path, 3, seed=4)
+    hidden = p.hidden.clone()
+    hidden[0, 5] = float("nan")
+    out = moe(hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2())
+    assert not out[0].isfinite().any()
+    assert_close(out[1:].float(), p.reference()[1:], path=path, stage="layer")
