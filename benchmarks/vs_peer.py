@@ -82,6 +82,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _commit() -> str:
+    """MXMOE_COMMIT when set (the device machine's copy of the tree has no .git of this checkout), else git's."""
+    if os.environ.get("MXMOE_COMMIT"):
+        return os.environ["MXMOE_COMMIT"][:7]
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)

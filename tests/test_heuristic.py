@@ -11,12 +11,12 @@ from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
 
 
 @pytest.mark.parametrize(("model", "tokens", "stage1_split", "stage2_split"), [
-    # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128 (N 64 where 128 does not divide: gpt-oss's 2880)
+    # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128 (gpt-oss's 2880: 23 tiles, the last one masked)
     ("deepseek-v3-tp8", 1, 8, 2),  # stage 1: 9 hit experts x 256/64 = 36 CTAs -> 288 (cap 8); stage 2: 504 -> 1008
     ("deepseek-v3-tp8", 4, 4, 1),  # 36 x 4 = 144 -> 576; 36 x 56 = 2016
     ("deepseek-v3-tp8", 16, 1, 1),  # 144 x 4 = 576
-    ("gpt-oss-20b", 1, 4, 4),  # 4 x 2880/64 = 180 -> 720, both stages
-    ("gpt-oss-20b", 2, 2, 2),  # 8 x 45 = 360 -> 720
+    ("gpt-oss-20b", 1, 4, 8),  # 4 x 2880/64 = 180 -> 720; 4 x 23 = 92 -> 736 (cap 8)
+    ("gpt-oss-20b", 2, 2, 4),  # 8 x 45 = 360 -> 720; 8 x 23 = 184 -> 736
     ("deepseek-v3", 1, 2, 2),  # 8 x 2048/64 = 256 -> 512; 8 x 7168/128 = 448 -> 896
     ("kimi-k2-tp8", 1, 8, 2),  # 8 x 4 = 32 -> 256 (cap 8); 8 x 56 = 448 -> 896
 ])

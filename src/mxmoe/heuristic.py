@@ -83,22 +83,12 @@ def decode_split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
-def _pow2_divisor(n: int, prefer: int, floor: int) -> int | None:
-    """The largest power of two in [floor, prefer] that divides n, or None."""
-    b = prefer
-    while b >= floor:
-        if n % b == 0:
-            return b
-        b //= 2
-    return None
-
-
 def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int) -> TileConfig:
-    """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N allows a 128-row weight slab, else 4."""
-    warps = 8 if block_m >= 128 and _pow2_divisor(n, prefer_n_per_warp * 8, 128) else 4
-    bn = _pow2_divisor(n, prefer_n_per_warp * warps, 16 * warps)
-    if bn is None:
-        raise ValueError(f"mma=wgmma: no BLOCK_N (a power of two >= {16 * warps}) divides N={n}")
+    """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N is at least 1024, else 4; BLOCK_N is the
+    preferred rows per warp times the warps, at most N rounded up to a power of two (the last tile is masked,
+    so gpt-oss's 2880 takes 128- and 256-row tiles: 23 and 12 of them)."""
+    warps = 8 if block_m >= 128 and n >= 1024 else 4
+    bn = max(16 * warps, min(prefer_n_per_warp * warps, 1 << (n - 1).bit_length()))
     return TileConfig(block_m=block_m, block_n=bn, block_k=_block_k(k, 128), group_m=1 if block_m <= 32 else 8,
                       num_warps=warps, num_stages=4 if block_m <= 64 else 3, mma=Mma.WGMMA)
 
@@ -118,8 +108,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
-        s1 = s1.replace(split_k=decode_split(hit * shape.inter // s1.block_n, shape.hidden, s1.block_k))
-        s2 = s2.replace(split_k=decode_split(hit * shape.hidden // s2.block_n, shape.inter, s2.block_k))
+        s1 = s1.replace(split_k=decode_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
+        s2 = s2.replace(split_k=decode_split(hit * -(-shape.hidden // s2.block_n), shape.inter, s2.block_k))
     return MoEConfig(s1, s2)
 
 

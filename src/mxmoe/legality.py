@@ -10,7 +10,8 @@ configs, it never drops them. Rules run in the order of this table; the first th
 | PATH_UNSUPPORTED | combine=slots in stage 1; split_k > 1 with slots;                             | wrapper error  |
 |                  | mma=dot_scaled under the interpreter                                          |                |
 | MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
-| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N (splits take whole K blocks: any K)   | wrapper error  |
+| DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N (splits take whole K blocks: any K); | wrapper error  |
+|                  | mma=wgmma: N % 32 instead of N % BLOCK_N (its last N tile is masked)          |                |
 | TILE_TOO_LARGE   | a BLOCK_* not a power of two (tl.arange); a tile over 2**20 elements          | compile error  |
 | WARP_LAYOUT      | num_warps not a power of two, or above 32 (1024 threads); mma=wgmma: warps   | compile error  |
 |                  | not 4 or 8, BLOCK_N not a multiple of 16 x num_warps, BLOCK_M above 256      | wrong layout   |
@@ -339,7 +340,10 @@ def _check_divisibility(geo: StageGeometry, stage: int, cfg: TileConfig) -> Ille
     if cfg.block_n % 32:
         return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} must be a multiple of 32 (MX groups of the "
                        "stage-1 epilogue)")
-    if geo.n % cfg.block_n:
+    if cfg.mma.v2 and geo.n % MX_GROUP:
+        return Illegal(Reason.DIVISIBILITY, f"mma=wgmma masks its last N tile but needs N={geo.n} a multiple of "
+                       f"{MX_GROUP}")
+    if geo.n % cfg.block_n and not cfg.mma.v2:
         axis = "inter" if stage == 1 else "hidden"
         return Illegal(Reason.DIVISIBILITY, f"BLOCK_N={cfg.block_n} does not divide stage {stage} N={geo.n} ({axis})")
     return None

@@ -45,7 +45,7 @@ def test_fold_needs_every_real_scale_at_most_128():
 @triton.jit
 def _tile_kernel(w_ptr, s_ptr, out_ptr, n16_0, k64_0, N16, K64, FOLD: tl.constexpr, BN: tl.constexpr,
                  BK: tl.constexpr):
-    w = weight_tile(w_ptr, s_ptr, n16_0, k64_0, N16, K64, FOLD, True, BN, BK)
+    w = weight_tile(w_ptr, s_ptr, n16_0, N16, k64_0, N16, K64, FOLD, True, BN, BK)
     tl.store(out_ptr + tl.arange(0, BN)[:, None] * BK + tl.arange(0, BK)[None, :], w)
 
 
@@ -101,6 +101,17 @@ def test_layer_k_tail_and_eight_warps():
                                 base.stage2.replace(block_m=32))):
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, cfg)
         assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+
+
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_layer_masked_last_n_tile(path, split_k):
+    """BLOCK_N 64 over N = 160 (stage 1: the gate tile must stop at I, not read the up rows) and 96 (stage 2),
+    K = 96 (a half-padded swizzle block): every last tile masked, with split-K's partial sums too."""
+    shape = MoEShape("ragged", 4, 2, 96, 160, Activation.SWIGLU_OAI, bias=True)
+    p = make_problem(shape, path, 5, seed=3)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2(block_k=128, split_k=split_k))
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{path.value}/sk{split_k}")
 
 
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)

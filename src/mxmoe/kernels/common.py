@@ -120,7 +120,7 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
 
 def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> None:
     """What the v2 kernels (kernels/swmoe.py) assume of a launch: bf16 carriers, whole 16-row weight slabs per warp
-    (wgmma's warpgroup), a K step of whole 64-wide swizzle blocks, an N that BLOCK_N divides."""
+    (wgmma's warpgroup), an N of whole MX groups (BLOCK_N need not divide it: the last tile is masked)."""
     if not x.bf16:
         raise ValueError(f"stage {stage}: mma=wgmma takes bf16 activations (quantize_input(..., bf16=True))")
     if cfg.num_warps not in (4, 8):
@@ -129,8 +129,8 @@ def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> N
         raise ValueError(f"stage {stage}: mma=wgmma needs BLOCK_N a multiple of 16 x num_warps = "
                          f"{16 * cfg.num_warps}, got {cfg.block_n}")
     n = weights.inter if stage == 1 else weights.hidden
-    if n % cfg.block_n:
-        raise ValueError(f"stage {stage}: BLOCK_N={cfg.block_n} must divide N={n}")
+    if n % 32:  # the last N tile is masked; a stage-1 MX group must not straddle its edge, nor a 16-row slab
+        raise ValueError(f"stage {stage}: mma=wgmma needs N={n} a multiple of 32")
     if not 16 <= cfg.block_m <= 256:
         raise ValueError(f"stage {stage}: mma=wgmma needs 16 <= BLOCK_M <= 256 (wgmma's N), got {cfg.block_m}")
     del k

@@ -104,7 +104,7 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
     even_k = inter % cfg.block_k == 0
     if tuple(topk_weights.shape) != (num_tokens, plan.topk):
         raise ValueError(f"topk_weights shape {tuple(topk_weights.shape)}, expected {(num_tokens, plan.topk)}")
-    if hidden % cfg.block_n:
+    if hidden % cfg.block_n and not cfg.mma.v2:  # v2 masks its last N tile
         raise ValueError(f"BLOCK_N={cfg.block_n} must divide hidden={hidden}")
     slots = cfg.combine is Combine.SLOTS
     rows = plan.num_pairs if slots else num_tokens

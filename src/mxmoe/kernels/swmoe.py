@@ -29,7 +29,6 @@ from mxmoe.kernels.common import (
     ACT_CODES,
     PATH_CODES,
     KernelInput,
-    atomic_add_tile,
     grid_swizzle,
     interpreting,
     split_k_range,
@@ -63,10 +62,11 @@ def _mma(acc, w, a, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, out_ptr, stride_op, PATH: tl.constexpr, ACT: tl.constexpr,
+def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: tl.constexpr, ACT: tl.constexpr,
                INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns, rounded to the path's
-    grid (a8w4: MXFP8, a4w4: MXFP4) and stored as bf16."""
+    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored),
+    rounded to the path's grid (a8w4: MXFP8, a4w4: MXFP4; N is a multiple of 32, so a group is all in or all
+    out) and stored as bf16."""
     if ACT == 0:  # silu(gate) * up
         h = acc_g * tl.sigmoid(acc_g) * acc_u
     else:  # GPT-OSS swiglu: clamp, alpha 1.702, (up + 1)
@@ -75,7 +75,8 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, out_ptr, stride_op, PATH: tl.
         h = g * tl.sigmoid(1.702 * g) * (u + 1.0)
     if PATH != 0:
         h = qdq_tile(h, PATH == 2, BM, BN)
-    tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=row_ok[:, None])
+    tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP),
+             mask=row_ok[:, None] & (offs_n < N)[None, :])
 
 
 @triton.jit
@@ -87,7 +88,7 @@ def _stage1_kernel(
     INTERP: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    num_n = I // BN
+    num_n = tl.cdiv(I, BN)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
         return
@@ -95,36 +96,40 @@ def _stage1_kernel(
     pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
     row_ok = pair < num_pairs
     token = (pair // TOPK).to(tl.int64)
+    pid_k = tl.program_id(1)
     w_e = w_ptr + expert * stride_we
     ws_e = ws_ptr + expert * stride_wse
     n16_g = pid_n * (BN // 16)
-    n16_u = (I + pid_n * BN) // 16
+    n16_u = (I + pid_n * BN) // 16  # I is a multiple of 16 (the wrapper checks)
     if SPLIT_K == 1:
         k_first = 0
         k_len = H
     else:
-        pid_k = tl.program_id(1)
         k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
         a = _act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-        acc_g = _mma(acc_g, weight_tile(w_e, ws_e, n16_g, k0 // 64, N16, K64, FOLD, INTERP, BN, BK), a, INTERP)
-        acc_u = _mma(acc_u, weight_tile(w_e, ws_e, n16_u, k0 // 64, N16, K64, FOLD, INTERP, BN, BK), a, INTERP)
+        wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc_g = _mma(acc_g, wg, a, INTERP)
+        wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc_u = _mma(acc_u, wu, a, INTERP)
     acc_g = tl.trans(acc_g)
     acc_u = tl.trans(acc_u)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    n_ok = offs_n < I
     if HAS_BIAS and (SPLIT_K == 1 or pid_k == 0):  # split-K: split 0 carries the bias
-        acc_g += tl.load(b_ptr + expert * stride_be + offs_n)[None, :]
-        acc_u += tl.load(b_ptr + expert * stride_be + I + offs_n)[None, :]
+        acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
+        acc_u += tl.load(b_ptr + expert * stride_be + I + offs_n, mask=n_ok, other=0.0)[None, :]
     rows = pair.to(tl.int64)
     if SPLIT_K == 1:
-        _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
+        _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
     else:
         part = part_ptr + rows[:, None] * stride_pp + offs_n[None, :]
-        atomic_add_tile(part, acc_g, row_ok, BM, BN)
-        atomic_add_tile(part + I, acc_u, row_ok, BM, BN)
+        mask = row_ok[:, None] & n_ok[None, :]
+        tl.atomic_add(part, acc_g, mask=mask, sem="relaxed")
+        tl.atomic_add(part + I, acc_u, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -135,9 +140,10 @@ def _stage1_finish_kernel(part_ptr, out_ptr, num_pairs, I, stride_pp, stride_op,
     row_ok = rows < num_pairs
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     part = part_ptr + rows[:, None] * stride_pp + offs_n[None, :]
-    acc_g = tl.load(part, mask=row_ok[:, None], other=0.0)
-    acc_u = tl.load(part + I, mask=row_ok[:, None], other=0.0)
-    _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
+    mask = row_ok[:, None] & (offs_n < I)[None, :]
+    acc_g = tl.load(part, mask=mask, other=0.0)
+    acc_u = tl.load(part + I, mask=mask, other=0.0)
+    _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
 
 
 @triton.jit
@@ -148,7 +154,7 @@ def _stage2_kernel(
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, INTERP: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    num_n = H // BN
+    num_n = tl.cdiv(H, BN)
     pid_k = tl.program_id(1)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
@@ -168,18 +174,20 @@ def _stage2_kernel(
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
         a = _act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
-        acc = _mma(acc, weight_tile(w_e, ws_e, pid_n * (BN // 16), k0 // 64, N16, K64, FOLD, INTERP, BN, BK), a,
-                   INTERP)
+        w = weight_tile(w_e, ws_e, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc = _mma(acc, w, a, INTERP)
     acc = tl.trans(acc)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    n_ok = offs_n < H
     if HAS_BIAS:  # noqa: SIM102 -- HAS_BIAS is a constexpr, pid_k a runtime value
         if pid_k == 0:
-            acc += tl.load(b_ptr + expert * stride_be + offs_n)[None, :]
+            acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
     acc = acc * tl.load(rw_ptr + rows, mask=row_ok, other=0.0)[:, None]
     if SLOTS:
-        tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None])
+        tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
     else:
-        atomic_add_tile(out_ptr + (rows // TOPK)[:, None] * stride_or + offs_n[None, :], acc, row_ok, BM, BN)
+        tl.atomic_add(out_ptr + (rows // TOPK)[:, None] * stride_or + offs_n[None, :], acc,
+                      mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
 
 
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
@@ -194,7 +202,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
             out.data.fill_(float("nan"))
     if plan.max_blocks == 0:
         return out
-    num_n = i // cfg.block_n
+    num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
     part = torch.zeros(pairs, 2 * i, dtype=torch.float32, device=x.data.device) if split else out.data
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
@@ -224,7 +232,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     hidden = weights.hidden
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    _stage2_kernel[(plan.max_blocks * (hidden // cfg.block_n), cfg.split_k)](
+    _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, w.scales, b, rw, out, plan.sorted_ids, plan.block_expert, plan.num_padded,
         plan.num_pairs, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
         h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out.stride(0),

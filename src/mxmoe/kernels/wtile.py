@@ -102,18 +102,20 @@ def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
 
 
 @triton.jit
-def weight_tile(w_ptr, s_ptr, n16_0, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
+def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
                 BN: tl.constexpr, BK: tl.constexpr):
     """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
-    [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 read as zeros."""
+    [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
+    on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
     r = tl.arange(0, R)
     i = r // (NB * 32)
     lane = r % 32
-    blk = (k64_0 + i) * N16 + n16_0 + (r // 32) % NB  # [R] (k64, n16) block of row r
-    ok = (k64_0 + i) < K64
+    n16 = n16_0 + (r // 32) % NB
+    blk = (k64_0 + i) * N16 + n16  # [R] (k64, n16) block of row r
+    ok = ((k64_0 + i) < K64) & (n16 < n16_end)
     raw = tl.load(w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :],
                   mask=ok[:, None], other=0)  # [R, 16] uint8
     sraw = tl.load(s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :],
