@@ -1,0 +1,105 @@
+"""Scan v2 tile variants around the heuristic at a few points: whole layer, CUDA-graph replay, L2 flushed.
+
+    PYTHONPATH=src python3 benchmarks/scan_v2.py gpt-oss-20b:4096 deepseek-v3:64 --csv out.csv
+
+Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M. Each
+variant's output is checked against the heuristic's (same numerics up to fp32 summation order). Prints the ranking
+per point; never asserts. Needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+
+import torch
+
+from mxmoe.config import MoEConfig, TileConfig
+from mxmoe.heuristic import default_config
+from mxmoe.legality import H100, Legal, check
+from mxmoe.moe import moe
+from mxmoe.problem import make_problem
+from mxmoe.shapes import MODELS, Path
+
+_FLUSH_BYTES = 256 << 20
+
+
+def _time(fn, flush, reps: int = 15) -> float:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    out = []
+    for _ in range(reps):
+        flush.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1000)
+    return statistics.median(out)
+
+
+def _variants(c: TileConfig) -> list[TileConfig]:
+    out = []
+    for w in (4, 8):
+        for bn in (64, 128, 256):
+            if bn % (16 * w) == 0:
+                out.append(c.replace(num_warps=w, block_n=bn))
+    out += [c.replace(num_stages=s) for s in (2, 3, 4, 5)]
+    out += [c.replace(block_k=k) for k in (64, 256)]
+    out += [c.replace(block_m=m) for m in (16, 32, 64, 128) if m != c.block_m]
+    return list(dict.fromkeys(v for v in out if v != c))
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("points", nargs="+", help="model:T[:path]")
+    ap.add_argument("--csv", default=None)
+    args = ap.parse_args(argv)
+    flush = torch.empty(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    rows = []
+    for spec in args.points:
+        model, t, *rest = spec.split(":")
+        t, path = int(t), Path(rest[0] if rest else "a16w4")
+        p = make_problem(MODELS[model], path, t, seed=t, device="cuda")
+        base = default_config(p.shape, path, t)
+        ref = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, base).float()
+        cands = [("base", base)]
+        cands += [(f"s1 {v.short()}", MoEConfig(v, base.stage2)) for v in _variants(base.stage1)]
+        cands += [(f"s2 {v.short()}", MoEConfig(base.stage1, v)) for v in _variants(base.stage2)]
+        res = []
+        for name, cfg in cands:
+            if not all(isinstance(check(p.shape, path, s, c, H100, tokens=t), Legal)
+                       for s, c in ((1, cfg.stage1), (2, cfg.stage2))):
+                continue
+            fn = lambda cfg=cfg, p=p, path=path: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg,
+                                                     validate=False)
+            try:
+                err = (fn().float() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6)
+                us = _time(fn, flush)
+            except Exception as exc:  # a variant that fails to compile or launch is reported, not fatal
+                print(f"{model} T={t} {name}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                continue
+            res.append((us, name, err))
+            print(f"{model} {path.value} T={t} {name:45s} {us:10.1f} us  rel_err {err:.2e}", flush=True)
+        res.sort()
+        b = next(us for us, n, _ in res if n == "base")
+        print(f"== {model} T={t}: best {res[0][1]} {res[0][0]:.1f} us vs base {b:.1f} us ({b / res[0][0]:.3f}x)")
+        rows += [{"model": model, "path": path.value, "T": t, "variant": n, "us": round(us, 2), "rel_err": e}
+                 for us, n, e in res]
+        p = ref = None  # free the weights before the next point
+        torch.cuda.empty_cache()
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
