@@ -83,13 +83,17 @@ def decode_split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
-def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int) -> TileConfig:
-    """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N is at least 1024, else 4; BLOCK_N is the
+def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int, stage: int) -> TileConfig:
+    """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N is at least 512, else 4; BLOCK_N is the
     preferred rows per warp times the warps, at most N rounded up to a power of two (the last tile is masked,
-    so gpt-oss's 2880 takes 128- and 256-row tiles: 23 and 12 of them)."""
-    warps = 8 if block_m >= 128 and n >= 1024 else 4
+    so gpt-oss's 2880 takes 128- and 256-row tiles: 23 and 12 of them); stage 2 steps K by 64 from BLOCK_M 64.
+    Measured around the rule on the H100 (results/h100/2026-12-06_scan_v2_e04bff9.csv, layer us): deepseek-v4-tp8
+    T=4096 stage 1 on 8 warps N128 2934 against 3351 on 4 warps N64; stage 2 K64 gpt-oss-120b T=4096 2419 against
+    2513, deepseek-v3-tp8 T=512 683 against 737; at BLOCK_M 16 (deepseek-v3 T=64) K64 lost (1747 against 1717)."""
+    warps = 8 if block_m >= 128 and n >= 512 else 4
     bn = max(16 * warps, min(prefer_n_per_warp * warps, 1 << (n - 1).bit_length()))
-    return TileConfig(block_m=block_m, block_n=bn, block_k=_block_k(k, 128), group_m=1 if block_m <= 32 else 8,
+    bk = 64 if stage == 2 and block_m >= 64 else _block_k(k, 128)
+    return TileConfig(block_m=block_m, block_n=bn, block_k=bk, group_m=1 if block_m <= 32 else 8,
                       num_warps=warps, num_stages=4 if block_m <= 64 else 3, mma=Mma.WGMMA)
 
 
@@ -104,8 +108,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
     block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= 64 else 128
-    s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16)
-    s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32)
+    s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16, 1)
+    s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         s1 = s1.replace(split_k=decode_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))

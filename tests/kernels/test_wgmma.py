@@ -124,3 +124,46 @@ def test_nan_in_the_input_reaches_its_token_on_every_path(path):
     out = moe(hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2())
     assert not out[0].isfinite().any()
     assert_close(out[1:].float(), p.reference()[1:], path=path, stage="layer")
+
+
+@triton.jit
+def _qdq_kernel(x_ptr, out_ptr, FP4: tl.constexpr, INTERP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    from mxmoe.kernels.mx_tile import qdq_tile
+
+    offs = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    tl.store(out_ptr + offs, qdq_tile(tl.load(x_ptr + offs), FP4, INTERP, R, C))
+
+
+def _qdq_inputs(device) -> torch.Tensor:
+    """Every e2m1 / e4m3 tie and its neighbours at several block scales, subnormal blocks, zeros, huge values."""
+    g = torch.Generator().manual_seed(7)
+    grid = torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 7.0, 1.0625, 1.1875, 448.0, 464.0])
+    ties = torch.cat([grid, grid * (1 + 2**-20), grid * (1 - 2**-20)])
+    rows = [torch.cat([ties, torch.randn(64 - ties.numel(), generator=g)])[torch.randperm(64, generator=g)]
+            * 2.0 ** float(e) for e in (-130, -20, -3, 0, 5, 60)]
+    rows += [torch.zeros(64), torch.randn(64, generator=g) * 2.0**-140]
+    x = torch.stack(rows)
+    return torch.cat([x, -x]).to(device)
+
+
+def _check_qdq(fp4: bool, gpu: bool) -> None:
+    from mxmoe.mx import quantize_mxfp4, quantize_mxfp8
+
+    x = _qdq_inputs("cuda" if gpu else "cpu")
+    want = dequantize((quantize_mxfp4 if fp4 else quantize_mxfp8)(x.float().cpu()))
+    got = torch.empty_like(x)
+    _qdq_kernel[(1,)](x, got, FP4=fp4, INTERP=not gpu, R=x.shape[0], C=x.shape[1])
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("fp4", [True, False], ids=["mxfp4", "mxfp8"])
+def test_qdq_tile_is_the_oracle_round_trip(fp4):
+    """The v2 carriers' rounding (mx_tile.qdq_tile) equals quantize + dequantize of mxmoe.mx, bit for bit."""
+    _check_qdq(fp4, gpu=torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp4", [True, False], ids=["mxfp4", "mxfp8"])
+def test_qdq_tile_gpu(fp4):
+    """The same on the GPU, where MXFP8 rounds with the hardware's e4m3 conversion."""
+    _check_qdq(fp4, gpu=True)

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mxmoe.kernels.common import KernelInput, require_executable
+from mxmoe.kernels.common import KernelInput, interpreting, require_executable
 from mxmoe.kernels.mx_tile import qdq_tile, quantize_tile_mxfp4, quantize_tile_mxfp8
 from mxmoe.shapes import Path
 
@@ -19,7 +19,8 @@ _ROWS = 16
 
 @triton.jit
 def _quant_kernel(x_ptr, q_ptr, s_ptr, T, stride_x, stride_q, stride_s,
-                  FP4: tl.constexpr, QDQ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                  FP4: tl.constexpr, QDQ: tl.constexpr, INTERP: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c0 = tl.program_id(1) * BLOCK_C
     mask = (offs_r < T)[:, None]
@@ -27,7 +28,7 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, T, stride_x, stride_q, stride_s,
     x = tl.load(x_ptr + rows[:, None] * stride_x + (c0 + tl.arange(0, BLOCK_C))[None, :], mask=mask, other=0.0)
     offs_s = c0 // 32 + tl.arange(0, BLOCK_C // 32)
     if QDQ:  # the values on the path's grid, as bf16 (exact): the v2 kernels' carrier
-        q = qdq_tile(x.to(tl.float32), FP4, BLOCK_R, BLOCK_C).to(tl.bfloat16)
+        q = qdq_tile(x.to(tl.float32), FP4, INTERP, BLOCK_R, BLOCK_C).to(tl.bfloat16)
         offs_c = c0 + tl.arange(0, BLOCK_C)
         tl.store(q_ptr + rows[:, None] * stride_q + offs_c[None, :], q, mask=mask)
         return
@@ -59,5 +60,5 @@ def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False) -> Kernel
     grid = (triton.cdiv(t, _ROWS), h // block_c)
     scales = out.scales_or(out.data)
     _quant_kernel[grid](x, out.data, scales, t, x.stride(0), out.data.stride(0), scales.stride(0),
-                        FP4=path is Path.A4W4, QDQ=bf16, BLOCK_R=_ROWS, BLOCK_C=block_c)
+                        FP4=path is Path.A4W4, QDQ=bf16, INTERP=interpreting(), BLOCK_R=_ROWS, BLOCK_C=block_c)
     return out

@@ -74,7 +74,7 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
         u = tl.minimum(tl.maximum(acc_u, -7.0), 7.0)
         h = g * tl.sigmoid(1.702 * g) * (u + 1.0)
     if PATH != 0:
-        h = qdq_tile(h, PATH == 2, BM, BN)
+        h = qdq_tile(h, PATH == 2, INTERP, BM, BN)
     tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP),
              mask=row_ok[:, None] & (offs_n < N)[None, :])
 
