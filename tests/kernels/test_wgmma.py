@@ -16,6 +16,7 @@ import triton.language as tl
 
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.kernels.layout import swizzle, unswizzle
+from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.moe import moe
 from mxmoe.mx import MXFormat, MXTensor, dequantize
@@ -128,8 +129,6 @@ def test_nan_in_the_input_reaches_its_token_on_every_path(path):
 
 @triton.jit
 def _qdq_kernel(x_ptr, out_ptr, FP4: tl.constexpr, INTERP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
-    from mxmoe.kernels.mx_tile import qdq_tile
-
     offs = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
     tl.store(out_ptr + offs, qdq_tile(tl.load(x_ptr + offs), FP4, INTERP, R, C))
 
