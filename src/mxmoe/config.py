@@ -15,24 +15,15 @@ CONFIG_SCHEMA_VERSION = 1
 
 
 class Mma(str, Enum):
-    """How the MXFP4 weight tile meets the tensor cores."""
+    """How the MXFP4 weight tile meets the tensor cores. The v1 levers fma, dot_scaled_t and upcast_t were removed
+    with Kernels v2 (v2 is the swapped-operand wgmma they tried to be; fma lost at every point measured)."""
 
     DOT_SCALED = "dot_scaled"  # tl.dot_scaled: the compiler upcasts e2m1 and applies scales (GPU only)
     UPCAST = "upcast"  # unpack nibbles and e8m0 scales by hand, then tl.dot in bf16 (runs in the interpreter)
-    FMA = "fma"  # no tensor cores: unpack to f32 and multiply-add (decode GEMV; BLOCK_M of a few rows)
-    # Swapped operands (W x A^T, accumulator [BLOCK_N, BLOCK_M]): the weight tile is the MMA's M side, so a decode
-    # block of 16 token rows is the MMA's N (the tensor cores' small side) and the upcast weights can feed the MMA
-    # from registers, BLOCK_N >= 64 over 4 warps reaching Hopper's wgmma; the tokens never pad an M of 64.
-    DOT_SCALED_T = "dot_scaled_t"  # tl.dot_scaled with the e2m1 weights as its left operand (GPU only)
-    UPCAST_T = "upcast_t"  # the same swap with the hand upcast and tl.dot (runs in the interpreter)
     # v2 (kernels/swmoe.py): the swap on wgmma with the weights as its register operand, read from the swizzled
     # layout (kernels/layout.py) and decoded in 9 integer ops per 8 values; bf16 activation carriers on every path.
     # Runs on the GPU and, bit for bit the same layout and decode, under the interpreter.
     WGMMA = "wgmma"
-
-    @property
-    def swapped(self) -> bool:
-        return self in (Mma.DOT_SCALED_T, Mma.UPCAST_T, Mma.WGMMA)
 
     @property
     def v2(self) -> bool:
@@ -42,7 +33,7 @@ class Mma(str, Enum):
     @property
     def needs_dot_scaled(self) -> bool:
         """tl.dot_scaled, which the Triton 3.6 interpreter does not implement."""
-        return self in (Mma.DOT_SCALED, Mma.DOT_SCALED_T)
+        return self is Mma.DOT_SCALED
 
 
 class Combine(str, Enum):

@@ -1,6 +1,8 @@
 """The default tile choice: the documented baseline every tuned config must beat.
 
-Pure function of (shape, path, T); no torch or triton. The rules, and why:
+Pure function of (shape, path, T); no torch or triton. `default_config` returns the v2 rule (`v2_config`, its
+docstring has the rules and their measurements); with kernels="v1" the rule of the v1 levers, below. The v1 rules,
+and why:
 - BLOCK_M follows the average rows per hit expert (T*A / experts hit): a decode block holds 1-2
   real rows, so 16 (the MMA minimum) wastes the least; prefill blocks of 64-128 rows reuse each
   weight tile across many tokens, which is what moves the layer from the memory to the compute floor.
@@ -31,12 +33,14 @@ Pure function of (shape, path, T); no torch or triton. The rules, and why:
   both split 4 -> 83.8; deepseek-v3 T=1 (512 and 896 CTAs) split 2 was slower (0.98x), hence the threshold.
   Splits past it lose: gpt-oss-20b T=16 (1300-2600 CTAs) split 4 0.87x. Not measured for a8w4 / a4w4, whose
   decode is the same weight stream.
-- Measured and not taken: mma=fma (the tensor-core-free decode lever) ran 261 us vs 124 us for
-  dot_scaled on deepseek-v3 T=1 stage 1 (scan2 log); the f32 unpack costs more than the 16-row MMA wastes.
+- Measured, not taken, and removed with Kernels v2 (2026-12-06): mma=fma (the tensor-core-free decode lever) ran
+  261 us vs 124 us for dot_scaled on deepseek-v3 T=1 stage 1 (scan2 log); the f32 unpack costs more than the
+  16-row MMA wastes.
   Nor at BLOCK_M 1, where it multiplies only the real row: deepseek-v3-tp8 T=1 whole layer 50.7 us (a16w4) and
   63.5 us (a4w4) with the heuristic against 79.7 / 84.6 us for the best fma stage 1 and 64.7 / 73.2 us for the best
   fma stage 2 over N 32-128, K 128-512, 2-4 warps (H100, results/h100/2026-11-26_scan_decode_9cc6586.csv).
-- Not taken either: the swapped levers (mma=dot_scaled_t: the weight tile as the MMA's M side, wgmma from
+- Not taken either, and removed with Kernels v2 (whose swap on wgmma is what they aimed at): the swapped levers
+  (mma=dot_scaled_t: the weight tile as the MMA's M side, wgmma from
   BLOCK_N 64 over 4 warps). deepseek-v3-tp8 whole layer, H100: a16w4 loses at T=1 (best 54.8 us against 51.0) and
   T=16 (350 against 322); a4w4 gains 1.04x at T=1 (stage 2 M16N64K128 w4: 60.2 against 62.7 us) and 1.08x at T=16
   (both stages swapped, N128 K128 w4: 415 against 450 us) (results/h100/2026-11-26_scan_decode_swapped_5220123.csv).

@@ -211,8 +211,7 @@ def stage_geometry(shape: MoEShape, stage: int) -> StageGeometry:
 
 
 def _uses_wgmma(cfg: TileConfig, model: SmemModel) -> bool:
-    m = cfg.block_n if cfg.mma.swapped else cfg.block_m  # a swapped lever's MMA M side is the weight tile
-    return m % model.wgmma_min_block_m == 0 and cfg.num_warps % model.wgmma_warp_multiple == 0
+    return cfg.block_m % model.wgmma_min_block_m == 0 and cfg.num_warps % model.wgmma_warp_multiple == 0
 
 
 def _act_direct(path: Path, cfg: TileConfig) -> bool:

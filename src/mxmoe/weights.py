@@ -76,6 +76,11 @@ class MoEWeights:
     def device(self) -> torch.device:
         return self.w13.data.device
 
+    def to(self, device: torch.device | str) -> MoEWeights:
+        """The same weights on `device` (the kernel layout is rebuilt there, a few seconds for a full model)."""
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return MoEWeights(self.w13.to(device), self.w2.to(device), mv(self.b13), mv(self.b2), self.activation)
+
     @classmethod
     def from_float(
         cls,

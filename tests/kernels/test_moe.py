@@ -59,16 +59,6 @@ def test_levers(name, config):
     assert_close(run(p, config).float(), p.reference(), path=Path.A16W4, stage="layer", name=name)
 
 
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("block_m", [1, 2])
-def test_fma_lever(path, block_m):
-    """The tensor-core-free decode lever: f32 multiply-add over a block of one or two rows."""
-    c = TileConfig(block_m=block_m, block_n=32, block_k=64, mma=Mma.FMA)
-    p = make_problem(TINY_OAI, path, 5, seed=block_m)
-    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, MoEConfig(c, c))
-    assert_close(out.float(), p.reference(), path=path, stage="layer")
-
-
 @pytest.mark.parametrize("path", [Path.A16W4, Path.A4W4], ids=lambda p: p.value)
 @pytest.mark.parametrize("combine", list(Combine), ids=lambda c: c.value)
 def test_poisoned_buffers_change_nothing_when_every_tile_is_written(path, combine):
@@ -100,8 +90,8 @@ SPLIT1_CASES = [
 ]
 
 
-def stage1_split(split_k: int, mma: Mma = Mma.UPCAST, block_m: int = 16) -> MoEConfig:
-    c = TileConfig(block_m=block_m, block_n=32, block_k=64, mma=mma)
+def stage1_split(split_k: int) -> MoEConfig:
+    c = TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST)
     return MoEConfig(c.replace(split_k=split_k), c)
 
 
@@ -115,34 +105,12 @@ def test_stage1_split_k(path, activation, split_k, tokens):
     assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}/T={tokens}")
 
 
-@pytest.mark.parametrize("shape", [TINY, TINY_OAI], ids=lambda s: s.name)
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("split_k,tokens", [(1, 1), (2, 5), (1, 33)])
-def test_swapped_operands_match_reference(shape, path, split_k, tokens):
-    """mma=upcast_t computes W x A^T into a [BLOCK_N, BLOCK_M] accumulator and transposes it for the epilogue, in
-    both stages, with split-K and padded blocks (poisoned buffers: a skipped or misplaced row shows as NaN). It is
-    the interpreter's twin of dot_scaled_t (the GPU suite runs that one), so the transposed bookkeeping both share
-    is checked here against the oracle."""
-    p = make_problem(shape, path, tokens, seed=tokens)
-    c = TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST_T, split_k=split_k)
-    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, MoEConfig(c, c), poison=True)
-    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}/T={tokens}")
-
-
-def test_dot_scaled_levers_are_refused_by_the_interpreter():
+def test_dot_scaled_is_refused_by_the_interpreter():
     p = make_problem(TINY, Path.A16W4, 1)
-    for mma in (Mma.DOT_SCALED, Mma.DOT_SCALED_T):
-        c = TileConfig(block_m=16, block_n=32, block_k=64, mma=mma)
-        with pytest.raises(ValueError, match="interpreter"):
-            moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, MoEConfig(c, c))
-        assert check(TINY, Path.A16W4, 1, c, INTERPRETER, tokens=1).reason is Reason.PATH_UNSUPPORTED
-
-
-def test_stage1_split_k_one_row_blocks():
-    """BLOCK_M=1 (the fma lever) takes the 1-D atomic the interpreter needs, into the split-K scratch too."""
-    p = make_problem(MoEShape("k160-oai", 4, 2, 160, 64, Activation.SWIGLU_OAI, bias=True), Path.A8W4, 1, seed=4)
-    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, stage1_split(2, Mma.FMA, block_m=1))
-    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+    c = TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.DOT_SCALED)
+    with pytest.raises(ValueError, match="interpreter"):
+        moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, MoEConfig(c, c))
+    assert check(TINY, Path.A16W4, 1, c, INTERPRETER, tokens=1).reason is Reason.PATH_UNSUPPORTED
 
 
 # Stage-2 split-K over inter=160 with BLOCK_K=64 (not a multiple of split_k x BLOCK_K): three K blocks, the last

@@ -23,13 +23,7 @@ CASES += [(m, p, t) for m in ("gpt-oss-120b", "deepseek-v3") for p in (Path.A8W4
 CASES += [("deepseek-v3", Path.A16W4, 8192), ("kimi-k2", Path.A16W4, 8192)]
 CASES += [(m, p, t) for m in ("deepseek-v3-tp8", "deepseek-v4-tp8", "kimi-k2-tp8", "gpt-oss-3072")
           for p in Path for t in (1, 256)]
-# mma=fma is the decode lever (a few rows per block): at prefill tiles its [BM, BN, BK] products spill for minutes
-# of compile and run; it is checked at the token counts where it could win. So are the swapped levers (decode:
-# 16 token rows as the MMA's N side), up to T = 256.
-FMA_MAX_T = 16
-SWAPPED_MAX_T = 256
-MMA_CASES = [(m, p, t, mma) for (m, p, t) in CASES for mma in Mma
-             if (mma is not Mma.FMA or t <= FMA_MAX_T) and (not mma.swapped or t <= SWAPPED_MAX_T)]
+MMA_CASES = [(m, p, t, mma) for (m, p, t) in CASES for mma in Mma]  # wgmma (v2), and the v1 dot_scaled / upcast
 
 
 def _with(cfg: MoEConfig, mma: Mma, combine: Combine) -> MoEConfig:

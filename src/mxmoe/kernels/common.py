@@ -16,9 +16,17 @@ from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.kernels.mx_tile import e2m1_to_f32, e4m3_to_f32, e8m0_to_f32
 from mxmoe.shapes import Activation, Path
 
-PATH_CODES = {Path.A16W4: 0, Path.A8W4: 1, Path.A4W4: 2}
-ACT_CODES = {Activation.SILU: 0, Activation.SWIGLU_OAI: 1}
-MMA_CODES = {Mma.UPCAST: 0, Mma.DOT_SCALED: 1, Mma.FMA: 2, Mma.UPCAST_T: 3, Mma.DOT_SCALED_T: 4}  # v1 kernels
+# The constexpr codes the kernels branch on, by name (a kernel compares `PATH == A8W4`, never `PATH == 1`).
+A16W4 = tl.constexpr(0)
+A8W4 = tl.constexpr(1)
+A4W4 = tl.constexpr(2)
+SILU = tl.constexpr(0)
+SWIGLU_OAI = tl.constexpr(1)
+UPCAST = tl.constexpr(0)  # v1 kernels only: the hand upcast + tl.dot
+DOT_SCALED = tl.constexpr(1)  # v1 kernels only: tl.dot_scaled
+PATH_CODES = {Path.A16W4: A16W4.value, Path.A8W4: A8W4.value, Path.A4W4: A4W4.value}
+ACT_CODES = {Activation.SILU: SILU.value, Activation.SWIGLU_OAI: SWIGLU_OAI.value}
+MMA_CODES = {Mma.UPCAST: UPCAST.value, Mma.DOT_SCALED: DOT_SCALED.value}  # v1 kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +114,7 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
     if cfg.mma.needs_dot_scaled and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError(f"mma={cfg.mma.value} is not implemented by the Triton 3.6 interpreter (it lacks "
-                         "tl.dot_scaled); use mma=upcast or upcast_t")
+                         "tl.dot_scaled); use mma=wgmma or upcast")
     if cfg.mma.v2:
         _check_v2(x, k, weights, cfg, stage)
     elif x.bf16 and x.path is not Path.A16W4:
@@ -137,16 +145,21 @@ def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> N
 
 
 @triton.jit
+def activation(acc_g, acc_u, ACT: tl.constexpr):
+    """The fused activation of fp32 gate and up sums: silu(gate) * up, or GPT-OSS swiglu (gate clamped above at 7,
+    up to [-7, 7], alpha 1.702, up + 1)."""
+    if ACT == SILU:
+        return acc_g * tl.sigmoid(acc_g) * acc_u
+    else:
+        g = tl.minimum(acc_g, 7.0)
+        u = tl.minimum(tl.maximum(acc_u, -7.0), 7.0)
+        return g * tl.sigmoid(1.702 * g) * (u + 1.0)
+
+
+@triton.jit
 def atomic_add_tile(ptrs, vals, row_ok, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Relaxed fp32 atomic add of a [BM, BN] tile into the rows `row_ok` lets through."""
-    if BLOCK_M == 1:
-        # The 3.6 interpreter mishandles a [1, N] atomic; a 1-D one is the same op. Its mask is built by `&`:
-        # there, a reshaped tl.broadcast_to keeps only its first element.
-        mask = row_ok[:, None] & tl.full([BLOCK_M, BLOCK_N], 1, tl.int1)
-        tl.atomic_add(tl.reshape(ptrs, [BLOCK_N]), tl.reshape(vals, [BLOCK_N]), mask=tl.reshape(mask, [BLOCK_N]),
-                      sem="relaxed")
-    else:
-        tl.atomic_add(ptrs, vals, mask=row_ok[:, None], sem="relaxed")
+    tl.atomic_add(ptrs, vals, mask=row_ok[:, None], sem="relaxed")
 
 
 @triton.jit
@@ -176,8 +189,8 @@ def grid_swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def to_operand(x, F32: tl.constexpr):
-    """MMA operand dtype: bf16 for the tensor cores; f32 for the FMA lever and under the interpreter,
-    whose bf16 tl.dot is wrong in Triton 3.6 (upcast operands are exact in bf16: same products)."""
+    """MMA operand dtype: bf16 for the tensor cores; f32 under the interpreter, whose bf16 tl.dot is wrong in
+    Triton 3.6 (upcast operands are exact in bf16: same products)."""
     if F32:
         return x.to(tl.float32)
     else:
@@ -206,7 +219,7 @@ def _scale_cols(s, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, REPEAT: tl.const
 def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: tl.constexpr, MMA: tl.constexpr,
                   EVEN_K: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows `row` x [k0, k0+BK) of the activation. Returns (even K, odd K, whole tile, scales):
-    the upcast and FMA levers use the even/odd halves, dot_scaled (and its swap, MMA 4) the raw tile and its scales.
+    the upcast lever uses the even/odd halves, dot_scaled the raw tile and its scales.
     Columns past K (a K that BLOCK_K does not divide) read as zeros unless EVEN_K."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -219,32 +232,32 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
         mask = row_ok[:, None] & (offs_k < K)[None, :]
         mask_b = row_ok[:, None] & (offs_b < K // 2)[None, :]
         mask_s = row_ok[:, None] & (offs_s < K // 32)[None, :]
-    if PATH == 0:
+    if PATH == A16W4:
         a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0)
         a_scale = a
-        if MMA != 1 and MMA != 4:
-            a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP or MMA == 2), [BLOCK_M, BLOCK_K // 2, 2]))
+        if MMA == UPCAST:
+            a_even, a_odd = tl.split(tl.reshape(to_operand(a, INTERP), [BLOCK_M, BLOCK_K // 2, 2]))
         else:
             a_even = a
             a_odd = a
     else:
         a_scale = tl.load(xs_ptr + row[:, None] * stride_xs + offs_s[None, :], mask=mask_s, other=0)
-        if PATH == 1:
+        if PATH == A8W4:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_k[None, :], mask=mask, other=0)
-            if MMA != 1 and MMA != 4:
+            if MMA == UPCAST:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 32)
-                f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP or MMA == 2)
+                f = to_operand(e4m3_to_f32(a.to(tl.int32)) * s, INTERP)
                 a_even, a_odd = tl.split(tl.reshape(f, [BLOCK_M, BLOCK_K // 2, 2]))
             else:
                 a_even = a
                 a_odd = a
         else:
             a = tl.load(x_ptr + row[:, None] * stride_x + offs_b[None, :], mask=mask_b, other=0)
-            if MMA != 1 and MMA != 4:
+            if MMA == UPCAST:
                 s = _scale_cols(e8m0_to_f32(a_scale.to(tl.int32)), BLOCK_M, BLOCK_K // 32, 16)
                 ai = a.to(tl.int32)
-                a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP or MMA == 2)
-                a_odd = to_operand(e2m1_to_f32(ai >> 4) * s, INTERP or MMA == 2)
+                a_even = to_operand(e2m1_to_f32(ai & 15) * s, INTERP)
+                a_odd = to_operand(e2m1_to_f32(ai >> 4) * s, INTERP)
             else:
                 a_even = a
                 a_odd = a
@@ -255,12 +268,11 @@ def load_act_tile(x_ptr, xs_ptr, row, row_ok, k0, K, stride_x, stride_xs, PATH: 
 def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constexpr, EVEN_K: tl.constexpr,
                 INTERP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """MXFP4 weight rows x [k0, k0+BK). Upcast MMA: (bf16 even-K [BN, BK//2], bf16 odd-K, ...);
-    dot_scaled: (packed [BK//2, BN] (K-major, as tl.dot_scaled wants its right operand), scales [BN, BK//32]);
-    dot_scaled_t: (packed [BN, BK//2], the left operand, scales [BN, BK//32])."""
+    dot_scaled: (packed [BK//2, BN] (K-major, as tl.dot_scaled wants its right operand), scales [BN, BK//32])."""
     offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + rows[:, None] * stride_sn + offs_s[None, :]
-    if MMA != 1:
+    if MMA == UPCAST:
         w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_b[None, :]
     else:
         w_ptrs = w_ptr + rows[None, :] * stride_wn + offs_b[:, None]
@@ -269,16 +281,16 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
         w = tl.load(w_ptrs)
     else:
         s = tl.load(s_ptrs, mask=(offs_s < K // 32)[None, :], other=0)
-        if MMA != 1:
+        if MMA == UPCAST:
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[None, :], other=0)
         else:
             w = tl.load(w_ptrs, mask=(offs_b < K // 2)[:, None], other=0)
-    if MMA != 1 and MMA != 4:
+    if MMA == UPCAST:
         wi = w.to(tl.int32)
         sf = e8m0_to_f32(s.to(tl.int32))
         sf = tl.reshape(tl.broadcast_to(sf[:, :, None], [BLOCK_N, BLOCK_K // 32, 16]), [BLOCK_N, BLOCK_K // 2])
-        w_even = to_operand(e2m1_to_f32(wi & 15) * sf, INTERP or MMA == 2)
-        w_odd = to_operand(e2m1_to_f32(wi >> 4) * sf, INTERP or MMA == 2)
+        w_even = to_operand(e2m1_to_f32(wi & 15) * sf, INTERP)
+        w_odd = to_operand(e2m1_to_f32(wi >> 4) * sf, INTERP)
         return w_even, w_odd, s
     else:
         return w, w, s
@@ -288,40 +300,19 @@ def load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA: tl.constex
 def mma_tile(acc, a_even, a_odd, a_full, a_scale, w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn,
              PATH: tl.constexpr, MMA: tl.constexpr, EVEN_K: tl.constexpr, INTERP: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += A_tile @ W_tile^T for one K step: manual upcast + tl.dot (MMA 0), tl.dot_scaled (MMA 1), or
-    f32 multiply-add without tensor cores (MMA 2: a decode block of a few rows pays no 16-row MMA tile).
-    The swapped levers take and return the transposed accumulator, acc^T [BN, BM] += W_tile @ A_tile^T: the
-    upcast (MMA 3) and tl.dot_scaled with the e2m1 weights on the left (MMA 4)."""
+    """acc += A_tile @ W_tile^T for one K step: manual upcast + tl.dot (UPCAST) or tl.dot_scaled (DOT_SCALED)."""
     w0, w1, w_s = load_w_tile(w_ptr, s_ptr, rows, k0, K, stride_wn, stride_sn, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
-    if MMA == 3:
-        if INTERP:
-            acc = tl.dot(w0, tl.trans(a_even), acc, input_precision="ieee")
-            acc = tl.dot(w1, tl.trans(a_odd), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w0, tl.trans(a_even), acc)
-            acc = tl.dot(w1, tl.trans(a_odd), acc)
-    elif MMA == 4:
-        if PATH == 0:
-            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), None, "bf16", acc)
-        elif PATH == 1:
-            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), a_scale, "e4m3", acc)
-        else:
-            acc = tl.dot_scaled(w0, w_s, "e2m1", tl.trans(a_full), a_scale, "e2m1", acc)
-    elif MMA == 0:
+    if MMA == UPCAST:
         if INTERP:
             acc = tl.dot(a_even, tl.trans(w0), acc, input_precision="ieee")
             acc = tl.dot(a_odd, tl.trans(w1), acc, input_precision="ieee")
         else:
             acc = tl.dot(a_even, tl.trans(w0), acc)
             acc = tl.dot(a_odd, tl.trans(w1), acc)
-    elif MMA == 2:
-        acc += tl.sum(a_even[:, None, :] * w0[None, :, :], axis=2)
-        acc += tl.sum(a_odd[:, None, :] * w1[None, :, :], axis=2)
+    elif PATH == A16W4:
+        acc = tl.dot_scaled(a_full, None, "bf16", w0, w_s, "e2m1", acc)
+    elif PATH == A8W4:
+        acc = tl.dot_scaled(a_full, a_scale, "e4m3", w0, w_s, "e2m1", acc)
     else:
-        if PATH == 0:
-            acc = tl.dot_scaled(a_full, None, "bf16", w0, w_s, "e2m1", acc)
-        elif PATH == 1:
-            acc = tl.dot_scaled(a_full, a_scale, "e4m3", w0, w_s, "e2m1", acc)
-        else:
-            acc = tl.dot_scaled(a_full, a_scale, "e2m1", w0, w_s, "e2m1", acc)
+        acc = tl.dot_scaled(a_full, a_scale, "e2m1", w0, w_s, "e2m1", acc)
     return acc

@@ -22,10 +22,13 @@ import triton.language as tl
 
 from mxmoe.config import TileConfig
 from mxmoe.kernels.common import (
+    A8W4,
+    A16W4,
     ACT_CODES,
     MMA_CODES,
     PATH_CODES,
     KernelInput,
+    activation,
     atomic_add_tile,
     check_launch,
     grid_swizzle,
@@ -51,18 +54,13 @@ def _epilogue(acc_g, acc_u, rows, row_ok, offs_n, pid_n, out_ptr, outs_ptr, stri
               BLOCK_N: tl.constexpr):
     """Activation of the fp32 gate and up sums (bias added) of pair rows x one N tile, then the store at the
     path's width. Both kernels call it, so the fused and the split-K launch round alike."""
-    if ACT == 0:  # silu(gate) * up
-        h = acc_g * tl.sigmoid(acc_g) * acc_u
-    else:  # GPT-OSS swiglu: clamp, alpha 1.702, (up + 1)
-        g = tl.minimum(acc_g, 7.0)
-        u = tl.minimum(tl.maximum(acc_u, -7.0), 7.0)
-        h = g * tl.sigmoid(1.702 * g) * (u + 1.0)
+    h = activation(acc_g, acc_u, ACT)
 
-    if PATH == 0:
+    if PATH == A16W4:
         tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=row_ok[:, None])
     else:
         offs_s = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
-        if PATH == 1:
+        if PATH == A8W4:
             q, s = quantize_tile_mxfp8(h, BLOCK_M, BLOCK_N)
             tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], q, mask=row_ok[:, None])
         else:
@@ -108,12 +106,8 @@ def _stage1_kernel(
     else:
         pid_k = tl.program_id(1)
         k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BLOCK_K)
-    if MMA >= 3:  # swapped levers accumulate the transpose (common.mma_tile)
-        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    else:
-        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # Bounds from 0, the split's block-aligned offset added inside, as stage 2 (split_k_range says why).
     for kk in range(0, k_len, BLOCK_K):
         k0 = k_first + kk
@@ -123,9 +117,6 @@ def _stage1_kernel(
                          stride_wn, stride_wsn, PATH, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
         acc_u = mma_tile(acc_u, a_even, a_odd, a_full, a_scale, w_e, ws_e, up_rows, k0, H,
                          stride_wn, stride_wsn, PATH, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
-    if MMA >= 3:
-        acc_g = tl.trans(acc_g)
-        acc_u = tl.trans(acc_u)
 
     if HAS_BIAS and (SPLIT_K == 1 or pid_k == 0):  # split-K: split 0 carries the bias
         acc_g += tl.load(b_ptr + expert * stride_be + gate_rows)[None, :]

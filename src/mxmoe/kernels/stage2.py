@@ -63,18 +63,13 @@ def _stage2_kernel(
         k_len = I
     else:
         k_first, k_len = split_k_range(pid_k, I, SPLIT_K, BLOCK_K)
-    if MMA >= 3:  # noqa: SIM108 -- swapped levers accumulate the transpose (common.mma_tile)
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for kk in range(0, k_len, BLOCK_K):
         k0 = k_first + kk
         a_even, a_odd, a_full, a_scale = load_act_tile(
             h_ptr, hs_ptr, rows, row_ok, k0, I, stride_hp, stride_hsp, PATH, MMA, EVEN_K, INTERP, BLOCK_M, BLOCK_K)
         acc = mma_tile(acc, a_even, a_odd, a_full, a_scale, w_e, ws_e, offs_n, k0, I,
                        stride_wn, stride_wsn, PATH, MMA, EVEN_K, INTERP, BLOCK_N, BLOCK_K)
-    if MMA >= 3:
-        acc = tl.trans(acc)
 
     if HAS_BIAS:  # noqa: SIM102 -- HAS_BIAS is a constexpr, pid_k a runtime value
         if pid_k == 0:

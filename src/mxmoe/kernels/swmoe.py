@@ -26,9 +26,12 @@ import triton.language as tl
 
 from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.common import (
+    A4W4,
+    A16W4,
     ACT_CODES,
     PATH_CODES,
     KernelInput,
+    activation,
     grid_swizzle,
     interpreting,
     split_k_range,
@@ -53,6 +56,15 @@ def _act_tile(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl
 
 
 @triton.jit
+def _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs, stride_we, stride_wse,
+           BM: tl.constexpr):
+    """Block pid_m's expert, its BM pair ids and which are real, and the expert's value / scale bases."""
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
+    return expert, pair, pair < num_pairs, w_ptr + expert * stride_we, ws_ptr + expert * stride_wse
+
+
+@triton.jit
 def _mma(acc, w, a, INTERP: tl.constexpr):
     """acc^T [BN, BM] += w [BN, BK] @ a^T."""
     if INTERP:
@@ -67,14 +79,9 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
     """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored),
     rounded to the path's grid (a8w4: MXFP8, a4w4: MXFP4; N is a multiple of 32, so a group is all in or all
     out) and stored as bf16."""
-    if ACT == 0:  # silu(gate) * up
-        h = acc_g * tl.sigmoid(acc_g) * acc_u
-    else:  # GPT-OSS swiglu: clamp, alpha 1.702, (up + 1)
-        g = tl.minimum(acc_g, 7.0)
-        u = tl.minimum(tl.maximum(acc_u, -7.0), 7.0)
-        h = g * tl.sigmoid(1.702 * g) * (u + 1.0)
-    if PATH != 0:
-        h = qdq_tile(h, PATH == 2, INTERP, BM, BN)
+    h = activation(acc_g, acc_u, ACT)
+    if PATH != A16W4:
+        h = qdq_tile(h, PATH == A4W4, INTERP, BM, BN)
     tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP),
              mask=row_ok[:, None] & (offs_n < N)[None, :])
 
@@ -92,13 +99,10 @@ def _stage1_kernel(
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
-    row_ok = pair < num_pairs
+    expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
+                                             stride_we, stride_wse, BM)
     token = (pair // TOPK).to(tl.int64)
     pid_k = tl.program_id(1)
-    w_e = w_ptr + expert * stride_we
-    ws_e = ws_ptr + expert * stride_wse
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16  # I is a multiple of 16 (the wrapper checks)
     if SPLIT_K == 1:
@@ -159,12 +163,9 @@ def _stage2_kernel(
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
-    row_ok = pair < num_pairs
+    expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
+                                             stride_we, stride_wse, BM)
     rows = pair.to(tl.int64)
-    w_e = w_ptr + expert * stride_we
-    ws_e = ws_ptr + expert * stride_wse
     if SPLIT_K == 1:
         k_first = 0
         k_len = I
