@@ -275,19 +275,19 @@ def smem_breakdown(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfi
 
 
 def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: SmemModel) -> dict[str, int]:
-    """The v2 kernels (mma=wgmma): bf16 activation tiles and swizzled weight + scale tiles, all cp.async-staged
-    (num_stages - 1 buffers each); the decoded weights stay in registers (no upcast buffer); the stage-2
-    epilogue converts the fp32 accumulator through shared memory as the v1 wgmma kernels do."""
+    """The v2 kernels (mma=wgmma), fitted exactly to Triton 3.6 sm_90 compiles (`metadata.shared`, 10 configs of
+    both stages from M16N64K128 s4 = 47104 B to M128N256K128 s3 = 139264 B; docs/legality.md): the bf16 activation
+    tile gets num_stages buffers, each weight stream num_stages - 1 of its packed values plus its scales, which
+    take BN*BK/8 bytes (the 4-byte scale word is loaded by each of the 4 lanes sharing it). The decoded weights stay
+    in registers; the stage-2 epilogue's conversion reuses the main loop's space. On the H100, M128N256K128 s5
+    (245760 B by this model) failed to launch with "Required: 245760" (results/h100/2026-12-06_scan_v2_e04bff9.log).
+    """
+    del stage, model
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
-    act = base * bm * bk * 2
-    weights = geo.weight_streams * base * (bn * bk / 2 + bn * bk / MX_GROUP)
-    epilogue = 0.0
-    if stage == 2:
-        rows = model.epilogue_rows_per_warp * cfg.num_warps
-        epilogue = model.epilogue_bytes * min(bm * bn, rows * max(bn, rows))
-    total = max(act + weights, epilogue) + model.fixed_bytes
-    return {"act": math.ceil(act), "weights": math.ceil(weights), "upcast": 0, "mainloop": math.ceil(act + weights),
-            "epilogue": math.ceil(epilogue), "fixed": model.fixed_bytes, "total": math.ceil(total)}
+    act = (base + 1) * bm * bk * 2
+    weights = geo.weight_streams * base * (bn * bk // 2 + bn * bk // 8)
+    return {"act": act, "weights": weights, "upcast": 0, "mainloop": act + weights, "epilogue": 0, "fixed": 0,
+            "total": act + weights}
 
 
 def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:

@@ -7,10 +7,10 @@ decides what a given problem can launch and records why the rest cannot.
 | field       | default           | wide                          |
 |-------------|-------------------|-------------------------------|
 | block_m     | 16, 32, 64, 128   | 16, 32, 64, 128, 256          |
-| block_n     | 64, 128           | 32, 64, 128, 256              |
+| block_n     | 64, 128           | 64, 128, 256                  |
 | block_k     | 128, 256          | 64, 128, 256, 512             |
 | group_m     | 1, 8              | 1, 4, 8, 16                   |
-| num_warps   | 4, 8              | 2, 4, 8                       |
+| num_warps   | 4, 8              | 4, 8 (a warpgroup or two)     |
 | num_stages  | 3, 4              | 2, 3, 4, 5                    |
 | mma         | wgmma             | wgmma                         |
 | stage 1 (combine, split_k) | (atomic, 1), (atomic, 4) | (atomic, 1/2/4/8) |
@@ -70,10 +70,10 @@ RANGES: dict[str, SpaceRanges] = {
     ),
     "wide": SpaceRanges(
         block_m=(16, 32, 64, 128, 256),
-        block_n=(32, 64, 128, 256),
+        block_n=(64, 128, 256),
         block_k=(64, 128, 256, 512),
         group_m=(1, 4, 8, 16),
-        num_warps=(2, 4, 8),
+        num_warps=(4, 8),
         num_stages=(2, 3, 4, 5),
         mma=_MMAS,
         stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8)),
