@@ -116,7 +116,7 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"mma={cfg.mma.value} is not implemented by the Triton 3.6 interpreter (it lacks "
                          "tl.dot_scaled); use mma=wgmma or upcast")
     if cfg.mma.v2:
-        _check_v2(x, k, weights, cfg, stage)
+        _check_v2(x, weights, cfg, stage)
     elif x.bf16 and x.path is not Path.A16W4:
         raise ValueError(f"stage {stage}: mma={cfg.mma.value} reads {x.path.value} activations as MX bytes; "
                          "bf16 carriers are for mma=wgmma")
@@ -126,7 +126,7 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError("split_k > 1 needs combine=atomic")
 
 
-def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> None:
+def _check_v2(x: KernelInput, weights, cfg: TileConfig, stage: int) -> None:
     """What the v2 kernels (kernels/swmoe.py) assume of a launch: bf16 carriers, whole 16-row weight slabs per warp
     (wgmma's warpgroup), an N of whole MX groups (BLOCK_N need not divide it: the last tile is masked)."""
     if not x.bf16:
@@ -141,7 +141,6 @@ def _check_v2(x: KernelInput, k: int, weights, cfg: TileConfig, stage: int) -> N
         raise ValueError(f"stage {stage}: mma=wgmma needs N={n} a multiple of 32")
     if not 16 <= cfg.block_m <= 256:
         raise ValueError(f"stage {stage}: mma=wgmma needs 16 <= BLOCK_M <= 256 (wgmma's N), got {cfg.block_m}")
-    del k
 
 
 @triton.jit
