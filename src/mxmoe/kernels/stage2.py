@@ -109,7 +109,7 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
     elif not slots:
         out.zero_()
     if cfg.mma.v2:
-        stage2_wgmma(h, weights, plan, topk_weights, cfg, num_tokens, out)
+        stage2_wgmma(h, weights, plan, topk_weights, cfg, out)
     elif plan.max_blocks > 0:
         rw = topk_weights.to(torch.float32).contiguous().view(-1)
         b = weights.b2 if weights.b2 is not None else rw

@@ -224,7 +224,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     return out
 
 
-def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
+def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig,
                  out: torch.Tensor) -> None:
     """Stage 2 on the v2 kernels into `out` (fp32 [T, H] zeroed for atomic, [P, H] for slots)."""
     if plan.max_blocks == 0:
