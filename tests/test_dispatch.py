@@ -36,6 +36,7 @@ def write_table(folder, entries: dict[int, MoEConfig], **meta) -> os.PathLike:
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / table_filename(TINY, Path.A16W4, "interpreter")
     file.write_text(json.dumps({"_metadata": metadata} | {str(t): c.to_dict() for t, c in entries.items()}))
+    dispatch.clear_cache()  # a process resolves a table once: a test that (re)writes one starts over
     return file
 
 
@@ -43,8 +44,9 @@ def write_table(folder, entries: dict[int, MoEConfig], **meta) -> os.PathLike:
 def user_dir(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.CONFIG_DIR_ENV, str(tmp_path / "user"))
     monkeypatch.setattr(dispatch, "TUNED_DIR", tmp_path / "packaged")
-    running_versions.cache_clear()  # kernels/ may have been edited since this process first hashed it
-    return tmp_path
+    dispatch.clear_cache()  # also re-hashes kernels/, which may have been edited since this process first did
+    yield tmp_path
+    dispatch.clear_cache()
 
 
 def recorded(*calls):
@@ -116,13 +118,56 @@ def test_an_illegal_entry_is_never_launched(user_dir):
     assert choose_config(TINY, Path.A16W4, 16) == A
 
 
-def test_an_edited_table_is_reread(user_dir):
-    file = write_table(user_dir / "user", {1: A})
+def test_a_table_is_resolved_once_and_an_edited_one_reread_after_clear_cache(user_dir, monkeypatch):
+    file = user_dir / "user" / table_filename(TINY, Path.A16W4, "interpreter")
+    write_table(user_dir / "user", {1: A})
     assert choose_config(TINY, Path.A16W4, 1) == A
-    write_table(user_dir / "user", {1: B})
+    data = file.read_text().replace('"num_warps": 2', '"num_warps": 4')  # A -> B
+    file.write_text(data)
     st = os.stat(file)
     os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert choose_config(TINY, Path.A16W4, 1) == B
+    assert choose_config(TINY, Path.A16W4, 1) == A  # resolved once: the file is not looked at again
+    dispatch.clear_cache()
+    assert choose_config(TINY, Path.A16W4, 1) == MoEConfig(TileConfig(block_k=64), TileConfig(block_k=64))
+
+
+def test_a_resolved_call_touches_no_file(user_dir, monkeypatch):
+    write_table(user_dir / "user", {1: A, 16: B})
+    assert choose_config(TINY, Path.A16W4, 1) == A
+
+    def no_file(*args, **kwargs):
+        raise AssertionError("file access after resolution")
+
+    for target, name in ((os, "stat"), (os, "listdir"), (dispatch.FsPath, "stat"), (dispatch.FsPath, "is_file"),
+                         (dispatch, "open")):
+        monkeypatch.setattr(target, name, no_file, raising=False)
+    monkeypatch.setattr(dispatch.legality, "check", no_file)
+    assert [choose_config(TINY, Path.A16W4, t) for t in (1, 2, 16, 99)] == [A, B, B, B]
+
+
+def test_a_table_that_is_not_an_object_warns_once_and_falls_back(user_dir):
+    folder = user_dir / "user"
+    folder.mkdir()
+    for text in ("[]", "null", '"x"', "1", '{"_metadata": {"schema": 1}, "1": []}'):
+        (folder / table_filename(TINY, Path.A16W4, "interpreter")).write_text(text)
+        dispatch.clear_cache()
+        out, warned = recorded(lambda: choose_config(TINY, Path.A16W4, 1), lambda: choose_config(TINY, Path.A16W4, 1))
+        assert out == [heuristic(1)] * 2, text
+        assert len(warned) == 1 and "unreadable" in str(warned[0].message), text
+        assert dispatch.table_problems(folder / table_filename(TINY, Path.A16W4, "interpreter")), text
+
+
+def test_launchable_is_legality_with_the_degenerate_exemption():
+    from mxmoe import legality
+
+    lim = legality.INTERPRETER
+    wide = MoEConfig(TileConfig(block_m=128, block_n=64, block_k=64, mma=Mma.WGMMA),
+                     TileConfig(block_m=128, block_n=64, block_k=64, mma=Mma.WGMMA))
+    assert legality.check(TINY, "a16w4", 1, wide.stage1, lim, tokens=1).reason is legality.Reason.DEGENERATE
+    assert dispatch.launchable(TINY, Path.A16W4, wide, lim, tokens=1) is None
+    odd = MoEConfig(TileConfig(block_m=24, block_k=64), TileConfig(block_k=64))
+    stage, verdict = dispatch.launchable(TINY, Path.A16W4, odd, lim)
+    assert stage == 1 and verdict.reason is legality.Reason.TILE_TOO_LARGE
 
 
 def test_an_unreadable_table_warns_and_falls_back(user_dir):

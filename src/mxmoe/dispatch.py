@@ -8,21 +8,29 @@ Lookup, for a moe() call with config=None:
 2. The table for (running GPU, shape, path), named by `table_filename`, in `$MXMOE_CONFIG_DIR` first,
    then in the packaged `mxmoe/tuned/`. A table is used only if its `_metadata` names the running
    triton version and kernel source hash (`mxmoe.source_hash`, the hash the sweep keyed its rows
-   on); otherwise it warns once (Python's warnings registry dedups the stable message) and the
-   next folder, then the heuristic, is tried. A live T between grid points takes the entry of the
-   next grid point up; beyond the grid, the largest. An entry `legality.check` rejects for this
-   device is never launched (warned once, then the fallback). DEGENERATE alone does not reject:
-   legality calls it "legal, but only wastes work", and a measured best entry read at a T between
-   grid points may be wasteful there yet is still the measured choice (the heuristic can be too).
+   on); otherwise it warns once and the next folder, then the heuristic, is tried. A live T between
+   grid points takes the entry of the next grid point up; beyond the grid, the largest. An entry that
+   `launchable` refuses on this device is never launched (warned once; that T takes the next folder's
+   entry, then the heuristic).
 3. `heuristic.default_config`.
 
-Memoization (pure, allowed by STYLE.md rule 4): parsed tables are cached with functools.lru_cache
-keyed on (file, mtime), so an edited file is re-read; the running versions and the GPU's limits are
-cached once.
+Resolved once: the first call for a (shape, path, device, $MXMOE_CONFIG_DIR) stats and reads each candidate
+file once, checks its metadata and every entry's legality, and keeps the result (`Resolution`: per folder,
+a sorted tuple of T buckets and their configs). Every later call is a dict lookup and a bisect, with no
+file access and no legality check. A file edited afterwards is seen after `clear_cache()` (parsed files
+stay cached by (path, mtime), so an unchanged file is not parsed again). The heuristic's answer is cached
+per T as well. `$MXMOE_CONFIG_DIR` and `TRITON_INTERPRET` are read on every call, so a new folder or mode is
+resolved afresh.
+
+Legality in one place: `launchable` is `legality.check` on both stages with one exemption, DEGENERATE
+(legality calls it "legal, but only wastes work": a measured best entry read at a T between grid points may
+be wasteful there yet is still the measured choice, and the heuristic can be too). Tables and an explicit
+`moe(config=...)` both go through it (`check_explicit`).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.metadata
 import json
@@ -39,7 +47,7 @@ from typing import Any
 from mxmoe import legality
 from mxmoe.config import MoEConfig
 from mxmoe.heuristic import default_config
-from mxmoe.shapes import MoEShape, Path
+from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.source_hash import kernel_source_hash
 
 CONFIG_DIR_ENV = "MXMOE_CONFIG_DIR"
@@ -47,6 +55,16 @@ TUNED_DIR = FsPath(__file__).resolve().parent / "tuned"
 TABLE_SCHEMA_VERSION = 1
 INTERPRETER_DEVICE = "interpreter"  # the device name of tables exported from interpreter sweeps
 METADATA_KEY = "_metadata"
+# Device limits known without the device (file-name label -> limits): what a CPU check of a shipped table uses.
+# The H200 has the H100's opt-in shared memory (227 KiB) and SM count (132).
+OFFLINE_LIMITS = {
+    "NVIDIA_H100_80GB_HBM3": legality.H100,
+    "NVIDIA_H200": legality.DeviceLimits(name="NVIDIA H200", smem_optin_bytes=232448, sm_count=132),
+    INTERPRETER_DEVICE: legality.INTERPRETER,
+}
+TABLE_NAME = re.compile(r"E=(?P<E>\d+),N=(?P<N>\d+),H=(?P<H>\d+),topk=(?P<topk>\d+),path=(?P<path>[a-z0-9]+),"
+                        r"device_name=(?P<device>[A-Za-z0-9.\-_]+)\.json")
+_HEURISTIC_CACHE_MAX = 4096  # distinct T per resolution whose heuristic answer is kept
 
 _OVERRIDE: ContextVar[MoEConfig | None] = ContextVar("mxmoe_override", default=None)
 
@@ -88,24 +106,33 @@ class TunedTable:
 
     def lookup(self, tokens: int) -> tuple[int, MoEConfig]:
         """(bucket, config): the first grid point >= tokens, or the largest one beyond the grid."""
-        for bucket, cfg in zip(self.buckets, self.configs, strict=True):
-            if bucket >= tokens:
-                return bucket, cfg
-        return self.buckets[-1], self.configs[-1]
+        i = min(bisect.bisect_left(self.buckets, tokens), len(self.buckets) - 1)
+        return self.buckets[i], self.configs[i]
 
 
-def parse_table(data: dict[str, Any]) -> TunedTable:
-    """Strict: every key but `_metadata` is a non-negative int T mapping to a MoEConfig dict."""
+def parse_table(data: Any) -> TunedTable:
+    """Strict: a JSON object whose every key but `_metadata` is a non-negative int T mapping to a MoEConfig dict."""
+    if not isinstance(data, dict):
+        raise ValueError(f"table is a JSON {type(data).__name__}, not an object")
     meta = data.get(METADATA_KEY)
     if not isinstance(meta, dict):
         raise ValueError(f"table has no {METADATA_KEY} object")
     if meta.get("schema") != TABLE_SCHEMA_VERSION:
         raise ValueError(f"table schema {meta.get('schema')!r}, expected {TABLE_SCHEMA_VERSION}")
-    entries = sorted((int(k), MoEConfig.from_dict(v)) for k, v in data.items() if k != METADATA_KEY)
+    entries = []
+    for k, v in data.items():
+        if k == METADATA_KEY:
+            continue
+        if not isinstance(v, dict):
+            raise ValueError(f"entry {k!r} is a JSON {type(v).__name__}, not a config object")
+        entries.append((int(k), MoEConfig.from_dict(v)))
+    entries.sort(key=lambda e: e[0])
     if not entries:
         raise ValueError("table holds no entries")
     if entries[0][0] < 0:
         raise ValueError(f"table bucket {entries[0][0]} is negative")
+    if len({b for b, _ in entries}) != len(entries):
+        raise ValueError("table names one T twice")
     return TunedTable(tuple(b for b, _ in entries), tuple(c for _, c in entries),
                       meta.get("triton_version"), meta.get("kernel_source_hash"))
 
@@ -117,8 +144,19 @@ def _load(file: str, mtime_ns: int) -> TunedTable | str:
     try:
         with open(file, encoding="utf-8") as fh:
             return parse_table(json.load(fh))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def load_table(file: str | os.PathLike[str], mtime_ns: int | None = None) -> TunedTable | str:
+    """The parsed table at `file`, or a sentence saying why it cannot be used as one (never raises). Pass the
+    `mtime_ns` a caller already read to spare a second stat; an unchanged file is parsed once per process."""
+    if mtime_ns is None:
+        try:
+            mtime_ns = os.stat(file).st_mtime_ns
+        except OSError as exc:
+            return f"unreadable ({type(exc).__name__}: {exc})"
+    return _load(os.fspath(file), mtime_ns)
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,13 +169,29 @@ def running_versions() -> tuple[str | None, str]:
     return triton_version, kernel_source_hash()
 
 
+@functools.lru_cache(maxsize=1)
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=16)
+def _gpu_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
 def running_device() -> str | None:
     """The name tables are filed under: the CUDA device's name, `interpreter`, or None (no GPU)."""
     if interpreter_active():
         return INTERPRETER_DEVICE
+    if not _cuda_available():
+        return None
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return _gpu_name(torch.cuda.current_device())
 
 
 def device_limits(device: str) -> legality.DeviceLimits:
@@ -164,7 +218,8 @@ def config_dirs() -> tuple[FsPath, ...]:
     return (FsPath(user), TUNED_DIR) if user else (TUNED_DIR,)
 
 
-def _mismatch(table: TunedTable) -> str | None:
+def mismatch(table: TunedTable) -> str | None:
+    """Why this process would refuse `table` as a whole (triton version, kernel source hash), or None."""
     triton_version, kernel_hash = running_versions()
     if table.triton_version != triton_version:
         return f"made with triton {table.triton_version}, running {triton_version}"
@@ -173,51 +228,199 @@ def _mismatch(table: TunedTable) -> str | None:
     return None
 
 
-def _illegal(shape: MoEShape, path: Path, cfg: MoEConfig, tokens: int, device: str) -> str | None:
-    limits = device_limits(device)
+# ---- legality: the one rule for what moe() may launch --------------------------------------------------------
+
+
+def launchable(shape: MoEShape, path: Path | str, cfg: MoEConfig, limits: legality.DeviceLimits,
+               tokens: int | None = None) -> tuple[int, legality.Illegal] | None:
+    """None when both stages of `cfg` may launch on `limits`; else (stage, verdict) of the first refused stage.
+
+    `legality.check` with one exemption, written here once: DEGENERATE ("legal, but only wastes work") is not a
+    refusal. With the exemption no rule depends on T, so `tokens` only adds detail to the DEGENERATE check.
+    """
     for stage, tile in ((1, cfg.stage1), (2, cfg.stage2)):
         verdict = legality.check(shape, path, stage, tile, limits, tokens=tokens)
         if isinstance(verdict, legality.Illegal) and verdict.reason is not legality.Reason.DEGENERATE:
-            return f"stage {stage} {tile.short()} illegal: {verdict.reason.value} ({verdict.detail})"
+            return stage, verdict
     return None
 
 
-def _warn(file: FsPath, why: str) -> None:
-    # stacklevel=1 files every warning under this line, so the registry dedups per (table, reason)
-    warnings.warn(f"mxmoe: tuned table {file} not used: {why}; falling back", RuntimeWarning, stacklevel=1)
+def refusal_text(stage: int, cfg: MoEConfig, verdict: legality.Illegal) -> str:
+    tile = cfg.stage1 if stage == 1 else cfg.stage2
+    return f"stage {stage} {tile.short()} illegal: {verdict.reason.value} ({verdict.detail})"
+
+
+_EXPLICIT: dict[tuple[Any, ...], str | None] = {}
+
+
+def check_explicit(shape: MoEShape, path: Path, cfg: Any) -> None:
+    """Refuse a config passed to moe(config=...) that `launchable` refuses on the running device (ValueError
+    naming the reason code), or that is no MoEConfig (TypeError). Cached per (shape, path, config, device)."""
+    if type(cfg) is not MoEConfig:
+        if isinstance(cfg, dict):
+            raise TypeError("config is a dict: pass MoEConfig.from_dict(config) (or a MoEConfig) to moe()")
+        if not isinstance(cfg, MoEConfig):
+            raise TypeError(f"config must be a MoEConfig or None, got {type(cfg).__name__}")
+    device = running_device()
+    if device is None:
+        return  # nothing can launch here: the kernels' own check says so
+    key = (shape.experts, shape.inter, shape.hidden, shape.topk, path, device, cfg)
+    why = _EXPLICIT.get(key, False)
+    if why is False:
+        refused = launchable(shape, path, cfg, device_limits(device))
+        why = None if refused is None else refusal_text(refused[0], cfg, refused[1])
+        _EXPLICIT[key] = why
+    if why is not None:
+        raise ValueError(f"moe(config=...): {why} on {device}")
+
+
+# ---- resolution: each (shape, path, device, folder) once ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedTable:
+    """One usable table, legality-checked: sorted T buckets, each with its config, or None where the entry was
+    refused (that T falls through to the next folder, then the heuristic)."""
+
+    file: str
+    buckets: tuple[int, ...]
+    configs: tuple[MoEConfig | None, ...]
+
+    def lookup(self, tokens: int) -> MoEConfig | None:
+        i = bisect.bisect_left(self.buckets, tokens)
+        return self.configs[i if i < len(self.configs) else -1]
+
+
+@dataclass(slots=True)
+class Resolution:
+    """What dispatch decided for one (shape, path, device, folders): the usable tables in lookup order, the
+    problems found on the way (one sentence per refused file or entry), and the heuristic's answers per T."""
+
+    tables: tuple[ResolvedTable, ...]
+    problems: tuple[str, ...]
+    heuristic: dict[int, MoEConfig]
+
+
+def resolve_table(file: str | os.PathLike[str], shape: MoEShape, path: Path | str, limits: legality.DeviceLimits,
+                  mtime_ns: int | None = None) -> tuple[ResolvedTable | None, list[str]]:
+    """Read `file` as this process would use it for (shape, path) on `limits`: the legality-checked table (None
+    when the file is refused as a whole) and one problem sentence per refusal. Reads the file once."""
+    path = Path(path)
+    table = load_table(file, mtime_ns)
+    why = table if isinstance(table, str) else mismatch(table)
+    if why is not None:
+        return None, [f"tuned table {os.fspath(file)} not used: {why}"]
+    assert isinstance(table, TunedTable)
+    problems, configs = [], []
+    for bucket, cfg in zip(table.buckets, table.configs, strict=True):
+        refused = launchable(shape, path, cfg, limits, tokens=max(1, bucket))
+        if refused is not None:
+            problems.append(f"tuned table {os.fspath(file)} not used: entry T={bucket}: "
+                            f"{refusal_text(refused[0], cfg, refused[1])}")
+        configs.append(None if refused is not None else cfg)
+    return ResolvedTable(os.fspath(file), table.buckets, tuple(configs)), problems
+
+
+def _resolve(shape: MoEShape, path: Path, device: str | None) -> Resolution:
+    tables, problems = [], []
+    if device is not None:
+        name = table_filename(shape, path, device)
+        for folder in config_dirs():
+            file = folder / name
+            try:  # the one stat of this file in this resolution
+                mtime_ns = file.stat().st_mtime_ns
+            except OSError:
+                continue
+            resolved, found = resolve_table(file, shape, path, device_limits(device), mtime_ns)
+            problems += found
+            if resolved is not None:
+                tables.append(resolved)
+    for why in problems:
+        # stacklevel=1 files every warning under this line; a resolution happens once, so each warns once
+        warnings.warn(f"mxmoe: {why}; falling back", RuntimeWarning, stacklevel=1)
+    return Resolution(tuple(tables), tuple(problems), {})
+
+
+_RESOLVED: dict[tuple[Any, ...], Resolution] = {}
+
+
+def resolution(shape: MoEShape, path: Path | str, device: str | None = None) -> Resolution:
+    """The cached resolution for (shape, path, device) under the current $MXMOE_CONFIG_DIR."""
+    path = path if type(path) is Path else Path(path)
+    if device is None:
+        device = running_device()
+    key = (shape.experts, shape.inter, shape.hidden, shape.topk, shape.activation, path, device,
+           os.environ.get(CONFIG_DIR_ENV))
+    res = _RESOLVED.get(key)
+    if res is None:
+        res = _RESOLVED[key] = _resolve(shape, path, device)
+    return res
+
+
+def clear_cache() -> None:
+    """Forget every resolution, parsed table, explicit-config verdict and running version: the next call
+    starts over as a fresh process would (for tests, and after editing a table in a running process)."""
+    _RESOLVED.clear()
+    _EXPLICIT.clear()
+    _load.cache_clear()
+    running_versions.cache_clear()
+    _cuda_available.cache_clear()
+    _gpu_name.cache_clear()
 
 
 def tuned_config(shape: MoEShape, path: Path | str, tokens: int, device: str | None = None) -> MoEConfig | None:
     """The tuned entry for this launch, or None (no usable table: the caller takes the heuristic)."""
-    path = Path(path)
     device = running_device() if device is None else device
     if device is None:
         return None
-    name = table_filename(shape, path, device)
-    for folder in config_dirs():
-        file = folder / name
-        try:
-            mtime = file.stat().st_mtime_ns
-        except OSError:
-            continue
-        table = _load(str(file), mtime)
-        why = table if isinstance(table, str) else _mismatch(table)
-        if why is None:
-            bucket, cfg = table.lookup(tokens)
-            why = _illegal(shape, path, cfg, tokens, device)
-            if why is None:
-                return cfg
-            why = f"entry T={bucket}: {why}"
-        _warn(file, why)
+    for table in resolution(shape, path, device).tables:
+        cfg = table.lookup(tokens)
+        if cfg is not None:
+            return cfg
     return None
 
 
-def choose_config(shape: MoEShape, path: Path, tokens: int) -> MoEConfig:
-    """The config a moe() call with config=None launches."""
+def choose_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
+    """The config a moe() call with config=None launches: after the first call, a dict lookup and a bisect."""
     forced = _OVERRIDE.get()
     if forced is not None:
         return forced
-    tuned = tuned_config(shape, path, tokens)
-    if tuned is not None:
-        return tuned
-    return default_config(shape, path, tokens, interpreter=interpreter_active())
+    res = resolution(shape, path)
+    for table in res.tables:
+        cfg = table.lookup(tokens)
+        if cfg is not None:
+            return cfg
+    cfg = res.heuristic.get(tokens)
+    if cfg is None:
+        cfg = default_config(shape, path, tokens, interpreter=interpreter_active())
+        if len(res.heuristic) < _HEURISTIC_CACHE_MAX:
+            res.heuristic[tokens] = cfg
+    return cfg
+
+
+# ---- the check CI runs on shipped tables ---------------------------------------------------------------------
+
+
+def table_problems(file: str | os.PathLike[str]) -> list[str]:
+    """Every reason this process would refuse any part of the table `file`, judged for the device its name
+    names (limits from OFFLINE_LIMITS, or the running GPU's when that is the device): an unparsable name, an
+    unknown device, an unreadable or stale table, an illegal entry. Empty when every entry would be used."""
+    file = FsPath(file)
+    m = TABLE_NAME.fullmatch(file.name)
+    if m is None:
+        return [f"{file.name}: not a table file name (E=...,N=...,H=...,topk=...,path=...,device_name=....json)"]
+    try:
+        path = Path(m["path"])
+        # the name carries no activation or bias; legality reads neither
+        shape = MoEShape("table", int(m["E"]), int(m["topk"]), int(m["H"]), int(m["N"]), Activation.SILU)
+    except ValueError as exc:
+        return [f"{file.name}: {exc}"]
+    label = m["device"]
+    limits = OFFLINE_LIMITS.get(label)
+    if limits is None:
+        running = running_device()
+        if running is not None and running != INTERPRETER_DEVICE and device_label(running) == label:
+            limits = device_limits(running)
+    if limits is None:
+        return [f"{file.name}: no known limits for device {label!r} (known: {sorted(OFFLINE_LIMITS)})"]
+    return resolve_table(file, shape, path, limits)[1]
