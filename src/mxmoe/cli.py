@@ -16,13 +16,57 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer import _click as click  # typer's own click: the exceptions its parser raises
+from typer.core import TyperGroup
 
 from mxmoe._version import __version__
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape, parse_tokens
+from mxmoe.tuning.commands import MxmoeUsageError
+
+DEBUG_ENV = "MXMOE_DEBUG"
+
+
+def _debugging(ctx: click.Context | None) -> bool:
+    return os.environ.get(DEBUG_ENV) == "1" or bool(ctx is not None and ctx.params.get("debug"))
+
+
+class _OneLineErrors(TyperGroup):
+    """Bad input and unusable files end as one line on stderr, `error: ...`, exit code 2; the traceback only with
+    `mxmoe --debug` (or MXMOE_DEBUG=1). Caught once here, for every command, instead of in each one."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import sqlite3
+
+        from mxmoe.tuning.ledger import LedgerError
+
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.exceptions.UsageError as exc:  # BadParameter, bad options, missing arguments
+            if _debugging(ctx):
+                raise
+            message = exc.format_message()
+            plain = (click.exceptions.BadParameter, click.exceptions.NoSuchOption)
+            if exc.ctx is not None and not isinstance(exc, plain):
+                message += f" (see {exc.ctx.command_path} --help)"
+            _fail(message, exc.exit_code)
+        except (ValueError, LedgerError, sqlite3.DatabaseError) as exc:
+            if _debugging(ctx):
+                raise
+            _fail(str(exc), 2)
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(message.split())  # one line, whatever the message held
+    click.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
 
 app = typer.Typer(help="Fast, tuned MXFP4 MoE layers, and the harness that proves every speed claim.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=_OneLineErrors)
 ledger_app = typer.Typer(help="Inspect, export, merge and scan a SQLite ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 console = Console()
@@ -30,6 +74,22 @@ console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 LedgerOpt = Annotated[FsPath, typer.Option("--ledger", help="SQLite ledger file.")]
 DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mxmoe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+                     ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Fast, tuned MXFP4 MoE layers, and the harness that proves every speed claim."""
 
 
 def _has_gpu() -> bool:
@@ -84,9 +144,15 @@ def shapes(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps({"models": rows, "token_grid": list(TOKEN_GRID)}, indent=2))
         return
+    # a name (and an activation) is what --model takes: never cut or folded, whatever the width (80 columns when
+    # piped); short headers so that the whole table fits 80 columns
     table = Table(title="MoE shapes")
+    headers = {"experts": "E", "shared_expert": "shared"}
     for col in ("name", "experts", "topk", "hidden", "inter", "activation", "bias", "shared_expert"):
-        table.add_column(col)
+        header = headers.get(col, col)
+        typed = col in ("name", "activation")
+        width = max(len(header), *(len(str(r[col])) for r in rows)) if typed else None
+        table.add_column(header, no_wrap=typed, min_width=width)
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("name", "experts", "topk", "hidden", "inter", "activation", "bias",
                                              "shared_expert")))
@@ -100,9 +166,18 @@ def demo(
     tokens: Annotated[str, typer.Option(help="Token counts, e.g. 1,17")] = "17",
     path: Annotated[Path, typer.Option(help="Activation path")] = Path.A16W4,
     seed: int = 0,
+    force: Annotated[bool, typer.Option("--force", help="Run a model larger than tiny on the Triton interpreter "
+                                        "anyway (minutes to hours)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the fused kernels against the fp32 reference for one shape and report the error."""
+    from mxmoe.tuning.sweep import INTERPRETER_MODELS
+
+    shape = get_shape(model)
+    token_list = parse_tokens(tokens)
+    if not _has_gpu() and shape.name not in INTERPRETER_MODELS and not force:
+        raise MxmoeUsageError(f"no GPU: demo of {shape.name} on the Triton interpreter would run for minutes or more; "
+                              f"use --model {' or '.join(INTERPRETER_MODELS)}, or pass --force")
     interp = use_interpreter_without_gpu()
     import torch
 
@@ -110,10 +185,9 @@ def demo(
     from mxmoe.problem import make_problem
     from mxmoe.tolerance import compare, lookup
 
-    shape = get_shape(model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
-    for t in parse_tokens(tokens):
+    for t in token_list:
         p = make_problem(shape, path, t, seed=seed, device=device)
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path)
         rep = compare(out.float(), p.reference(), lookup(path, "layer"))
@@ -135,12 +209,24 @@ def ledger_show(ledger: LedgerOpt = DEFAULT_LEDGER, as_json: JsonOpt = False) ->
     """Counts of rows per campaign and status."""
     from mxmoe.tuning.ledger import Ledger
 
-    with Ledger.open(ledger) as led:
+    with Ledger.open_readonly(ledger) as led:
         summary = led.summary()
+        campaigns = {c.name: c for c in led.campaigns()}
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
-    else:
-        console.print(summary)
+        return
+    statuses = sorted({s for counts in summary.values() for s in counts})
+    table = Table(title=f"ledger {ledger}: rows per campaign and status")
+    table.add_column("campaign", no_wrap=True, min_width=max((len(n) for n in campaigns), default=8))
+    table.add_column("baseline", no_wrap=True)
+    for s in statuses:
+        table.add_column(s, justify="right")
+    table.add_column("rows", justify="right")
+    for name, c in campaigns.items():
+        counts = summary.get(name, {})
+        table.add_row(escape(name), escape(c.baseline or "-"), *(str(counts.get(s, 0)) for s in statuses),
+                      str(sum(counts.values())))
+    console.print(table)
 
 
 @ledger_app.command("export")
@@ -150,7 +236,7 @@ def ledger_export(out: FsPath, ledger: LedgerOpt = DEFAULT_LEDGER,
     """Write the ledger's attempts as CSV."""
     from mxmoe.tuning.ledger import Ledger
 
-    with Ledger.open(ledger) as led:
+    with Ledger.open_readonly(ledger) as led:
         n = led.export_csv(out, campaign=campaign)
     console.print(f"wrote {n} rows to {out}")
 
@@ -173,7 +259,7 @@ def ledger_scan(ledger: LedgerOpt = DEFAULT_LEDGER, campaign: str | None = None,
     from mxmoe.tuning.ledger import Ledger
     from mxmoe.tuning.scan import scan
 
-    with Ledger.open(ledger) as led:
+    with Ledger.open_readonly(ledger) as led:
         findings = scan(led, campaign)
     if as_json:
         print(json.dumps([f.__dict__ if hasattr(f, "__dict__") else list(f) for f in findings], default=str))
@@ -202,10 +288,20 @@ def claim(
     from mxmoe.spec import Profile
     from mxmoe.tuning.gate import claimable_wins
     from mxmoe.tuning.ledger import Ledger
+    from mxmoe.tuning.report import INTERPRETER_BANNER, is_interpreter
 
     if each and (model or path):
         raise typer.BadParameter("--each judges every (model, path) of the baseline: drop --model / --path")
-    with Ledger.open(ledger) as led:
+    profiles = [p.value for p in Profile]
+    if profile not in profiles:
+        raise MxmoeUsageError(f"--profile {profile!r} is not a spec profile; use one of {', '.join(profiles)}")
+    with Ledger.open_readonly(ledger) as led:
+        known = [c.name for c in led.campaigns()]
+        for role, name in (("campaign", campaign), ("baseline campaign", baseline)):
+            if name not in known:
+                raise MxmoeUsageError(f"{role} {name!r} does not exist in ledger {ledger}; it holds "
+                                      f"{', '.join(map(repr, known)) or 'no campaign'}")
+        interp = any(is_interpreter(r) for r in (*led.attempts(campaign), *led.attempts(baseline)))
         base_rows = led.attempts(baseline)
         scopes = sorted({(r.model, r.path) for r in base_rows}) if each else [(model, path)]
         verdicts = claimable_wins(led, campaign, baseline, Profile(profile), scopes=scopes,
@@ -222,6 +318,8 @@ def claim(
             console.print(f"[{colour}]claimable={v.claimable}[/]{scope} ({profile} profile)")
             for r in v.reasons:
                 console.print(f"  - {r}")
+        if interp:
+            console.print(f"[bold yellow]{INTERPRETER_BANNER}[/]")
     if not all(v.claimable for v in verdicts):
         raise typer.Exit(1)
 

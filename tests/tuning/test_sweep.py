@@ -308,7 +308,7 @@ def test_cli_sweep_then_export(tmp_path):
     done = run(app, ["sweep", "--model", "tiny", "--campaign", "b", "--baseline-only", "--tokens", "1",
                      "--ledger", led, "--json"])
     assert done.exit_code == 0, done.output
-    assert "Triton interpreter: timings are from a fake clock and are not claims" in done.output
+    assert "Triton interpreter: fake-clock timings, not a measurement and not a claim" in done.output
     assert json.loads(done.stdout)["counts"] == {"measured": 1}  # the banner went to stderr
     refused = run(app, ["export", "b", "--ledger", led, "--out-dir", str(tmp_path / "t")])
     assert refused.exit_code == 1 and "allow-nonclaimable" in refused.output

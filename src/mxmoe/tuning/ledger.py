@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -218,6 +219,51 @@ class Ledger:
             conn.close()
             raise
         return cls(conn, os.fspath(path))
+
+    @classmethod
+    def open_readonly(
+        cls, path: str | os.PathLike[str] = DEFAULT_LEDGER_PATH, *, migrations: tuple[str, ...] = MIGRATIONS
+    ) -> Ledger:
+        """Open an existing ledger for reading only (`show`, `scan`, `claim`, `report`, `export`): the file is
+        opened `mode=ro`, no pragma changes its journal mode, and nothing is created or migrated on disk.
+        A missing, empty, foreign or damaged file is a LedgerError naming the path; an older schema is
+        migrated in a copy in memory (as `merge` reads the other file)."""
+        where = os.fspath(path)
+        if not os.path.exists(where):
+            raise LedgerError(f"no ledger at {where}")
+        if not os.path.isfile(where):
+            raise LedgerError(f"ledger {where} is not a file")
+        if os.path.getsize(where) == 0:
+            raise LedgerError(f"ledger {where} is an empty file, not an mxmoe ledger")
+        # A WAL reader creates -wal and -shm beside the file unless they exist already (a writer is at work) or the
+        # file is opened immutable. So: immutable when no sidecar exists (nothing is writing: a clean, closed
+        # ledger), plain mode=ro when one does (share the live writer's WAL).
+        live = any(os.path.exists(where + tail) for tail in ("-wal", "-shm", "-journal"))
+        uri = "file:" + urllib.parse.quote(os.path.abspath(where)) + "?mode=ro" + ("" if live else "&immutable=1")
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            try:
+                current = _schema_version(conn)
+            except sqlite3.DatabaseError as exc:
+                raise LedgerError(f"ledger {where} is not an SQLite database ({exc})") from exc
+            except (LedgerError, ValueError) as exc:
+                raise LedgerError(f"ledger {where}: {exc}") from exc
+            if current == 0:
+                raise LedgerError(f"ledger {where} holds no mxmoe schema (an empty SQLite database)")
+            _refuse_newer(conn, len(migrations), where)
+            if current < len(migrations):
+                mem = sqlite3.connect(":memory:", isolation_level=None)
+                conn.backup(mem)
+                conn.close()
+                conn = mem
+                conn.row_factory = sqlite3.Row
+                migrate(conn, migrations, where=where)
+            conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, where)
 
     def close(self) -> None:
         self._conn.close()

@@ -53,7 +53,8 @@ from mxmoe.tuning.gate import Comparison, Outcome, Verdict, claimable_wins, comp
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import INTERPRETER, Attempt, Status, active
 
-INTERPRETER_BANNER = "Triton interpreter rows: timings are not claims"
+NOT_A_MEASUREMENT = "not a measurement"  # the label of every interpreter / fake-clock result: console, page, plots
+INTERPRETER_BANNER = f"Triton interpreter or fake clock rows: {NOT_A_MEASUREMENT}; timings are not claims"
 INTERPRETER_MARKS = frozenset({"interpreter", "fake_clock"})  # nonclaimable reasons that mean "not a GPU time"
 BARS_SECTION = "Performance bars"
 WORKLOAD_SECTION = "#708 workload"  # drawn only when the campaign holds rows of a #708 shape

@@ -18,6 +18,7 @@ from mxmoe.tuning.records import Attempt, Status, active
 from mxmoe.tuning.report import (
     HEADLINE_COLUMNS,
     INTERPRETER_BANNER,
+    NOT_A_MEASUREMENT,
     SECTIONS,
     ReportData,
     format_headline,
@@ -196,6 +197,8 @@ def page(data: ReportData, pngs: dict[str, bytes]) -> str:
     from mxmoe.tuning import report_bars  # imports this module: loaded here, not at the top
 
     title = f"mxmoe report: {data.campaign}" + (f" vs {data.baseline}" if data.baseline else "")
+    if data.interpreter_rows:
+        title += f" ({NOT_A_MEASUREMENT})"
     nominal = ("<p>Floors: the copy bandwidth and bf16 rate stored in each row's provenance, else the values "
                f"passed in ('given'), else nominal H100 numbers ('nominal': {NOMINAL_BANDWIDTH / 1e12:.1f} TB/s, "
                f"{NOMINAL_RATE / 1e12:.0f} TFLOP/s); experts hit from the row ('routed') or expected under uniform "

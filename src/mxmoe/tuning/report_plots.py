@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from mxmoe.shapes import WORKLOAD_708
 from mxmoe.spec import Profile
 from mxmoe.tuning.gate import Outcome, PointVerdict
-from mxmoe.tuning.report import panel_label, status_counts
+from mxmoe.tuning.report import NOT_A_MEASUREMENT, panel_label, status_counts
 from mxmoe.tuning.report_bars import workload_best, workload_grid, workload_png, workload_shapes
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 OUTCOME_COLOURS = {Outcome.WIN: "#2a9d3f", Outcome.REGRESSION: "#d62728", Outcome.NEUTRAL: "#7f7f7f"}
 SIDE_COLOURS = {"baseline": "#1f77b4", "candidate": "#ff7f0e"}
+PLOT_CAVEAT = f"{NOT_A_MEASUREMENT.upper()}: Triton interpreter / fake clock times"
 PANEL_W, PANEL_H, MAX_COLS = 5.0, 3.6, 3
 
 
@@ -186,4 +187,7 @@ def render_all(data: ReportData) -> dict[str, bytes]:
     if data.verdicts:
         figs["speedup.png"] = speedup_figure(data.verdicts[Profile.MXMOE].comparison.points)
     figs |= workload_figures(data)
+    if data.interpreter_rows:  # interpreter / fake-clock times: every plot says so in its title
+        for fig in figs.values():
+            fig.suptitle(PLOT_CAVEAT, color="#d62728", fontweight="bold")
     return {name: png_bytes(fig) for name, fig in figs.items()}

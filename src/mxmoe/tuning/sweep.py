@@ -38,8 +38,9 @@ from mxmoe.tuning.gpu_state import CheckResult, GpuBusyError, require_idle
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import PROBE_FIELDS, Attempt, Status, active, attempt_key, canonical_json
 
+ROUTINGS = ("uniform", "skewed", "few_active", "all_active", "sentinel_padding")  # problem.RoutingDist, torch-free
 INTERPRETER_MODELS = ("tiny", "tiny-oai")  # what the interpreter runs in seconds per call
-INTERPRETER_BANNER = "Triton interpreter: timings are from a fake clock and are not claims"
+INTERPRETER_BANNER = "Triton interpreter: fake-clock timings, not a measurement and not a claim"
 
 
 class SweepRefused(RuntimeError):
@@ -75,6 +76,15 @@ class SweepSpec:
             raise ValueError("campaign must be a non-empty name")
         if self.space not in SPACE_NAMES:
             raise ValueError(f"space={self.space!r}; expected one of {SPACE_NAMES}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing={self.routing!r} is not a routing distribution; expected one of "
+                             f"{', '.join(ROUTINGS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit}: candidates per T is 1 or more (leave it out for the default)")
+        if not self.tokens or any(t < 1 for t in self.tokens):
+            raise ValueError(f"tokens={','.join(map(str, self.tokens))}: every token count is 1 or more")
+        if self.baseline is not None and self.baseline == self.campaign:
+            raise ValueError(f"campaign {self.campaign!r} cannot be its own baseline")
         if self.baseline_only and self.stage != "layer":
             raise ValueError("a baseline campaign measures the layer: use stage='layer' with baseline_only")
 
@@ -122,6 +132,25 @@ def _refusals(spec: SweepSpec, info: WorkerInfo, shape_name: str) -> None:
     if info.kernel_hash != kernel_source_hash():
         raise SweepRefused(f"the worker sees kernel sources {info.kernel_hash[:12]}, the driver "
                            f"{kernel_source_hash()[:12]}: kernels changed mid-start; run again")
+
+
+def require_baseline(ledger: Ledger, baseline: str | None) -> None:
+    """A baseline names a campaign the ledger already holds (measure it first, with --baseline-only)."""
+    if baseline is None:
+        return
+    known = [c.name for c in ledger.campaigns()]
+    if baseline not in known:
+        raise ValueError(f"baseline campaign {baseline!r} does not exist in ledger {ledger.path}; it holds "
+                         f"{', '.join(map(repr, known)) or 'no campaign'} (sweep the baseline first, --baseline-only)")
+
+
+def nothing_measured(report: SweepReport) -> str | None:
+    """Why a sweep that wrote rows measured none of them (one line), or None when it measured some or wrote none."""
+    if not report.written or report.counts.get(Status.MEASURED.value, 0):
+        return None
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(report.counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"sweep {report.campaign} measured nothing: {report.written} of {report.written} rows failed ({counts}); "
+            "the rows' detail column says why (mxmoe ledger export)")
 
 
 TRANSIENT = (Status.TIMEOUT, Status.WORKER_LOST, Status.UNMEASURED)  # what retry_failed runs again
@@ -196,6 +225,10 @@ def run_sweep(
     obs = observer or _Quiet()
     shape = get_shape(spec.model)
     tokens = model_tokens(shape, spec.tokens)
+    if not tokens:
+        raise ValueError(f"tokens={','.join(map(str, spec.tokens))}: none is measured for {shape.name} "
+                         f"(it starts at T={shape.min_tokens})")
+    require_baseline(ledger, spec.baseline)
     info = executor.start()
     _refusals(spec, info, shape.name)
     ledger.add_campaign(spec.campaign, description=f"{shape.name} {spec.path.value} stage={spec.stage}",

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
 
         if stage not in (1, 2):
             raise typer.BadParameter(f"--stage must be 1 or 2, got {stage}")
+        if tokens is not None and tokens < 1:
+            raise typer.BadParameter(f"--tokens {tokens}: a token count is 1 or more")
         if show not in (None, "illegal"):
             raise typer.BadParameter(f"--show takes 'illegal', got {show!r}")
         s = summarize(get_shape(model), path, stage, space, H100, tokens)

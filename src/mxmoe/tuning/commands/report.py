@@ -29,12 +29,10 @@ def report(
 ) -> None:
     """Write the HTML report (plots inline) of CAMPAIGN; print the path of index.html and the headline."""
     from mxmoe.tuning.ledger import Ledger
-    from mxmoe.tuning.report import build_report, headline_markdown
+    from mxmoe.tuning.report import INTERPRETER_BANNER, build_report, headline_markdown, is_interpreter
 
-    if not ledger.exists():
-        raise typer.BadParameter(f"ledger {ledger} does not exist")
     out = out_dir or FsPath("results") / f"report-{campaign}"
-    with Ledger.open(ledger) as led:
+    with Ledger.open_readonly(ledger) as led:
         if baseline is None:
             baseline = next((c.baseline for c in led.campaigns() if c.name == campaign), None)
         try:
@@ -43,10 +41,15 @@ def report(
             err.print(f"[red]report refused:[/] {exc}")
             raise typer.Exit(2) from exc
         headline = headline_markdown(led, campaign, baseline) if baseline else ""
+        rows = (*led.attempts(campaign), *(led.attempts(baseline) if baseline else ()))
+        interp = any(is_interpreter(r) for r in rows)
     if as_json:
-        print(json.dumps({"index": str(index), "baseline": baseline, "headline_markdown": headline}, indent=2))
+        print(json.dumps({"index": str(index), "baseline": baseline, "headline_markdown": headline,
+                          "not_a_measurement": interp}, indent=2))
         return
     print(index)
+    if interp:
+        print(f"{INTERPRETER_BANNER.upper()}: the headline below is a pipeline check, not a result")
     print(headline or "(no baseline: no headline)")
 
 

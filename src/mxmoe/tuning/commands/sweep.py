@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mxmoe.shapes import Path, get_shape, parse_tokens
+from mxmoe.shapes import Path, get_shape, model_tokens, parse_tokens
+from mxmoe.tuning.commands import MxmoeUsageError
 from mxmoe.tuning.executors import ExecutorKind
 
 console = Console()
@@ -93,17 +94,25 @@ def sweep(
     """Sweep tile configs: one ledger row per candidate (measured, illegal:<reason>, incorrect, ...)."""
     from mxmoe.tuning.executors import ExecutorUnavailableError, WorkerConfig, WorkerStartError
     from mxmoe.tuning.ledger import Ledger
-    from mxmoe.tuning.sweep import SweepRefused, SweepSpec, run_sweep
+    from mxmoe.tuning.sweep import SweepRefused, SweepSpec, require_baseline, run_sweep
 
     argv = tuple(sys.argv)
+    # every argument is checked before anything is written: a bad sweep leaves no ledger file and no campaign
     try:
         spec = SweepSpec(model, path, parse_tokens(tokens), campaign, stage=stage, space=space, baseline=baseline,
                          baseline_only=baseline_only, routing=routing, limit=limit, seed=seed,
                          allow_busy=allow_busy, force=force, retry_failed=retry_failed,
                          retry_nonclaimable=retry_nonclaimable, argv=argv)
-        get_shape(model)
+        shape = get_shape(model)
+        if not model_tokens(shape, spec.tokens):
+            raise ValueError(f"--tokens {tokens}: {shape.name} is measured from T={shape.min_tokens}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if baseline is not None:
+        if not ledger.exists():
+            raise MxmoeUsageError(f"baseline campaign {baseline!r} does not exist: no ledger at {ledger}")
+        with Ledger.open_readonly(ledger) as led:
+            require_baseline(led, baseline)
     config = WorkerConfig(model, path.value, argv=argv, seed=seed)
     try:
         ex = _executor(executor, config, workers, ray_address, timeout)
@@ -123,7 +132,9 @@ def sweep(
     if as_json:
         print(json.dumps({"campaign": report.campaign, "device": report.device, "interpreter": report.interpreter,
                           "planned": report.planned, "skipped": report.skipped, "counts": report.counts,
-                          "restarts": report.restarts, "workers": [w.to_dict() for w in stats]}, indent=2))
+                          "restarts": report.restarts, "workers": [w.to_dict() for w in stats],
+                          "not_a_measurement": report.interpreter}, indent=2))
+        _exit_if_nothing_measured(report)
         return
     table = Table(title=f"sweep {report.campaign} on {report.device}")
     table.add_column("status")
@@ -134,7 +145,17 @@ def sweep(
     console.print(table)
     _print_workers(stats)
     if report.interpreter:
-        console.print("[yellow]every row above is non-claimable (interpreter, fake clock)[/]")
+        console.print("[yellow]every row above is non-claimable (interpreter, fake clock): not a measurement[/]")
+    _exit_if_nothing_measured(report)
+
+
+def _exit_if_nothing_measured(report: Any) -> None:
+    from mxmoe.tuning.sweep import nothing_measured
+
+    why = nothing_measured(report)
+    if why is not None:
+        err.print(f"[red]error:[/] {escape(why)}")
+        raise typer.Exit(1)
 
 
 def _executor(kind: ExecutorKind, config: Any, workers: int | None, ray_address: str | None, timeout: float) -> Any:
@@ -201,7 +222,7 @@ def export(
         if bad:
             raise typer.BadParameter(f"--only {bad[0]!r}: expected model:path")
         pairs = {tuple(o.split(":")) for o in only}
-    with Ledger.open(ledger) as led:
+    with Ledger.open_readonly(ledger) as led:
         try:
             tables = export_tables(led, campaign, out_dir, allow_nonclaimable=allow_nonclaimable, routing=routing,
                                    ledger_export=dest, only=pairs, baseline=baseline, robust_over=robust_over or ())
