@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mxmoe._version import __version__
 from mxmoe.cli import app
+from mxmoe.shapes import MODELS
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import Attempt, Status
 
@@ -49,7 +50,7 @@ def _row(campaign: str, *, interpreter: bool = False, status: Status = Status.ME
     measured = status is Status.MEASURED
     extra = dict(median_us=10.0, p95_us=11.0, ci_lo_us=9.5, ci_hi_us=10.5, samples_us=(10.0,) * 5) if measured else {}
     return Attempt.make(
-        campaign=campaign, status=status, reason=None, model="tiny", shape={"name": "tiny"}, path="a16w4",
+        campaign=campaign, status=status, reason=None, model="tiny", shape=MODELS["tiny"].to_dict(), path="a16w4",
         stage="layer", tokens=1, routing="uniform", config={"block_m": 16}, config_key="cfg",
         kernel_hash="k" * 12, device="interpreter" if interpreter else "NVIDIA H100",
         provenance={}, argv=("pytest",), nonclaimable_reasons=("interpreter", "fake_clock") if interpreter else (),
@@ -245,8 +246,6 @@ def test_shapes_piped_at_80_columns_keeps_every_name_whole(tmp_path):
     env = {**os.environ, "COLUMNS": "80"}
     done = subprocess.run([sys.executable, "-m", "mxmoe.cli", "shapes"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    from mxmoe.shapes import MODELS
-
     assert "…" not in done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
     for name in MODELS:
@@ -266,3 +265,28 @@ def test_claim_labels_interpreter_rows(ledger_dir):
         w.record(_row("cand", interpreter=True))
     result = mxmoe("claim", "cand", "--baseline", "base", "--ledger", led)
     assert "not a measurement" in " ".join(result.output.split())
+
+
+def test_report_labels_interpreter_rows_in_console_html_and_plots(ledger_dir, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mxmoe.tuning import report_plots
+
+    titles: list[str] = []
+    real_png = report_plots.png_bytes
+
+    def spy(fig):
+        titles.append(fig._suptitle.get_text() if fig._suptitle is not None else "")
+        return real_png(fig)
+
+    monkeypatch.setattr(report_plots, "png_bytes", spy)
+    led = str(ledger_dir / "good.sqlite")
+    with Ledger.open(led) as w:
+        w.record(_row("cand", interpreter=True))
+        w.record(_row("base", interpreter=True))
+    out = ledger_dir / "rep"
+    result = mxmoe("report", "cand", "--ledger", led, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "NOT A MEASUREMENT" in result.output
+    page = (out / "index.html").read_text()
+    assert "<title>mxmoe report: cand vs base (not a measurement)</title>" in page
+    assert titles and all("NOT A MEASUREMENT" in t for t in titles), titles
