@@ -5,15 +5,13 @@ Axis legend: T tokens, A topk, E experts, H hidden, I inter.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+import functools
 
 import torch
 from torch import nn
 
 from mxmoe.config import MoEConfig
-from mxmoe.dispatch import choose_config
+from mxmoe.dispatch import check_explicit, choose_config
 from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
@@ -27,8 +25,12 @@ _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
 
 def shape_of(weights: MoEWeights, topk: int) -> MoEShape:
     """The MoEShape a set of weights and a top-k describe (the dispatch key)."""
-    return MoEShape("runtime", weights.num_experts, topk, weights.hidden, weights.inter, weights.activation,
-                    bias=weights.b13 is not None)
+    return _shape(weights.num_experts, topk, weights.hidden, weights.inter, weights.activation, weights.b13 is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(experts: int, topk: int, hidden: int, inter: int, activation: Activation, bias: bool) -> MoEShape:
+    return MoEShape("runtime", experts, topk, hidden, inter, activation, bias=bias)
 
 
 def _check_inputs(hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Tensor,
@@ -69,12 +71,19 @@ def moe(
     the intermediate (NaN, or 0xFF bytes on the MX paths) and the per-slot combine buffer with NaN before the
     launches, so a tile the kernels skip shows in the output instead of passing on whatever memory held (the
     tuning harness's correctness check; off by default).
+
+    An explicit `config` must be a `MoEConfig` (a dict is refused with a TypeError: convert it with
+    `MoEConfig.from_dict`) and goes through the legality check tuned tables get (`mxmoe.dispatch.launchable`,
+    on the running device): a config that cannot launch is refused with a ValueError naming the stage and the
+    reason code (e.g. `tile_too_large` for BLOCK_M=24, `warp_layout` for num_warps=3) before any kernel runs.
     """
-    path = Path(path)
+    path = path if type(path) is Path else Path(path)
     _check_inputs(hidden, weights, topk_ids, topk_weights)
     t, a = topk_ids.shape
     if config is None:
         config = choose_config(shape_of(weights, a), path, t)
+    else:
+        check_explicit(shape_of(weights, a), path, config)
     x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path, bf16=config.stage1.mma.v2)
     plan1 = align(topk_ids, weights.num_experts, config.stage1.block_m, validate=validate)
     plan2 = plan1
@@ -124,14 +133,3 @@ class MoELayer(nn.Module):
 
 
 __all__ = ["Activation", "MoELayer", "MoEWeights", "moe", "shape_of"]
-
-
-class _CallableModule(types.ModuleType):
-    """`mxmoe.moe` names both this module and the op. Code that imports the module first (`from mxmoe.moe
-    import MoELayer`) leaves the module bound as `mxmoe.moe`; calling it then still runs the op."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return moe(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
