@@ -233,14 +233,11 @@ def mismatch(table: TunedTable) -> str | None:
 
 def launchable(shape: MoEShape, path: Path | str, cfg: MoEConfig, limits: legality.DeviceLimits,
                tokens: int | None = None) -> tuple[int, legality.Illegal] | None:
-    """None when both stages of `cfg` may launch on `limits`; else (stage, verdict) of the first refused stage.
-
-    `legality.check` with one exemption, written here once: DEGENERATE ("legal, but only wastes work") is not a
-    refusal. With the exemption no rule depends on T, so `tokens` only adds detail to the DEGENERATE check.
-    """
+    """None when both stages of `cfg` may launch on `limits`; else (stage, verdict) of the first refused stage
+    (`legality.refusal` for a launch the runtime was asked for: DEGENERATE does not refuse it)."""
     for stage, tile in ((1, cfg.stage1), (2, cfg.stage2)):
-        verdict = legality.check(shape, path, stage, tile, limits, tokens=tokens)
-        if isinstance(verdict, legality.Illegal) and verdict.reason is not legality.Reason.DEGENERATE:
+        verdict = legality.refusal(shape, path, stage, tile, limits, tokens, degenerate_refuses=False)
+        if verdict is not None:
             return stage, verdict
     return None
 

@@ -417,6 +417,18 @@ def _check_degenerate(shape: MoEShape, geo: StageGeometry, cfg: TileConfig, toke
     return None
 
 
+def refusal(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits: DeviceLimits,
+            tokens: int | None = None, *, degenerate_refuses: bool) -> Illegal | None:
+    """The verdict that stops `cfg` from launching, or None: `check`, with the one exemption every caller shares
+    written here once. DEGENERATE means "legal, but only wastes work": it refuses a sweep candidate
+    (`degenerate_refuses=True`), never a launch the runtime was asked for (an explicit config, a tuned table) nor the
+    heuristic's own tile, which is what moe() runs and what a tuned config has to beat."""
+    v = check(shape, path, stage, cfg, limits, tokens)
+    if not isinstance(v, Illegal) or (v.reason is Reason.DEGENERATE and not degenerate_refuses):
+        return None
+    return v
+
+
 def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits: DeviceLimits,
           tokens: int | None = None, *, model: SmemModel = SMEM_MODEL) -> Legal | Illegal:
     """Legal or Illegal(reason) for launching `cfg` as `stage` of `shape` on `path` under `limits`.

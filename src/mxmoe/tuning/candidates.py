@@ -82,13 +82,8 @@ def _rank_layer(s1: Sequence[TileConfig], s2: Sequence[TileConfig], h: MoEConfig
 
 def _verdict(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, limits: legality.DeviceLimits, tokens: int,
              heuristic: bool) -> legality.Illegal | None:
-    """The Illegal verdict, if any. The heuristic's own tile is exempt from DEGENERATE ("legal but only
-    wastes work"): it is what moe() launches today, so it is measured, and its waste is what a tuned
-    config has to beat."""
-    v = legality.check(shape, path, stage, cfg, limits, tokens=tokens)
-    if not isinstance(v, legality.Illegal) or (heuristic and v.reason is legality.Reason.DEGENERATE):
-        return None
-    return v
+    """The Illegal verdict, if any (`legality.refusal`: DEGENERATE refuses a candidate, not the heuristic's tile)."""
+    return legality.refusal(shape, path, stage, cfg, limits, tokens, degenerate_refuses=not heuristic)
 
 
 def _verdicts(shape: MoEShape, path: Path, stage: int, configs: Sequence[TileConfig], h: TileConfig,
