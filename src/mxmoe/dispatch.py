@@ -22,10 +22,11 @@ stay cached by (path, mtime), so an unchanged file is not parsed again). The heu
 per T as well. `$MXMOE_CONFIG_DIR` and `TRITON_INTERPRET` are read on every call, so a new folder or mode is
 resolved afresh.
 
-Legality in one place: `launchable` is `legality.check` on both stages with one exemption, DEGENERATE
-(legality calls it "legal, but only wastes work": a measured best entry read at a T between grid points may
-be wasteful there yet is still the measured choice, and the heuristic can be too). Tables and an explicit
-`moe(config=...)` both go through it (`check_explicit`).
+Legality in one place: `launchable` is `legality.refusal` on both stages, which does not let DEGENERATE refuse a
+launch the runtime was asked for (legality calls it "legal, but only wastes work": a measured best entry read at
+a T between grid points may be wasteful there yet is still the measured choice, and the heuristic can be too).
+Tables and an explicit `moe(config=...)` both go through it (`check_explicit`); the sweep's candidates call
+`legality.refusal` too.
 """
 
 from __future__ import annotations
