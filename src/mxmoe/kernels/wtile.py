@@ -17,35 +17,32 @@ so CI checks the layout and the bit placement of the GPU path, not a different r
 import triton
 import triton.language as tl
 
-# Two bf16 of 2**126 (0x7E80): restores the exponent the decode leaves out when the scale cannot carry it.
-_DECODE_ASM_FOLD = """{
-.reg .b32 t0, t1, t2;
-and.b32 $0, $4, 0x81C081C0;
-mul.rn.bf16x2 $0, $0, $5;
-shl.b32 t0, $4, 3;
-and.b32 $1, t0, 0x81C081C0;
-mul.rn.bf16x2 $1, $1, $6;
-shl.b32 t0, $4, 6;
-and.b32 $2, t0, 0x81C081C0;
-mul.rn.bf16x2 $2, $2, $5;
-shr.b32 t0, $4, 3;
-and.b32 t0, t0, 0x01800180;
-shr.b32 t1, $4, 7;
-and.b32 t1, t1, 0x00400040;
-shl.b32 t2, $4, 1;
-and.b32 t2, t2, 0x80008000;
-or.b32 t0, t0, t1;
-or.b32 $3, t0, t2;
-mul.rn.bf16x2 $3, $3, $6;
-}"""
-_WIDE = _DECODE_ASM_FOLD.replace(
-    ".reg .b32 t0, t1, t2;", ".reg .b32 t0, t1, t2, c;\nmov.b32 c, 0x7E807E80;"
-).replace("mul.rn.bf16x2 $0, $0, $5;", "mul.rn.bf16x2 $0, $0, c;\nmul.rn.bf16x2 $0, $0, $5;").replace(
-    "mul.rn.bf16x2 $1, $1, $6;", "mul.rn.bf16x2 $1, $1, c;\nmul.rn.bf16x2 $1, $1, $6;").replace(
-    "mul.rn.bf16x2 $2, $2, $5;", "mul.rn.bf16x2 $2, $2, c;\nmul.rn.bf16x2 $2, $2, $5;").replace(
-    "mul.rn.bf16x2 $3, $3, $6;", "mul.rn.bf16x2 $3, $3, c;\nmul.rn.bf16x2 $3, $3, $6;")
-_DECODE_ASM_WIDE = tl.constexpr(_WIDE)
-_DECODE_ASM_FOLD = tl.constexpr(_DECODE_ASM_FOLD)
+# Per output register r (one bf16x2 = values b = 0, 1 of one (h, v) slot): the ops that place its bits, and the
+# scale register it is multiplied by ($5 = the factor of rows h = 0, $6 = of rows h = 1; layout.py's _VARIANT).
+_EXTRACT = (
+    ("and.b32 $0, $4, 0x81C081C0;",),
+    ("shl.b32 t0, $4, 3;", "and.b32 $1, t0, 0x81C081C0;"),
+    ("shl.b32 t0, $4, 6;", "and.b32 $2, t0, 0x81C081C0;"),
+    ("shr.b32 t0, $4, 3;", "and.b32 t0, t0, 0x01800180;", "shr.b32 t1, $4, 7;", "and.b32 t1, t1, 0x00400040;",
+     "shl.b32 t2, $4, 1;", "and.b32 t2, t2, 0x80008000;", "or.b32 t0, t0, t1;", "or.b32 $3, t0, t2;"),
+)
+_SCALE_REG = ("$5", "$6", "$5", "$6")
+
+
+def _decode_asm(fold: bool) -> str:
+    """The PTX of one word's decode. Unfolded scales first multiply by c = two bf16 of 2**126 (0x7E80), which
+    restores the exponent the bit placement leaves out."""
+    lines = ["{", ".reg .b32 t0, t1, t2, c;", "mov.b32 c, 0x7E807E80;"]
+    for r, ops in enumerate(_EXTRACT):
+        lines += ops
+        if not fold:
+            lines.append(f"mul.rn.bf16x2 ${r}, ${r}, c;")
+        lines.append(f"mul.rn.bf16x2 ${r}, ${r}, {_SCALE_REG[r]};")
+    return "\n".join([*lines, "}"])
+
+
+_DECODE_ASM_FOLD = tl.constexpr(_decode_asm(True))
+_DECODE_ASM_WIDE = tl.constexpr(_decode_asm(False))
 
 
 @triton.jit
