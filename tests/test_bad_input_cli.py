@@ -290,3 +290,17 @@ def test_report_labels_interpreter_rows_in_console_html_and_plots(ledger_dir, mo
     page = (out / "index.html").read_text()
     assert "<title>mxmoe report: cand vs base (not a measurement)</title>" in page
     assert titles and all("NOT A MEASUREMENT" in t for t in titles), titles
+
+
+# ---- 7. a refused sweep writes nothing ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the interpreter refusal needs no GPU")
+def test_refused_sweep_creates_no_ledger_and_no_campaign(ledger_dir):
+    led = ledger_dir / "sweep.sqlite"
+    args = ["sweep", "--model", "deepseek-v3-tp8", "--campaign", "z", "--tokens", "1"]
+    one_line_error(mxmoe(*args, "--ledger", str(led)), "sweep refused", "deepseek-v3-tp8", "--force")
+    assert not led.exists()  # the refusal comes before the ledger is opened
+    before = fingerprint(ledger_dir)
+    one_line_error(mxmoe(*args, "--ledger", str(ledger_dir / "good.sqlite")), "sweep refused")
+    assert fingerprint(ledger_dir) == before

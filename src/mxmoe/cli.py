@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from mxmoe._version import __version__
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape, parse_tokens
-from mxmoe.tuning.commands import MxmoeUsageError
+from mxmoe.tuning.commands import MxmoeUsageError, bullet
 
 DEBUG_ENV = "MXMOE_DEBUG"
 
@@ -316,8 +316,9 @@ def claim(
             colour = "green" if v.claimable else "red"
             scope = f" {label}" if each else ""
             console.print(f"[{colour}]claimable={v.claimable}[/]{scope} ({profile} profile)")
-            for r in v.reasons:
-                console.print(f"  - {r}")
+            for r in v.reasons:  # `  - <reason>`, wrapped with a hanging indent at the console's width
+                for line in bullet(r, console.width):
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
         if interp:
             console.print(f"[bold yellow]{INTERPRETER_BANNER}[/]")
     if not all(v.claimable for v in verdicts):

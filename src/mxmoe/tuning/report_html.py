@@ -159,8 +159,11 @@ def _speedup_section(data: ReportData, pngs: dict[str, bytes]) -> str:
         return html_section(SECTIONS[4], "<p>No baseline campaign given.</p>")
     heads = ("point", "baseline us [95% CI]", "candidate us [95% CI]", "speedup [CI pair]", "mxmoe", "seed708",
              "candidate config")
+    colours = ("green faster, red slower, grey within noise: interpreter / fake-clock times, not a measurement, "
+               "so no point is a win or a regression" if data.interpreter_rows else
+               "green win, red regression, grey neutral")
     note = ("<p>Bars pair the CI ends (base_lo / cand_hi, base_hi / cand_lo). Colour: mxmoe outcome "
-            "(green win, red regression, grey neutral; a red x is a point the candidate did not measure).</p>")
+            f"({colours}; a red x is a point the candidate did not measure).</p>")
     return html_section(SECTIONS[4], note, html_img("speedup.png", pngs), html_table(heads, _point_rows(data)))
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mxmoe.tuning.report import BestPoint, PanelKey, ReportData
 
 OUTCOME_COLOURS = {Outcome.WIN: "#2a9d3f", Outcome.REGRESSION: "#d62728", Outcome.NEUTRAL: "#7f7f7f"}
+FAKE_OUTCOMES = {Outcome.WIN: "faster", Outcome.REGRESSION: "slower", Outcome.NEUTRAL: "within noise"}
 SIDE_COLOURS = {"baseline": "#1f77b4", "candidate": "#ff7f0e"}
 PLOT_CAVEAT = f"{NOT_A_MEASUREMENT.upper()}: Triton interpreter / fake clock times"
 PANEL_W, PANEL_H, MAX_COLS = 5.0, 3.6, 3
@@ -123,8 +124,15 @@ def roofline_heatmap(cand: dict[PanelKey, tuple[BestPoint, ...]]) -> Figure:
     return fig
 
 
-def speedup_figure(points: Sequence[PointVerdict]) -> Figure:
-    """baseline / candidate median per point with the CI-pair bars, coloured by the mxmoe outcome."""
+def outcome_label(outcome: Outcome, not_a_measurement: bool) -> str:
+    """A point's legend label: the outcome, or on interpreter / fake-clock times what the numbers did, with the
+    caveat ("faster (not a measurement)"): such a point is no win or regression."""
+    return f"{FAKE_OUTCOMES[outcome]} ({NOT_A_MEASUREMENT})" if not_a_measurement else outcome.value
+
+
+def speedup_figure(points: Sequence[PointVerdict], not_a_measurement: bool = False) -> Figure:
+    """baseline / candidate median per point with the CI-pair bars, coloured by the mxmoe outcome (labelled
+    `outcome_label`: no "win" on interpreter / fake-clock times)."""
     panels: dict[PanelKey, list[PointVerdict]] = {}
     for p in points:
         panels.setdefault((p.model, p.path, p.routing), []).append(p)
@@ -136,7 +144,7 @@ def speedup_figure(points: Sequence[PointVerdict]) -> Figure:
             if sel:
                 err = [[p.speedup - p.speedup_ci[0] for p in sel], [p.speedup_ci[1] - p.speedup for p in sel]]
                 ax.errorbar([p.tokens for p in sel], [p.speedup for p in sel], yerr=err, fmt="o", capsize=3,
-                            color=colour, label=outcome.value)
+                            color=colour, label=outcome_label(outcome, not_a_measurement))
         miss = [p.tokens for p in pts if p.outcome is Outcome.MISSING]
         if miss:
             ax.plot(miss, [1.0] * len(miss), "x", color="#d62728", markersize=9, label="missing")
@@ -173,7 +181,8 @@ def workload_figures(data: ReportData) -> dict[str, Figure]:
     figs["roofline_708.png"] = roofline_heatmap(workload_best(data.cand_best))
     if data.verdicts:
         points = data.verdicts[Profile.MXMOE].comparison.points
-        figs["speedup_708.png"] = speedup_figure([p for p in points if p.model in WORKLOAD_708])
+        figs["speedup_708.png"] = speedup_figure([p for p in points if p.model in WORKLOAD_708],
+                                                 bool(data.interpreter_rows))
     return figs
 
 
@@ -185,7 +194,8 @@ def render_all(data: ReportData) -> dict[str, bytes]:
         "rejections.png": rejections_figure(status_counts(data.cand_rows)),
     }
     if data.verdicts:
-        figs["speedup.png"] = speedup_figure(data.verdicts[Profile.MXMOE].comparison.points)
+        figs["speedup.png"] = speedup_figure(data.verdicts[Profile.MXMOE].comparison.points,
+                                             bool(data.interpreter_rows))
     figs |= workload_figures(data)
     if data.interpreter_rows:  # interpreter / fake-clock times: every plot says so in its title
         for fig in figs.values():

@@ -16,8 +16,9 @@ and this driver is the ledger's only writer, one transaction per row (`Ledger.re
   every other status comes from the worker's `TrialResult` (see `worker.py`, `executors.py`).
 - Claimable: a measured row is claimable only when its measurement and provenance checks are all
   clean on a real GPU; interpreter rows never are (fake clock, nominal floors).
-- Refusals (SweepRefused, before any row): a non-tiny model on the interpreter without `force`;
-  a GPU not verified idle without `allow_busy`; driver and worker seeing different kernel sources.
+- Refusals (SweepRefused, before any row; `start_checked`, which the CLI calls before it opens the ledger): a
+  non-tiny model on the interpreter without `force`; a GPU not verified idle without `allow_busy`; driver and
+  worker seeing different kernel sources.
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ def _refusals(spec: SweepSpec, info: WorkerInfo, shape_name: str) -> None:
                            f"{kernel_source_hash()[:12]}: kernels changed mid-start; run again")
 
 
+def start_checked(spec: SweepSpec, executor: Executor) -> WorkerInfo:
+    """Start the worker(s) and apply every refusal (SweepRefused). The CLI calls this before it opens the ledger,
+    so a refused sweep leaves no ledger file and no campaign; `run_sweep` calls it again (start is idempotent)."""
+    info = executor.start()
+    _refusals(spec, info, get_shape(spec.model).name)
+    return info
+
+
 def require_baseline(ledger: Ledger, baseline: str | None) -> None:
     """A baseline names a campaign the ledger already holds (measure it first, with --baseline-only)."""
     if baseline is None:
@@ -229,8 +238,7 @@ def run_sweep(
         raise ValueError(f"tokens={','.join(map(str, spec.tokens))}: none is measured for {shape.name} "
                          f"(it starts at T={shape.min_tokens})")
     require_baseline(ledger, spec.baseline)
-    info = executor.start()
-    _refusals(spec, info, shape.name)
+    info = start_checked(spec, executor)
     ledger.add_campaign(spec.campaign, description=f"{shape.name} {spec.path.value} stage={spec.stage}",
                         baseline=spec.baseline, argv=spec.argv)
     plan = candidates.plan(shape, spec.path, tokens, stage=spec.stage, space=spec.space,

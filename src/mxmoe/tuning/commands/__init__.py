@@ -1,6 +1,33 @@
 """The harness's CLI commands, each a `register(app)` that `mxmoe.cli` calls; they live under
 `mxmoe.tuning` because they import the harness, which the runtime never does."""
 
+import re
+
 
 class MxmoeUsageError(ValueError):
     """Bad input to a command: `mxmoe` prints its message as one line, `error: ...`, and exits 2."""
+
+
+def bullet(text: str, width: int, *, indent: int = 2, mark: str = "- ") -> list[str]:
+    """`text` as one bullet of console lines at most `width` wide: `  - <text>` with the text starting on the
+    bullet's line and a hanging indent after. Lines break between words, else after a ':' or ',' (a reason is
+    often one long colon-joined token), never inside a name; only a piece longer than a line is cut."""
+    lead, hang = " " * indent + mark, " " * (indent + len(mark))
+    room = max(width - len(hang), 20)
+    lines: list[str] = []
+    cur = ""
+    for word in text.split():
+        for i, piece in enumerate(re.findall(r"[^:,]*[:,]|[^:,]+", word)):
+            sep = " " if i == 0 and cur else ""
+            if cur and len(cur) + len(sep) + len(piece) > room:
+                lines.append(cur)
+                cur, sep = "", ""
+            while len(piece) > room:  # no break point in it: cut (the only case that splits a token)
+                if cur:
+                    lines.append(cur)
+                    cur, sep = "", ""
+                lines.append(piece[:room])
+                piece = piece[room:]
+            cur += sep + piece
+    lines.append(cur)
+    return [(hang if n else lead) + line for n, line in enumerate(lines)]

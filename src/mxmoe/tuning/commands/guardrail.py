@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mxmoe.shapes import Path
+from mxmoe.tuning.commands import bullet
 
 console = Console()
 DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
@@ -97,26 +98,31 @@ def _fmt(v: Any) -> str:
 
 
 def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """A table of what a user acts on (model and config keys whole, never cut mid-word at 80 columns), and each
+    row's diagnostics below it as one wrapped bullet."""
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title="mxmoe guardrail (logits_diff limit 0.01)")
-    for col in ("model", "path", "config", "outcome", "logits_diff", "free run", "flips / drift", "vs plain",
-                "fidelity", "layer rms_rel", "s"):
-        table.add_column(col, overflow="fold")
+    table.add_column("model", no_wrap=True)
+    table.add_column("path", no_wrap=True)
+    table.add_column("config", min_width=9)  # key prefixes, ", "-separated: wraps between keys
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("logits_diff", justify="right", no_wrap=True)
     for r in rows:
         colour = "green" if r["passed"] else "red"
+        table.add_row(r["model"], r["path"], ", ".join(k[:8] for k in r["config_keys"]) or "-",
+                      f"[{colour}]{r['outcome']}[/]", _fmt(r["logits_diff"]))
+    console.print(table)
+    for r in rows:
         layer_err = ", ".join(f"{x['rms_rel']:.1e}" for x in r["layers"]) or "-"
         flips = ", ".join(str(f) for f in r.get("routing_flips", [])) or "-"
         drift = ", ".join(f"{d:.0e}" for d in r.get("input_drift", [])) or "-"
-        table.add_row(r["model"], r["path"], ",".join(k[:8] for k in r["config_keys"]),
-                      f"[{colour}]{r['outcome']}[/]", _fmt(r["logits_diff"]), _fmt(r.get("logits_diff_free")),
-                      f"{flips} / {drift}",
-                      _fmt(r["logits_diff_vs_plain"]), _fmt(r["fidelity"]), layer_err, f"{r['seconds']:.1f}")
-    console.print(table)
-    for r in rows:
-        if r["detail"]:
-            console.print(f"  {r['model']} {r['path']}: {r['detail']}")
-        if r["interpreter"]:
-            console.print("  (Triton interpreter: correctness only; no timing is claimed)")
-            break
+        facts = (f"{r['model']} {r['path']}: free run {_fmt(r.get('logits_diff_free'))}; vs plain "
+                 f"{_fmt(r['logits_diff_vs_plain'])}; fidelity {_fmt(r['fidelity'])}; routing flips {flips}; "
+                 f"input drift {drift}; layer rms_rel {layer_err}; {r['seconds']:.1f} s"
+                 + (f"; {r['detail']}" if r["detail"] else ""))
+        for line in bullet(facts, console.width):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if any(r["interpreter"] for r in rows):
+        console.print("  (Triton interpreter: correctness only; no timing is claimed)")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mxmoe.shapes import Path, get_shape
@@ -42,14 +43,22 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(out, indent=2))
             return
         console = Console()
-        title = f"{s['shape']} {s['path']} stage {stage}, {space} space ({s['total']} configs, {s['device']})"
-        table = Table(title=title)
-        table.add_column("verdict")
+        # 80 columns when piped: the title on its own line, and every config (what --config takes) and reason code
+        # whole on one line; only the detail wraps
+        console.print(f"{s['shape']} {s['path']} stage {stage}, {space} space: {s['total']} configs "
+                      f"({s['device']} limits)", highlight=False)
+        table = Table()
+        table.add_column("verdict", no_wrap=True)
         table.add_column("count", justify="right")
         for reason, n in s["counts"].items():
             if n:
                 table.add_row(reason, str(n))
         console.print(table)
         if show:
+            listing = Table(title="rejected configs")
+            listing.add_column("config", no_wrap=True)
+            listing.add_column("reason", no_wrap=True)
+            listing.add_column("detail", min_width=20)
             for c, v in rejected:
-                console.print(f"{c.short():40} {v.reason.value:18} {v.detail}")
+                listing.add_row(c.short(), v.reason.value, escape(v.detail))
+            console.print(listing)

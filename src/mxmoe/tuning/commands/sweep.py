@@ -11,7 +11,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path as FsPath
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -94,7 +94,7 @@ def sweep(
     """Sweep tile configs: one ledger row per candidate (measured, illegal:<reason>, incorrect, ...)."""
     from mxmoe.tuning.executors import ExecutorUnavailableError, WorkerConfig, WorkerStartError
     from mxmoe.tuning.ledger import Ledger
-    from mxmoe.tuning.sweep import SweepRefused, SweepSpec, require_baseline, run_sweep
+    from mxmoe.tuning.sweep import SweepRefused, SweepSpec, require_baseline, run_sweep, start_checked
 
     argv = tuple(sys.argv)
     # every argument is checked before anything is written: a bad sweep leaves no ledger file and no campaign
@@ -119,15 +119,18 @@ def sweep(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     except ExecutorUnavailableError as exc:
-        err.print(f"[red]sweep refused:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _refuse(f"sweep refused: {exc}")
     bar = _Bar(quiet=as_json, executor=ex)
-    with Ledger.open(ledger) as led, ex, bar.progress:
-        try:
-            report = run_sweep(spec, led, ex, observer=bar)
-        except (SweepRefused, WorkerStartError, ValueError) as exc:
-            err.print(f"[red]sweep refused:[/] {escape(str(exc))}")
-            raise typer.Exit(2) from exc
+    with ex:
+        try:  # every refusal (big model on the interpreter, busy GPU, ...) before the ledger is opened
+            start_checked(spec, ex)
+        except (SweepRefused, WorkerStartError) as exc:
+            _refuse(f"sweep refused: {exc}")
+        with Ledger.open(ledger) as led, bar.progress:
+            try:
+                report = run_sweep(spec, led, ex, observer=bar)
+            except (SweepRefused, WorkerStartError, ValueError) as exc:
+                _refuse(f"sweep refused: {exc}")
         stats = ex.stats()
     if as_json:
         print(json.dumps({"campaign": report.campaign, "device": report.device, "interpreter": report.interpreter,
@@ -147,6 +150,12 @@ def sweep(
     if report.interpreter:
         console.print("[yellow]every row above is non-claimable (interpreter, fake clock): not a measurement[/]")
     _exit_if_nothing_measured(report)
+
+
+def _refuse(message: str) -> NoReturn:
+    """One line on stderr, `error: ...`, exit 2 (as `mxmoe` prints a usage error; here also under a bare app)."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(2)
 
 
 def _exit_if_nothing_measured(report: Any) -> None:
@@ -244,9 +253,8 @@ def _interpreter_guard(model: str, force: bool) -> bool:
     interp = use_interpreter_without_gpu()
     if interp:
         if get_shape(model).name not in INTERPRETER_MODELS and not force:
-            err.print(f"[red]no GPU:[/] {model} on the Triton interpreter would take hours; use "
-                          f"{', '.join(INTERPRETER_MODELS)} or --force")
-            raise typer.Exit(2)
+            _refuse(f"no GPU: {model} on the Triton interpreter would take hours; use --model "
+                    f"{' or '.join(INTERPRETER_MODELS)}, or pass --force")
         err.print(f"[bold yellow]{INTERPRETER_BANNER}[/]")
     return interp
 
@@ -311,15 +319,19 @@ def bench(
     if as_json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return
-    table = Table(title=f"{rows[0].model if rows else model} {path.value} on {rows[0].device if rows else '?'}")
-    for col in ("T", "layer us", "stage1 us", "stage2 us", "routing us", "mem floor us", "compute floor us",
-                "roofline", "TFLOP/s", "config"):
-        table.add_column(col)
+    # 80 columns when piped: short headers that wrap between words, and the configs (what --config takes) below
+    # the table, whole, rather than in a column too narrow for them
+    where = f"{rows[0].model if rows else model} {path.value} on {rows[0].device if rows else '?'}"
+    table = Table(title=f"{where} (times in us)")
+    for col in ("T", "layer", "stage1", "stage2", "route", "mem floor", "flop floor", "roof", "TFLOP/s"):
+        table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r.tokens), f"{r.layer_us:.1f}", f"{r.stage1_us:.1f}", f"{r.stage2_us:.1f}",
                       f"{r.routing_us:.1f}", f"{r.memory_floor_us:.2f}", f"{r.compute_floor_us:.2f}",
-                      f"{r.roofline_fraction:.1%}", f"{r.tflops:.2f}", r.config)
+                      f"{r.roofline_fraction:.1%}", f"{r.tflops:.2f}")
     console.print(table)
+    for r in rows:
+        console.print(f"T={r.tokens} config {escape(r.config)}", soft_wrap=True)
     if rows:
         console.print(f"floors: {rows[0].bandwidth / 1e12:.2f} TB/s copy, {rows[0].rate / 1e12:.0f} TFLOP/s bf16 "
                       f"({rows[0].floors_source})")
