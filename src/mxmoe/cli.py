@@ -111,10 +111,20 @@ def doctor(as_json: JsonOpt = False) -> None:
     import torch
     import triton
 
+    from mxmoe import versions
+
     info: dict[str, object] = {
         "mxmoe": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "triton": triton.__version__, "cuda_runtime": torch.version.cuda, "gpu": None,
     }
+    problems = []
+    for req in versions.REQUIREMENTS:
+        version, problem = versions.check(req, interpreter=not torch.cuda.is_available())
+        info.setdefault(req.package, version or "not installed")
+        if problem:
+            problems.append(problem)
+    if problems:
+        info["problems"] = problems
     if torch.cuda.is_available():
         from mxmoe.tuning.gpu_state import read_gpu_state
         from mxmoe.tuning.nvml import open_nvml
@@ -131,6 +141,8 @@ def doctor(as_json: JsonOpt = False) -> None:
         return
     table = Table(title="mxmoe doctor", show_header=False)
     for k, v in info.items():
+        if k == "problems":
+            v = "\n".join(v)
         if k == "nvml" and isinstance(v, dict):
             v = ", ".join(f"{kk}={vv}" for kk, vv in v.items() if "clock" in kk or kk in ("temperature_c", "power_w"))
         table.add_row(k, str(v))
