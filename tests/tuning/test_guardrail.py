@@ -19,6 +19,7 @@ import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import mxmoe.integrations.transformers as integ  # noqa: E402
+import mxmoe.tuning.guardrail_model as gm  # noqa: E402
 from mxmoe.config import Mma, MoEConfig, TileConfig  # noqa: E402
 from mxmoe.dispatch import choose_config  # noqa: E402
 from mxmoe.shapes import MODELS, Path  # noqa: E402
@@ -155,13 +156,13 @@ def test_kernel_error_is_runtime_and_oom_is_out_of_memory(monkeypatch):
 
 
 def test_nan_reference_is_reference_invalid(monkeypatch):
-    real = integ._init_weights
+    real = gm._init_weights
 
     def poisoned(model, *a):
         real(model, *a)
         model.lm_head.weight.data[3, 0] = math.nan
 
-    monkeypatch.setattr(integ, "_init_weights", poisoned)
+    monkeypatch.setattr(gm, "_init_weights", poisoned)
     r = g.run_guardrail("gpt-oss", "a16w4", layers=1)
     assert r.outcome is g.Outcome.REFERENCE_INVALID and "non-finite logits" in r.detail
 

@@ -310,16 +310,8 @@ def run_guardrail(
 def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, forced: MoEConfig | None,
                 build: dict[str, Any]) -> None:
     """Steps 1-3 of the module docstring; fills `runs` as it goes, so a failure report keeps what ran."""
-    from mxmoe.integrations.transformers import (
-        Backend,
-        ExpertsTape,
-        dequantize_model_experts,
-        experts_tape,
-        model_summary,
-        patch_model,
-        random_model,
-        use_backend,
-    )
+    from mxmoe.integrations.transformers import Backend, dequantize_model_experts, patch_model
+    from mxmoe.tuning.guardrail_model import ExpertsTape, experts_tape, model_summary, random_model, use_backend
 
     runs["model"] = model = _stage(Outcome.RUNTIME, "build", lambda: random_model(family, shape, **build))
     runs["summary"] = model_summary(model) | {"shape": shape.name, "shape_experts": shape.routed_experts,
