@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-from mxmoe import dispatch
+from mxmoe import dispatch, tables
 from mxmoe.config import Mma, MoEConfig, TileConfig
 from mxmoe.dispatch import TunedTable, choose_config, override, parse_table, running_versions, table_filename
 from mxmoe.heuristic import default_config
@@ -139,7 +139,7 @@ def test_a_resolved_call_touches_no_file(user_dir, monkeypatch):
         raise AssertionError("file access after resolution")
 
     for target, name in ((os, "stat"), (os, "listdir"), (dispatch.FsPath, "stat"), (dispatch.FsPath, "is_file"),
-                         (dispatch, "open")):
+                         (dispatch, "open"), (tables, "open")):
         monkeypatch.setattr(target, name, no_file, raising=False)
     monkeypatch.setattr(dispatch.legality, "check", no_file)
     assert [choose_config(TINY, Path.A16W4, t) for t in (1, 2, 16, 99)] == [A, B, B, B]

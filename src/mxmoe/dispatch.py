@@ -1,7 +1,8 @@
 """Choose the tile config for a launch: a scoped override, else a tuned table, else the heuristic.
 
 torch-free at import (torch is imported only to name the running GPU), and it never imports the
-harness (`mxmoe.tuning`): tables are plain JSON that `tuning/export.py` writes.
+harness (`mxmoe.tuning`): tables are plain JSON that `tuning/export.py` writes. The file format (name, schema,
+parser, cached read) is `mxmoe.tables`'s; the names its callers use are re-exported here.
 
 Lookup, for a moe() call with config=None:
 1. `with mxmoe.override(cfg):` (a ContextVar, never a module global) wins.
@@ -34,9 +35,7 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.metadata
-import json
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,12 +49,14 @@ from mxmoe.config import MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.source_hash import kernel_source_hash
+from mxmoe.tables import METADATA_KEY as METADATA_KEY
+from mxmoe.tables import TABLE_NAME, TunedTable, clear_parsed, device_label, load_table, table_filename
+from mxmoe.tables import TABLE_SCHEMA_VERSION as TABLE_SCHEMA_VERSION
+from mxmoe.tables import parse_table as parse_table
 
 CONFIG_DIR_ENV = "MXMOE_CONFIG_DIR"
 TUNED_DIR = FsPath(__file__).resolve().parent / "tuned"
-TABLE_SCHEMA_VERSION = 1
 INTERPRETER_DEVICE = "interpreter"  # the device name of tables exported from interpreter sweeps
-METADATA_KEY = "_metadata"
 # Device limits known without the device (file-name label -> limits): what a CPU check of a shipped table uses.
 # The H200 has the H100's opt-in shared memory (227 KiB) and SM count (132).
 OFFLINE_LIMITS = {
@@ -63,8 +64,6 @@ OFFLINE_LIMITS = {
     "NVIDIA_H200": legality.DeviceLimits(name="NVIDIA H200", smem_optin_bytes=232448, sm_count=132),
     INTERPRETER_DEVICE: legality.INTERPRETER,
 }
-TABLE_NAME = re.compile(r"E=(?P<E>\d+),N=(?P<N>\d+),H=(?P<H>\d+),topk=(?P<topk>\d+),path=(?P<path>[a-z0-9]+),"
-                        r"device_name=(?P<device>[A-Za-z0-9.\-_]+)\.json")
 _HEURISTIC_CACHE_MAX = 4096  # distinct T per resolution whose heuristic answer is kept
 
 _OVERRIDE: ContextVar[MoEConfig | None] = ContextVar("mxmoe_override", default=None)
@@ -84,80 +83,6 @@ def interpreter_active() -> bool:
     """Exactly Triton's own test (`TRITON_INTERPRET == "1"`), so rows are tagged as the kernels really ran."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
-
-def device_label(device_name: str) -> str:
-    """A GPU name as it appears in a file name: `NVIDIA H100 80GB HBM3` -> `NVIDIA_H100_80GB_HBM3`."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", device_name.strip()).strip("_")
-
-
-def table_filename(shape: MoEShape, path: Path | str, device_name: str) -> str:
-    """`E=256,N=2048,H=7168,topk=8,path=a16w4,device_name=NVIDIA_H100_80GB_HBM3.json` (N is the inter)."""
-    return (f"E={shape.experts},N={shape.inter},H={shape.hidden},topk={shape.topk},path={Path(path).value},"
-            f"device_name={device_label(device_name)}.json")
-
-
-@dataclass(frozen=True, slots=True)
-class TunedTable:
-    """A parsed table: grid points in ascending order, each with its config; the raw metadata."""
-
-    buckets: tuple[int, ...]
-    configs: tuple[MoEConfig, ...]
-    triton_version: str | None
-    kernel_hash: str | None
-
-    def lookup(self, tokens: int) -> tuple[int, MoEConfig]:
-        """(bucket, config): the first grid point >= tokens, or the largest one beyond the grid."""
-        i = min(bisect.bisect_left(self.buckets, tokens), len(self.buckets) - 1)
-        return self.buckets[i], self.configs[i]
-
-
-def parse_table(data: Any) -> TunedTable:
-    """Strict: a JSON object whose every key but `_metadata` is a non-negative int T mapping to a MoEConfig dict."""
-    if not isinstance(data, dict):
-        raise ValueError(f"table is a JSON {type(data).__name__}, not an object")
-    meta = data.get(METADATA_KEY)
-    if not isinstance(meta, dict):
-        raise ValueError(f"table has no {METADATA_KEY} object")
-    if meta.get("schema") != TABLE_SCHEMA_VERSION:
-        raise ValueError(f"table schema {meta.get('schema')!r}, expected {TABLE_SCHEMA_VERSION}")
-    entries = []
-    for k, v in data.items():
-        if k == METADATA_KEY:
-            continue
-        if not isinstance(v, dict):
-            raise ValueError(f"entry {k!r} is a JSON {type(v).__name__}, not a config object")
-        entries.append((int(k), MoEConfig.from_dict(v)))
-    entries.sort(key=lambda e: e[0])
-    if not entries:
-        raise ValueError("table holds no entries")
-    if entries[0][0] < 0:
-        raise ValueError(f"table bucket {entries[0][0]} is negative")
-    if len({b for b, _ in entries}) != len(entries):
-        raise ValueError("table names one T twice")
-    return TunedTable(tuple(b for b, _ in entries), tuple(c for _, c in entries),
-                      meta.get("triton_version"), meta.get("kernel_source_hash"))
-
-
-@functools.lru_cache(maxsize=64)
-def _load(file: str, mtime_ns: int) -> TunedTable | str:
-    """The parsed table, or why it cannot be read; keyed on mtime so an edited file is re-read."""
-    del mtime_ns  # part of the cache key only
-    try:
-        with open(file, encoding="utf-8") as fh:
-            return parse_table(json.load(fh))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        return f"unreadable ({type(exc).__name__}: {exc})"
-
-
-def load_table(file: str | os.PathLike[str], mtime_ns: int | None = None) -> TunedTable | str:
-    """The parsed table at `file`, or a sentence saying why it cannot be used as one (never raises). Pass the
-    `mtime_ns` a caller already read to spare a second stat; an unchanged file is parsed once per process."""
-    if mtime_ns is None:
-        try:
-            mtime_ns = os.stat(file).st_mtime_ns
-        except OSError as exc:
-            return f"unreadable ({type(exc).__name__}: {exc})"
-    return _load(os.fspath(file), mtime_ns)
 
 
 @functools.lru_cache(maxsize=1)
@@ -360,7 +285,7 @@ def clear_cache() -> None:
     starts over as a fresh process would (for tests, and after editing a table in a running process)."""
     _RESOLVED.clear()
     _EXPLICIT.clear()
-    _load.cache_clear()
+    clear_parsed()
     running_versions.cache_clear()
     _cuda_available.cache_clear()
     _gpu_name.cache_clear()
