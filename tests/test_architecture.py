@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "mxmoe"
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 # The modules the page says import no torch or triton (so the CLI and the sweep driver start instantly).
-NO_TORCH = ("shapes", "spec", "config", "space", "resources", "legality", "heuristic", "source_hash", "versions")
+NO_TORCH = ("shapes", "spec", "config", "space", "resources", "legality", "heuristic", "source_hash", "versions",
+            "tables")
 
 
 def _modules() -> dict[str, Path]:
