@@ -308,11 +308,8 @@ def claim(
     if profile not in profiles:
         raise MxmoeUsageError(f"--profile {profile!r} is not a spec profile; use one of {', '.join(profiles)}")
     with Ledger.open_readonly(ledger) as led:
-        known = [c.name for c in led.campaigns()]
-        for role, name in (("campaign", campaign), ("baseline campaign", baseline)):
-            if name not in known:
-                raise MxmoeUsageError(f"{role} {name!r} does not exist in ledger {ledger}; it holds "
-                                      f"{', '.join(map(repr, known)) or 'no campaign'}")
+        led.require_campaign(campaign)
+        led.require_campaign(baseline, role="baseline campaign")
         interp = any(is_interpreter(r) for r in (*led.attempts(campaign), *led.attempts(baseline)))
         base_rows = led.attempts(baseline)
         scopes = sorted({(r.model, r.path) for r in base_rows}) if each else [(model, path)]

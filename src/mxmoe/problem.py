@@ -10,13 +10,12 @@ the same seed gives the same tensors on every device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
 from mxmoe.reference import moe_reference_from_weights
 from mxmoe.routing import add_shared_expert, route_grouped_sigmoid, route_topk_softmax
-from mxmoe.shapes import Activation, MoEShape, Path
+from mxmoe.shapes import Activation, MoEShape, Path, RoutingDist
 from mxmoe.weights import MoEWeights
 
 ZIPF_EXPONENT = 1.2  # skewed routing: popularity of the r-th expert ~ r**-1.2
@@ -26,16 +25,6 @@ FEW_ACTIVE_MIN = 4  # few_active routes every token among max(topk, 4) experts
 # leaves a last block per expert with one real pair and block_m - 1 sentinels.
 _PADDING_STEP = 64
 _HIDDEN_STREAM = 0x5EED  # hidden states and routing use independent generator streams of one seed
-
-
-class RoutingDist(str, Enum):
-    """How tokens are spread over experts (DESIGN.md "Routing distributions")."""
-
-    UNIFORM = "uniform"  # random logits through the model's own router: experts hit almost evenly
-    SKEWED = "skewed"  # Zipf-like expert popularity added to the logits, as real routers are
-    FEW_ACTIVE = "few_active"  # every token among max(topk, 4) experts
-    ALL_ACTIVE = "all_active"  # every expert gets a pair whenever T*A >= E
-    SENTINEL_PADDING = "sentinel_padding"  # counts of 1 + 64k per expert: each last block is mostly padding
 
 
 def _router(shape: MoEShape, logits: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,16 @@ class Activation(str, Enum):
     SWIGLU_OAI = "swiglu_oai"  # GPT-OSS: interleaved gate/up, clamp 7, alpha 1.702, (up + 1)
 
 
+class RoutingDist(str, Enum):
+    """How tokens are spread over experts (DESIGN.md "Routing distributions"); problem.py draws them."""
+
+    UNIFORM = "uniform"  # random logits through the model's own router: experts hit almost evenly
+    SKEWED = "skewed"  # Zipf-like expert popularity added to the logits, as real routers are
+    FEW_ACTIVE = "few_active"  # every token among max(topk, 4) experts
+    ALL_ACTIVE = "all_active"  # every expert gets a pair whenever T*A >= E
+    SENTINEL_PADDING = "sentinel_padding"  # counts of 1 + 64k per expert: each last block is mostly padding
+
+
 @dataclass(frozen=True, slots=True)
 class MoEShape:
     """One MoE layer's dimensions.

@@ -321,6 +321,14 @@ class Ledger:
     def campaigns(self) -> list[Campaign]:
         return [_campaign_from(r) for r in self._conn.execute("SELECT * FROM campaigns ORDER BY created_at")]
 
+    def require_campaign(self, name: str, *, role: str = "campaign", hint: str = "") -> None:
+        """ValueError (one line, naming the campaigns this ledger holds) unless `name` is one of them."""
+        known = [c.name for c in self.campaigns()]
+        if name not in known:
+            held = ", ".join(map(repr, known)) or "no campaign"
+            raise ValueError(f"{role} {name!r} does not exist in ledger {self.path}; it holds {held}"
+                             + (f" ({hint})" if hint else ""))
+
     # ---- attempts --------------------------------------------------------------------------------
 
     def record(self, attempt: Attempt, *, source: str = "record") -> RecordOutcome:
@@ -403,23 +411,15 @@ class Ledger:
     # ---- merge, export, summary ------------------------------------------------------------------
 
     def merge(self, other_path: str | os.PathLike[str]) -> MergeReport:
-        """Bring in a ledger written elsewhere, in one transaction. The other file is only read: it is
-        copied into memory and migrated there, so an older ledger merges without being rewritten."""
+        """Bring in a ledger written elsewhere, in one transaction. The other file is only read (`open_readonly`:
+        an older ledger is migrated in a copy in memory, so it merges without being rewritten)."""
         other_path = os.fspath(other_path)
         if os.path.realpath(other_path) == os.path.realpath(self.path):
             raise ValueError(f"cannot merge ledger {other_path!r} into itself")
         if not os.path.exists(other_path):
             raise ValueError(f"ledger to merge {other_path!r} does not exist")
-        src = sqlite3.connect(f"file:{other_path}?mode=ro", uri=True)
-        other = sqlite3.connect(":memory:", isolation_level=None)
-        try:
-            src.backup(other)
-            other.row_factory = sqlite3.Row
-            migrate(other, MIGRATIONS, where=other_path)
-            return self._merge_from(other, f"merge:{other_path}")
-        finally:
-            src.close()
-            other.close()
+        with Ledger.open_readonly(other_path) as other:  # migrated in memory when older; the file is only read
+            return self._merge_from(other._conn, f"merge:{other_path}")
 
     def _merge_from(self, other: sqlite3.Connection, source: str) -> MergeReport:
         counts = {f: 0 for f in MergeReport.__dataclass_fields__}

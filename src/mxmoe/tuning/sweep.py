@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from mxmoe.config import TileConfig
 from mxmoe.legality import DeviceLimits
-from mxmoe.shapes import Path, get_shape, model_tokens
+from mxmoe.shapes import Path, RoutingDist, get_shape, model_tokens
 from mxmoe.source_hash import kernel_source_hash
 from mxmoe.space import SPACE_NAMES
 from mxmoe.tuning import candidates
@@ -39,7 +39,6 @@ from mxmoe.tuning.gpu_state import CheckResult, GpuBusyError, require_idle
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import PROBE_FIELDS, Attempt, Status, active, attempt_key, canonical_json
 
-ROUTINGS = ("uniform", "skewed", "few_active", "all_active", "sentinel_padding")  # problem.RoutingDist, torch-free
 INTERPRETER_MODELS = ("tiny", "tiny-oai")  # what the interpreter runs in seconds per call
 INTERPRETER_BANNER = "Triton interpreter: fake-clock timings, not a measurement and not a claim"
 
@@ -77,9 +76,9 @@ class SweepSpec:
             raise ValueError("campaign must be a non-empty name")
         if self.space not in SPACE_NAMES:
             raise ValueError(f"space={self.space!r}; expected one of {SPACE_NAMES}")
-        if self.routing not in ROUTINGS:
+        if self.routing not in {d.value for d in RoutingDist}:
             raise ValueError(f"routing={self.routing!r} is not a routing distribution; expected one of "
-                             f"{', '.join(ROUTINGS)}")
+                             f"{', '.join(d.value for d in RoutingDist)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit}: candidates per T is 1 or more (leave it out for the default)")
         if not self.tokens or any(t < 1 for t in self.tokens):
@@ -145,12 +144,9 @@ def start_checked(spec: SweepSpec, executor: Executor) -> WorkerInfo:
 
 def require_baseline(ledger: Ledger, baseline: str | None) -> None:
     """A baseline names a campaign the ledger already holds (measure it first, with --baseline-only)."""
-    if baseline is None:
-        return
-    known = [c.name for c in ledger.campaigns()]
-    if baseline not in known:
-        raise ValueError(f"baseline campaign {baseline!r} does not exist in ledger {ledger.path}; it holds "
-                         f"{', '.join(map(repr, known)) or 'no campaign'} (sweep the baseline first, --baseline-only)")
+    if baseline is not None:
+        ledger.require_campaign(baseline, role="baseline campaign",
+                                hint="sweep the baseline first, --baseline-only")
 
 
 def nothing_measured(report: SweepReport) -> str | None:
