@@ -296,7 +296,12 @@ def tuned_config(shape: MoEShape, path: Path | str, tokens: int, device: str | N
     device = running_device() if device is None else device
     if device is None:
         return None
-    for table in resolution(shape, path, device).tables:
+    return _tuned_entry(resolution(shape, path, device), tokens)
+
+
+def _tuned_entry(res: Resolution, tokens: int) -> MoEConfig | None:
+    """The first usable table entry for `tokens` in lookup order, or None."""
+    for table in res.tables:
         cfg = table.lookup(tokens)
         if cfg is not None:
             return cfg
@@ -309,10 +314,9 @@ def choose_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     if forced is not None:
         return forced
     res = resolution(shape, path)
-    for table in res.tables:
-        cfg = table.lookup(tokens)
-        if cfg is not None:
-            return cfg
+    cfg = _tuned_entry(res, tokens)
+    if cfg is not None:
+        return cfg
     cfg = res.heuristic.get(tokens)
     if cfg is None:
         cfg = default_config(shape, path, tokens, interpreter=interpreter_active())
