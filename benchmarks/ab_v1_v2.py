@@ -12,6 +12,7 @@ import statistics
 import sys
 
 import torch
+from scan_v2 import FLUSH_BYTES, graph_median_us  # benchmarks/ is on sys.path when run as a script
 
 from mxmoe.heuristic import default_config
 from mxmoe.moe import moe
@@ -19,29 +20,9 @@ from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Path
 from mxmoe.tolerance import compare, lookup
 
-_FLUSH_BYTES = 256 << 20
-
-
-def timed(fn, flush: torch.Tensor, reps: int = 25) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1000)
-    return statistics.median(ts)
-
 
 def main(argv: list[str]) -> None:
-    flush = torch.empty(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     for arg in argv:
         model, path, ts = arg.split(":")
         for t in (int(x) for x in ts.split(",")):
@@ -50,7 +31,7 @@ def main(argv: list[str]) -> None:
             f2 = lambda p=p, c=c2: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, c, validate=False)
             f1 = lambda p=p, c=c1: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, c, validate=False)
             ok = compare(f2().float(), p.reference(), lookup(Path(path), "layer")).ok if t <= 1024 else None
-            rounds = [(timed(f1, flush), timed(f2, flush)) for _ in range(2)]
+            rounds = [(graph_median_us(f1, flush, 25), graph_median_us(f2, flush, 25)) for _ in range(2)]
             v1 = statistics.median(r[0] for r in rounds)
             v2 = statistics.median(r[1] for r in rounds)
             print(f"{model} {path} T={t}: v1 {v1:9.1f} us  v2 {v2:9.1f} us  v1/v2 {v1 / v2:5.2f}x  "

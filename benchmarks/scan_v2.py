@@ -23,25 +23,17 @@ from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Path
 
-_FLUSH_BYTES = 256 << 20
+FLUSH_BYTES = 256 << 20
 
 
-def _time(fn, flush, reps: int = 15) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    out = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) * 1000)
-    return statistics.median(out)
+def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
+    """Median us of `reps` CUDA-graph replays of `fn`, each after `flush` is zeroed (L2 flush, outside the events):
+    the harness clock's capture (warm-up on a side stream) and per-replay event pairs."""
+    from mxmoe.tuning.clocks import CudaEventClock
+
+    clock = CudaEventClock()
+    replay = clock.capture([fn])[0]
+    return statistics.median(clock.time_batch(lambda i: replay(), range(reps), before=lambda i: flush.zero_()))
 
 
 def _variants(c: TileConfig) -> list[TileConfig]:
@@ -61,7 +53,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("points", nargs="+", help="model:T[:path]")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
-    flush = torch.empty(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     rows = []
     for spec in args.points:
         model, t, *rest = spec.split(":")
@@ -81,7 +73,7 @@ def main(argv: list[str]) -> None:
                                                      validate=False)
             try:
                 err = (fn().float() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6)
-                us = _time(fn, flush)
+                us = graph_median_us(fn, flush)
             except Exception as exc:  # a variant that fails to compile or launch is reported, not fatal
                 print(f"{model} T={t} {name}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
