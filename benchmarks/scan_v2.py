@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python3 benchmarks/scan_v2.py gpt-oss-20b:4096 deepseek-v3:64 --csv out.csv
 
-Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M. Each
+Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M (or with
+`--levers finish` split_k and the stage-2 combine; `--levers none` times the heuristic alone). Each
 variant's output is checked against the heuristic's (same numerics up to fp32 summation order). Prints the ranking
 per point; never asserts. Needs a GPU.
 """
@@ -16,7 +17,7 @@ import sys
 
 import torch
 
-from mxmoe.config import MoEConfig, TileConfig
+from mxmoe.config import Combine, MoEConfig, TileConfig
 from mxmoe.heuristic import default_config
 from mxmoe.legality import H100, Legal, check
 from mxmoe.moe import moe
@@ -36,7 +37,13 @@ def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
     return statistics.median(clock.time_batch(lambda i: replay(), range(reps), before=lambda i: flush.zero_()))
 
 
-def _variants(c: TileConfig) -> list[TileConfig]:
+def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
+    if levers == "none":
+        return []
+    if levers == "finish":  # the decode finishes: split-K and the top-k combine
+        combines = (Combine.ATOMIC, Combine.SLOTS) if stage == 2 else (Combine.ATOMIC,)
+        out = [c.replace(split_k=k, combine=m) for k in (1, 2, 4, 8) for m in combines]
+        return list(dict.fromkeys(v for v in out if v != c))
     out = []
     for w in (4, 8):
         for bn in (64, 128, 256):
@@ -52,6 +59,8 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("points", nargs="+", help="model:T[:path]")
     ap.add_argument("--csv", default=None)
+    ap.add_argument("--levers", choices=("tiles", "finish", "none"), default="tiles",
+                    help="tiles: warps, BLOCK_N/K/M, stages; finish: split_k and combine; none: the base alone")
     args = ap.parse_args(argv)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     rows = []
@@ -62,8 +71,8 @@ def main(argv: list[str]) -> None:
         base = default_config(p.shape, path, t)
         ref = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, base).float()
         cands = [("base", base)]
-        cands += [(f"s1 {v.short()}", MoEConfig(v, base.stage2)) for v in _variants(base.stage1)]
-        cands += [(f"s2 {v.short()}", MoEConfig(base.stage1, v)) for v in _variants(base.stage2)]
+        cands += [(f"s1 {v.short()}", MoEConfig(v, base.stage2)) for v in _variants(base.stage1, 1, args.levers)]
+        cands += [(f"s2 {v.short()}", MoEConfig(base.stage1, v)) for v in _variants(base.stage2, 2, args.levers)]
         res = []
         for name, cfg in cands:
             if not all(isinstance(check(p.shape, path, s, c, H100, tokens=t), Legal)

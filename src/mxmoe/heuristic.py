@@ -59,6 +59,9 @@ from mxmoe.shapes import MoEShape, Path
 
 SPLIT_K_MIN_CTAS = 512  # about 4 CTAs per SM of the H100's 132: below it a decode stage lacks memory parallelism
 SPLIT_K_MAX = 8
+# v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
+# rows (T x A x split_k): no zero fill, no cast kernel (kernels/sync.py). TODO: set from the H100 decode scan.
+SLOTS_MAX_ROWS = 256
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -107,7 +110,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
     rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
-    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `decode_split`, as the v1 rule.
+    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `decode_split`, as the v1 rule, and stage 2 combines
+    by slots while T x A x split_k is at most SLOTS_MAX_ROWS.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -118,6 +122,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
         hit = min(shape.experts, tokens * shape.topk)
         s1 = s1.replace(split_k=decode_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
         s2 = s2.replace(split_k=decode_split(hit * -(-shape.hidden // s2.block_n), shape.inter, s2.block_k))
+        if tokens * shape.topk * s2.split_k <= SLOTS_MAX_ROWS:
+            s2 = s2.replace(combine=Combine.SLOTS)
     return MoEConfig(s1, s2)
 
 

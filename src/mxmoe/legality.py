@@ -7,7 +7,7 @@ configs, it never drops them. Rules run in the order of this table; the first th
 
 | code             | rejects                                                                       | prevents       |
 |------------------|-------------------------------------------------------------------------------|----------------|
-| PATH_UNSUPPORTED | combine=slots in stage 1; split_k > 1 with slots;                             | wrapper error  |
+| PATH_UNSUPPORTED | combine=slots in stage 1; split_k > 1 with slots (v1 kernels);                | wrapper error  |
 |                  | mma=dot_scaled under the interpreter                                          |                |
 | MX_FLOOR         | BLOCK_M or BLOCK_N < 16 (MMA tile); BLOCK_K < 64 (two halves of one MX group) | bad MMA tiles  |
 | DIVISIBILITY     | BLOCK_K % 64; BLOCK_N % 32; N % BLOCK_N (splits take whole K blocks: any K); | wrapper error  |
@@ -149,8 +149,9 @@ def _next_pow2(v: int) -> int:
 def _check_levers(stage: int, cfg: TileConfig, limits: DeviceLimits) -> Illegal | None:
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 has no combine strategy (got combine={cfg.combine.value})")
-    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
-        return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic, got {cfg.combine.value}")
+    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC and not cfg.mma.v2:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic on the v1 kernels, "
+                       f"got {cfg.combine.value}")
     if limits.interpreter and cfg.mma.needs_dot_scaled:
         return Illegal(Reason.PATH_UNSUPPORTED, f"mma={cfg.mma.value} is not implemented by the Triton 3.6 "
                        "interpreter")

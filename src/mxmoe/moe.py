@@ -16,7 +16,8 @@ from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
-from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
+from mxmoe.kernels.swmoe import counters_needed
+from mxmoe.routing import max_padded_pairs, route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
 
@@ -85,12 +86,25 @@ def moe(
     else:
         check_explicit(shape_of(weights, a), path, config)
     x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path, bf16=config.stage1.mma.v2)
-    plan1 = align(topk_ids, weights.num_experts, config.stage1.block_m, validate=validate)
+    e = weights.num_experts
+    n1, n2 = _counters(config, e, t * a, weights)
+    plan1 = align(topk_ids, e, config.stage1.block_m, validate=validate, counters=n1 + n2)
     plan2 = plan1
     if config.stage2.block_m != config.stage1.block_m:
-        plan2 = align(topk_ids, weights.num_experts, config.stage2.block_m, validate=False)
-    h = stage1(x, weights, plan1, config.stage1, poison=poison)
-    return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison)
+        plan2 = align(topk_ids, e, config.stage2.block_m, validate=False)
+    c1 = plan1.counters[:n1] if n1 else None
+    c2 = plan1.counters[n1:] if n2 else None
+    h = stage1(x, weights, plan1, config.stage1, poison=poison, counters=c1)
+    return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison, counters=c2)
+
+
+def _counters(config: MoEConfig, experts: int, pairs: int, weights: MoEWeights) -> tuple[int, int]:
+    """The v2 stages' arrival counters, which the (first) align kernel zeroes: no memset launch at decode."""
+    if not config.stage1.mma.v2:
+        return 0, 0
+    blocks = [max_padded_pairs(pairs, experts, c.block_m) // c.block_m for c in (config.stage1, config.stage2)]
+    return (counters_needed(config.stage1, 1, weights.inter, blocks[0]),
+            counters_needed(config.stage2, 2, weights.hidden, blocks[1]))
 
 
 class MoELayer(nn.Module):

@@ -117,6 +117,8 @@ class RoutingPlan:
     Tensors (all int32, on the routing's device): sorted_ids [max_blocks * block_m], block_expert
     [max_blocks], expert_offsets [num_experts + 1], num_padded [1]. See the module glossary.
     Ints: num_pairs = T * topk (also the sentinel), max_blocks = P_max // block_m.
+    `counters`: int32 zeros the caller asked `align` for (the v2 stages' arrival counters, kernels/sync.py), or
+    None.
     """
 
     sorted_ids: torch.Tensor
@@ -128,6 +130,7 @@ class RoutingPlan:
     num_experts: int
     max_blocks: int
     topk: int
+    counters: torch.Tensor | None = None
 
     @property
     def sentinel(self) -> int:

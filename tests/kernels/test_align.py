@@ -138,7 +138,7 @@ def test_align_picks_by_size(t: int, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = _ids(Case("", t, 8, 256, 16)).to(DEVICE)
     used = []
     real = align_mod.align_by_expert_triton
-    monkeypatch.setattr(align_mod, "align_by_expert_triton", lambda *a: used.append(1) or real(*a))
+    monkeypatch.setattr(align_mod, "align_by_expert_triton", lambda *a, **k: used.append(1) or real(*a, **k))
     _assert_same_plan(align(ids, 256, 16), align_by_expert(ids, 256, 16))
     assert bool(used) == (ids.numel() <= MAX_TRITON_PAIRS)
 
@@ -221,3 +221,20 @@ def test_gpu_matches_torch_and_replays_in_a_graph(t: int, block_m: int) -> None:
         graph.replay()
         torch.cuda.synchronize()
         _assert_same_plan(plan, align_by_expert(new, e, block_m))
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+def test_align_hands_out_zeroed_counters(kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`counters=n` comes back as n int32 zeros beside an unchanged plan, from the kernel (which writes them into
+    its one allocation, poisoned here first) and from the torch fallback alike."""
+    ids = _ids(Case("", 5, 3, 16, 16)).to(DEVICE)
+    if kernel:
+        real_empty = torch.empty
+        monkeypatch.setattr(align_mod.torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(-7))
+    else:
+        monkeypatch.setattr(align_mod, "MAX_TRITON_PAIRS", 0)
+    plan = align(ids, 16, 16, counters=1500)
+    _assert_same_plan(plan, align_by_expert(ids, 16, 16))
+    assert plan.counters is not None and plan.counters.dtype == torch.int32
+    assert plan.counters.numel() == 1500 and not plan.counters.any()
+    assert align(ids, 16, 16).counters is None

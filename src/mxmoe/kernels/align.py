@@ -32,11 +32,14 @@ bounds: the histogram masks them, expert numbers are cut to E_BITS bits, and the
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import interpreting, require_executable
+from mxmoe.kernels.sync import enter, launch_options
 from mxmoe.routing import (
     RoutingPlan,
     _check_id_range,
@@ -58,16 +61,18 @@ _SEGMENT = 16  # int32 elements: every output view of the one allocation starts 
 @triton.jit
 def _align_kernel(
     # pointers
-    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, scratch_ptr,
+    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, scratch_ptr, counters_ptr,
     # sizes
-    num_pairs, num_experts, max_padded, max_blocks,
+    num_pairs, num_experts, max_padded, max_blocks, num_counters,
     # strides
     stride_it, stride_ia,
     # meta-parameters
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr,
     P_BLOCK: tl.constexpr, P_BITS: tl.constexpr, E_BITS: tl.constexpr, FILL_BLOCK: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     E_BLOCK: tl.constexpr = 1 << E_BITS
+    enter(INTERP)
     lane = tl.arange(0, P_BLOCK)  # [PB] lane i holds pair i = t * A + a
     valid = lane < num_pairs
     expert = tl.load(ids_ptr + (lane // TOPK) * stride_it + (lane % TOPK) * stride_ia, mask=valid, other=0)
@@ -77,6 +82,8 @@ def _align_kernel(
     for s0 in range(0, max_padded, FILL_BLOCK):
         tl.store(sorted_ids_ptr + s0 + fill, tl.full([FILL_BLOCK], 0, tl.int32) + num_pairs,
                  mask=s0 + fill < max_padded)
+    for c0 in range(0, num_counters, FILL_BLOCK):
+        tl.store(counters_ptr + c0 + fill, tl.zeros([FILL_BLOCK], tl.int32), mask=c0 + fill < num_counters)
 
     # per-expert counts and padded runs
     counts = tl.histogram(expert, E_BLOCK, mask=valid & (expert >= 0) & (expert < num_experts))  # [EB]
@@ -130,9 +137,11 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> RoutingPlan:
+def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
+                           counters: int = 0) -> RoutingPlan:
     """The plan of `mxmoe.routing.align_by_expert`, bit for bit, from one Triton program (no host sync,
     CUDA-graph capturable). topk_ids: [T, A] int32/int64 in [0, E), not range-checked here (see `align`).
+    `counters` int32 zeros come with it as `plan.counters` (written by the same program: no memset launch).
 
     Takes any P up to 32768 lanes, but its cost grows linearly in P on one SM: `align` picks it only up to
     MAX_TRITON_PAIRS. The plan's four tensors are views of one int32 allocation.
@@ -150,22 +159,23 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
     if p_block > _MAX_KERNEL_LANES:
         raise ValueError(f"P = T*A = {p} exceeds the kernel's {_MAX_KERNEL_LANES} pairs; use align()")
 
-    sizes = [p_max, nb, num_experts + 1, 1]
+    sizes = [p_max, nb, num_experts + 1, 1, counters]
     bounds = [0]
     for n in sizes:
         bounds.append(bounds[-1] + _round_up(n, _SEGMENT))
     scratch = 2 * p_block if p else 0
     fresh = torch.zeros if p == 0 else torch.empty  # T = 0: no launch, offsets and num_padded are 0
     buf = fresh(bounds[-1] + scratch, dtype=torch.int32, device=topk_ids.device)
-    sorted_ids, block_expert, offsets, num_padded = (buf[lo : lo + n] for lo, n in zip(bounds, sizes, strict=False))
+    sorted_ids, block_expert, offsets, num_padded, zeros = (
+        buf[lo : lo + n] for lo, n in zip(bounds, sizes, strict=False))
     if p:
         e_bits = max(1, (num_experts - 1).bit_length())
         _align_kernel[(1,)](
-            topk_ids, sorted_ids, block_expert, offsets, num_padded, buf[bounds[-1] :],
-            p, num_experts, p_max, nb,
+            topk_ids, sorted_ids, block_expert, offsets, num_padded, buf[bounds[-1] :], zeros,
+            p, num_experts, p_max, nb, counters,
             topk_ids.stride(0), topk_ids.stride(1),
             TOPK=a, BLOCK_M=block_m, P_BLOCK=p_block, P_BITS=p_block.bit_length() - 1, E_BITS=e_bits,
-            FILL_BLOCK=1024, num_warps=_num_warps(p_block),
+            FILL_BLOCK=1024, INTERP=interpreting(), num_warps=_num_warps(p_block), **launch_options(),
         )
     return RoutingPlan(
         sorted_ids=sorted_ids,
@@ -177,14 +187,17 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
         num_experts=num_experts,
         max_blocks=nb,
         topk=a,
+        counters=zeros if counters else None,
     )
 
 
-def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True) -> RoutingPlan:
+def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True,
+          counters: int = 0) -> RoutingPlan:
     """`align_by_expert` by the fastest correct path: the one-CTA kernel up to MAX_TRITON_PAIRS pairs and
     MAX_TRITON_EXPERTS experts on CUDA (or the interpreter), the torch ops otherwise. Same plan either way.
 
-    `validate` range-checks the ids, a host sync: pass False inside CUDA-graph capture.
+    `validate` range-checks the ids, a host sync: pass False inside CUDA-graph capture. `counters` asks for that
+    many int32 zeros as `plan.counters` (the v2 stages' arrival counters).
     """
     _check_ids(topk_ids)
     _check_sizes(num_experts, block_m)
@@ -192,5 +205,9 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: b
         _check_id_range(topk_ids, num_experts)
     runnable = topk_ids.is_cuda or interpreting()
     if not runnable or topk_ids.numel() > MAX_TRITON_PAIRS or num_experts > MAX_TRITON_EXPERTS:
-        return align_by_expert(topk_ids, num_experts, block_m, validate=False)
-    return align_by_expert_triton(topk_ids, num_experts, block_m)
+        plan = align_by_expert(topk_ids, num_experts, block_m, validate=False)
+        if counters:
+            plan = dataclasses.replace(plan, counters=torch.zeros(counters, dtype=torch.int32,
+                                                                  device=topk_ids.device))
+        return plan
+    return align_by_expert_triton(topk_ids, num_experts, block_m, counters=counters)

@@ -122,8 +122,8 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
                          "bf16 carriers are for mma=wgmma")
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         raise ValueError("stage 1 takes no combine strategy (its split-K partial sums meet in fp32 atomics)")
-    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC:
-        raise ValueError("split_k > 1 needs combine=atomic")
+    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC and not cfg.mma.v2:
+        raise ValueError("split_k > 1 needs combine=atomic on the v1 kernels")
 
 
 def _check_v2(x: KernelInput, weights, cfg: TileConfig, stage: int) -> None:

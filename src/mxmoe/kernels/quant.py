@@ -12,6 +12,7 @@ import triton.language as tl
 
 from mxmoe.kernels.common import KernelInput, interpreting, require_executable
 from mxmoe.kernels.mx_tile import qdq_tile, quantize_tile_mxfp4, quantize_tile_mxfp8
+from mxmoe.kernels.sync import enter, launch_options
 from mxmoe.shapes import Path
 
 _ROWS = 16
@@ -21,6 +22,7 @@ _ROWS = 16
 def _quant_kernel(x_ptr, q_ptr, s_ptr, T, stride_x, stride_q, stride_s,
                   FP4: tl.constexpr, QDQ: tl.constexpr, INTERP: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_C: tl.constexpr):
+    enter(INTERP)
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c0 = tl.program_id(1) * BLOCK_C
     mask = (offs_r < T)[:, None]
@@ -60,5 +62,6 @@ def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False) -> Kernel
     grid = (triton.cdiv(t, _ROWS), h // block_c)
     scales = out.scales_or(out.data)
     _quant_kernel[grid](x, out.data, scales, t, x.stride(0), out.data.stride(0), scales.stride(0),
-                        FP4=path is Path.A4W4, QDQ=bf16, INTERP=interpreting(), BLOCK_R=_ROWS, BLOCK_C=block_c)
+                        FP4=path is Path.A4W4, QDQ=bf16, INTERP=interpreting(), BLOCK_R=_ROWS, BLOCK_C=block_c,
+                        **launch_options())
     return out

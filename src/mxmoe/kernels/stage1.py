@@ -155,7 +155,7 @@ def _stage1_finish_kernel(
 
 
 def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
-           poison: bool = False) -> KernelInput:
+           poison: bool = False, counters: torch.Tensor | None = None) -> KernelInput:
     """Launch stage 1. `x` holds the layer input at the path's width; returns h at that width.
 
     `out`, when given, is written in place. `poison` fills a buffer allocated here with NaN / 0xFF first, so a
@@ -167,7 +167,7 @@ def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput |
     h = weights.hidden
     check_launch(x, h, weights, plan, cfg, stage=1)
     if cfg.mma.v2:
-        return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison)
+        return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison, counters=counters)
     if i % cfg.block_n:
         raise ValueError(f"stage 1: BLOCK_N={cfg.block_n} must divide inter={i}")
     pairs = plan.num_pairs

@@ -84,13 +84,15 @@ def _stage2_kernel(
 
 
 def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
-           *, out: torch.Tensor | None = None, poison: bool = False) -> torch.Tensor:
+           *, out: torch.Tensor | None = None, poison: bool = False,
+           counters: torch.Tensor | None = None) -> torch.Tensor:
     """Launch stage 2 and combine; returns bf16 [T, H].
 
     topk_weights: [T, A] f32 routing weights. `out` is the fp32 scratch the kernel writes
-    ([T, H] for atomic, [P, H] for slots); it is zeroed here for atomic, poisoned by callers that want to.
-    `poison` allocates the slots scratch NaN-filled (a slot the kernel skips then shows in the sum); the
-    atomic scratch must start at zero, so there it changes nothing.
+    ([T, H] for atomic; slots: [P, H], or [split_k, P, H] on the v2 kernels); it is zeroed here for atomic,
+    poisoned by callers that want to. `poison` allocates the slots scratch NaN-filled (a slot the kernel skips
+    then shows in the sum); the atomic scratch must start at zero, so there it changes nothing. `counters`: the
+    v2 kernels' arrival counters (`swmoe.counters_needed`), allocated when not given.
     """
     ws = weights.w2
     e, hidden, _ = ws.data.shape
@@ -99,7 +101,10 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
     even_k = inter % cfg.block_k == 0
     if tuple(topk_weights.shape) != (num_tokens, plan.topk):
         raise ValueError(f"topk_weights shape {tuple(topk_weights.shape)}, expected {(num_tokens, plan.topk)}")
-    if hidden % cfg.block_n and not cfg.mma.v2:  # v2 masks its last N tile
+    if cfg.mma.v2:  # v2 masks its last N tile and finishes the slots combine in its kernel
+        return stage2_wgmma(h, weights, plan, topk_weights, cfg, num_tokens, out=out, poison=poison,
+                            counters=counters)
+    if hidden % cfg.block_n:
         raise ValueError(f"BLOCK_N={cfg.block_n} must divide hidden={hidden}")
     slots = cfg.combine is Combine.SLOTS
     rows = plan.num_pairs if slots else num_tokens
@@ -108,9 +113,7 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
         out = torch.full((rows, hidden), fill, dtype=torch.float32, device=h.data.device)
     elif not slots:
         out.zero_()
-    if cfg.mma.v2:
-        stage2_wgmma(h, weights, plan, topk_weights, cfg, out)
-    elif plan.max_blocks > 0:
+    if plan.max_blocks > 0:
         rw = topk_weights.to(torch.float32).contiguous().view(-1)
         b = weights.b2 if weights.b2 is not None else rw
         grid = (plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)

@@ -38,10 +38,10 @@ from mxmoe.kernels.common import (
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
+from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 
-FINISH_BLOCK_M = 16  # the stage-1 split-K epilogue kernel: 16 pairs x BLOCK_N per program, 4 warps
-FINISH_WARPS = 4
+COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
 
 
 @triton.jit
@@ -89,12 +89,13 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
 @triton.jit
 def _stage1_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    num_pairs, H, I, max_blocks, N16, K64,
-    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_pp,
+    cnt_ptr, num_pairs, H, I, max_blocks, N16, K64,
+    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
     INTERP: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
+    enter(INTERP)
     num_n = tl.cdiv(I, BN)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
@@ -129,39 +130,51 @@ def _stage1_kernel(
     rows = pair.to(tl.int64)
     if SPLIT_K == 1:
         _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
-    else:
+    else:  # each split stores its partial sums; the last of the tile's splits to arrive sums them in split order
         part = part_ptr + rows[:, None] * stride_pp + offs_n[None, :]
         mask = row_ok[:, None] & n_ok[None, :]
-        tl.atomic_add(part, acc_g, mask=mask, sem="relaxed")
-        tl.atomic_add(part + I, acc_u, mask=mask, sem="relaxed")
+        tl.store(part + pid_k * stride_ps, acc_g, mask=mask)
+        tl.store(part + pid_k * stride_ps + I, acc_u, mask=mask)
+        if last_arrival(cnt_ptr + pid_m * num_n + pid_n, SPLIT_K):
+            acc_g = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+            acc_u = tl.load(part + I, mask=mask, other=0.0, cache_modifier=".cg")
+            for s in range(1, SPLIT_K):
+                acc_g += tl.load(part + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
+                acc_u += tl.load(part + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
+            _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
 
 
 @triton.jit
-def _stage1_finish_kernel(part_ptr, out_ptr, num_pairs, I, stride_pp, stride_op, PATH: tl.constexpr,
-                          ACT: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """The split-K epilogue: rows are pair ids 0..P-1 (every pair has one expert, so every row is written)."""
-    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
-    row_ok = rows < num_pairs
-    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    part = part_ptr + rows[:, None] * stride_pp + offs_n[None, :]
-    mask = row_ok[:, None] & (offs_n < I)[None, :]
-    acc_g = tl.load(part, mask=mask, other=0.0)
-    acc_u = tl.load(part + I, mask=mask, other=0.0)
-    _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
+def _combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y, TOPK: tl.constexpr,
+                   SPLIT_K: tl.constexpr, INTERP: tl.constexpr, BN: tl.constexpr):
+    """y[:, offs_n] = the sum over splits and top-k slots of every token's slot rows, in bf16 (the finish of the
+    slots combine, run by the last CTA of an N column)."""
+    n_ok = offs_n < H
+    for t0 in range(0, T, COMBINE_ROWS):
+        tok = (t0 + tl.arange(0, COMBINE_ROWS)).to(tl.int64)
+        mask = (tok < T)[:, None] & n_ok[None, :]
+        acc = tl.zeros([COMBINE_ROWS, BN], dtype=tl.float32)
+        for s in range(SPLIT_K):
+            for a in tl.static_range(TOPK):
+                acc += tl.load(slots_ptr + s * stride_ss + (tok * TOPK + a)[:, None] * stride_sr + offs_n[None, :],
+                               mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=mask)
 
 
 @triton.jit
 def _stage2_kernel(
-    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    num_pairs, H, I, max_blocks, N16, K64,
-    stride_hp, stride_we, stride_wse, stride_be, stride_or,
+    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+    num_pairs, T, H, I, max_blocks, N16, K64,
+    stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, INTERP: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    enter(INTERP)
     num_n = tl.cdiv(H, BN)
     pid_k = tl.program_id(1)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
-    if pid_m * BM >= tl.load(num_padded_ptr):
+    num_padded = tl.load(num_padded_ptr)
+    if pid_m * BM >= num_padded:
         return
     expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
                                              stride_we, stride_wse, BM)
@@ -184,60 +197,103 @@ def _stage2_kernel(
         if pid_k == 0:
             acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
     acc = acc * tl.load(rw_ptr + rows, mask=row_ok, other=0.0)[:, None]
-    if SLOTS:
-        tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+    if SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
+        tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
+                 mask=row_ok[:, None] & n_ok[None, :])
+        if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
+            _combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
     else:
         tl.atomic_add(out_ptr + (rows // TOPK)[:, None] * stride_or + offs_n[None, :], acc,
                       mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
 
 
+def counters_needed(cfg: TileConfig, stage: int, n: int, max_blocks: int) -> int:
+    """The arrival counters (int32 zeros) a v2 launch takes: one per output tile of a split stage 1, one per N
+    column of a slots-combined stage 2, none otherwise."""
+    if stage == 1:
+        return max_blocks * triton.cdiv(n, cfg.block_n) if cfg.split_k > 1 else 0
+    return triton.cdiv(n, cfg.block_n) if cfg.combine is Combine.SLOTS else 0
+
+
+def _zeros_or(counters: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """`counters` (zeros from the align kernel) when given, else a zeroed allocation of n (a dummy when n is 0)."""
+    if counters is not None:
+        if counters.numel() < n or counters.dtype != torch.int32:
+            raise ValueError(f"counters: need {n} int32 zeros, got {counters.numel()} {counters.dtype}")
+        return counters
+    return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+
+
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
-                 poison: bool = False) -> KernelInput:
-    """Stage 1 on the v2 kernels; `x` is bf16 (on the path's grid). Returns h bf16 [P, I] on the path's grid."""
+                 poison: bool = False, counters: torch.Tensor | None = None) -> KernelInput:
+    """Stage 1 on the v2 kernels; `x` is bf16 (on the path's grid). Returns h bf16 [P, I] on the path's grid.
+
+    Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
+    never zeroed); `counters` are `counters_needed(cfg, 1, I, plan.max_blocks)` int32 zeros, allocated here if
+    not given.
+    """
     w = weights.w13_sw
     i, h = weights.inter, weights.hidden
     pairs = plan.num_pairs
+    dev = x.data.device
     if out is None:
-        out = KernelInput(torch.empty(pairs, i, dtype=torch.bfloat16, device=x.data.device), None, x.path)
+        out = KernelInput(torch.empty(pairs, i, dtype=torch.bfloat16, device=dev), None, x.path)
         if poison:
             out.data.fill_(float("nan"))
     if plan.max_blocks == 0:
         return out
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
-    part = torch.zeros(pairs, 2 * i, dtype=torch.float32, device=x.data.device) if split else out.data
+    part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else out.data[None]
+    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks), dev)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
-    path, act, interp = PATH_CODES[x.path], ACT_CODES[weights.activation], interpreting()
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, out.data, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        cnt, pairs, h, i, plan.max_blocks, w.n16, w.k64,
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out.data.stride(0), part.stride(0),
-        TOPK=plan.topk, PATH=path, ACT=act, HAS_BIAS=weights.b13 is not None, FOLD=w.fold, INTERP=interp,
-        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        part.stride(1),
+        TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
+        FOLD=w.fold, INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
-    if split:
-        _stage1_finish_kernel[(triton.cdiv(pairs, FINISH_BLOCK_M), num_n)](
-            part, out.data, pairs, i, part.stride(0), out.data.stride(0),
-            PATH=path, ACT=act, INTERP=interp, BM=FINISH_BLOCK_M, BN=cfg.block_n, num_warps=FINISH_WARPS,
-        )
     return out
 
 
-def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig,
-                 out: torch.Tensor) -> None:
-    """Stage 2 on the v2 kernels into `out` (fp32 [T, H] zeroed for atomic, [P, H] for slots)."""
+def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
+                 out: torch.Tensor | None = None, poison: bool = False,
+                 counters: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 2 on the v2 kernels; returns bf16 [T, H].
+
+    atomic: `out` (fp32 [T, H]) is zeroed, the kernel adds into it, then one cast. slots: `out` (fp32
+    [split_k, P, H], poisoned with NaN when `poison`) takes every slot row of every split and the last CTA of each N
+    column sums them into the bf16 result, no zero fill and no second kernel; `counters` are
+    `counters_needed(cfg, 2, H, ...)` int32 zeros, allocated here if not given.
+    """
+    hidden, dev = weights.hidden, h.data.device
+    slots = cfg.combine is Combine.SLOTS
+    shape = (cfg.split_k, plan.num_pairs, hidden) if slots else (num_tokens, hidden)
+    if out is None:
+        out = torch.full(shape, float("nan") if poison and slots else 0.0, dtype=torch.float32, device=dev)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be fp32 {shape}, "
+                         f"got {tuple(out.shape)}")
+    elif not slots:
+        out.zero_()
+    y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev) if slots else out
     if plan.max_blocks == 0:
-        return
+        return y if slots else out.to(torch.bfloat16)
     w = weights.w2_sw
-    hidden = weights.hidden
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
+    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks), dev)
+    out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
-        h.data, w.data, w.scales, b, rw, out, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        plan.num_pairs, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
-        h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out.stride(0),
-        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=cfg.combine is Combine.SLOTS,
+        h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
+        plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
+        h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
+        y.stride(0),
+        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots,
         INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
+    return y if slots else out.to(torch.bfloat16)
