@@ -28,7 +28,7 @@ from mxmoe.tuning.ledger import Ledger
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_input_cli import _row  # noqa: E402
 
-CONFIG = re.compile(r"M\d+N\d+K\d+G\d+w\d+s\d+-\w+(-sk\d+)?")
+CONFIG = re.compile(r"M\d+N\d+K\d+G\d+w\d+s\d+-\w+(-sk\d+)?(-slots)?")  # TileConfig.short()
 
 
 def piped(*args: str, cwd: Path | None = None) -> str:

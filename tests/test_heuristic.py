@@ -6,19 +6,19 @@ Oracle: the rules as the module docstring states them (hand-computed grids), and
 import pytest
 
 from mxmoe import legality
-from mxmoe.heuristic import SPLIT_K_MAX, SPLIT_K_MIN_CTAS, default_config
+from mxmoe.heuristic import SLOTS_MAX_ROWS, SPLIT_K_MAX, SPLIT_K_MAX_CTAS, SPLIT_K_MIN_ITERS, default_config
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
 
 
 @pytest.mark.parametrize(("model", "tokens", "stage1_split", "stage2_split"), [
-    # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128 (gpt-oss's 2880: 23 tiles, the last one masked)
-    ("deepseek-v3-tp8", 1, 8, 2),  # stage 1: 9 hit experts x 256/64 = 36 CTAs -> 288 (cap 8); stage 2: 504 -> 1008
-    ("deepseek-v3-tp8", 4, 4, 1),  # 36 x 4 = 144 -> 576; 36 x 56 = 2016
-    ("deepseek-v3-tp8", 16, 1, 1),  # 144 x 4 = 576
-    ("gpt-oss-20b", 1, 4, 8),  # 4 x 2880/64 = 180 -> 720; 4 x 23 = 92 -> 736 (cap 8)
-    ("gpt-oss-20b", 2, 2, 4),  # 8 x 45 = 360 -> 720; 8 x 23 = 184 -> 736
-    ("deepseek-v3", 1, 2, 2),  # 8 x 2048/64 = 256 -> 512; 8 x 7168/128 = 448 -> 896
-    ("kimi-k2-tp8", 1, 8, 2),  # 8 x 4 = 32 -> 256 (cap 8); 8 x 56 = 448 -> 896
+    # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128; K steps of 128: 7168 -> 56, 2880 -> 23, 2048 -> 16, 256 -> 2
+    ("deepseek-v3-tp8", 1, 8, 1),  # stage 1: 56 / 8 = 7 steps, 9 x 4 = 36 CTAs -> 288; stage 2: 2 steps, no split
+    ("deepseek-v3-tp8", 4, 8, 1),  # 36 x 4 = 144 -> 1152
+    ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576: x 8 would pass 4096 CTAs
+    ("deepseek-v3-tp8", 64, 2, 1),  # 256 x 4 = 1024: x 4 would pass 4096
+    ("gpt-oss-20b", 1, 2, 2),  # 23 / 2 = 11 steps (23 / 4 = 5 < 7), both stages
+    ("gpt-oss-20b", 16, 2, 2),
+    ("deepseek-v3", 1, 8, 2),  # stage 2: 16 / 2 = 8 steps
 ])
 def test_decode_splits_k_where_the_grid_is_small(model, tokens, stage1_split, stage2_split):
     cfg = default_config(get_shape(model), Path.A16W4, tokens)
@@ -34,7 +34,19 @@ def test_split_k_stops_at_the_k_blocks_and_the_cap():
             for tile in (cfg.stage1, cfg.stage2):
                 assert tile.split_k <= SPLIT_K_MAX, (name, t)
                 assert tile.split_k == 1 or tile.block_m == 16, (name, t)  # prefill never splits
-    assert SPLIT_K_MIN_CTAS >= 132  # at least one CTA per H100 SM
+                k = shape.hidden if tile is cfg.stage1 else shape.inter
+                assert tile.split_k == 1 or -(-k // tile.block_k) // tile.split_k >= SPLIT_K_MIN_ITERS, (name, t)
+    assert SPLIT_K_MAX_CTAS >= 4 * 132  # a split never starves the H100's SMs
+
+
+def test_slots_combine_only_where_the_finish_is_small():
+    """Stage 2 takes the in-kernel slots combine exactly at decode points whose N-column finish sums at most
+    SLOTS_MAX_ROWS rows (T x A x split_k); every other point keeps the atomic combine."""
+    for name, shape in MODELS.items():
+        for t in TOKEN_GRID:
+            s2 = default_config(shape, Path.A16W4, t).stage2
+            small = s2.block_m == 16 and t * shape.topk * s2.split_k <= SLOTS_MAX_ROWS
+            assert (s2.combine.value == "slots") == small, (name, t)
 
 
 @pytest.mark.parametrize("path", list(Path))

@@ -59,9 +59,18 @@ from mxmoe.shapes import MoEShape, Path
 
 SPLIT_K_MIN_CTAS = 512  # about 4 CTAs per SM of the H100's 132: below it a decode stage lacks memory parallelism
 SPLIT_K_MAX = 8
+# v2 decode (BLOCK_M 16) split-K, by the H100 decode scan at 4465c21 (layer us, graph replay, L2 flushed; s1 / s2
+# each varied alone): a split keeps at least 7 K steps and the grid at most 4096 CTAs. deepseek-v3-tp8 T=1 stage 1
+# sk8 (7 steps, 288 CTAs) 37.6 against sk4 39.3; T=16 sk4 (2048 CTAs) 166.8 against sk1 194.8 and sk8 169.7; T=64
+# sk2 314 against sk1 330 and sk8 328; gpt-oss-120b T=1 stage 1 sk2 (12 steps) 47.0 against sk4 (6 steps) 54.1,
+# stage 2 sk2 48.8 against sk8 54.1; deepseek-v3-tp8 T=1 stage 2 (K = 256: 2 steps) sk1 35.3 against sk2 37.6.
+SPLIT_K_MIN_ITERS = 7
+SPLIT_K_MAX_CTAS = 4096
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
-# rows (T x A x split_k): no zero fill, no cast kernel (kernels/sync.py). TODO: set from the H100 decode scan.
-SLOTS_MAX_ROWS = 256
+# rows (T x A x split_k): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3
+# us (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16
+# (128 rows, 7168 CTAs) slots lost, 194.8 against 177.0.
+SLOTS_MAX_ROWS = 32
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -90,6 +99,17 @@ def decode_split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
+def v2_split(ctas: int, k: int, block_k: int) -> int:
+    """The v2 decode split: the largest power of two (at most SPLIT_K_MAX) that leaves every split at least
+    SPLIT_K_MIN_ITERS K steps (the 4-stage pipeline's fill) and the grid at most SPLIT_K_MAX_CTAS CTAs."""
+    k_blocks = -(-k // block_k)
+    split = 1
+    while (split * 2 <= SPLIT_K_MAX and k_blocks // (split * 2) >= SPLIT_K_MIN_ITERS
+           and ctas * split * 2 <= SPLIT_K_MAX_CTAS):
+        split *= 2
+    return split
+
+
 def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int, stage: int) -> TileConfig:
     """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N is at least 512, else 4; BLOCK_N is the
     preferred rows per warp times the warps, at most N rounded up to a power of two (the last tile is masked,
@@ -110,8 +130,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
     rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
-    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `decode_split`, as the v1 rule, and stage 2 combines
-    by slots while T x A x split_k is at most SLOTS_MAX_ROWS.
+    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `v2_split`, and stage 2 combines by slots while
+    T x A x split_k is at most SLOTS_MAX_ROWS.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -120,8 +140,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
-        s1 = s1.replace(split_k=decode_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
-        s2 = s2.replace(split_k=decode_split(hit * -(-shape.hidden // s2.block_n), shape.inter, s2.block_k))
+        s1 = s1.replace(split_k=v2_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
+        s2 = s2.replace(split_k=v2_split(hit * -(-shape.hidden // s2.block_n), shape.inter, s2.block_k))
         if tokens * shape.topk * s2.split_k <= SLOTS_MAX_ROWS:
             s2 = s2.replace(combine=Combine.SLOTS)
     return MoEConfig(s1, s2)

@@ -18,6 +18,10 @@ expert weight stream of a small decode layer (8-20 us). Here one CTA does it all
      (padded minus unpadded start of its expert), and the pair that opens a block_m block writes its
      expert to block_expert (every used block opens with a real pair: padding only ends a run)
 
+  3'. up to SMALL_LANES lanes (decode) instead: each pair's rank among the earlier pairs of its expert is a row
+     sum of a [PB, PB] comparison in registers, and it lands in slot starts[e] + rank (the same slot the
+     sort gives: within an expert the order is ascending p)
+
 So the kernel takes ceil(E_BITS / 2) - 1 scratch round trips (3 for E = 256, 4 for E = 512), each a
 store, a __syncthreads and a load of PB int32, plus the fills; everything else is register work that
 grows linearly in PB. Ordering within the CTA: `tl.debug_barrier()` is bar.sync, which orders the
@@ -55,6 +59,9 @@ MAX_TRITON_PAIRS = 8192
 MAX_TRITON_EXPERTS = 1024
 # The packed digit counters are 16 bits wide, so a lane count must stay below 2**16.
 _MAX_KERNEL_LANES = 32768
+# Up to this many lanes the kernel ranks each pair among its expert's earlier pairs by a [PB, PB] comparison in
+# registers instead of the radix passes (whose scratch round trips cost most of a decode call's alignment).
+SMALL_LANES = 128
 _SEGMENT = 16  # int32 elements: every output view of the one allocation starts 64-byte aligned
 
 
@@ -69,7 +76,7 @@ def _align_kernel(
     # meta-parameters
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr,
     P_BLOCK: tl.constexpr, P_BITS: tl.constexpr, E_BITS: tl.constexpr, FILL_BLOCK: tl.constexpr,
-    INTERP: tl.constexpr,
+    SMALL: tl.constexpr, INTERP: tl.constexpr,
 ):
     E_BLOCK: tl.constexpr = 1 << E_BITS
     enter(INTERP)
@@ -99,6 +106,15 @@ def _align_kernel(
         b = b0 + fill
         tl.store(block_expert_ptr + b, tl.full([FILL_BLOCK], -1, tl.int32),
                  mask=(b < max_blocks) & (b * BLOCK_M >= total))
+
+    if SMALL:  # rank among the earlier lanes of the same expert, all in registers: no scratch round trip
+        same = (expert[:, None] == expert[None, :]) & (lane[None, :] < lane[:, None])  # [PB, PB]
+        dest = tl.gather(starts, expert & (E_BLOCK - 1), 0) + tl.sum(same.to(tl.int32), axis=1)  # [PB]
+        keep = valid & (dest < max_padded)
+        tl.debug_barrier()  # the scatter lands after the sentinel fill
+        tl.store(sorted_ids_ptr + dest, lane, mask=keep)
+        tl.store(block_expert_ptr + dest // BLOCK_M, expert & (E_BLOCK - 1), mask=keep & (dest % BLOCK_M == 0))
+        return
 
     # stable LSD radix sort by expert, two bits a pass; padding lanes get the largest key and sort last
     e_key = tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1)
@@ -175,7 +191,8 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
             p, num_experts, p_max, nb, counters,
             topk_ids.stride(0), topk_ids.stride(1),
             TOPK=a, BLOCK_M=block_m, P_BLOCK=p_block, P_BITS=p_block.bit_length() - 1, E_BITS=e_bits,
-            FILL_BLOCK=1024, INTERP=interpreting(), num_warps=_num_warps(p_block), **launch_options(),
+            FILL_BLOCK=1024, SMALL=p_block <= SMALL_LANES, INTERP=interpreting(), num_warps=_num_warps(p_block),
+            **launch_options(),
         )
     return RoutingPlan(
         sorted_ids=sorted_ids,
