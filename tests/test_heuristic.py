@@ -16,9 +16,9 @@ from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
     ("deepseek-v3-tp8", 4, 8, 1),  # 36 x 4 = 144 -> 1152
     ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576: x 8 would pass 4096 CTAs
     ("deepseek-v3-tp8", 64, 2, 1),  # 256 x 4 = 1024: x 4 would pass 4096
-    ("gpt-oss-20b", 1, 2, 2),  # 23 / 2 = 11 steps (23 / 4 = 5 < 7), both stages
-    ("gpt-oss-20b", 16, 2, 2),
-    ("deepseek-v3", 1, 8, 2),  # stage 2: 16 / 2 = 8 steps
+    ("gpt-oss-20b", 1, 2, 1),  # 23 / 2 = 11 steps (23 / 4 = 5 < 7); stage 2 never splits
+    ("gpt-oss-20b", 16, 2, 1),
+    ("deepseek-v3", 1, 8, 1),
 ])
 def test_decode_splits_k_where_the_grid_is_small(model, tokens, stage1_split, stage2_split):
     cfg = default_config(get_shape(model), Path.A16W4, tokens)
@@ -41,11 +41,11 @@ def test_split_k_stops_at_the_k_blocks_and_the_cap():
 
 def test_slots_combine_only_where_the_finish_is_small():
     """Stage 2 takes the in-kernel slots combine exactly at decode points whose N-column finish sums at most
-    SLOTS_MAX_ROWS rows (T x A x split_k); every other point keeps the atomic combine."""
+    SLOTS_MAX_ROWS rows (T x A); every other point keeps the atomic combine."""
     for name, shape in MODELS.items():
         for t in TOKEN_GRID:
             s2 = default_config(shape, Path.A16W4, t).stage2
-            small = s2.block_m == 16 and t * shape.topk * s2.split_k <= SLOTS_MAX_ROWS
+            small = s2.block_m == 16 and t * shape.topk <= SLOTS_MAX_ROWS
             assert (s2.combine.value == "slots") == small, (name, t)
 
 

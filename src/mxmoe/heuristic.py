@@ -63,13 +63,18 @@ SPLIT_K_MAX = 8
 # each varied alone): a split keeps at least 7 K steps and the grid at most 4096 CTAs. deepseek-v3-tp8 T=1 stage 1
 # sk8 (7 steps, 288 CTAs) 37.6 against sk4 39.3; T=16 sk4 (2048 CTAs) 166.8 against sk1 194.8 and sk8 169.7; T=64
 # sk2 314 against sk1 330 and sk8 328; gpt-oss-120b T=1 stage 1 sk2 (12 steps) 47.0 against sk4 (6 steps) 54.1,
-# stage 2 sk2 48.8 against sk8 54.1; deepseek-v3-tp8 T=1 stage 2 (K = 256: 2 steps) sk1 35.3 against sk2 37.6.
+# deepseek-v3-tp8 T=1 stage 2 (K = 256: 2 steps) sk1 35.3 against sk2 37.6. Not fitted: full deepseek-v3 / kimi-k2 T=1
+# (256 CTAs) measured sk8 105.3 / 108.2 against their best 95.8 (sk1) / 99.7 (sk4) at 826b8ef, and deepseek-v3-tp8
+# T=4 sk8 74.8 against sk4 69.5: no CTA-count rule fits those and T=16 together; the tuned tables are for that.
 SPLIT_K_MIN_ITERS = 7
 SPLIT_K_MAX_CTAS = 4096
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
-# rows (T x A x split_k): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3
-# us (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16
-# (128 rows, 7168 CTAs) slots lost, 194.8 against 177.0.
+# rows (T x A): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3 us
+# (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16 (128
+# rows, 7168 CTAs) slots lost, 194.8 against 177.0. Stage 2 does not split at decode: its K (inter) is at most 23
+# steps, and a split lost or tied at every point but one of the scans at 4465c21 and 826b8ef (gpt-oss-120b T=4
+# slots 109.0 unsplit against 113.1-121.0 split; deepseek-v3 T=1 100.3 against 100.7-112.4; deepseek-v3-tp8 T=4 73.8
+# against 77.9-86.0; the exception, gpt-oss-120b T=1, 51.0 against 48.8 at sk2).
 SLOTS_MAX_ROWS = 32
 
 
@@ -130,8 +135,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
     rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
-    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits K by `v2_split`, and stage 2 combines by slots while
-    T x A x split_k is at most SLOTS_MAX_ROWS.
+    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `v2_split`; stage 2 does not split and
+    combines by slots while T x A is at most SLOTS_MAX_ROWS.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -141,8 +146,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         s1 = s1.replace(split_k=v2_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
-        s2 = s2.replace(split_k=v2_split(hit * -(-shape.hidden // s2.block_n), shape.inter, s2.block_k))
-        if tokens * shape.topk * s2.split_k <= SLOTS_MAX_ROWS:
+        if tokens * shape.topk <= SLOTS_MAX_ROWS:  # stage 2 never splits: see SLOTS_MAX_ROWS
             s2 = s2.replace(combine=Combine.SLOTS)
     return MoEConfig(s1, s2)
 
