@@ -14,10 +14,10 @@ from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
     # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128; K steps of 128: 7168 -> 56, 2880 -> 23, 2048 -> 16, 256 -> 2
     ("deepseek-v3-tp8", 1, 8, 1),  # stage 1: 56 / 8 = 7 steps, 9 x 4 = 36 CTAs -> 288; stage 2: 2 steps, no split
     ("deepseek-v3-tp8", 4, 8, 1),  # 36 x 4 = 144 -> 1152
-    ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576: x 8 would pass 4096 CTAs
-    ("deepseek-v3-tp8", 64, 2, 1),  # 256 x 4 = 1024: x 4 would pass 4096
+    ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576 -> 2304: x 8 would pass 2304 CTAs
+    ("deepseek-v3-tp8", 64, 2, 1),  # 257 x 4 = 1028 -> 2056
     ("gpt-oss-20b", 1, 2, 1),  # 23 / 2 = 11 steps (23 / 4 = 5 < 7); stage 2 never splits
-    ("gpt-oss-20b", 16, 2, 1),
+    ("gpt-oss-20b", 16, 1, 1),  # 32 x 45 = 1440: x 2 would pass 2304
     ("deepseek-v3", 1, 8, 1),
 ])
 def test_decode_splits_k_where_the_grid_is_small(model, tokens, stage1_split, stage2_split):
