@@ -59,15 +59,15 @@ from mxmoe.shapes import MoEShape, Path
 
 SPLIT_K_MIN_CTAS = 512  # about 4 CTAs per SM of the H100's 132: below it a decode stage lacks memory parallelism
 SPLIT_K_MAX = 8
-# v2 decode (BLOCK_M 16) split-K, by the H100 decode scan at 4465c21 (layer us, graph replay, L2 flushed; s1 / s2
-# each varied alone): a split keeps at least 7 K steps and the grid at most 4096 CTAs. deepseek-v3-tp8 T=1 stage 1
-# sk8 (7 steps, 288 CTAs) 37.6 against sk4 39.3; T=16 sk4 (2048 CTAs) 166.8 against sk1 194.8 and sk8 169.7; T=64
-# sk2 314 against sk1 330 and sk8 328 (the cap, 2304 CTAs, keeps T=16 at sk4 and T=64 at sk2, and stops the
-# splits that lost where the grid was already large: 4096 -> 2304 took gpt-oss-20b T=16 / 32 / 64 from 180 / 191
-# / 196 to 174 / 187 / 189 us and deepseek-v3 T=2 from 170 to 165, results/h100/2026-12-06_decode_splitcap_ab.log); gpt-oss-120b T=1 stage 1 sk2 (12 steps) 47.0 against sk4 (6 steps) 54.1,
-# deepseek-v3-tp8 T=1 stage 2 (K = 256: 2 steps) sk1 35.3 against sk2 37.6. Not fitted: full deepseek-v3 / kimi-k2 T=1
-# (256 CTAs) measured sk8 105.3 / 108.2 against their best 95.8 (sk1) / 99.7 (sk4) at 826b8ef, and deepseek-v3-tp8
-# T=4 sk8 74.8 against sk4 69.5: no CTA-count rule fits those and T=16 together; the tuned tables are for that.
+# v2 decode (BLOCK_M 16) split-K, by the H100 decode scans (layer us, graph replay, L2 flushed; s1 / s2 each
+# varied alone): a split keeps at least 7 K steps and the grid at most 2304 CTAs. At 4465c21: deepseek-v3-tp8 T=1
+# stage 1 sk8 (7 steps, 288 CTAs) 37.6 against sk4 39.3; T=16 sk4 (2304 CTAs) 166.8 against sk1 194.8 and sk8 169.7;
+# T=64 sk2 314 against sk1 330 and sk8 328; gpt-oss-120b T=1 sk2 (12 steps) 47.0 against sk4 (6 steps) 54.1. The cap
+# stops splits that lost where the grid was already large: 4096 -> 2304 took gpt-oss-20b T=16 / 32 / 64 from 180 /
+# 191 / 196 to 174 / 187 / 189 us and deepseek-v3 T=2 from 170 to 165 (results/h100/2026-12-06_decode_splitcap_ab.log).
+# Not fitted: full deepseek-v3 / kimi-k2 T=1 (256 CTAs) measured sk8 105.3 / 108.2 against their best 95.8 (sk1) /
+# 99.7 (sk4) at 826b8ef, and deepseek-v3-tp8 T=4 sk8 74.8 against sk4 69.5: no CTA-count rule fits those and T=16
+# together; the tuned tables are for that.
 SPLIT_K_MIN_ITERS = 7
 SPLIT_K_MAX_CTAS = 2304
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
