@@ -128,6 +128,30 @@ def test_split_and_slots_finish_in_kernel_deterministically(split_k):
     assert_close(runs[0].float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
 
 
+@pytest.mark.parametrize("path", [Path.A8W4, Path.A4W4], ids=lambda p: p.value)
+def test_deferred_rounding_is_the_fused_rounding(path, monkeypatch):
+    """From BLOCK_M 64 stage 1 stores fp32 h and kernels/quant.py rounds it to the path's grid: the same bits as the
+    epilogue's fused rounding of the same sums (the two runs differ only in where qdq_tile runs), and the layer
+    still meets the oracle with poisoned buffers."""
+    from mxmoe.kernels import swmoe
+    from mxmoe.kernels.align import align
+    from mxmoe.kernels.quant import quantize_input
+
+    shape = MoEShape("defer", 4, 2, 128, 96, Activation.SWIGLU_OAI, bias=True)
+    p = make_problem(shape, path, 40, seed=6)
+    cfg = _v2(block_m=64, block_k=128)
+    assert swmoe.defers_rounding(path, cfg.stage1)
+    x = quantize_input(p.hidden, path, bf16=True)
+    plan = align(p.topk_ids, shape.experts, 64)
+    deferred = swmoe.stage1_wgmma(x, p.weights, plan, cfg.stage1, poison=True).data
+    monkeypatch.setattr(swmoe, "DEFER_MIN_BLOCK_M", 1 << 30)
+    fused = swmoe.stage1_wgmma(x, p.weights, plan, cfg.stage1, poison=True).data
+    assert torch.equal(deferred, fused)
+    monkeypatch.undo()
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=path.value)
+
+
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
 def test_nan_in_the_input_reaches_its_token_on_every_path(path):
     """A NaN in one token's hidden state poisons that token's output row and no other, on all three paths

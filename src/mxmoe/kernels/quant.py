@@ -44,15 +44,19 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, T, stride_x, stride_q, stride_s,
     tl.store(s_ptr + rows[:, None] * stride_s + offs_s[None, :], s, mask=mask)
 
 
-def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False) -> KernelInput:
-    """x: [T, H] bf16 -> the path's KernelInput (bf16 passes through untouched). `bf16=True` (the v2 kernels)
-    keeps an MX path's values on its grid but carried as bf16 (rounding bit for bit as the bytes would)."""
+def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False, out: KernelInput | None = None) -> KernelInput:
+    """x: [T, H] bf16 (or fp32) -> the path's KernelInput (bf16 passes through untouched). `bf16=True` (the v2
+    kernels) keeps an MX path's values on its grid but carried as bf16 (rounding bit for bit as the bytes would),
+    written into `out` when given (stage 1's deferred rounding of h)."""
     path = Path(path)
     if path is Path.A16W4:
         return KernelInput(x, None, path)
     require_executable(x)
     t, h = x.shape
-    if bf16:
+    if out is not None:
+        if not (bf16 and out.bf16 and tuple(out.data.shape) == (t, h) and out.data.is_contiguous()):
+            raise ValueError(f"quantize_input: out must be contiguous bf16 {(t, h)} with bf16=True")
+    elif bf16:
         out = KernelInput(torch.empty(t, h, dtype=torch.bfloat16, device=x.device), None, path)
     else:
         out = KernelInput.empty(path, t, h, x.device)

@@ -38,10 +38,13 @@ from mxmoe.kernels.common import (
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
+from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
+from mxmoe.shapes import Path
 
 COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
+DEFER_MIN_BLOCK_M = 64  # see defers_rounding
 
 
 @triton.jit
@@ -75,15 +78,18 @@ def _mma(acc, w, a, INTERP: tl.constexpr):
 
 @triton.jit
 def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: tl.constexpr, ACT: tl.constexpr,
-               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored),
-    rounded to the path's grid (a8w4: MXFP8, a4w4: MXFP4; N is a multiple of 32, so a group is all in or all
-    out) and stored as bf16."""
+               INTERP: tl.constexpr, DEFER: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored):
+    with DEFER stored as fp32 for a separate rounding pass, else rounded to the path's grid (a8w4: MXFP8, a4w4:
+    MXFP4; N is a multiple of 32, so a group is all in or all out) and stored as bf16."""
     h = activation(acc_g, acc_u, ACT)
-    if PATH != A16W4:
-        h = qdq_tile(h, PATH == A4W4, INTERP, BM, BN)
-    tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP),
-             mask=row_ok[:, None] & (offs_n < N)[None, :])
+    mask = row_ok[:, None] & (offs_n < N)[None, :]
+    if DEFER:
+        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=mask)
+    else:
+        if PATH != A16W4:
+            h = qdq_tile(h, PATH == A4W4, INTERP, BM, BN)
+        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
 
 
 @triton.jit
@@ -92,8 +98,8 @@ def _stage1_kernel(
     cnt_ptr, num_pairs, H, I, max_blocks, N16, K64,
     stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
     num_n = tl.cdiv(I, BN)
@@ -129,7 +135,7 @@ def _stage1_kernel(
         acc_u += tl.load(b_ptr + expert * stride_be + I + offs_n, mask=n_ok, other=0.0)[None, :]
     rows = pair.to(tl.int64)
     if SPLIT_K == 1:
-        _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
+        _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, DEFER, BM, BN)
     else:  # each split stores its partial sums; the last of the tile's splits to arrive sums them in split order
         part = part_ptr + rows[:, None] * stride_pp + offs_n[None, :]
         mask = row_ok[:, None] & n_ok[None, :]
@@ -141,7 +147,7 @@ def _stage1_kernel(
             for s in range(1, SPLIT_K):
                 acc_g += tl.load(part + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
                 acc_u += tl.load(part + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
-            _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, BM, BN)
+            _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, DEFER, BM, BN)
 
 
 @triton.jit
@@ -224,13 +230,20 @@ def _zeros_or(counters: torch.Tensor | None, n: int, device: torch.device) -> to
     return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
 
 
+def defers_rounding(path: Path, cfg: TileConfig) -> bool:
+    """Whether stage 1 leaves an MX path's rounding of h to a separate pass (kernels/quant.py) instead of its
+    epilogue: from BLOCK_M DEFER_MIN_BLOCK_M, where the fused per-32 rounding (a group spans two warps of the wgmma
+    accumulator) costs the main loop its register budget."""
+    return path is not Path.A16W4 and cfg.block_m >= DEFER_MIN_BLOCK_M
+
+
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
                  poison: bool = False, counters: torch.Tensor | None = None) -> KernelInput:
     """Stage 1 on the v2 kernels; `x` is bf16 (on the path's grid). Returns h bf16 [P, I] on the path's grid.
 
     Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
     never zeroed); `counters` are `counters_needed(cfg, 1, I, plan.max_blocks)` int32 zeros, allocated here if
-    not given.
+    not given. Where `defers_rounding`, the kernel writes fp32 h and `quantize_input` rounds it (into `out`).
     """
     w = weights.w13_sw
     i, h = weights.inter, weights.hidden
@@ -242,20 +255,26 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
             out.data.fill_(float("nan"))
     if plan.max_blocks == 0:
         return out
+    defer = defers_rounding(x.path, cfg)
+    dst = torch.full((pairs, i), float("nan"), dtype=torch.float32, device=dev) if defer and poison else (
+        torch.empty(pairs, i, dtype=torch.float32, device=dev) if defer else out.data)
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
-    part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else out.data[None]
+    part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
     cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks), dev)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
-        x.data, w.data, w.scales, b, out.data, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
+        x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
         cnt, pairs, h, i, plan.max_blocks, w.n16, w.k64,
-        x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out.data.stride(0), part.stride(0),
+        x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), dst.stride(0), part.stride(0),
         part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
-        FOLD=w.fold, INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch_options(),
     )
+    if defer:
+        quantize_input(dst, x.path, bf16=True, out=out)
     return out
 
 
