@@ -44,7 +44,10 @@ from mxmoe.kernels.wtile import weight_tile
 from mxmoe.shapes import Path
 
 COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
-DEFER_MIN_BLOCK_M = 64  # see defers_rounding
+# See defers_rounding. H100, whole layer us, fused -> deferred (results/h100/2026-12-06_mx_defer_ab_0b53aba.log):
+# deepseek-v4-tp8 T=1024 a8w4 1919 -> 1664 (a16w4 1636), kimi-k2-tp8 T=1024 a8w4 1073 -> 982, deepseek-v3-tp8 T=1024
+# a4w4 896 -> 817, gpt-oss-120b T=4096 a8w4 2780 -> 2547 (a16w4 2433), deepseek-v3 T=4096 a8w4 8436 -> 7787.
+DEFER_MIN_BLOCK_M = 64
 
 
 @triton.jit
