@@ -16,9 +16,10 @@ decides what a given problem can launch and records why the rest cannot.
 | stage 1 (combine, split_k) | (atomic, 1), (atomic, 4) | (atomic, 1/2/4/8) |
 | stage 2 (combine, split_k) | (atomic, 1), (slots, 1), (atomic, 4) | (atomic, 1/2/4/8), (slots, 1) |
 
-Stage 1 has only the atomic combine: its output is one row per pair, and its split-K partial sums meet
-in fp32 atomics before the fused activation. split_k > 1 only pairs with the atomic combine (the slots
-combine writes each pair's row once). The baseline (`heuristic.default_config`) is not guaranteed to
+Stage 1 has only the atomic combine value: its output is one row per pair, and its split-K partial sums meet
+(in the last split to arrive) before the fused activation. Here split_k > 1 only pairs with the atomic combine:
+the v2 kernels also take slots with split_k > 1 (a slot row per split), which measured slower at decode
+(heuristic.SLOTS_MAX_ROWS). The baseline (`heuristic.default_config`) is not guaranteed to
 be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it.
 
 Order: sorted by `space_sort_key` (block_m, block_n, block_k, group_m, num_warps, num_stages,
