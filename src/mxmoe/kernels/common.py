@@ -175,6 +175,15 @@ def split_k_range(pid_k, K, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def k_range(pid_k, K, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(k_first, k_len) of split `pid_k`: all of K at SPLIT_K 1 (k_first the constant 0), else `split_k_range`."""
+    if SPLIT_K == 1:
+        return 0, K
+    else:
+        return split_k_range(pid_k, K, SPLIT_K, BLOCK_K)
+
+
+@triton.jit
 def grid_swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
     """Grouped ordering: GROUP_M consecutive M blocks share each N tile while it sits in L2."""
     width = GROUP_M * num_n

@@ -34,7 +34,7 @@ from mxmoe.kernels.common import (
     activation,
     grid_swizzle,
     interpreting,
-    split_k_range,
+    k_range,
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
@@ -115,11 +115,7 @@ def _stage1_kernel(
     pid_k = tl.program_id(1)
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16  # I is a multiple of 16 (the wrapper checks)
-    if SPLIT_K == 1:
-        k_first = 0
-        k_len = H
-    else:
-        k_first, k_len = split_k_range(pid_k, H, SPLIT_K, BK)
+    k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
@@ -188,11 +184,7 @@ def _stage2_kernel(
     expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
                                              stride_we, stride_wse, BM)
     rows = pair.to(tl.int64)
-    if SPLIT_K == 1:
-        k_first = 0
-        k_len = I
-    else:
-        k_first, k_len = split_k_range(pid_k, I, SPLIT_K, BK)
+    k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
@@ -224,13 +216,16 @@ def counters_needed(cfg: TileConfig, stage: int, n: int, max_blocks: int) -> int
     return triton.cdiv(n, cfg.block_n) if cfg.combine is Combine.SLOTS else 0
 
 
-def _zeros_or(counters: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
-    """`counters` (zeros from the align kernel) when given, else a zeroed allocation of n (a dummy when n is 0)."""
+def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
+    """`counters` (zeros from the align kernel) when given, else a zeroed allocation of n; when the launch takes no
+    counters (n = 0), the plan's num_padded as a dummy pointer, so a prefill call allocates and fills nothing."""
     if counters is not None:
         if counters.numel() < n or counters.dtype != torch.int32:
             raise ValueError(f"counters: need {n} int32 zeros, got {counters.numel()} {counters.dtype}")
         return counters
-    return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+    if n == 0:
+        return plan.num_padded
+    return torch.zeros(n, dtype=torch.int32, device=plan.num_padded.device)
 
 
 def defers_rounding(path: Path, cfg: TileConfig) -> bool:
@@ -259,12 +254,15 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     if plan.max_blocks == 0:
         return out
     defer = defers_rounding(x.path, cfg)
-    dst = torch.full((pairs, i), float("nan"), dtype=torch.float32, device=dev) if defer and poison else (
-        torch.empty(pairs, i, dtype=torch.float32, device=dev) if defer else out.data)
+    dst = out.data  # where the kernel writes: h itself, or fp32 h for the rounding pass
+    if defer:
+        dst = torch.empty(pairs, i, dtype=torch.float32, device=dev)
+        if poison:
+            dst.fill_(float("nan"))
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
-    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks), dev)
+    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks), plan)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
@@ -307,7 +305,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     w = weights.w2_sw
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks), dev)
+    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks), plan)
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
