@@ -1,4 +1,5 @@
-"""The one-CTA align kernel (mxmoe.kernels.align) against the torch align_by_expert.
+"""The align kernels (mxmoe.kernels.align: one program, or the two-launch chunked path) against the torch
+align_by_expert.
 
 Oracle: `mxmoe.routing.align_by_expert` (itself checked against plain loops in tests/test_routing.py).
 Tolerance: none; every tensor of the plan must be bit-identical (same dtype, shape and values), and the
@@ -76,9 +77,11 @@ CASES = [
     Case("block_m 256", 50, 8, 256, 256),
     Case("P = 128 (smallest lane block)", 16, 8, 256, 16),
     Case("P = 129", 43, 3, 64, 16),
-    Case("P = 1024 (a power of two)", 128, 8, 256, 64),
-    Case("P = 1025", 205, 5, 128, 32, "repeats"),
-    Case("P = MAX_TRITON_PAIRS", MAX_TRITON_PAIRS // 8, 8, 256, 16),
+    Case("P = 1024 (one program, sorted)", 128, 8, 256, 64),
+    Case("P = 1025 (two launches, 2 programs)", 205, 5, 128, 32, "repeats"),
+    Case("P = 3000, 3 programs", 375, 8, 256, 16),
+    Case("P = 2304, all on one expert", 288, 8, 64, 128, "one"),
+    Case("P = 2048, E = 1024", 256, 8, 1024, 16),
 ]
 
 
@@ -111,12 +114,20 @@ def test_t0_plan_is_empty() -> None:
     assert plan.expert_offsets.tolist() == [0] * 17
 
 
+@pytest.mark.parametrize("max_chunks", [1, 2])
+def test_chunks_grow_past_max_chunks(max_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CHUNKS programs of CHUNK_LANES, each program takes more lanes (a power of two): same plan."""
+    monkeypatch.setattr(align_mod, "MAX_CHUNKS", max_chunks)
+    assert align_mod.chunk_lanes(2500) == (4096 if max_chunks == 1 else 2048)
+    _check(_ids(Case("", 500, 5, 96, 32, "repeats")), 96, 32)
+
+
 def test_kernel_refuses_what_it_cannot_hold() -> None:
     one = torch.zeros(1, 1, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match="num_experts"):
         align_by_expert_triton(one, align_mod.MAX_TRITON_EXPERTS + 1, 16)
     with pytest.raises(ValueError, match="exceeds"):
-        align_by_expert_triton(torch.zeros(32769, 1, dtype=torch.int32, device=DEVICE), 4, 16)
+        align_by_expert_triton(torch.zeros(MAX_TRITON_PAIRS + 1, 1, dtype=torch.int32, device=DEVICE), 4, 16)
 
 
 # ---- align(): validation and path choice ------------------------------------------------------------
@@ -132,15 +143,17 @@ def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(align_mod, "align_by_expert_triton", refuse)
 
 
-@pytest.mark.parametrize("t", [MAX_TRITON_PAIRS // 8, MAX_TRITON_PAIRS // 8 + 1])
+@pytest.mark.parametrize("t", [256, 257])
 def test_align_picks_by_size(t: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """P = MAX_TRITON_PAIRS takes the kernel; one token more (P = MAX + 8) falls back. Same plan."""
+    """P = MAX_TRITON_PAIRS takes the kernels; one token more (P = MAX + 8) falls back. Same plan. (The limit is
+    lowered to 2048 pairs here: the interpreter would take minutes at the real one.)"""
+    monkeypatch.setattr(align_mod, "MAX_TRITON_PAIRS", 2048)
     ids = _ids(Case("", t, 8, 256, 16)).to(DEVICE)
     used = []
     real = align_mod.align_by_expert_triton
     monkeypatch.setattr(align_mod, "align_by_expert_triton", lambda *a, **k: used.append(1) or real(*a, **k))
     _assert_same_plan(align(ids, 256, 16), align_by_expert(ids, 256, 16))
-    assert bool(used) == (ids.numel() <= MAX_TRITON_PAIRS)
+    assert bool(used) == (ids.numel() <= 2048)
 
 
 def test_align_just_past_the_limit_falls_back(no_kernel: None) -> None:
@@ -198,7 +211,7 @@ def test_kernel_property(t: int, a: int, extra_e: int, block_m: int, seed: int, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("block_m", [16, 64])
-@pytest.mark.parametrize("t", [1, 16, 128, 1024])
+@pytest.mark.parametrize("t", [1, 16, 128, 1024, 4096, 32768])
 def test_gpu_matches_torch_and_replays_in_a_graph(t: int, block_m: int) -> None:
     """On CUDA: the kernel's plan equals torch's; captured once in a CUDA graph, it follows ids changed in
     place (no host sync, no data-dependent size)."""

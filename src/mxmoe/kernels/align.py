@@ -1,33 +1,27 @@
-"""Expert alignment in one Triton program: topk ids -> the `RoutingPlan` of `mxmoe.routing`, bit for bit.
+"""Expert alignment in Triton: topk ids -> the `RoutingPlan` of `mxmoe.routing`, bit for bit.
 
-Axis legend: T tokens, A topk, P = T*A (token, slot) pairs, PB = next_pow2(P) lanes (lane i holds pair i;
-lanes >= P are padding), E experts, EB = 2**E_BITS >= E histogram bins, P_max the static length of
-sorted_ids, NB = P_max // block_m blocks. The plan's index arrays are described in `mxmoe.routing`.
+Axis legend: T tokens, A topk, P = T*A (token, slot) pairs, E experts, EB = 2**E_BITS >= E histogram bins,
+CB lanes per program (lane i of program c holds pair c * CB + i; lanes >= P are padding), C = ceil(P / CB)
+programs, P_max the static length of sorted_ids, NB = P_max // block_m blocks. The plan's index arrays are
+described in `mxmoe.routing`.
 
-Why a kernel: the torch `align_by_expert` is ~25 small kernels (scatter_add, cumsums, argsort,
-searchsorted, ...) and costs ~56 us a call on an H100 even under CUDA-graph replay, more than the whole
-expert weight stream of a small decode layer (8-20 us). Here one CTA does it all:
+Why kernels: the torch `align_by_expert` is ~25 small kernels (scatter_add, cumsums, argsort, searchsorted, ...)
+and costs ~56 us a call on an H100 even under CUDA-graph replay at decode, and ~145-155 us from 16K pairs. Every
+pair p of expert e lands in slot starts[e] + (pairs of e before p), starts being the padded run starts. Which
+pairs of e come before p splits into those of earlier programs (a per-expert prefix over the programs'
+histograms) and those of p's own program (its rank after sorting the program's (expert, lane) keys):
 
-  1. load the P ids into registers; sentinel-fill sorted_ids (the stores retire while the rest computes)
-  2. counts = histogram(ids) [EB]; padded starts by one cumsum -> expert_offsets, num_padded, and
-     block_expert = -1 past num_padded
-  3. a stable LSD radix sort of key = expert << P_BITS | p, two bits of the expert per pass: one packed
-     int64 cumsum (four 16-bit counters, one per digit) gives every lane its destination; the keys go
-     through a global scratch [2, PB] (double buffered) with a CTA barrier between store and load
-  4. the last pass keeps its destinations j in registers: pair p lands in slot j + starts[e] - cstart[e]
-     (padded minus unpadded start of its expert), and the pair that opens a block_m block writes its
-     expert to block_expert (every used block opens with a real pair: padding only ends a run)
+  - up to ONE_CTA_LANES pairs, one program does it all: load the ids, sentinel-fill sorted_ids and block_expert,
+    histogram -> padded starts (written as expert_offsets, num_padded), rank, and after a CTA barrier scatter
+    each pair to its slot; the pair that opens a block_m block writes the block's expert. Up to SMALL_LANES
+    lanes (decode) the rank is a row sum of a [CB, CB] comparison in registers, above it a sort of the keys.
+  - above it, two launches of C programs: `_count_kernel` stores each program's histogram [C, EB] and does the
+    fills (grid-strided); `_place_kernel` sums the histograms (all of them for the starts, those of earlier
+    programs for its prefix), sorts its keys and scatters. Stream order (PDL's griddepcontrol.wait, kernels/
+    sync.py) puts every fill before every scatter.
 
-  3'. up to SMALL_LANES lanes (decode) instead: each pair's rank among the earlier pairs of its expert is a row
-     sum of a [PB, PB] comparison in registers, and it lands in slot starts[e] + rank (the same slot the
-     sort gives: within an expert the order is ascending p)
-
-So the kernel takes ceil(E_BITS / 2) - 1 scratch round trips (3 for E = 256, 4 for E = 512), each a
-store, a __syncthreads and a load of PB int32, plus the fills; everything else is register work that
-grows linearly in PB. Ordering within the CTA: `tl.debug_barrier()` is bar.sync, which orders the
-global-memory accesses of the CTA's threads (PTX memory model, CTA scope), so a load after it sees every
-store before it, and a store after it lands after every store before it (the sentinel fill vs. the
-scatter, a write-after-write on the same slots).
+Ordering within a program: `tl.debug_barrier()` is bar.sync, which orders the global-memory accesses of the CTA's
+threads (PTX memory model, CTA scope): the scatter lands after the fills on the same slots.
 
 Out-of-range ids (possible only with validate=False) give an unspecified plan but never an access out of
 bounds: the histogram masks them, expert numbers are cut to E_BITS bits, and the scatter is masked to
@@ -53,114 +47,173 @@ from mxmoe.routing import (
     max_padded_pairs,
 )
 
-# P above which align() takes the torch path. TODO: set from the H100 timings below once measured.
-MAX_TRITON_PAIRS = 8192
-# E above which align() takes the torch path: key = expert << P_BITS | p must fit in int32.
+# E above which align() takes the torch path (the histograms are [EB] registers).
 MAX_TRITON_EXPERTS = 1024
-# The packed digit counters are 16 bits wide, so a lane count must stay below 2**16.
-_MAX_KERNEL_LANES = 32768
-# Up to this many lanes the kernel ranks each pair among its expert's earlier pairs by a [PB, PB] comparison in
-# registers instead of the radix passes (whose scratch round trips cost most of a decode call's alignment).
+# Lanes per program of the two-launch path, and the most programs it takes before the lanes per program grow
+# (each _place_kernel program reads all C histograms: C x EB int32).
+CHUNK_LANES = 1024
+MAX_CHUNKS = 64
+# P above which align() takes the torch path: MAX_CHUNKS programs of 8192 lanes (T = 32768 at topk 16).
+MAX_TRITON_PAIRS = MAX_CHUNKS * 8192
+# Up to this many pairs one program does the whole plan (one launch); above it, the two-launch path.
+ONE_CTA_LANES = 1024
+# Up to this many lanes the one program ranks each pair among its expert's earlier pairs by a [CB, CB] comparison
+# in registers instead of sorting (the decode case).
 SMALL_LANES = 128
 _SEGMENT = 16  # int32 elements: every output view of the one allocation starts 64-byte aligned
+_FILL = tl.constexpr(1024)
+
+
+@triton.jit
+def _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK: tl.constexpr):
+    """int32 expert ids of pairs `lane` (0 past num_pairs) and which lanes are real pairs."""
+    valid = lane < num_pairs
+    expert = tl.load(ids_ptr + (lane // TOPK) * stride_it + (lane % TOPK) * stride_ia, mask=valid, other=0)
+    return expert.to(tl.int32), valid
+
+
+@triton.jit
+def _fill(ptr, value, first, n, step):
+    """ptr[first + k * step + [0, _FILL)] = value for k = 0, 1, ... below n: a grid-strided int32 fill."""
+    offs = tl.arange(0, _FILL)
+    for s0 in range(first, n, step):
+        tl.store(ptr + s0 + offs, tl.zeros([_FILL], tl.int32) + value, mask=s0 + offs < n)
+
+
+@triton.jit
+def _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
+           first, step):
+    """The sentinel in every slot, -1 in every block (the scatter overwrites the used ones), zeroed counters."""
+    _fill(sorted_ids_ptr, num_pairs, first, max_padded, step)
+    _fill(block_expert_ptr, -1, first, max_blocks, step)
+    _fill(counters_ptr, 0, first, num_counters, step)
+
+
+@triton.jit
+def _histogram(expert, valid, num_experts, E_BLOCK: tl.constexpr):
+    return tl.histogram(expert, E_BLOCK, mask=valid & (expert >= 0) & (expert < num_experts))
+
+
+@triton.jit
+def _starts(counts, offsets_ptr, num_padded_ptr, num_experts, write, BLOCK_M: tl.constexpr,
+            E_BLOCK: tl.constexpr):
+    """Padded run starts [EB] of the experts' counts; where `write`, stored as expert_offsets and num_padded."""
+    padded = (counts + (BLOCK_M - 1)) // BLOCK_M * BLOCK_M
+    starts = tl.cumsum(padded, 0) - padded
+    total = tl.sum(padded, 0)
+    e_idx = tl.arange(0, E_BLOCK)
+    tl.store(offsets_ptr + e_idx, starts, mask=(e_idx < num_experts) & write)
+    tl.store(offsets_ptr + num_experts + e_idx, total + e_idx * 0, mask=(e_idx == 0) & write)
+    tl.store(num_padded_ptr + e_idx, total + e_idx * 0, mask=(e_idx == 0) & write)
+    return starts
+
+
+@triton.jit
+def _sorted_ranks(expert, valid, LANES: tl.constexpr, LANE_BITS: tl.constexpr, E_BLOCK: tl.constexpr):
+    """Sort the program's lanes by (expert, lane): per sorted position its expert, its lane and its rank among
+    the program's lanes of that expert. Padding lanes take the last expert and the last lanes: they sort last."""
+    e_key = tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1)
+    key = tl.sort((e_key << LANE_BITS) | tl.arange(0, LANES))
+    e_s = key >> LANE_BITS
+    hist = tl.histogram(e_s, E_BLOCK)
+    rank = tl.arange(0, LANES) - tl.gather(tl.cumsum(hist, 0) - hist, e_s, 0)
+    return e_s, key & (LANES - 1), rank
+
+
+@triton.jit
+def _scatter(sorted_ids_ptr, block_expert_ptr, dest, pair, expert, num_pairs, max_padded, BLOCK_M: tl.constexpr):
+    """Pair `pair` (of expert `expert`) into slot `dest`; the pair that opens a block names the block's expert."""
+    keep = (pair < num_pairs) & (dest >= 0) & (dest < max_padded)
+    tl.store(sorted_ids_ptr + dest, pair, mask=keep)
+    tl.store(block_expert_ptr + dest // BLOCK_M, expert, mask=keep & (dest % BLOCK_M == 0))
 
 
 @triton.jit
 def _align_kernel(
-    # pointers
-    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, scratch_ptr, counters_ptr,
-    # sizes
-    num_pairs, num_experts, max_padded, max_blocks, num_counters,
-    # strides
-    stride_it, stride_ia,
-    # meta-parameters
-    TOPK: tl.constexpr, BLOCK_M: tl.constexpr,
-    P_BLOCK: tl.constexpr, P_BITS: tl.constexpr, E_BITS: tl.constexpr, FILL_BLOCK: tl.constexpr,
-    SMALL: tl.constexpr, INTERP: tl.constexpr,
+    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counters_ptr,
+    num_pairs, num_experts, max_padded, max_blocks, num_counters, stride_it, stride_ia,
+    TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
+    E_BITS: tl.constexpr, SMALL: tl.constexpr, INTERP: tl.constexpr,
 ):
+    """The whole plan from one program (P <= LANES)."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
     enter(INTERP)
-    lane = tl.arange(0, P_BLOCK)  # [PB] lane i holds pair i = t * A + a
-    valid = lane < num_pairs
-    expert = tl.load(ids_ptr + (lane // TOPK) * stride_it + (lane % TOPK) * stride_ia, mask=valid, other=0)
-    expert = expert.to(tl.int32)  # [PB]
+    lane = tl.arange(0, LANES)
+    expert, valid = _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK)
+    _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
+           0, _FILL)
+    starts = _starts(_histogram(expert, valid, num_experts, E_BLOCK), offsets_ptr, num_padded_ptr, num_experts,
+                     True, BLOCK_M, E_BLOCK)
+    if SMALL:  # rank among the earlier lanes of the same expert, a [LANES, LANES] comparison in registers
+        same = (expert[:, None] == expert[None, :]) & (lane[None, :] < lane[:, None])
+        e_s = expert & (E_BLOCK - 1)
+        dest = tl.gather(starts, e_s, 0) + tl.sum(same.to(tl.int32), axis=1)
+        pair = lane
+    else:
+        e_s, pair, rank = _sorted_ranks(expert, valid, LANES, LANE_BITS, E_BLOCK)
+        dest = tl.gather(starts, e_s, 0) + rank
+    tl.debug_barrier()  # the scatter lands after the fills
+    _scatter(sorted_ids_ptr, block_expert_ptr, dest, pair, e_s, num_pairs, max_padded, BLOCK_M)
 
-    fill = tl.arange(0, FILL_BLOCK)
-    for s0 in range(0, max_padded, FILL_BLOCK):
-        tl.store(sorted_ids_ptr + s0 + fill, tl.full([FILL_BLOCK], 0, tl.int32) + num_pairs,
-                 mask=s0 + fill < max_padded)
-    for c0 in range(0, num_counters, FILL_BLOCK):
-        tl.store(counters_ptr + c0 + fill, tl.zeros([FILL_BLOCK], tl.int32), mask=c0 + fill < num_counters)
 
-    # per-expert counts and padded runs
-    counts = tl.histogram(expert, E_BLOCK, mask=valid & (expert >= 0) & (expert < num_experts))  # [EB]
-    padded = (counts + (BLOCK_M - 1)) // BLOCK_M * BLOCK_M  # [EB]
-    starts = tl.cumsum(padded, 0) - padded  # [EB] padded start of each expert's run
-    shift = starts - (tl.cumsum(counts, 0) - counts)  # [EB] padded start minus unpadded start
-    total = tl.sum(padded, 0)
+@triton.jit
+def _count_kernel(
+    ids_ptr, sorted_ids_ptr, block_expert_ptr, counts_ptr, counters_ptr,
+    num_pairs, num_experts, max_padded, max_blocks, num_counters, stride_it, stride_ia,
+    TOPK: tl.constexpr, LANES: tl.constexpr, E_BITS: tl.constexpr, INTERP: tl.constexpr,
+):
+    """Program c: the histogram of pairs [c * LANES, +LANES) into counts[c], and its strips of the fills."""
+    E_BLOCK: tl.constexpr = 1 << E_BITS
+    enter(INTERP)
+    c = tl.program_id(0)
+    expert, valid = _load_ids(ids_ptr, c * LANES + tl.arange(0, LANES), num_pairs, stride_it, stride_ia, TOPK)
+    tl.store(counts_ptr + c * E_BLOCK + tl.arange(0, E_BLOCK), _histogram(expert, valid, num_experts, E_BLOCK))
+    _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
+           c * _FILL, tl.num_programs(0) * _FILL)
+
+
+@triton.jit
+def _place_kernel(
+    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counts_ptr,
+    num_pairs, num_experts, max_padded, num_chunks, stride_it, stride_ia,
+    TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
+    E_BITS: tl.constexpr, ROWS: tl.constexpr, INTERP: tl.constexpr,
+):
+    """Program c: the starts from all C histograms, its prefix from those of programs < c, then its pairs'
+    slots (program 0 also writes expert_offsets and num_padded)."""
+    E_BLOCK: tl.constexpr = 1 << E_BITS
+    enter(INTERP)
+    c = tl.program_id(0)
     e_idx = tl.arange(0, E_BLOCK)
-    tl.store(offsets_ptr + e_idx, starts, mask=e_idx < num_experts)
-    tl.store(offsets_ptr + num_experts, total)
-    tl.store(num_padded_ptr, total)
-    for b0 in range(0, max_blocks, FILL_BLOCK):
-        b = b0 + fill
-        tl.store(block_expert_ptr + b, tl.full([FILL_BLOCK], -1, tl.int32),
-                 mask=(b < max_blocks) & (b * BLOCK_M >= total))
-
-    if SMALL:  # rank among the earlier lanes of the same expert, all in registers: no scratch round trip
-        same = (expert[:, None] == expert[None, :]) & (lane[None, :] < lane[:, None])  # [PB, PB]
-        dest = tl.gather(starts, expert & (E_BLOCK - 1), 0) + tl.sum(same.to(tl.int32), axis=1)  # [PB]
-        keep = valid & (dest < max_padded)
-        tl.debug_barrier()  # the scatter lands after the sentinel fill
-        tl.store(sorted_ids_ptr + dest, lane, mask=keep)
-        tl.store(block_expert_ptr + dest // BLOCK_M, expert & (E_BLOCK - 1), mask=keep & (dest % BLOCK_M == 0))
-        return
-
-    # stable LSD radix sort by expert, two bits a pass; padding lanes get the largest key and sort last
-    e_key = tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1)
-    key = (e_key << P_BITS) | lane  # [PB]
-    pos = lane
-    for r in tl.static_range(0, E_BITS, 2):
-        digit = ((key >> (P_BITS + r)) & 3).to(tl.int64)  # [PB]
-        one = tl.full([P_BLOCK], 1, tl.int64) << (16 * digit)  # [PB] a 1 in the digit's 16-bit field
-        before = tl.cumsum(one, 0) - one  # [PB] per field: lanes of that digit before this one
-        tot = tl.sum(one, 0)
-        firsts = (tot << 16) + (tot << 32) + (tot << 48)  # field d: lanes of a smaller digit
-        pos = (((before + firsts) >> (16 * digit)) & 0xFFFF).to(tl.int32)  # [PB] stable destination
-        if r + 2 < E_BITS:
-            buf = scratch_ptr + (r // 2 % 2) * P_BLOCK
-            tl.store(buf + pos, key)
-            tl.debug_barrier()
-            key = tl.load(buf + lane)
-            pos = lane
-
-    # scatter: sorted position pos -> slot pos + shift[e]; orders after the sentinel fill
-    tl.debug_barrier()
-    e_sorted = key >> P_BITS  # [PB]
-    pair = key & (P_BLOCK - 1)  # [PB]
-    dest = pos + tl.gather(shift, e_sorted, 0)  # [PB]
-    keep = (pair < num_pairs) & (dest < max_padded)
-    tl.store(sorted_ids_ptr + dest, pair, mask=keep)
-    tl.store(block_expert_ptr + dest // BLOCK_M, e_sorted, mask=keep & (dest % BLOCK_M == 0))
-
-
-def _num_warps(p_block: int) -> int:
-    """Warps for a PB-lane program. TODO: from the H100 sweep."""
-    return 4 if p_block <= 1024 else 8
+    total = tl.zeros([E_BLOCK], tl.int32)
+    before = tl.zeros([E_BLOCK], tl.int32)
+    for r0 in range(0, num_chunks, ROWS):
+        r = r0 + tl.arange(0, ROWS)
+        h = tl.load(counts_ptr + r[:, None] * E_BLOCK + e_idx[None, :], mask=(r < num_chunks)[:, None], other=0)
+        total += tl.sum(h, 0)
+        before += tl.sum(tl.where((r < c)[:, None], h, 0), 0)
+    starts = _starts(total, offsets_ptr, num_padded_ptr, num_experts, c == 0, BLOCK_M, E_BLOCK)
+    expert, valid = _load_ids(ids_ptr, c * LANES + tl.arange(0, LANES), num_pairs, stride_it, stride_ia, TOPK)
+    e_s, local, rank = _sorted_ranks(expert, valid, LANES, LANE_BITS, E_BLOCK)
+    dest = tl.gather(starts + before, e_s, 0) + rank
+    _scatter(sorted_ids_ptr, block_expert_ptr, dest, c * LANES + local, e_s, num_pairs, max_padded, BLOCK_M)
 
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def chunk_lanes(num_pairs: int) -> int:
+    """Lanes per program of the two-launch path: CHUNK_LANES, more where that would take over MAX_CHUNKS."""
+    return max(CHUNK_LANES, triton.next_power_of_2(-(-num_pairs // MAX_CHUNKS)))
+
+
 def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
                            counters: int = 0) -> RoutingPlan:
-    """The plan of `mxmoe.routing.align_by_expert`, bit for bit, from one Triton program (no host sync,
-    CUDA-graph capturable). topk_ids: [T, A] int32/int64 in [0, E), not range-checked here (see `align`).
-    `counters` int32 zeros come with it as `plan.counters` (written by the same program: no memset launch).
-
-    Takes any P up to 32768 lanes, but its cost grows linearly in P on one SM: `align` picks it only up to
-    MAX_TRITON_PAIRS. The plan's four tensors are views of one int32 allocation.
+    """The plan of `mxmoe.routing.align_by_expert`, bit for bit, from Triton (one launch up to ONE_CTA_LANES
+    pairs, two above; no host sync, CUDA-graph capturable). topk_ids: [T, A] int32/int64 in [0, E), not
+    range-checked here (see `align`). `counters` int32 zeros come with it as `plan.counters` (written by the same
+    launch: no memset). The plan's four tensors are views of one int32 allocation.
     """
     _check_ids(topk_ids)
     _check_sizes(num_experts, block_m)
@@ -169,31 +222,39 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
     require_executable(topk_ids)
     t, a = topk_ids.shape
     p = t * a
+    if p > MAX_TRITON_PAIRS:
+        raise ValueError(f"P = T*A = {p} exceeds the kernels' {MAX_TRITON_PAIRS} pairs; use align()")
     p_max = max_padded_pairs(p, num_experts, block_m)
     nb = p_max // block_m
-    p_block = max(triton.next_power_of_2(p), 128)
-    if p_block > _MAX_KERNEL_LANES:
-        raise ValueError(f"P = T*A = {p} exceeds the kernel's {_MAX_KERNEL_LANES} pairs; use align()")
-
+    e_bits = max(1, (num_experts - 1).bit_length())
+    one = p <= ONE_CTA_LANES
+    lanes = max(triton.next_power_of_2(p), 128) if one else chunk_lanes(p)
+    chunks = -(-p // lanes)
     sizes = [p_max, nb, num_experts + 1, 1, counters]
     bounds = [0]
     for n in sizes:
         bounds.append(bounds[-1] + _round_up(n, _SEGMENT))
-    scratch = 2 * p_block if p else 0
+    scratch = 0 if one else chunks << e_bits  # the programs' histograms [C, EB]
     fresh = torch.zeros if p == 0 else torch.empty  # T = 0: no launch, offsets and num_padded are 0
     buf = fresh(bounds[-1] + scratch, dtype=torch.int32, device=topk_ids.device)
     sorted_ids, block_expert, offsets, num_padded, zeros = (
         buf[lo : lo + n] for lo, n in zip(bounds, sizes, strict=False))
-    if p:
-        e_bits = max(1, (num_experts - 1).bit_length())
+    common = dict(TOPK=a, E_BITS=e_bits, INTERP=interpreting(), num_warps=4 if lanes <= 1024 else 8,
+                  **launch_options())
+    strides = (topk_ids.stride(0), topk_ids.stride(1))
+    if p and one:
         _align_kernel[(1,)](
-            topk_ids, sorted_ids, block_expert, offsets, num_padded, buf[bounds[-1] :], zeros,
-            p, num_experts, p_max, nb, counters,
-            topk_ids.stride(0), topk_ids.stride(1),
-            TOPK=a, BLOCK_M=block_m, P_BLOCK=p_block, P_BITS=p_block.bit_length() - 1, E_BITS=e_bits,
-            FILL_BLOCK=1024, SMALL=p_block <= SMALL_LANES, INTERP=interpreting(), num_warps=_num_warps(p_block),
-            **launch_options(),
-        )
+            topk_ids, sorted_ids, block_expert, offsets, num_padded, zeros, p, num_experts, p_max, nb, counters,
+            *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1, SMALL=lanes <= SMALL_LANES,
+            **common)
+    elif p:
+        counts = buf[bounds[-1]:]
+        _count_kernel[(chunks,)](
+            topk_ids, sorted_ids, block_expert, counts, zeros, p, num_experts, p_max, nb, counters, *strides,
+            LANES=lanes, **common)
+        _place_kernel[(chunks,)](
+            topk_ids, sorted_ids, block_expert, offsets, num_padded, counts, p, num_experts, p_max, chunks,
+            *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1, ROWS=16, **common)
     return RoutingPlan(
         sorted_ids=sorted_ids,
         block_expert=block_expert,
@@ -210,7 +271,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True,
           counters: int = 0) -> RoutingPlan:
-    """`align_by_expert` by the fastest correct path: the one-CTA kernel up to MAX_TRITON_PAIRS pairs and
+    """`align_by_expert` by the fastest correct path: the Triton kernels up to MAX_TRITON_PAIRS pairs and
     MAX_TRITON_EXPERTS experts on CUDA (or the interpreter), the torch ops otherwise. Same plan either way.
 
     `validate` range-checks the ids, a host sync: pass False inside CUDA-graph capture. `counters` asks for that
