@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import nn
 
-from mxmoe.config import MoEConfig
+from mxmoe.config import Combine, MoEConfig
 from mxmoe.dispatch import check_explicit, choose_config
 from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
@@ -87,24 +87,29 @@ def moe(
         check_explicit(shape_of(weights, a), path, config)
     x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path, bf16=config.stage1.mma.v2)
     e = weights.num_experts
-    n1, n2 = _counters(config, e, t * a, weights)
+    n1, n2 = _counters(config, e, t, a, weights)
     plan1 = align(topk_ids, e, config.stage1.block_m, validate=validate, counters=n1 + n2)
     plan2 = plan1
     if config.stage2.block_m != config.stage1.block_m:
         plan2 = align(topk_ids, e, config.stage2.block_m, validate=False)
     c1 = plan1.counters[:n1] if n1 else None
     c2 = plan1.counters[n1:] if n2 else None
-    h = stage1(x, weights, plan1, config.stage1, poison=poison, counters=c1)
-    return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison, counters=c2)
+    sums = None  # the v2 atomic combine's fp32 [T, H], zeroed by stage 1's programs: no memset launch
+    if config.stage1.mma.v2 and config.stage2.mma.v2 and config.stage2.combine is Combine.ATOMIC:
+        sums = torch.empty(t, weights.hidden, dtype=torch.float32, device=hidden.device)
+    h = stage1(x, weights, plan1, config.stage1, poison=poison, counters=c1, zero=sums)
+    return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison, counters=c2, out=sums,
+                  zeroed=sums is not None)
 
 
-def _counters(config: MoEConfig, experts: int, pairs: int, weights: MoEWeights) -> tuple[int, int]:
-    """The v2 stages' arrival counters, which the (first) align kernel zeroes: no memset launch at decode."""
-    if not config.stage1.mma.v2:
+def _counters(config: MoEConfig, experts: int, tokens: int, topk: int, weights: MoEWeights) -> tuple[int, int]:
+    """The v2 stages' arrival counters, which the (first) align kernel zeroes: no memset launch."""
+    if not (config.stage1.mma.v2 and config.stage2.mma.v2):
         return 0, 0
-    blocks = [max_padded_pairs(pairs, experts, c.block_m) // c.block_m for c in (config.stage1, config.stage2)]
-    return (counters_needed(config.stage1, 1, weights.inter, blocks[0]),
-            counters_needed(config.stage2, 2, weights.hidden, blocks[1]))
+    blocks = [max_padded_pairs(tokens * topk, experts, c.block_m) // c.block_m
+              for c in (config.stage1, config.stage2)]
+    return (counters_needed(config.stage1, 1, weights.inter, blocks[0], tokens),
+            counters_needed(config.stage2, 2, weights.hidden, blocks[1], tokens))
 
 
 class MoELayer(nn.Module):

@@ -77,11 +77,12 @@ CASES = [
     Case("block_m 256", 50, 8, 256, 256),
     Case("P = 128 (smallest lane block)", 16, 8, 256, 16),
     Case("P = 129", 43, 3, 64, 16),
-    Case("P = 1024 (one program, sorted)", 128, 8, 256, 64),
-    Case("P = 1025 (two launches, 2 programs)", 205, 5, 128, 32, "repeats"),
+    Case("P = 1024 (a power of two)", 128, 8, 256, 64),
+    Case("P = 1025", 205, 5, 128, 32, "repeats"),
+    Case("P = 2048 (the most one program takes)", 256, 8, 1024, 16),
+    Case("P = 2049 (two launches, 3 programs)", 683, 3, 64, 16, "repeats"),
     Case("P = 3000, 3 programs", 375, 8, 256, 16),
     Case("P = 2304, all on one expert", 288, 8, 64, 128, "one"),
-    Case("P = 2048, E = 1024", 256, 8, 1024, 16),
 ]
 
 
@@ -114,12 +115,11 @@ def test_t0_plan_is_empty() -> None:
     assert plan.expert_offsets.tolist() == [0] * 17
 
 
-@pytest.mark.parametrize("max_chunks", [1, 2])
-def test_chunks_grow_past_max_chunks(max_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past MAX_CHUNKS programs of CHUNK_LANES, each program takes more lanes (a power of two): same plan."""
-    monkeypatch.setattr(align_mod, "MAX_CHUNKS", max_chunks)
-    assert align_mod.chunk_lanes(2500) == (4096 if max_chunks == 1 else 2048)
-    _check(_ids(Case("", 500, 5, 96, 32, "repeats")), 96, 32)
+def test_two_launches_with_small_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs of 128 lanes and 4 histograms summed per step: 24 programs, 6 prefix steps. Same plan."""
+    monkeypatch.setattr(align_mod, "CHUNK_LANES", 128)
+    monkeypatch.setattr(align_mod, "PREFIX_INTS", 4 * 128)
+    _check(_ids(Case("", 600, 5, 96, 32, "repeats")), 96, 32)
 
 
 def test_kernel_refuses_what_it_cannot_hold() -> None:

@@ -128,6 +128,32 @@ def test_split_and_slots_finish_in_kernel_deterministically(split_k):
     assert_close(runs[0].float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
 
 
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, monkeypatch):
+    """The atomic combine without a memset or cast kernel: moe() hands stage 1 the fp32 sums to zero (NaN-filled
+    here, so a strip left unzeroed shows), and the last of each token's TOPK x SPLIT_K arrivals per N column
+    writes its bf16 row slice (the result is NaN-poisoned first: a slice never written shows)."""
+    from mxmoe.kernels import swmoe
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan"))
+                        if k.get("dtype") is torch.float32 else real_empty(*a, **k))
+    shape = MoEShape("atomic", 6, 3, 192, 128, Activation.SILU)
+    p = make_problem(shape, Path.A16W4, 21, seed=7)
+    cfg = _v2(block_m=16, split_k=split_k, combine=Combine.ATOMIC)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg, poison=True)
+    assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
+    monkeypatch.undo()
+    # more strips than programs: each program zeroes several, grid-strided
+    from mxmoe.kernels.align import align
+    from mxmoe.kernels.quant import quantize_input
+
+    buf = torch.full((50 * 1024 + 7,), float("nan"))
+    plan = align(p.topk_ids, shape.experts, 16)
+    swmoe.stage1_wgmma(quantize_input(p.hidden, Path.A16W4, bf16=True), p.weights, plan, cfg.stage1, zero=buf)
+    assert not buf.any() and not buf.isnan().any()
+
+
 @pytest.mark.parametrize("path", [Path.A8W4, Path.A4W4], ids=lambda p: p.value)
 def test_deferred_rounding_is_the_fused_rounding(path, monkeypatch):
     """From BLOCK_M 64 stage 1 stores fp32 h and kernels/quant.py rounds it to the path's grid: the same bits as the

@@ -14,10 +14,12 @@ histograms) and those of p's own program (its rank after sorting the program's (
   - up to ONE_CTA_LANES pairs, one program does it all: load the ids, sentinel-fill sorted_ids and block_expert,
     histogram -> padded starts (written as expert_offsets, num_padded), rank, and after a CTA barrier scatter
     each pair to its slot; the pair that opens a block_m block writes the block's expert. Up to SMALL_LANES
-    lanes (decode) the rank is a row sum of a [CB, CB] comparison in registers, above it a sort of the keys.
+    lanes (decode) the rank is a row sum of a [CB, CB] comparison in registers; above it a stable LSD radix
+    sort by expert, two bits a pass, gives each pair its sorted position (ceil(E_BITS / 2) - 1 round trips
+    through a global scratch, each a store, a CTA barrier and a load).
   - above it, two launches of C programs: `_count_kernel` stores each program's histogram [C, EB] and does the
     fills (grid-strided); `_place_kernel` sums the histograms (all of them for the starts, those of earlier
-    programs for its prefix), sorts its keys and scatters. Stream order (PDL's griddepcontrol.wait, kernels/
+    programs for its prefix), sorts its keys (tl.sort) and scatters. Stream order (PDL's griddepcontrol.wait, kernels/
     sync.py) puts every fill before every scatter.
 
 Ordering within a program: `tl.debug_barrier()` is bar.sync, which orders the global-memory accesses of the CTA's
@@ -49,17 +51,20 @@ from mxmoe.routing import (
 
 # E above which align() takes the torch path (the histograms are [EB] registers).
 MAX_TRITON_EXPERTS = 1024
-# Lanes per program of the two-launch path, and the most programs it takes before the lanes per program grow
-# (each _place_kernel program reads all C histograms: C x EB int32).
-CHUNK_LANES = 1024
-MAX_CHUNKS = 64
-# P above which align() takes the torch path: MAX_CHUNKS programs of 8192 lanes (T = 32768 at topk 16).
-MAX_TRITON_PAIRS = MAX_CHUNKS * 8192
-# Up to this many pairs one program does the whole plan (one launch); above it, the two-launch path.
-ONE_CTA_LANES = 1024
+# Up to this many pairs one program does the whole plan (one launch); above it, the two-launch path. H100, graph
+# replay, L2 flushed, us (results/h100/2026-12-06_align_ab_2b748a4.log): the one program's radix passes 11.3 at
+# P = 2048 against 16.0 for two launches, 17.2 against 16.3 at 4096, 94.0 against 20.0 at 8192.
+ONE_CTA_LANES = 2048
 # Up to this many lanes the one program ranks each pair among its expert's earlier pairs by a [CB, CB] comparison
-# in registers instead of sorting (the decode case).
+# in registers instead of the radix passes (the decode case).
 SMALL_LANES = 128
+# Lanes per program of the two-launch path, and the int32 histogram entries a _place_kernel program sums per
+# step (ROWS programs' histograms of EB). Sorting more lanes per program measured slower than reading more
+# histograms: 4096 lanes took 114 us at P = 262144, 8192 lanes 260 us at P = 294912 (same log).
+CHUNK_LANES = 1024
+PREFIX_INTS = 16384
+# P above which align() takes the torch path: 512 programs.
+MAX_TRITON_PAIRS = 512 * CHUNK_LANES
 _SEGMENT = 16  # int32 elements: every output view of the one allocation starts 64-byte aligned
 _FILL = tl.constexpr(1024)
 
@@ -121,6 +126,33 @@ def _sorted_ranks(expert, valid, LANES: tl.constexpr, LANE_BITS: tl.constexpr, E
 
 
 @triton.jit
+def _radix_positions(expert, valid, scratch_ptr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
+                     E_BITS: tl.constexpr):
+    """A stable LSD radix sort of the lanes by expert, two bits a pass, through a global scratch [2, LANES]
+    (double buffered, a CTA barrier between store and load): per sorted position its expert, its lane and the
+    position. One packed int64 cumsum (four 16-bit counters, one per digit) gives every lane its destination.
+    Padding lanes take the last expert and sort last."""
+    E_BLOCK: tl.constexpr = 1 << E_BITS
+    lane = tl.arange(0, LANES)
+    key = (tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1) << LANE_BITS) | lane
+    pos = lane
+    for r in tl.static_range(0, E_BITS, 2):
+        digit = ((key >> (LANE_BITS + r)) & 3).to(tl.int64)
+        one = tl.full([LANES], 1, tl.int64) << (16 * digit)  # a 1 in the digit's 16-bit field
+        before = tl.cumsum(one, 0) - one  # per field: lanes of that digit before this one
+        tot = tl.sum(one, 0)
+        firsts = (tot << 16) + (tot << 32) + (tot << 48)  # field d: lanes of a smaller digit
+        pos = (((before + firsts) >> (16 * digit)) & 0xFFFF).to(tl.int32)  # stable destination
+        if r + 2 < E_BITS:
+            buf = scratch_ptr + (r // 2 % 2) * LANES
+            tl.store(buf + pos, key)
+            tl.debug_barrier()
+            key = tl.load(buf + lane)
+            pos = lane
+    return key >> LANE_BITS, key & (LANES - 1), pos
+
+
+@triton.jit
 def _scatter(sorted_ids_ptr, block_expert_ptr, dest, pair, expert, num_pairs, max_padded, BLOCK_M: tl.constexpr):
     """Pair `pair` (of expert `expert`) into slot `dest`; the pair that opens a block names the block's expert."""
     keep = (pair < num_pairs) & (dest >= 0) & (dest < max_padded)
@@ -130,7 +162,7 @@ def _scatter(sorted_ids_ptr, block_expert_ptr, dest, pair, expert, num_pairs, ma
 
 @triton.jit
 def _align_kernel(
-    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counters_ptr,
+    ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counters_ptr, scratch_ptr,
     num_pairs, num_experts, max_padded, max_blocks, num_counters, stride_it, stride_ia,
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
     E_BITS: tl.constexpr, SMALL: tl.constexpr, INTERP: tl.constexpr,
@@ -142,16 +174,16 @@ def _align_kernel(
     expert, valid = _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK)
     _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
            0, _FILL)
-    starts = _starts(_histogram(expert, valid, num_experts, E_BLOCK), offsets_ptr, num_padded_ptr, num_experts,
-                     True, BLOCK_M, E_BLOCK)
+    counts = _histogram(expert, valid, num_experts, E_BLOCK)
+    starts = _starts(counts, offsets_ptr, num_padded_ptr, num_experts, True, BLOCK_M, E_BLOCK)
     if SMALL:  # rank among the earlier lanes of the same expert, a [LANES, LANES] comparison in registers
         same = (expert[:, None] == expert[None, :]) & (lane[None, :] < lane[:, None])
         e_s = expert & (E_BLOCK - 1)
         dest = tl.gather(starts, e_s, 0) + tl.sum(same.to(tl.int32), axis=1)
         pair = lane
-    else:
-        e_s, pair, rank = _sorted_ranks(expert, valid, LANES, LANE_BITS, E_BLOCK)
-        dest = tl.gather(starts, e_s, 0) + rank
+    else:  # sorted position + (padded minus unpadded start of the expert)
+        e_s, pair, pos = _radix_positions(expert, valid, scratch_ptr, LANES, LANE_BITS, E_BITS)
+        dest = pos + tl.gather(starts - (tl.cumsum(counts, 0) - counts), e_s, 0)
     tl.debug_barrier()  # the scatter lands after the fills
     _scatter(sorted_ids_ptr, block_expert_ptr, dest, pair, e_s, num_pairs, max_padded, BLOCK_M)
 
@@ -203,11 +235,6 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def chunk_lanes(num_pairs: int) -> int:
-    """Lanes per program of the two-launch path: CHUNK_LANES, more where that would take over MAX_CHUNKS."""
-    return max(CHUNK_LANES, triton.next_power_of_2(-(-num_pairs // MAX_CHUNKS)))
-
-
 def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
                            counters: int = 0) -> RoutingPlan:
     """The plan of `mxmoe.routing.align_by_expert`, bit for bit, from Triton (one launch up to ONE_CTA_LANES
@@ -228,33 +255,34 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
     nb = p_max // block_m
     e_bits = max(1, (num_experts - 1).bit_length())
     one = p <= ONE_CTA_LANES
-    lanes = max(triton.next_power_of_2(p), 128) if one else chunk_lanes(p)
+    lanes = max(triton.next_power_of_2(p), 128) if one else CHUNK_LANES
     chunks = -(-p // lanes)
     sizes = [p_max, nb, num_experts + 1, 1, counters]
     bounds = [0]
     for n in sizes:
         bounds.append(bounds[-1] + _round_up(n, _SEGMENT))
-    scratch = 0 if one else chunks << e_bits  # the programs' histograms [C, EB]
+    scratch = 2 * lanes if one else chunks << e_bits  # the radix passes' [2, LANES], or the histograms [C, EB]
     fresh = torch.zeros if p == 0 else torch.empty  # T = 0: no launch, offsets and num_padded are 0
     buf = fresh(bounds[-1] + scratch, dtype=torch.int32, device=topk_ids.device)
     sorted_ids, block_expert, offsets, num_padded, zeros = (
         buf[lo : lo + n] for lo, n in zip(bounds, sizes, strict=False))
     common = dict(TOPK=a, E_BITS=e_bits, INTERP=interpreting(), num_warps=4 if lanes <= 1024 else 8,
                   **launch_options())
+    scratch_buf = buf[bounds[-1]:]
     strides = (topk_ids.stride(0), topk_ids.stride(1))
     if p and one:
         _align_kernel[(1,)](
-            topk_ids, sorted_ids, block_expert, offsets, num_padded, zeros, p, num_experts, p_max, nb, counters,
-            *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1, SMALL=lanes <= SMALL_LANES,
-            **common)
+            topk_ids, sorted_ids, block_expert, offsets, num_padded, zeros, scratch_buf, p, num_experts, p_max, nb,
+            counters, *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
+            SMALL=lanes <= SMALL_LANES, **common)
     elif p:
-        counts = buf[bounds[-1]:]
         _count_kernel[(chunks,)](
-            topk_ids, sorted_ids, block_expert, counts, zeros, p, num_experts, p_max, nb, counters, *strides,
+            topk_ids, sorted_ids, block_expert, scratch_buf, zeros, p, num_experts, p_max, nb, counters, *strides,
             LANES=lanes, **common)
         _place_kernel[(chunks,)](
-            topk_ids, sorted_ids, block_expert, offsets, num_padded, counts, p, num_experts, p_max, chunks,
-            *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1, ROWS=16, **common)
+            topk_ids, sorted_ids, block_expert, offsets, num_padded, scratch_buf, p, num_experts, p_max, chunks,
+            *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
+            ROWS=min(PREFIX_INTS >> e_bits, triton.next_power_of_2(chunks)), **common)
     return RoutingPlan(
         sorted_ids=sorted_ids,
         block_expert=block_expert,

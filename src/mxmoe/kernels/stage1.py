@@ -155,19 +155,23 @@ def _stage1_finish_kernel(
 
 
 def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
-           poison: bool = False, counters: torch.Tensor | None = None) -> KernelInput:
+           poison: bool = False, counters: torch.Tensor | None = None,
+           zero: torch.Tensor | None = None) -> KernelInput:
     """Launch stage 1. `x` holds the layer input at the path's width; returns h at that width.
 
     `out`, when given, is written in place. `poison` fills a buffer allocated here with NaN / 0xFF first, so a
     tile the kernel skips cannot pass on an old answer (the tuning harness's correctness check); the split-K
-    partial sums start at zero whatever `poison` says.
+    partial sums start at zero whatever `poison` says. `zero` (v2 only): a contiguous fp32 tensor the kernel
+    zeroes on the side, stage 2's atomic sums.
     """
     e, n, _ = weights.w13.data.shape
     i = n // 2
     h = weights.hidden
     check_launch(x, h, weights, plan, cfg, stage=1)
     if cfg.mma.v2:
-        return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison, counters=counters)
+        return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison, counters=counters, zero=zero)
+    if zero is not None:
+        raise ValueError(f"stage 1 mma={cfg.mma.value}: only the v2 kernels zero a buffer on the side")
     if i % cfg.block_n:
         raise ValueError(f"stage 1: BLOCK_N={cfg.block_n} must divide inter={i}")
     pairs = plan.num_pairs

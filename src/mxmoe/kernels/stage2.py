@@ -85,14 +85,15 @@ def _stage2_kernel(
 
 def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int,
            *, out: torch.Tensor | None = None, poison: bool = False,
-           counters: torch.Tensor | None = None) -> torch.Tensor:
+           counters: torch.Tensor | None = None, zeroed: bool = False) -> torch.Tensor:
     """Launch stage 2 and combine; returns bf16 [T, H].
 
     topk_weights: [T, A] f32 routing weights. `out` is the fp32 scratch the kernel writes
     ([T, H] for atomic; slots: [P, H], or [split_k, P, H] on the v2 kernels); it is zeroed here for atomic,
     poisoned by callers that want to. `poison` allocates the slots scratch NaN-filled (a slot the kernel skips
     then shows in the sum); the atomic scratch must start at zero, so there it changes nothing. `counters`: the
-    v2 kernels' arrival counters (`swmoe.counters_needed`), allocated when not given.
+    v2 kernels' arrival counters (`swmoe.counters_needed`), allocated when not given. `zeroed` (v2 atomic): `out`
+    is already zero (stage 1 zeroed it), so it is not zeroed again.
     """
     ws = weights.w2
     e, hidden, _ = ws.data.shape
@@ -103,7 +104,7 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
         raise ValueError(f"topk_weights shape {tuple(topk_weights.shape)}, expected {(num_tokens, plan.topk)}")
     if cfg.mma.v2:  # v2 masks its last N tile and finishes the slots combine in its kernel
         return stage2_wgmma(h, weights, plan, topk_weights, cfg, num_tokens, out=out, poison=poison,
-                            counters=counters)
+                            counters=counters, zeroed=zeroed)
     if hidden % cfg.block_n:
         raise ValueError(f"BLOCK_N={cfg.block_n} must divide hidden={hidden}")
     slots = cfg.combine is Combine.SLOTS

@@ -14,8 +14,12 @@ multiplies by the routing weight and adds into the token's fp32 row (atomics) or
 
 a8w4 / a4w4 carry their activations as bf16 values on the MXFP8 / MXFP4 grid (exact: `mx_tile.qdq_tile`), so
 the three paths share one MMA; the quantization the path names happens on the input (kernels/quant.py) and in
-stage 1's epilogue. Split-K: stage 1 adds fp32 gate / up partial sums into part [P, 2I] and a second kernel
-applies the epilogue; stage 2 adds its partial sums straight into the combine buffer.
+stage 1's epilogue. Split-K: each stage-1 split stores fp32 gate / up partial sums and the last to arrive sums
+them and applies the epilogue; stage 2 adds its partial sums straight into the combine buffer.
+
+The atomic combine finishes in stage 2 too: its fp32 [T, H] sums start at zero because stage 1 zeroed them (a
+strip per program, `zero`), and the last of a token's TOPK x SPLIT_K contributions to an N column (one arrival
+counter per token and column) rounds that row slice to the bf16 output: no memset and no cast kernel.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from mxmoe.kernels.wtile import weight_tile
 from mxmoe.shapes import Path
 
 COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
+ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per step for the atomic combine
 # See defers_rounding. H100, whole layer us, fused -> deferred (results/h100/2026-12-06_mx_defer_ab_0b53aba.log):
 # deepseek-v4-tp8 T=1024 a8w4 1919 -> 1664 (a16w4 1636), kimi-k2-tp8 T=1024 a8w4 1073 -> 982, deepseek-v3-tp8 T=1024
 # a4w4 896 -> 817, gpt-oss-120b T=4096 a8w4 2780 -> 2547 (a16w4 2433), deepseek-v3 T=4096 a8w4 8436 -> 7787.
@@ -96,15 +101,26 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
 
 
 @triton.jit
+def _zero_strips(ptr, n):
+    """ptr[0:n] = 0 (fp32), this program's strips of ZERO_STRIP, strided over the whole grid."""
+    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    offs = tl.arange(0, ZERO_STRIP)
+    for s0 in range(pid * ZERO_STRIP, n, tl.num_programs(0) * tl.num_programs(1) * ZERO_STRIP):
+        tl.store(ptr + s0 + offs, tl.zeros([ZERO_STRIP], tl.float32), mask=s0 + offs < n)
+
+
+@triton.jit
 def _stage1_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    cnt_ptr, num_pairs, H, I, max_blocks, N16, K64,
+    cnt_ptr, zero_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
     stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, GROUP_M: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
+    if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
+        _zero_strips(zero_ptr, zero_n)
     num_n = tl.cdiv(I, BN)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
@@ -203,17 +219,25 @@ def _stage2_kernel(
                  mask=row_ok[:, None] & n_ok[None, :])
         if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
             _combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
-    else:
-        tl.atomic_add(out_ptr + (rows // TOPK)[:, None] * stride_or + offs_n[None, :], acc,
-                      mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
+    else:  # add into the token's fp32 row; the last of its TOPK x SPLIT_K arrivals at this column rounds it
+        tok = rows // TOPK
+        mask = row_ok[:, None] & n_ok[None, :]
+        sums = out_ptr + tok[:, None] * stride_or + offs_n[None, :]
+        tl.atomic_add(sums, acc, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds, then each row's acq_rel arrival (kernels/sync.py)
+        arrived = tl.atomic_add(cnt_ptr + tok * num_n + pid_n, 1, mask=row_ok, sem="acq_rel", scope="gpu")
+        last = (row_ok & (arrived == TOPK * SPLIT_K - 1))[:, None] & mask
+        tl.debug_barrier()  # the rows' acquires before any thread's loads
+        acc = tl.load(sums, mask=last, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
 
 
-def counters_needed(cfg: TileConfig, stage: int, n: int, max_blocks: int) -> int:
-    """The arrival counters (int32 zeros) a v2 launch takes: one per output tile of a split stage 1, one per N
-    column of a slots-combined stage 2, none otherwise."""
+def counters_needed(cfg: TileConfig, stage: int, n: int, max_blocks: int, tokens: int) -> int:
+    """The arrival counters (int32 zeros) a v2 launch takes: one per output tile of a split stage 1, none for an
+    unsplit one; one per N column of a slots-combined stage 2, one per token and N column of an atomic one."""
     if stage == 1:
         return max_blocks * triton.cdiv(n, cfg.block_n) if cfg.split_k > 1 else 0
-    return triton.cdiv(n, cfg.block_n) if cfg.combine is Combine.SLOTS else 0
+    return triton.cdiv(n, cfg.block_n) * (1 if cfg.combine is Combine.SLOTS else tokens)
 
 
 def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
@@ -236,12 +260,14 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 
 
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
-                 poison: bool = False, counters: torch.Tensor | None = None) -> KernelInput:
+                 poison: bool = False, counters: torch.Tensor | None = None,
+                 zero: torch.Tensor | None = None) -> KernelInput:
     """Stage 1 on the v2 kernels; `x` is bf16 (on the path's grid). Returns h bf16 [P, I] on the path's grid.
 
     Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
-    never zeroed); `counters` are `counters_needed(cfg, 1, I, plan.max_blocks)` int32 zeros, allocated here if
+    never zeroed); `counters` are `counters_needed(cfg, 1, I, plan.max_blocks, T)` int32 zeros, allocated here if
     not given. Where `defers_rounding`, the kernel writes fp32 h and `quantize_input` rounds it (into `out`).
+    `zero`, a contiguous fp32 tensor, is zeroed by the kernel's programs (stage 2's atomic sums, `moe`).
     """
     w = weights.w13_sw
     i, h = weights.inter, weights.hidden
@@ -251,7 +277,11 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         out = KernelInput(torch.empty(pairs, i, dtype=torch.bfloat16, device=dev), None, x.path)
         if poison:
             out.data.fill_(float("nan"))
+    if zero is not None and not (zero.dtype == torch.float32 and zero.is_contiguous()):
+        raise ValueError(f"zero: need a contiguous fp32 tensor, got {zero.dtype}")
     if plan.max_blocks == 0:
+        if zero is not None:
+            zero.zero_()
         return out
     defer = defers_rounding(x.path, cfg)
     dst = out.data  # where the kernel writes: h itself, or fp32 h for the rounding pass
@@ -262,15 +292,17 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
-    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks), plan)
+    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks, 0), plan)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        cnt, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        cnt, dst if zero is None else zero, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        0 if zero is None else zero.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), dst.stride(0), part.stride(0),
         part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
-        FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
+        FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, ZERO=zero is not None,
+        BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(),
     )
@@ -280,32 +312,35 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
 
 
 def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
-                 out: torch.Tensor | None = None, poison: bool = False,
-                 counters: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage 2 on the v2 kernels; returns bf16 [T, H].
+                 out: torch.Tensor | None = None, poison: bool = False, counters: torch.Tensor | None = None,
+                 zeroed: bool = False) -> torch.Tensor:
+    """Stage 2 on the v2 kernels; returns bf16 [T, H], written by the kernel (NaN-filled first when `poison`).
 
-    atomic: `out` (fp32 [T, H]) is zeroed, the kernel adds into it, then one cast. slots: `out` (fp32
-    [split_k, P, H], poisoned with NaN when `poison`) takes every slot row of every split and the last CTA of each N
-    column sums them into the bf16 result, no zero fill and no second kernel; `counters` are
-    `counters_needed(cfg, 2, H, ...)` int32 zeros, allocated here if not given.
+    atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`), the kernel adds into
+    it and the last arrival of each token and N column rounds the row slice into the result. slots: `out` (fp32
+    [split_k, P, H], poisoned with NaN when `poison`) takes every slot row of every split and the last CTA of each
+    N column sums them into the result. Either way no zero fill or cast kernel runs after the launch.
+    `counters` are `counters_needed(cfg, 2, H, ...)` int32 zeros, allocated here if not given.
     """
     hidden, dev = weights.hidden, h.data.device
     slots = cfg.combine is Combine.SLOTS
     shape = (cfg.split_k, plan.num_pairs, hidden) if slots else (num_tokens, hidden)
     if out is None:
         out = torch.full(shape, float("nan") if poison and slots else 0.0, dtype=torch.float32, device=dev)
-    elif tuple(out.shape) != shape:
+    elif tuple(out.shape) != shape or out.dtype != torch.float32:
         raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be fp32 {shape}, "
-                         f"got {tuple(out.shape)}")
-    elif not slots:
+                         f"got {out.dtype} {tuple(out.shape)}")
+    elif not (slots or zeroed):
         out.zero_()
-    y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev) if slots else out
     if plan.max_blocks == 0:
-        return y if slots else out.to(torch.bfloat16)
+        return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
+    y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
+    if poison:
+        y.fill_(float("nan"))
     w = weights.w2_sw
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks), plan)
+    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks, num_tokens), plan)
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
@@ -316,4 +351,4 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
-    return y if slots else out.to(torch.bfloat16)
+    return y
