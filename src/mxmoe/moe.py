@@ -10,13 +10,13 @@ import functools
 import torch
 from torch import nn
 
-from mxmoe.config import Combine, MoEConfig
+from mxmoe.config import MoEConfig
 from mxmoe.dispatch import check_explicit, choose_config
 from mxmoe.kernels.align import align
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
-from mxmoe.kernels.swmoe import counters_needed
+from mxmoe.kernels.swmoe import counters_needed, finishes_atomic_in_kernel
 from mxmoe.routing import max_padded_pairs, route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
@@ -95,7 +95,7 @@ def moe(
     c1 = plan1.counters[:n1] if n1 else None
     c2 = plan1.counters[n1:] if n2 else None
     sums = None  # the v2 atomic combine's fp32 [T, H], zeroed by stage 1's programs: no memset launch
-    if config.stage1.mma.v2 and config.stage2.mma.v2 and config.stage2.combine is Combine.ATOMIC:
+    if config.stage1.mma.v2 and config.stage2.mma.v2 and finishes_atomic_in_kernel(config.stage2, weights.inter):
         sums = torch.empty(t, weights.hidden, dtype=torch.float32, device=hidden.device)
     h = stage1(x, weights, plan1, config.stage1, poison=poison, counters=c1, zero=sums)
     return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison, counters=c2, out=sums,
@@ -108,8 +108,8 @@ def _counters(config: MoEConfig, experts: int, tokens: int, topk: int, weights: 
         return 0, 0
     blocks = [max_padded_pairs(tokens * topk, experts, c.block_m) // c.block_m
               for c in (config.stage1, config.stage2)]
-    return (counters_needed(config.stage1, 1, weights.inter, blocks[0], tokens),
-            counters_needed(config.stage2, 2, weights.hidden, blocks[1], tokens))
+    return (counters_needed(config.stage1, 1, weights.inter, weights.hidden, blocks[0], tokens),
+            counters_needed(config.stage2, 2, weights.hidden, weights.inter, blocks[1], tokens))
 
 
 class MoELayer(nn.Module):

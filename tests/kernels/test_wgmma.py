@@ -128,19 +128,23 @@ def test_split_and_slots_finish_in_kernel_deterministically(split_k):
     assert_close(runs[0].float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
 
 
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["in_kernel", "memset_cast"])
 @pytest.mark.parametrize("split_k", [1, 2])
-def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, monkeypatch):
-    """The atomic combine without a memset or cast kernel: moe() hands stage 1 the fp32 sums to zero (NaN-filled
-    here, so a strip left unzeroed shows), and the last of each token's TOPK x SPLIT_K arrivals per N column
-    writes its bf16 row slice (the result is NaN-poisoned first: a slice never written shows)."""
+def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kernel, monkeypatch):
+    """The atomic combine without a memset or cast kernel (where `finishes_atomic_in_kernel`; the minimum K steps
+    is moved to force either side): moe() hands stage 1 the fp32 sums to zero (NaN-filled here, so a strip left
+    unzeroed shows), and the last of each token's TOPK x SPLIT_K arrivals per N column writes its bf16 row slice
+    (the result is NaN-poisoned first: a slice never written shows). The memset + cast side meets the same bar."""
     from mxmoe.kernels import swmoe
 
+    monkeypatch.setattr(swmoe, "ATOMIC_FINISH_MIN_K_STEPS", 1 if in_kernel else 1 << 30)
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan"))
                         if k.get("dtype") is torch.float32 else real_empty(*a, **k))
     shape = MoEShape("atomic", 6, 3, 192, 128, Activation.SILU)
     p = make_problem(shape, Path.A16W4, 21, seed=7)
     cfg = _v2(block_m=16, split_k=split_k, combine=Combine.ATOMIC)
+    assert swmoe.finishes_atomic_in_kernel(cfg.stage2, shape.inter) == in_kernel
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg, poison=True)
     assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
     monkeypatch.undo()
@@ -152,6 +156,18 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, monkeypa
     plan = align(p.topk_ids, shape.experts, 16)
     swmoe.stage1_wgmma(quantize_input(p.hidden, Path.A16W4, bf16=True), p.weights, plan, cfg.stage1, zero=buf)
     assert not buf.any() and not buf.isnan().any()
+
+
+def test_atomic_finish_rule():
+    """In-kernel atomic finish for BM 16 tiles with at least 8 K steps per split (swmoe's measured rule)."""
+    from mxmoe.kernels.swmoe import finishes_atomic_in_kernel
+
+    t = TileConfig(block_m=16, block_n=128, block_k=128, mma=Mma.WGMMA)
+    assert finishes_atomic_in_kernel(t, 2048)  # 16 steps
+    assert not finishes_atomic_in_kernel(t, 256)  # a TP8 inter: 2 steps
+    assert not finishes_atomic_in_kernel(t.replace(split_k=4), 2048)  # 4 steps a split
+    assert not finishes_atomic_in_kernel(t.replace(block_m=32), 2048)
+    assert not finishes_atomic_in_kernel(t.replace(combine=Combine.SLOTS), 2048)
 
 
 @pytest.mark.parametrize("path", [Path.A8W4, Path.A4W4], ids=lambda p: p.value)

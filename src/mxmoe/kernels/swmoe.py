@@ -17,9 +17,10 @@ the three paths share one MMA; the quantization the path names happens on the in
 stage 1's epilogue. Split-K: each stage-1 split stores fp32 gate / up partial sums and the last to arrive sums
 them and applies the epilogue; stage 2 adds its partial sums straight into the combine buffer.
 
-The atomic combine finishes in stage 2 too: its fp32 [T, H] sums start at zero because stage 1 zeroed them (a
-strip per program, `zero`), and the last of a token's TOPK x SPLIT_K contributions to an N column (one arrival
-counter per token and column) rounds that row slice to the bf16 output: no memset and no cast kernel.
+Where `finishes_atomic_in_kernel`, the atomic combine finishes in stage 2 too: its fp32 [T, H] sums start at
+zero because stage 1 zeroed them (a strip per program, `zero`), and the last of a token's TOPK x SPLIT_K
+contributions to an N column (one arrival counter per token and column) rounds that row slice to the bf16 output:
+no memset and no cast kernel.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 # deepseek-v4-tp8 T=1024 a8w4 1919 -> 1664 (a16w4 1636), kimi-k2-tp8 T=1024 a8w4 1073 -> 982, deepseek-v3-tp8 T=1024
 # a4w4 896 -> 817, gpt-oss-120b T=4096 a8w4 2780 -> 2547 (a16w4 2433), deepseek-v3 T=4096 a8w4 8436 -> 7787.
 DEFER_MIN_BLOCK_M = 64
+# See finishes_atomic_in_kernel. H100 vs_peer grid, whole layer us, memset + cast kernels -> in-kernel finish
+# everywhere (results/h100/2026-12-06_vs_peer_ab9dc64.csv against the align-only run 2b748a4 and 79179f0): BM 16
+# with a long K gained (gpt-oss-20b T=16 / 64 181.6 / 193.4 -> 169.1 / 181.1, deepseek-v3 T=64 / 256 1806.6 /
+# 2157.7 -> 1752.3 / 2086.6); BM 16 over the TP8 shapes' 2 K steps lost or tied (deepseek-v3-tp8 T=128 365.3 ->
+# 372.6, deepseek-v4-tp8 T=256 875.6 -> 901.5), and from BM 32 it lost up to 12% (kimi-k2-tp8 T=512 611.6 -> 654.3,
+# deepseek-v3-tp8 T=4096 1986.4 -> 2220.2): each row's acq_rel arrival waits for the thread's atomics to land, a
+# stall a short or one-CTA-per-SM tile cannot hide.
+ATOMIC_FINISH_MAX_BLOCK_M = 16
+ATOMIC_FINISH_MIN_K_STEPS = 8
 
 
 @triton.jit
@@ -187,7 +197,8 @@ def _stage2_kernel(
     h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     num_pairs, T, H, I, max_blocks, N16, K64,
     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
-    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, INTERP: tl.constexpr,
+    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, CAST: tl.constexpr,
+    INTERP: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
@@ -219,25 +230,37 @@ def _stage2_kernel(
                  mask=row_ok[:, None] & n_ok[None, :])
         if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
             _combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
-    else:  # add into the token's fp32 row; the last of its TOPK x SPLIT_K arrivals at this column rounds it
+    else:  # add into the token's fp32 row; with CAST the last of its TOPK x SPLIT_K arrivals here rounds it
         tok = rows // TOPK
         mask = row_ok[:, None] & n_ok[None, :]
         sums = out_ptr + tok[:, None] * stride_or + offs_n[None, :]
         tl.atomic_add(sums, acc, mask=mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's adds, then each row's acq_rel arrival (kernels/sync.py)
-        arrived = tl.atomic_add(cnt_ptr + tok * num_n + pid_n, 1, mask=row_ok, sem="acq_rel", scope="gpu")
-        last = (row_ok & (arrived == TOPK * SPLIT_K - 1))[:, None] & mask
-        tl.debug_barrier()  # the rows' acquires before any thread's loads
-        acc = tl.load(sums, mask=last, other=0.0, cache_modifier=".cg")
-        tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
+        if CAST:
+            tl.debug_barrier()  # every thread's adds, then each row's acq_rel arrival (kernels/sync.py)
+            arrived = tl.atomic_add(cnt_ptr + tok * num_n + pid_n, 1, mask=row_ok, sem="acq_rel", scope="gpu")
+            last = (row_ok & (arrived == TOPK * SPLIT_K - 1))[:, None] & mask
+            tl.debug_barrier()  # the rows' acquires before any thread's loads
+            acc = tl.load(sums, mask=last, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
 
 
-def counters_needed(cfg: TileConfig, stage: int, n: int, max_blocks: int, tokens: int) -> int:
-    """The arrival counters (int32 zeros) a v2 launch takes: one per output tile of a split stage 1, none for an
-    unsplit one; one per N column of a slots-combined stage 2, one per token and N column of an atomic one."""
+def finishes_atomic_in_kernel(cfg: TileConfig, k: int) -> bool:
+    """Whether a v2 stage 2 (K = `k`) with the atomic combine takes its zeroed sums from stage 1 and rounds them
+    itself (per-token arrival counters) instead of a memset before it and a cast kernel after it: BM 16 tiles with
+    at least ATOMIC_FINISH_MIN_K_STEPS K steps, where that measured faster (see the constants)."""
+    return (cfg.combine is Combine.ATOMIC and cfg.block_m <= ATOMIC_FINISH_MAX_BLOCK_M
+            and triton.cdiv(k, cfg.block_k * cfg.split_k) >= ATOMIC_FINISH_MIN_K_STEPS)
+
+
+def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int, tokens: int) -> int:
+    """The arrival counters (int32 zeros) a v2 launch over [n outputs, k reduced] takes: one per output tile of a
+    split stage 1; one per N column of a slots-combined stage 2, one per token and N column of an atomic one that
+    `finishes_atomic_in_kernel`; none otherwise."""
     if stage == 1:
         return max_blocks * triton.cdiv(n, cfg.block_n) if cfg.split_k > 1 else 0
-    return triton.cdiv(n, cfg.block_n) * (1 if cfg.combine is Combine.SLOTS else tokens)
+    if cfg.combine is Combine.SLOTS:
+        return triton.cdiv(n, cfg.block_n)
+    return tokens * triton.cdiv(n, cfg.block_n) if finishes_atomic_in_kernel(cfg, k) else 0
 
 
 def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
@@ -265,7 +288,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     """Stage 1 on the v2 kernels; `x` is bf16 (on the path's grid). Returns h bf16 [P, I] on the path's grid.
 
     Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
-    never zeroed); `counters` are `counters_needed(cfg, 1, I, plan.max_blocks, T)` int32 zeros, allocated here if
+    never zeroed); `counters` are `counters_needed(cfg, 1, I, H, plan.max_blocks, T)` int32 zeros, allocated here if
     not given. Where `defers_rounding`, the kernel writes fp32 h and `quantize_input` rounds it (into `out`).
     `zero`, a contiguous fp32 tensor, is zeroed by the kernel's programs (stage 2's atomic sums, `moe`).
     """
@@ -292,7 +315,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
-    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, plan.max_blocks, 0), plan)
+    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
@@ -316,11 +339,11 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
                  zeroed: bool = False) -> torch.Tensor:
     """Stage 2 on the v2 kernels; returns bf16 [T, H], written by the kernel (NaN-filled first when `poison`).
 
-    atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`), the kernel adds into
-    it and the last arrival of each token and N column rounds the row slice into the result. slots: `out` (fp32
-    [split_k, P, H], poisoned with NaN when `poison`) takes every slot row of every split and the last CTA of each
-    N column sums them into the result. Either way no zero fill or cast kernel runs after the launch.
-    `counters` are `counters_needed(cfg, 2, H, ...)` int32 zeros, allocated here if not given.
+    atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`) and the kernel adds into
+    it; where `finishes_atomic_in_kernel` the last arrival of each token and N column rounds the row slice into the
+    result, else one cast after the launch. slots: `out` (fp32 [split_k, P, H], poisoned with NaN when `poison`)
+    takes every slot row of every split and the last CTA of each N column sums them into the result.
+    `counters` are `counters_needed(cfg, 2, H, I, ...)` int32 zeros, allocated here if not given.
     """
     hidden, dev = weights.hidden, h.data.device
     slots = cfg.combine is Combine.SLOTS
@@ -340,15 +363,16 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     w = weights.w2_sw
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, plan.max_blocks, num_tokens), plan)
+    cast = not slots and finishes_atomic_in_kernel(cfg, weights.inter)
+    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens), plan)
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
         plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
         h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0),
-        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots,
+        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, CAST=cast,
         INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
-    return y
+    return y if slots or cast else out.to(torch.bfloat16)
