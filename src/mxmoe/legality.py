@@ -146,13 +146,13 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _check_levers(stage: int, cfg: TileConfig, limits: DeviceLimits) -> Illegal | None:
+def _check_levers(stage: int, cfg: TileConfig, interpreter: bool) -> Illegal | None:
     if stage == 1 and cfg.combine is not Combine.ATOMIC:
         return Illegal(Reason.PATH_UNSUPPORTED, f"stage 1 has no combine strategy (got combine={cfg.combine.value})")
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC and not cfg.mma.v2:
         return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic on the v1 kernels, "
                        f"got {cfg.combine.value}")
-    if limits.interpreter and cfg.mma.needs_dot_scaled:
+    if interpreter and cfg.mma.needs_dot_scaled:
         return Illegal(Reason.PATH_UNSUPPORTED, f"mma={cfg.mma.value} is not implemented by the Triton 3.6 "
                        "interpreter")
     return None
@@ -208,6 +208,21 @@ def _check_warps(cfg: TileConfig) -> Illegal | None:
     if cfg.mma.v2 and cfg.block_m > V2_MAX_BLOCK_M:
         return Illegal(Reason.WARP_LAYOUT, f"mma=wgmma: BLOCK_M={cfg.block_m} is wgmma's N, at most {V2_MAX_BLOCK_M}")
     return None
+
+
+def _check_structure(stage: int, cfg: TileConfig, geo: StageGeometry, interpreter: bool) -> Illegal | None:
+    """The rules that need neither device resources nor T: the levers, the MMA floor, divisibility by the stage's N,
+    tile sizes and the warp layout."""
+    return (_check_levers(stage, cfg, interpreter) or _check_floor(cfg) or _check_divisibility(geo, stage, cfg)
+            or _check_tile(cfg) or _check_warps(cfg))
+
+
+def launch_rules(stage: int, cfg: TileConfig, n: int, k: int, *, interpreter: bool) -> Illegal | None:
+    """What a kernel launch checks of its config on its own (`kernels.common.check_launch`, which has the weights'
+    N and K but no shape or device): the structural rules of `check`, the same functions, so a lever rule has one
+    owner. Resources (shared memory, registers) and DEGENERATE are the caller's (`check`, `refusal`)."""
+    geo = StageGeometry(n=n, k=k, weight_streams=2 if stage == 1 else 1, accumulators=2 if stage == 1 else 1)
+    return _check_structure(stage, cfg, geo, interpreter)
 
 
 def _check_resources(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, limits: DeviceLimits,
@@ -279,8 +294,7 @@ def check(shape: MoEShape, path: Path | str, stage: int, cfg: TileConfig, limits
         raise ValueError(f"tokens must be a positive int or None, got {tokens!r}")
     path = Path(path)
     geo = stage_geometry(shape, stage)
-    verdict = (_check_levers(stage, cfg, limits) or _check_floor(cfg) or _check_divisibility(geo, stage, cfg)
-               or _check_tile(cfg) or _check_warps(cfg))
+    verdict = _check_structure(stage, cfg, geo, limits.interpreter)
     if verdict is not None:
         return verdict
     smem, acc, verdict = _check_resources(shape, path, stage, cfg, limits, model)

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from mxmoe.config import Combine, Mma, TileConfig
+from mxmoe.config import Mma, TileConfig
 from mxmoe.kernels.mx_tile import e2m1_to_f32, e4m3_to_f32, e8m0_to_f32
+from mxmoe.legality import launch_rules
 from mxmoe.shapes import Activation, Path
 
 # The constexpr codes the kernels branch on, by name (a kernel compares `PATH == A8W4`, never `PATH == 1`).
@@ -97,7 +98,8 @@ def require_executable(t: torch.Tensor) -> None:
 
 
 def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stage: int) -> None:
-    """Refuse a launch that would read out of bounds or silently compute the wrong thing."""
+    """Refuse a launch that would read out of bounds or silently compute the wrong thing: the config's lever rules
+    are legality's (`legality.launch_rules`, one owner), the rest is what only the launch can see (the tensors)."""
     require_executable(x.data)
     if x.cols != k:
         raise ValueError(f"stage {stage}: activation has {x.cols} columns, weights expect K={k}")
@@ -105,42 +107,17 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"stage {stage}: activation on {x.data.device}, weights on {weights.device}")
     if not x.data.is_contiguous() or (x.scales is not None and not x.scales.is_contiguous()):
         raise ValueError(f"stage {stage}: activation must be contiguous")
-    if cfg.block_k % 64:
-        raise ValueError(f"stage {stage}: BLOCK_K={cfg.block_k} must be a multiple of 64 (32-element scale groups, "
-                         "two e2m1 values per byte)")
-    if cfg.block_n % 32:
-        raise ValueError(f"stage {stage}: BLOCK_N={cfg.block_n} must be a multiple of 32")
+    n = weights.inter if stage == 1 else weights.hidden
+    verdict = launch_rules(stage, cfg, n, k, interpreter=interpreting())
+    if verdict is not None:
+        raise ValueError(f"stage {stage} {cfg.short()}: {verdict.reason.value}: {verdict.detail}")
     if cfg.block_m != plan.block_m:
         raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
-    if cfg.mma.needs_dot_scaled and os.environ.get("TRITON_INTERPRET") == "1":
-        raise ValueError(f"mma={cfg.mma.value} is not implemented by the Triton 3.6 interpreter (it lacks "
-                         "tl.dot_scaled); use mma=wgmma or upcast")
-    if cfg.mma.v2:
-        _check_v2(x, weights, cfg, stage)
-    elif x.bf16 and x.path is not Path.A16W4:
+    if cfg.mma.v2 and not x.bf16:
+        raise ValueError(f"stage {stage}: mma=wgmma takes bf16 activations (quantize_input(..., bf16=True))")
+    if not cfg.mma.v2 and x.bf16 and x.path is not Path.A16W4:
         raise ValueError(f"stage {stage}: mma={cfg.mma.value} reads {x.path.value} activations as MX bytes; "
                          "bf16 carriers are for mma=wgmma")
-    if stage == 1 and cfg.combine is not Combine.ATOMIC:
-        raise ValueError("stage 1 takes no combine strategy (its split-K partial sums meet in fp32 atomics)")
-    if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC and not cfg.mma.v2:
-        raise ValueError("split_k > 1 needs combine=atomic on the v1 kernels")
-
-
-def _check_v2(x: KernelInput, weights, cfg: TileConfig, stage: int) -> None:
-    """What the v2 kernels (kernels/swmoe.py) assume of a launch: bf16 carriers, whole 16-row weight slabs per warp
-    (wgmma's warpgroup), an N of whole MX groups (BLOCK_N need not divide it: the last tile is masked)."""
-    if not x.bf16:
-        raise ValueError(f"stage {stage}: mma=wgmma takes bf16 activations (quantize_input(..., bf16=True))")
-    if cfg.num_warps not in (4, 8):
-        raise ValueError(f"stage {stage}: mma=wgmma needs num_warps 4 or 8 (a warpgroup), got {cfg.num_warps}")
-    if cfg.block_n % (16 * cfg.num_warps):
-        raise ValueError(f"stage {stage}: mma=wgmma needs BLOCK_N a multiple of 16 x num_warps = "
-                         f"{16 * cfg.num_warps}, got {cfg.block_n}")
-    n = weights.inter if stage == 1 else weights.hidden
-    if n % 32:  # the last N tile is masked; a stage-1 MX group must not straddle its edge, nor a 16-row slab
-        raise ValueError(f"stage {stage}: mma=wgmma needs N={n} a multiple of 32")
-    if not 16 <= cfg.block_m <= 256:
-        raise ValueError(f"stage {stage}: mma=wgmma needs 16 <= BLOCK_M <= 256 (wgmma's N), got {cfg.block_m}")
 
 
 @triton.jit
