@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from mxmoe._version import __version__
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape, parse_tokens
-from mxmoe.tuning.commands import MxmoeUsageError, bullet
+from mxmoe.tuning.commands import MxmoeUsageError, bullet, has_gpu, use_interpreter_without_gpu
 
 DEBUG_ENV = "MXMOE_DEBUG"
 
@@ -90,19 +90,6 @@ def _main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Fast, tuned MXFP4 MoE layers, and the harness that proves every speed claim."""
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def use_interpreter_without_gpu() -> bool:
-    """Set TRITON_INTERPRET=1 when there is no GPU; returns True when the interpreter is in use."""
-    if not _has_gpu():
-        os.environ["TRITON_INTERPRET"] = "1"
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @app.command()
@@ -187,7 +174,7 @@ def demo(
 
     shape = get_shape(model)
     token_list = parse_tokens(tokens)
-    if not _has_gpu() and shape.name not in INTERPRETER_MODELS and not force:
+    if not has_gpu() and shape.name not in INTERPRETER_MODELS and not force:
         raise MxmoeUsageError(f"no GPU: demo of {shape.name} on the Triton interpreter would run for minutes or more; "
                               f"use --model {' or '.join(INTERPRETER_MODELS)}, or pass --force")
     interp = use_interpreter_without_gpu()

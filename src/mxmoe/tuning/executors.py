@@ -4,7 +4,9 @@ torch-free: the sweep driver runs here and never opens a CUDA context. The inter
 that the sweep does not change with the executor: the sweep calls `start()` once (the hello every
 row is keyed on: the device name, floors, provenance), then iterates `run(jobs)`, which yields one
 (Job, TrialResult) per job, in any order, whatever became of the worker; the sweep alone writes the
-ledger. The message types below are the worker protocol (see `worker.py`); they travel as dicts.
+ledger. The message types are the worker protocol (`protocol.py`, re-exported here); they travel as dicts.
+This module imports `worker.py` (to name `serve` as the process target, inside the function, so the driver never
+loads it at import) and never the other way round.
 Three kinds (`ExecutorKind`), each with `stats()` (rows and rows/s per worker): `local`
 (LocalExecutor, below: one worker process, one GPU or the interpreter), `host` (`executors_host.py`:
 a LocalExecutor per visible GPU) and `ray` (`executors_ray.py`: actors that each wrap a LocalExecutor).
@@ -27,119 +29,16 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
+
+from mxmoe.tuning.protocol import PROTOCOL_VERSION, Job, TrialResult, WorkerConfig, WorkerInfo
 
 STDERR_TAIL_CHARS = 3000
 START_TIMEOUT_S = 900.0  # first hello: imports, idle check, floors (a 1 GiB copy and a matmul)
 STOP_TIMEOUT_S = 10.0
 MAX_DEATHS = 2  # a job whose worker died this many times is worker_lost
-
-
-def _strict(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
-    return dict(d)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """What a worker needs to start. `floors` and `idle` come from the first worker's hello, so a
-    restarted worker neither re-measures the floors nor takes an idle check on a GPU we just used."""
-
-    model: str
-    path: str
-    argv: tuple[str, ...] = ()
-    seed: int = 0
-    floors: dict[str, Any] | None = None
-    idle: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["argv"] = list(self.argv)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WorkerConfig:
-        d = _strict(cls, d)
-        d["argv"] = tuple(d.get("argv", ()))
-        return cls(**d)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """The worker's hello: the device every row is keyed on, and what the sweep measured once."""
-
-    pid: int
-    device: str  # torch.cuda.get_device_name(), or "interpreter"
-    device_uuid: str | None
-    interpreter: bool
-    kernel_hash: str
-    triton_version: str | None
-    floors: dict[str, Any]
-    idle: dict[str, Any]
-    limits: dict[str, Any]  # legality.DeviceLimits fields of the device (the driver has no CUDA to ask)
-    provenance: dict[str, Any]  # collect_provenance at start-up, plus git_commit: for rows with no timing
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WorkerInfo:
-        return cls(**_strict(cls, d))
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One candidate: `key` is its ledger key, `config` a MoEConfig dict (both stages, always)."""
-
-    key: str
-    stage: str  # "1" | "2" | "layer"
-    tokens: int
-    routing: str
-    config: dict[str, Any]
-    config_key: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        return cls(**_strict(cls, d))
-
-
-@dataclass(frozen=True, slots=True)
-class TrialResult:
-    """What became of a job. `status` is a records.Status text (`measured`, `unmeasured:<reason>`...)."""
-
-    status: str
-    detail: str | None = None
-    median_us: float | None = None
-    p95_us: float | None = None
-    ci_lo_us: float | None = None
-    ci_hi_us: float | None = None
-    samples_us: tuple[float, ...] = ()
-    tflops: float | None = None
-    roofline_fraction: float | None = None
-    nonclaimable_reasons: tuple[str, ...] = ()
-    provenance: dict[str, Any] = field(default_factory=dict)
-    device_uuid: str | None = None
-    restart: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples_us"] = list(self.samples_us)
-        d["nonclaimable_reasons"] = list(self.nonclaimable_reasons)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
-        d = _strict(cls, d)
-        d["samples_us"] = tuple(d.get("samples_us", ()))
-        d["nonclaimable_reasons"] = tuple(d.get("nonclaimable_reasons", ()))
-        return cls(**d)
 
 
 class WorkerStartError(RuntimeError):
@@ -291,8 +190,6 @@ class LocalExecutor:
         self._proc = _Proc(process, parent, output)
 
     def _hello(self) -> WorkerInfo:
-        from mxmoe.tuning.worker import PROTOCOL_VERSION
-
         assert self._proc is not None
         output = self._proc.output
         msg = self.recv(self.start_timeout_s)

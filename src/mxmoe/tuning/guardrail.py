@@ -17,6 +17,8 @@ One run (docs/guardrail.md gives the why of each choice):
 logits_diff = max over positions and vocab of |log_softmax(reference) - log_softmax(kernels)| in float64, on the
 replayed run; the free run's value, the routing flips and the input drift it avoided are reported beside it.
 Pass: logits_diff <= spec.E2E_LOGITS_DIFF_MAX and greedy next tokens agree at every decisive position.
+The report type is `guardrail_report.py`'s, the forward capture and the metrics `guardrail_metrics.py`'s, the model
+factory and experts hooks `guardrail_model.py`'s; this module runs and judges, and re-exports their public names.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ from mxmoe.dispatch import choose_config, interpreter_active
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
 from mxmoe.spec import E2E_LOGITS_DIFF_MAX
 from mxmoe.tolerance import Tolerance, compare
+from mxmoe.tuning.guardrail_metrics import GraphRun, agreement, forward, layer_errors, logits_diff
+from mxmoe.tuning.guardrail_report import GuardrailReport, LayerError, Outcome
 from mxmoe.tuning.ledger import Ledger
 from mxmoe.tuning.records import GuardrailResult, Status, active
 
@@ -53,87 +56,6 @@ _TOKEN_STREAM = 0x70CE5  # token ids draw from their own generator stream of the
 # transformers' fp32 experts round nothing: measured ~3e-3 rms on layer 0 of both tiny models. 1e-2 leaves 3x
 # headroom; a wrong layout (gate/up swapped, interleave, transpose) or routing-weight mix-up is O(1).
 FIDELITY = Tolerance(max_rel=2e-2, rms_rel=1e-2)
-
-
-class Outcome(StrEnum):
-    """How a guardrail run ended."""
-
-    PASSED = "passed"  # logits_diff within the spec and every decisive greedy token agrees
-    CORRECTNESS = "correctness"  # the patched model ran but differs from the reference beyond the spec
-    OUT_OF_MEMORY = "out_of_memory"  # an allocation failed (building, patching or running)
-    RUNTIME = "runtime"  # patching or the kernels raised, or a config other than the candidate's ran
-    REFERENCE_INVALID = "reference_invalid"  # the reference raised or produced NaN/Inf: nothing to compare to
-
-
-@dataclass(frozen=True, slots=True)
-class LayerError:
-    """Patched vs reference at one decoder layer, relative to the whole reference tensor (tolerance.compare)."""
-
-    layer: int
-    rms_rel: float  # ||kernel - ref||_2 / ||ref||_2 of the layer's output hidden states [B, S, H]
-    max_rel: float  # max|kernel - ref| / max|ref| of the same
-    moe_rms_rel: float  # rms_rel of the layer's MoE block output (routed experts + shared expert)
-
-
-@dataclass(frozen=True, slots=True)
-class GuardrailReport:
-    """One guardrail run. `model` is the MODELS shape name the MoE dims came from (the sweep rows' name)."""
-
-    family: str
-    model: str
-    path: Path
-    outcome: Outcome
-    config_keys: tuple[str, ...]  # the MoEConfig keys the kernels launched (the intended one if none ran)
-    logits_diff: float | None = None  # kernels vs the oracle graph at the path, the oracle's experts inputs
-    # replayed; None without a finite comparison
-    logits_diff_free: float | None = None  # the same with the experts fed by the kernels' own graph
-    routing_flips: tuple[int, ...] = ()  # per layer: tokens whose own top-k set differed from the oracle's
-    input_drift: tuple[float, ...] = ()  # per layer: rms_rel of the experts input the kernels' graph produced
-    agreement: float | None = None  # greedy next-token agreement over all B*S positions
-    decisive_agreement: float | None = None  # the same over positions whose reference top-2 margin > 2*limit
-    near_ties: int = 0  # positions with reference top-2 margin <= 2*limit (a flip there fits inside logits_diff)
-    logits_diff_vs_plain: float | None = None  # kernels vs the plain transformers model: the path's accuracy cost
-    fidelity: float | None = None  # layer-0 MoE block rms_rel, a16w4 oracle graph vs the plain model
-    layers: tuple[LayerError, ...] = ()  # kernels vs the oracle graph, per decoder layer
-    model_config: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
-    interpreter: bool = False
-    seed: int = 0
-    seconds: float = 0.0
-    detail: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.outcome is Outcome.PASSED
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d |= {"path": self.path.value, "outcome": self.outcome.value, "config_keys": list(self.config_keys),
-              "layers": [{k: getattr(x, k) for k in x.__dataclass_fields__} for x in self.layers],
-              "routing_flips": list(self.routing_flips), "input_drift": list(self.input_drift),
-              "passed": self.passed}
-        return d
-
-    def to_result(self, campaign: str, extra_keys: tuple[str, ...] = ()) -> GuardrailResult:
-        """The ledger record; `extra_keys` adds the sweep row's config_key when it was computed elsewhere."""
-        skip = ("model", "path", "config_keys", "detail", "logits_diff", "agreement", "passed")
-        prov = _finite({k: v for k, v in self.to_dict().items() if k not in skip})
-        detail = self.outcome.value + (f": {self.detail}" if self.detail else "")
-        return GuardrailResult(campaign=campaign, model=self.model, path=self.path,
-                               config_keys=tuple(dict.fromkeys((*self.config_keys, *extra_keys))),
-                               logits_diff=self.logits_diff, agreement=self.agreement, passed=self.passed,
-                               detail=detail, provenance=prov)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-clean copy for the ledger: non-finite floats (a NaN layer error) become None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class _Failed(Exception):
@@ -172,63 +94,7 @@ def resolve_shape(family: str, shape: MoEShape | str | None, small: bool) -> MoE
     return shape
 
 
-# ---- one forward, its hooks, the metrics --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Run:
-    logits: torch.Tensor  # [B, S, V] f32
-    layers: tuple[torch.Tensor, ...]  # decoder layer outputs [B, S, H]
-    moe: tuple[torch.Tensor, ...]  # MoE block outputs [B, S, H]
-
-
-def _forward(model: nn.Module, ids: torch.Tensor) -> _Run:
-    outs: dict[tuple[str, int], torch.Tensor] = {}
-
-    def hook(key: tuple[str, int]):
-        def grab(_mod, _args, out):
-            outs[key] = (out[0] if isinstance(out, tuple) else out).detach().float().clone()
-
-        return grab
-
-    decoder = model.model.layers
-    handles = [m.register_forward_hook(hook(("layer", i))) for i, m in enumerate(decoder)]
-    handles += [m.mlp.register_forward_hook(hook(("moe", i))) for i, m in enumerate(decoder)]
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
-    n = len(decoder)
-    return _Run(logits, tuple(outs[("layer", i)] for i in range(n)), tuple(outs[("moe", i)] for i in range(n)))
-
-
-def logits_diff(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    """max over positions of max over vocab of |log_softmax(reference) - log_softmax(actual)|, in float64
-    (inf when either side is non-finite). Both are [..., V] logits."""
-    d = (reference.double().log_softmax(-1) - actual.double().log_softmax(-1)).abs()
-    return float("inf") if not bool(torch.isfinite(d).all()) else float(d.max())
-
-
-def agreement(reference: torch.Tensor, actual: torch.Tensor, limit: float = E2E_LOGITS_DIFF_MAX):
-    """(greedy agreement over all positions, the same over decisive positions, count of near ties). A position is
-    a near tie when the reference's top-2 logit margin is <= 2*limit: there a flip fits inside logits_diff."""
-    ref, act = reference.double().reshape(-1, reference.shape[-1]), actual.double().reshape(-1, actual.shape[-1])
-    same = ref.argmax(-1) == act.argmax(-1)  # [P]
-    top2 = ref.topk(2, dim=-1).values  # [P, 2]
-    decisive = (top2[:, 0] - top2[:, 1]) > 2 * limit  # [P]
-    dec = float(same[decisive].double().mean()) if bool(decisive.any()) else 1.0
-    return float(same.double().mean()), dec, int((~decisive).sum())
-
-
-def _layer_errors(ref: _Run, act: _Run) -> tuple[LayerError, ...]:
-    loose = Tolerance(math.inf, math.inf)
-    out = []
-    for i, (r, a, rm, am) in enumerate(zip(ref.layers, act.layers, ref.moe, act.moe, strict=True)):
-        c = compare(a, r, loose)
-        out.append(LayerError(i, c.rms_rel, c.max_rel, compare(am, rm, loose).rms_rel))
-    return tuple(out)
+# ---- the run's context ---------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -319,24 +185,24 @@ def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, 
     g = torch.Generator(device="cpu").manual_seed(build["seed"] ^ _TOKEN_STREAM)
     ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=g).to(build["device"])
     _stage(Outcome.RUNTIME, "dequantize experts", lambda: dequantize_model_experts(model))
-    runs["plain"] = _reference(lambda: _forward(model, ids), "plain transformers model")
+    runs["plain"] = _reference(lambda: forward(model, ids), "plain transformers model")
     _stage(Outcome.RUNTIME, "patch_model", lambda: patch_model(model, path, forced))
     with use_backend(model, Backend.REFERENCE, Path.A16W4), experts_tape(model, ExpertsTape()) as a16w4_tape:
-        runs["a16w4"] = _reference(lambda: _forward(model, ids), "a16w4 oracle graph")
+        runs["a16w4"] = _reference(lambda: forward(model, ids), "a16w4 oracle graph")
     _check_fidelity(runs["plain"], runs["a16w4"])
     runs["ref"], runs["tape"] = runs["a16w4"], a16w4_tape
     if path is not Path.A16W4:
         with use_backend(model, Backend.REFERENCE), experts_tape(model, ExpertsTape()) as tape:
-            runs["ref"] = _reference(lambda: _forward(model, ids), f"{path.value} oracle graph")
+            runs["ref"] = _reference(lambda: forward(model, ids), f"{path.value} oracle graph")
         runs["tape"] = tape
-    runs["kernel_free"] = _stage(Outcome.RUNTIME, "kernel forward", lambda: _forward(model, ids))
+    runs["kernel_free"] = _stage(Outcome.RUNTIME, "kernel forward", lambda: forward(model, ids))
     with experts_tape(model, runs["tape"].replay()):
         runs["kernel"] = _stage(Outcome.RUNTIME, "kernel forward (oracle's experts inputs replayed)",
-                                lambda: _forward(model, ids))
+                                lambda: forward(model, ids))
     _check_launched(model, forced)
 
 
-def _reference(fn: Callable[[], _Run], what: str) -> _Run:
+def _reference(fn: Callable[[], GraphRun], what: str) -> GraphRun:
     run = _stage(Outcome.REFERENCE_INVALID, f"{what} forward", fn)
     bad = int((~torch.isfinite(run.logits)).sum())
     if bad:
@@ -366,7 +232,7 @@ def _fidelity(runs: dict[str, Any]) -> float | None:
     return compare(runs["a16w4"].moe[0], runs["plain"].moe[0], Tolerance(math.inf, math.inf)).rms_rel
 
 
-def _check_fidelity(plain: _Run, oracle: _Run) -> None:
+def _check_fidelity(plain: GraphRun, oracle: GraphRun) -> None:
     """Layer 0's MoE block sees identical inputs in both graphs, so it isolates the experts: the oracle at
     a16w4 must match transformers' own experts up to its bf16 roundings (see FIDELITY)."""
     c = compare(oracle.moe[0], plain.moe[0], FIDELITY, name="layer-0 MoE block, a16w4 oracle vs transformers")
@@ -391,7 +257,7 @@ def _judge(runs: dict[str, Any], seconds: float, base: dict[str, Any]) -> Guardr
                            logits_diff_vs_plain=finite(vs_plain), fidelity=_fidelity(runs),
                            logits_diff_free=finite(free), routing_flips=tuple(runs["tape"].flips),
                            input_drift=tuple(runs["tape"].drift),
-                           layers=_layer_errors(ref, out), model_config=runs["summary"], seconds=seconds, detail=detail,
+                           layers=layer_errors(ref, out), model_config=runs["summary"], seconds=seconds, detail=detail,
                            **base)
 
 
@@ -460,3 +326,8 @@ def record(ledger: Ledger, campaign: str, report: GuardrailReport) -> GuardrailR
     result = report.to_result(campaign)
     ledger.record_guardrail(result)
     return result
+
+
+__all__ = ["BATCH", "FAMILIES", "FIDELITY", "FULL_SHAPES", "MAX_EXPERTS", "SEQ", "SMALL_SHAPES", "GuardrailReport",
+           "LayerError", "Outcome", "Winner", "agreement", "campaign_winners", "family_of_shape", "guard_campaign",
+           "logits_diff", "record", "resolve_shape", "run_guardrail"]

@@ -3,7 +3,8 @@
 No torch or triton here. One transaction per row; a key recorded twice with the same result is a
 no-op and with a different result goes to `conflicts` (both kept; never an overwrite, REFERENCE.md
 shortfall 12). The schema is versioned in `meta`; a ledger newer than this code is refused, never
-cleared, and an older one is migrated forward in one transaction.
+cleared, and an older one is migrated forward in one transaction. The schema, its migrations and the
+row <-> record conversions are `ledger_schema.py`'s; this module re-exports the public names.
 
 Durability: `synchronous=FULL`. In WAL mode NORMAL already survives a kill -9 of the writer (the
 WAL frames of a returned commit are in the OS page cache), but it may lose the last commits on
@@ -25,52 +26,25 @@ from enum import StrEnum
 from pathlib import Path as FsPath
 from typing import Any, TextIO
 
+from mxmoe.tuning.ledger_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Campaign,
+    LedgerError,
+    SchemaTooNewError,
+    attempt_from,
+    attempt_row,
+    campaign_from,
+    guardrail_from,
+    migrate,
+    read_schema_version,
+    refuse_newer,
+)
 from mxmoe.tuning.records import CSV_LEAD, Attempt, GuardrailResult, canonical_json, csv_rows, utc_now
 
 DEFAULT_LEDGER_PATH = FsPath("mxmoe.sqlite")
 BUSY_TIMEOUT_MS = 30_000
 
-# Ordered migrations: MIGRATIONS[i] takes a ledger from schema version i to i + 1. They are history:
-# never edit one that has shipped; add the next. (A new Status needs one: the CHECK below lists them.)
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE campaigns (
-        name TEXT PRIMARY KEY, created_at TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
-        baseline TEXT, argv_json TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE attempts (
-        key TEXT PRIMARY KEY,
-        campaign TEXT NOT NULL REFERENCES campaigns(name),
-        status TEXT NOT NULL CHECK (status IN ('measured', 'illegal', 'compile_error', 'launch_error', 'incorrect',
-            'timeout', 'worker_lost', 'unmeasured')), reason TEXT,
-        model TEXT NOT NULL, shape_json TEXT NOT NULL, path TEXT NOT NULL,
-        stage TEXT NOT NULL CHECK (stage IN ('1', '2', 'layer')), tokens INTEGER NOT NULL,
-        routing TEXT NOT NULL, config_json TEXT NOT NULL, config_key TEXT NOT NULL,
-        kernel_hash TEXT NOT NULL, device TEXT NOT NULL, device_uuid TEXT,
-        median_us REAL, p95_us REAL, ci_lo_us REAL, ci_hi_us REAL, samples_us_json TEXT NOT NULL,
-        tflops REAL, roofline_fraction REAL,
-        claimable INTEGER NOT NULL CHECK (claimable IN (0, 1)), nonclaimable_reasons_json TEXT NOT NULL,
-        provenance_json TEXT NOT NULL, argv_json TEXT NOT NULL, created_at TEXT NOT NULL,
-        supersedes TEXT, detail TEXT, result_digest TEXT NOT NULL
-    );
-    CREATE INDEX attempts_point ON attempts (campaign, model, path, tokens, stage);
-    CREATE INDEX attempts_supersedes ON attempts (supersedes);
-    CREATE TABLE conflicts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, campaign TEXT NOT NULL,
-        payload_json TEXT NOT NULL, result_digest TEXT NOT NULL, source TEXT NOT NULL,
-        recorded_at TEXT NOT NULL, UNIQUE (key, result_digest)
-    );
-    CREATE TABLE guardrails (
-        key TEXT PRIMARY KEY, campaign TEXT NOT NULL REFERENCES campaigns(name),
-        model TEXT NOT NULL, path TEXT NOT NULL, passed INTEGER NOT NULL, payload_json TEXT NOT NULL
-    );
-    CREATE INDEX guardrails_campaign ON guardrails (campaign);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_JSON_FIELDS = ("shape", "config", "samples_us", "nonclaimable_reasons", "provenance", "argv")
 _INSERT_CONFLICT = (
     "INSERT OR IGNORE INTO conflicts (key, campaign, payload_json, result_digest, source, recorded_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -78,27 +52,10 @@ _INSERT_CONFLICT = (
 _FILTERS = ("model", "path", "stage", "tokens", "routing", "status", "config_key", "device", "kernel_hash")
 
 
-class LedgerError(RuntimeError):
-    """A ledger file that cannot be used as it is (never repaired by clearing it)."""
-
-
-class SchemaTooNewError(LedgerError):
-    """The file was written by a newer mxmoe; upgrading the code is the fix, not clearing the file."""
-
-
 class RecordOutcome(StrEnum):
     ADDED = "added"  # a new key
     IDENTICAL = "identical"  # the key exists with the same result: nothing written
     CONFLICT = "conflict"  # the key exists with a different result: kept in `conflicts`
-
-
-@dataclass(frozen=True, slots=True)
-class Campaign:
-    name: str
-    created_at: str
-    description: str = ""
-    baseline: str | None = None
-    argv: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,78 +78,6 @@ class MergeReport:
     guardrails_added: int = 0
 
 
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration into statements, so all of them run inside one transaction
-    (`executescript` would commit first)."""
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            yield buf.strip()
-            buf = ""
-    if buf.strip():
-        raise ValueError(f"incomplete SQL statement in migration: {buf.strip()[:80]!r}")
-
-
-def _schema_version(conn: sqlite3.Connection) -> int:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "meta" not in tables:
-        if tables - {"sqlite_sequence"}:
-            raise LedgerError(f"not an mxmoe ledger (tables {sorted(tables)} and no meta table)")
-        return 0
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        raise LedgerError("meta table without schema_version: not an mxmoe ledger, or a damaged one")
-    return int(row[0])
-
-
-def _refuse_newer(conn: sqlite3.Connection, target: int, where: str) -> int:
-    current = _schema_version(conn)
-    if current > target:
-        raise SchemaTooNewError(
-            f"ledger {where} has schema_version {current}; this mxmoe knows up to {target}. "
-            "Upgrade mxmoe to read it; the file is left untouched."
-        )
-    return current
-
-
-def migrate(conn: sqlite3.Connection, migrations: tuple[str, ...] = MIGRATIONS, where: str = "") -> int:
-    """Bring `conn` to len(migrations) in one transaction; refuse a newer schema. Returns the version."""
-    target = len(migrations)
-    if _refuse_newer(conn, target, where) == target:
-        return target
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        current = _refuse_newer(conn, target, where)  # re-read under the lock: another writer may have won
-        for script in migrations[current:]:
-            for stmt in _statements(script):
-                conn.execute(stmt)
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(target),))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return target
-
-
-def _attempt_row(a: Attempt) -> dict[str, Any]:
-    d = a.to_dict()
-    for name in _JSON_FIELDS:
-        d[f"{name}_json"] = canonical_json(d.pop(name))
-    d["claimable"] = int(a.claimable)
-    d["result_digest"] = a.result_digest()
-    return d
-
-
-def _attempt_from(row: sqlite3.Row) -> Attempt:
-    d = dict(zip(row.keys(), row, strict=True))
-    d.pop("result_digest")
-    for name in _JSON_FIELDS:
-        d[name] = json.loads(d.pop(f"{name}_json"))
-    d["claimable"] = bool(d["claimable"])
-    return Attempt.from_dict(d)
-
-
 class Ledger:
     """An open ledger file. Use `with Ledger.open(path) as ledger:`; pass it to whoever needs it."""
 
@@ -210,7 +95,7 @@ class Ledger:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            _refuse_newer(conn, len(migrations), os.fspath(path))  # before WAL touches the file
+            refuse_newer(conn, len(migrations), os.fspath(path))  # before WAL touches the file
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -244,14 +129,14 @@ class Ledger:
         try:
             conn.row_factory = sqlite3.Row
             try:
-                current = _schema_version(conn)
+                current = read_schema_version(conn)
             except sqlite3.DatabaseError as exc:
                 raise LedgerError(f"ledger {where} is not an SQLite database ({exc})") from exc
             except (LedgerError, ValueError) as exc:
                 raise LedgerError(f"ledger {where}: {exc}") from exc
             if current == 0:
                 raise LedgerError(f"ledger {where} holds no mxmoe schema (an empty SQLite database)")
-            _refuse_newer(conn, len(migrations), where)
+            refuse_newer(conn, len(migrations), where)
             if current < len(migrations):
                 mem = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(mem)
@@ -290,7 +175,7 @@ class Ledger:
 
     @property
     def schema_version(self) -> int:
-        return _schema_version(self._conn)
+        return read_schema_version(self._conn)
 
     # ---- campaigns -------------------------------------------------------------------------------
 
@@ -316,10 +201,10 @@ class Ledger:
                 row = c.execute("SELECT * FROM campaigns WHERE name = ?", (name,)).fetchone()
             elif baseline is not None and row["baseline"] not in (None, baseline):
                 raise ValueError(f"campaign {name!r} has baseline {row['baseline']!r}, not {baseline!r}")
-        return _campaign_from(row)
+        return campaign_from(row)
 
     def campaigns(self) -> list[Campaign]:
-        return [_campaign_from(r) for r in self._conn.execute("SELECT * FROM campaigns ORDER BY created_at")]
+        return [campaign_from(r) for r in self._conn.execute("SELECT * FROM campaigns ORDER BY created_at")]
 
     def require_campaign(self, name: str, *, role: str = "campaign", hint: str = "") -> None:
         """ValueError (one line, naming the campaigns this ledger holds) unless `name` is one of them."""
@@ -343,7 +228,7 @@ class Ledger:
     def _insert(self, a: Attempt, source: str) -> RecordOutcome:
         c = self._conn
         self._require_campaign(a.campaign)
-        row = _attempt_row(a)
+        row = attempt_row(a)
         old = c.execute("SELECT result_digest FROM attempts WHERE key = ?", (a.key,)).fetchone()
         if old is None:
             marks = ", ".join("?" * len(row))
@@ -360,7 +245,7 @@ class Ledger:
 
     def get(self, key: str) -> Attempt | None:
         row = self._conn.execute("SELECT * FROM attempts WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _attempt_from(row)
+        return None if row is None else attempt_from(row)
 
     def keys(self, campaign: str) -> set[str]:
         """Keys recorded in `campaign`: the sweep skips candidates whose key is here."""
@@ -377,7 +262,7 @@ class Ledger:
         if where:
             sql += " WHERE " + " AND ".join(f"{k} = ?" for k in where)
         sql += " ORDER BY created_at, key"
-        return [_attempt_from(r) for r in self._conn.execute(sql, tuple(where.values()))]
+        return [attempt_from(r) for r in self._conn.execute(sql, tuple(where.values()))]
 
     def conflicts(self, campaign: str | None = None) -> list[Conflict]:
         sql, args = "SELECT * FROM conflicts", ()
@@ -406,7 +291,7 @@ class Ledger:
     def guardrails(self, campaign: str) -> list[GuardrailResult]:
         sql = "SELECT * FROM guardrails WHERE campaign = ? ORDER BY rowid"
         rows = self._conn.execute(sql, (campaign,))
-        return [_guardrail_from(r) for r in rows]
+        return [guardrail_from(r) for r in rows]
 
     # ---- merge, export, summary ------------------------------------------------------------------
 
@@ -433,9 +318,9 @@ class Ledger:
                 cur = c.execute("INSERT OR IGNORE INTO campaigns VALUES (?, ?, ?, ?, ?)", tuple(r))
                 counts["campaigns_added"] += cur.rowcount
             for r in other.execute("SELECT * FROM attempts ORDER BY created_at, key"):
-                counts[tally[self._insert(_attempt_from(r), source)]] += 1
+                counts[tally[self._insert(attempt_from(r), source)]] += 1
             for r in other.execute("SELECT * FROM guardrails"):
-                counts["guardrails_added"] += self._insert_guardrail(_guardrail_from(r)) is RecordOutcome.ADDED
+                counts["guardrails_added"] += self._insert_guardrail(guardrail_from(r)) is RecordOutcome.ADDED
             for r in other.execute("SELECT * FROM conflicts ORDER BY id"):
                 cols = ("key", "campaign", "payload_json", "result_digest", "source", "recorded_at")
                 counts["carried_conflicts"] += c.execute(_INSERT_CONFLICT, tuple(r[k] for k in cols)).rowcount
@@ -466,10 +351,5 @@ def _write_csv(fh: TextIO, header: list[str], rows: list[dict[str, Any]]) -> int
     return len(rows)
 
 
-def _campaign_from(r: sqlite3.Row) -> Campaign:
-    argv = tuple(json.loads(r["argv_json"]))
-    return Campaign(r["name"], r["created_at"], r["description"], r["baseline"], argv)
-
-
-def _guardrail_from(r: sqlite3.Row) -> GuardrailResult:
-    return GuardrailResult.from_dict(json.loads(r["payload_json"]))
+__all__ = ["BUSY_TIMEOUT_MS", "DEFAULT_LEDGER_PATH", "MIGRATIONS", "SCHEMA_VERSION", "Campaign", "Conflict", "Ledger",
+           "LedgerError", "MergeReport", "RecordOutcome", "SchemaTooNewError", "migrate"]

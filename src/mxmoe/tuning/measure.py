@@ -6,7 +6,8 @@ flush, or choosing the next rotating argument set) runs before the start event, 
 and so does a GPU busy-wait long enough that the host has queued the iteration before the GPU
 reaches it: samples are GPU time, and the host's launch cost is recorded apart (`host_us`).
 The clock is injectable (`mxmoe.tuning.clocks`): `CudaEventClock` on a GPU, `FakeClock` for CPU tests and
-the interpreter sweep (its rows carry "fake_clock" and are never claimable).
+the interpreter sweep (its rows carry "fake_clock" and are never claimable). The record a timing returns
+(Measurement, TimingMode, L2Policy) is `measurement.py`'s; this module re-exports it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
-from enum import Enum
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mxmoe.dispatch import interpreter_active
-from mxmoe.spec import PointStats
 from mxmoe.tuning.clocks import L2_FLUSH_FACTOR, Clock, CudaEventClock, Step
 from mxmoe.tuning.gpu_state import (
     Check,
@@ -34,6 +32,7 @@ from mxmoe.tuning.gpu_state import (
     unavailable_state,
 )
 from mxmoe.tuning.gpu_state import clock_check as gpu_clock_check
+from mxmoe.tuning.measurement import MEASUREMENT_SCHEMA_VERSION, L2Policy, Measurement, TimingMode
 from mxmoe.tuning.nvml import MissingNvml, Nvml, open_nvml
 from mxmoe.tuning.stats import (
     CI_LEVEL,
@@ -46,7 +45,6 @@ from mxmoe.tuning.stats import (
     summarize,
 )
 
-MEASUREMENT_SCHEMA_VERSION = 1
 GRAPH_WARMUP_REPLAYS = 3  # untimed replays after capture: the first replay uploads the graph
 MAX_WARMUP_ITERS = 100_000
 # The GPU lead: a busy-wait kernel before each iteration's start event, 1.5x the host's enqueue time
@@ -61,22 +59,6 @@ MIN_ITERS_FLOOR = 20
 HOST_PROBE_ITERS = 20  # few enough that the launch queue never fills (which would time the GPU instead)
 
 
-
-class TimingMode(str, Enum):
-    """How each timed iteration launches the work."""
-
-    EAGER = "eager"  # call fn: its kernels launched one by one, as a framework launches them
-    GRAPH = "graph"  # replay a CUDA graph captured once after warm-up: no per-kernel launch on the GPU
-
-
-class L2Policy(str, Enum):
-    """How a measurement keeps L2 from serving data the previous iteration left there."""
-
-    ROTATE = "rotate"  # cycle through argument sets whose total bytes exceed L2
-    FLUSH = "flush"  # write a 2x-L2 buffer before every iteration, outside the events
-    NONE = "none"  # nothing: warm-L2 timing, for prefill shapes whose working set dwarfs L2
-
-
 def rotation_copies(bytes_per_set: int, l2_bytes: int, *, factor: float = L2_FLUSH_FACTOR) -> int:
     """Argument sets to cycle so that, between two uses of one set, the others touch `factor` x L2.
 
@@ -86,94 +68,6 @@ def rotation_copies(bytes_per_set: int, l2_bytes: int, *, factor: float = L2_FLU
     if bytes_per_set <= 0 or l2_bytes <= 0:
         raise ValueError(f"bytes_per_set ({bytes_per_set}) and l2_bytes ({l2_bytes}) must be positive")
     return max(2, math.ceil(factor * l2_bytes / bytes_per_set) + 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    """One timed config: the raw samples, their statistics, the protocol, GPU state and checks.
-
-    `claimable` is derived: True only when no check fired. Percentiles are numpy `linear`;
-    `p95_nearest_us` is seed708's nearest rank. CI is a seeded percentile bootstrap of the median.
-    """
-
-    samples_us: tuple[float, ...]
-    n: int
-    median_us: float
-    p5_us: float
-    p95_us: float
-    p95_nearest_us: float
-    mean_us: float
-    std_us: float
-    ci_lo_us: float
-    ci_hi_us: float
-    ci_level: float
-    ci_resamples: int
-    ci_seed: int
-    percentile_method: str
-    target_rel_ci: float
-    stop_reason: StopReason
-    mode: TimingMode
-    l2: L2Policy
-    rotate_sets: int | None  # distinct argument sets cycled; None when a callable made them
-    l2_bytes: int | None
-    warmup_iters: int
-    warmup_s: float
-    host_us: float  # host enqueue time of one iteration (launch overhead), not in the samples
-    lead_us: float  # GPU busy-wait before each start event (0: the host may starve the GPU)
-    timed_s: float
-    clock: str
-    gpu_before: GpuState
-    gpu_after: GpuState
-    checks: tuple[str, ...]
-    check_detail: str
-
-    @property
-    def claimable(self) -> bool:
-        return not self.checks
-
-    @property
-    def rel_ci_halfwidth(self) -> float:
-        return rel_ci_halfwidth(self.median_us, self.ci_lo_us, self.ci_hi_us)
-
-    def point_stats(self) -> PointStats:
-        return PointStats(self.median_us, self.ci_lo_us, self.ci_hi_us)
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["samples_us"] = list(self.samples_us)
-        d["checks"] = list(self.checks)
-        for key in ("stop_reason", "mode", "l2"):
-            d[key] = d[key].value
-        d["gpu_before"] = self.gpu_before.to_dict()
-        d["gpu_after"] = self.gpu_after.to_dict()
-        d["claimable"] = self.claimable
-        d["schema"] = MEASUREMENT_SCHEMA_VERSION
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Measurement:
-        d = dict(d)
-        if d.pop("schema", None) != MEASUREMENT_SCHEMA_VERSION:
-            raise ValueError(f"Measurement schema must be {MEASUREMENT_SCHEMA_VERSION}")
-        claimable = d.pop("claimable", None)
-        names = {f.name for f in fields(cls)}
-        if set(d) != names:
-            raise ValueError(
-                f"Measurement fields differ: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}"
-            )
-        d.update(
-            samples_us=tuple(float(x) for x in d["samples_us"]),
-            checks=tuple(d["checks"]),
-            stop_reason=StopReason(d["stop_reason"]),
-            mode=TimingMode(d["mode"]),
-            l2=L2Policy(d["l2"]),
-            gpu_before=GpuState.from_dict(d["gpu_before"]),
-            gpu_after=GpuState.from_dict(d["gpu_after"]),
-        )
-        m = cls(**d)
-        if claimable is not None and claimable != m.claimable:
-            raise ValueError(f"stored claimable={claimable} contradicts checks {m.checks}")
-        return m
 
 
 ArgSets = Sequence[Sequence[object]] | Callable[[int], Sequence[object]]
@@ -429,3 +323,8 @@ def measure(
         checks=checks.codes,
         check_detail=checks.detail,
     )
+
+
+__all__ = ["GRAPH_WARMUP_REPLAYS", "HOST_PROBE_ITERS", "LEAD_EXTRA_US", "LEAD_HOST_FACTOR", "MAX_WARMUP_ITERS",
+           "MEASUREMENT_SCHEMA_VERSION", "MIN_ITERS_FLOOR", "ArgSets", "L2Policy", "Measurement", "StopReason",
+           "TimingMode", "idle_before", "measure", "resolve_device", "rotation_copies"]

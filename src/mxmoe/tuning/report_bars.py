@@ -1,8 +1,8 @@
 """The report's issue-driven views: the performance bars of issues 9 and 13, and the #708 workload section.
 
-They sit apart from report.py because they judge the campaign against targets the issues set, which
-move when an issue moves, while report.py's sections follow the locked spec. Nothing is measured or
-re-judged here: a bar's value is a ratio of a BestPoint (floor / median), a HeadlineRow, or a
+They sit apart from the spec sections (report_data.py, report_html.py) because they judge the campaign against
+targets the issues set, which move when an issue moves, while the spec sections follow the locked spec. Nothing
+is measured or re-judged here: a bar's value is a ratio of a BestPoint (floor / median), a HeadlineRow, or a
 gate.claimable_win verdict already in ReportData.
 
 A bar over a T range is judged on its worst point, so a target met on average but missed at one T is
@@ -15,8 +15,9 @@ floor and the best tile), which the campaign-wide figures average away. It print
 verdicts with the #708 points counted inside them, and the claim of each #708 (model, path) (ReportData.scoped,
 what each #708 table rests on).
 
-matplotlib is not imported here: report.py loads this module while writing the page, report_plots.py
-draws the figures the #708 section shows.
+matplotlib is not imported here: report_html.py includes these sections in the page, report_plots.py
+draws the figures the #708 section shows; both import this module, which imports neither (only report_data.py
+and report_markup.py below it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mxmoe.shapes import FULL_MODELS, MODELS, PREFILL_MIN_T, WORKLOAD_708, Path
 from mxmoe.spec import PointStats, Profile
 from mxmoe.tuning.gate import Outcome, PointVerdict, Verdict
 from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.report import (
+from mxmoe.tuning.report_data import (
     BARS_SECTION,
     WORKLOAD_SECTION,
     BestPoint,
@@ -38,7 +39,7 @@ from mxmoe.tuning.report import (
     collect,
     panel_label,
 )
-from mxmoe.tuning.report_html import (
+from mxmoe.tuning.report_markup import (
     ci_text,
     esc,
     html_img,

@@ -1,21 +1,21 @@
 """The report's HTML page: sections, tables, inline images and the provenance summary, from `ReportData`.
 
-Split from `report` (which collects the data and writes the files): no ledger reads, no measuring here, only
-rendering of what `report.collect` gathered.
+Split from `report` (which writes the files): no ledger reads, no measuring here, only rendering of what
+`report_data.collect` gathered. It includes report_bars.py's sections and imports it; report_bars.py imports the
+HTML pieces from report_markup.py, never this module (issue 25: no import cycle).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from mxmoe.spec import PointStats, Profile
+from mxmoe.spec import Profile
+from mxmoe.tuning import report_bars
 from mxmoe.tuning.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
-from mxmoe.tuning.gate import PointVerdict, Verdict
+from mxmoe.tuning.gate import Verdict
 from mxmoe.tuning.records import Attempt, Status, active
-from mxmoe.tuning.report import (
+from mxmoe.tuning.report_data import (
     HEADLINE_COLUMNS,
     INTERPRETER_BANNER,
     NOT_A_MEASUREMENT,
@@ -26,6 +26,15 @@ from mxmoe.tuning.report import (
     panel_label,
     row_floors,
     status_counts,
+)
+from mxmoe.tuning.report_markup import (
+    ci_text,
+    esc,
+    html_img,
+    html_section,
+    html_table,
+    scoped_verdict_text,
+    speedup_text,
 )
 
 
@@ -74,41 +83,11 @@ font-weight:bold;padding:0.8em;margin:1em 0;border:4px solid #600}.ok{color:#2a9
 .no{color:#d62728;font-weight:bold}img{max-width:100%}code,pre{font-size:0.85em}"""
 
 
-def esc(x: object) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def html_img(name: str, pngs: dict[str, bytes]) -> str:
-    if name not in pngs:
-        return ""
-    data = base64.b64encode(pngs[name]).decode("ascii")
-    return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
-
-
-def html_section(title: str, *body: str) -> str:
-    anchor = title.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("#", "")
-    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>' + "".join(body) + "</section>"
-
-
 def verdict_html(profile: Profile, v: Verdict) -> str:
     flag = '<span class="ok">CLAIMABLE</span>' if v.claimable else '<span class="no">NOT claimable</span>'
     items = "".join(f"<li><code>{esc(r)}</code></li>" for r in v.reasons)
     reasons = f"<details open><summary>{len(v.reasons)} reason(s)</summary><ul>{items}</ul></details>" if items else ""
     return f"<h3>claimable_win, {esc(profile.value)} profile: {flag}</h3>{reasons}"
-
-
-def scoped_verdict_text(v: Verdict) -> str:
-    """`claimable`, or the first reason and how many more (a cell of the per-(model, path) table)."""
-    if v.claimable:
-        return "claimable"
-    more = f" (+{len(v.reasons) - 1} more)" if len(v.reasons) > 1 else ""
-    return f"no: {v.reasons[0]}{more}"
 
 
 def _scoped_table(data: ReportData) -> str:
@@ -135,17 +114,6 @@ def _verdict_section(data: ReportData) -> str:
     md = esc(format_headline(data.headline))
     parts.append(f"<details><summary>Markdown for the README</summary><pre>{md}</pre></details>")
     return html_section(SECTIONS[0], *parts)
-
-
-def ci_text(s: PointStats | None) -> str:
-    return "-" if s is None else f"{s.median_us:.2f} [{s.ci_lo_us:.2f}, {s.ci_hi_us:.2f}]"
-
-
-def speedup_text(p: PointVerdict) -> str:
-    """`1.234x [1.200, 1.270]`: the speedup and its CI pair, `-` where the candidate has no row."""
-    if p.speedup is None or p.speedup_ci is None:
-        return "-"
-    return f"{p.speedup:.3f}x [{p.speedup_ci[0]:.3f}, {p.speedup_ci[1]:.3f}]"
 
 
 def _point_rows(data: ReportData) -> list[tuple[str, ...]]:
@@ -197,8 +165,6 @@ def _provenance_section(data: ReportData) -> str:
 
 def page(data: ReportData, pngs: dict[str, bytes]) -> str:
     """The whole HTML page: no external references, every image inline."""
-    from mxmoe.tuning import report_bars  # imports this module: loaded here, not at the top
-
     title = f"mxmoe report: {data.campaign}" + (f" vs {data.baseline}" if data.baseline else "")
     if data.interpreter_rows:
         title += f" ({NOT_A_MEASUREMENT})"

@@ -19,11 +19,11 @@ from matplotlib.figure import Figure
 from mxmoe.shapes import WORKLOAD_708
 from mxmoe.spec import Profile
 from mxmoe.tuning.gate import Outcome, PointVerdict
-from mxmoe.tuning.report import NOT_A_MEASUREMENT, panel_label, status_counts
 from mxmoe.tuning.report_bars import workload_best, workload_grid, workload_png, workload_shapes
+from mxmoe.tuning.report_data import NOT_A_MEASUREMENT, panel_label, status_counts
 
 if TYPE_CHECKING:
-    from mxmoe.tuning.report import BestPoint, PanelKey, ReportData
+    from mxmoe.tuning.report_data import BestPoint, PanelKey, ReportData
 
 OUTCOME_COLOURS = {Outcome.WIN: "#2a9d3f", Outcome.REGRESSION: "#d62728", Outcome.NEUTRAL: "#7f7f7f"}
 FAKE_OUTCOMES = {Outcome.WIN: "faster", Outcome.REGRESSION: "slower", Outcome.NEUTRAL: "within noise"}

@@ -1,18 +1,13 @@
 """The sweep's measuring worker: a spawn process that owns one GPU (or the interpreter) and runs trials.
 
-torch-free at import: the driver imports this module only to name `serve` as the process target
-and to read the message types; torch, triton and CUDA load in the child alone.
+torch-free at import: the driver imports this module only to name `serve` as the process target;
+torch, triton and CUDA load in the child alone.
 
-Protocol (dicts over a multiprocessing Pipe, so a host or Ray executor can carry them as JSON):
-  worker -> driver  {"op": "hello", "info": WorkerInfo}        once, after start-up (or "fatal")
-  driver -> worker  {"op": "run", "job": Job}                   one candidate
-  worker -> driver  {"op": "phase", "key", "phase"}             prepare | compile | check | time
-  worker -> driver  {"op": "result", "key", "result": TrialResult}
-  driver -> worker  {"op": "stop"}
-Each phase message restarts the driver's per-candidate timer, so the timeout bounds one phase (the
-first candidate at a new T also builds the Problem and its reference). A result with restart=True
-(a CUDA error that poisons the context) is the worker's last message: it exits and the driver
-starts a fresh one. stdout and stderr go to a file the driver names, and faulthandler writes a
+The messages and the records they carry (WorkerConfig, WorkerInfo, Job, TrialResult) are protocol.py's, which
+both sides import: this module never imports the driver. Each phase message restarts the driver's per-candidate
+timer, so the timeout bounds one phase (the first candidate at a new T also builds the Problem and its reference).
+A result with restart=True (a CUDA error that poisons the context) is the worker's last message: it exits and the
+driver starts a fresh one. stdout and stderr go to a file the driver names, and faulthandler writes a
 segfault's stack there, so a crash is recorded with its tail.
 
 Compiles: Triton compiles on a config's first launch, inside the worker; the first call's wall time
@@ -36,9 +31,8 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from mxmoe.tuning.executors import Job, TrialResult, WorkerConfig, WorkerInfo
+from mxmoe.tuning.protocol import PROTOCOL_VERSION, Job, TrialResult, WorkerConfig, WorkerInfo
 
-PROTOCOL_VERSION = 1
 FAULT_ENV = "MXMOE_TEST_FAULT"
 FAULT_DIR_ENV = "MXMOE_TEST_FAULT_DIR"
 # segfault / segfault_once / hang: at job start; compile: the first call raises ValueError (as a

@@ -1,6 +1,12 @@
 """The harness's CLI commands, each a `register(app)` that `mxmoe.cli` calls; they live under
-`mxmoe.tuning` because they import the harness, which the runtime never does."""
+`mxmoe.tuning` because they import the harness, which the runtime never does.
 
+This package's own module holds what `mxmoe.cli` and the commands share (the usage error, the bullet wrapper,
+the switch to the Triton interpreter): only cli imports the commands, never the other way round, so the CLI reads
+bottom-up (issue 25: no import cycles).
+"""
+
+import os
 import re
 
 
@@ -31,3 +37,17 @@ def bullet(text: str, width: int, *, indent: int = 2, mark: str = "- ") -> list[
             cur += sep + piece
     lines.append(cur)
     return [(hang if n else lead) + line for n, line in enumerate(lines)]
+
+
+def has_gpu() -> bool:
+    """Is there a CUDA GPU? (torch loads here, not at import: `mxmoe --help` stays instant.)"""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def use_interpreter_without_gpu() -> bool:
+    """Set TRITON_INTERPRET=1 when there is no GPU; returns True when the interpreter is in use."""
+    if not has_gpu():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mxmoe.shapes import Path
-from mxmoe.tuning.commands import bullet
+from mxmoe.tuning.commands import bullet, use_interpreter_without_gpu
 
 console = Console()
 DEFAULT_LEDGER = FsPath("mxmoe.sqlite")
@@ -47,8 +47,6 @@ def guardrail(
 ) -> None:
     """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
     any failure. With --campaign, one run per winning config, recorded in the ledger."""
-    from mxmoe.cli import use_interpreter_without_gpu
-
     if campaign is not None and config_dir is not None:
         raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
     if campaign is None and baseline is not None:

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mxmoe.shapes import Path, get_shape, model_tokens, parse_tokens
-from mxmoe.tuning.commands import MxmoeUsageError
+from mxmoe.tuning.commands import MxmoeUsageError, use_interpreter_without_gpu
 from mxmoe.tuning.executors import ExecutorKind
 
 console = Console()
@@ -247,7 +247,6 @@ def export(
 
 
 def _interpreter_guard(model: str, force: bool) -> bool:
-    from mxmoe.cli import use_interpreter_without_gpu
     from mxmoe.tuning.sweep import INTERPRETER_BANNER, INTERPRETER_MODELS
 
     interp = use_interpreter_without_gpu()
