@@ -1,4 +1,4 @@
-"""Roofline bench of the MoE layer: `mxmoe bench` as a script (the logic lives in mxmoe.tuning.bench).
+"""Roofline bench of the MoE layer: `mxmoe bench` as a script (the logic lives in mxmoe.tuning.timing.bench).
 
 Per T: the whole layer (CUDA-graph replay, L2 flushed), stage 1 and stage 2 alone, the routing
 alone, the memory and compute floors measured in this run (1 GiB copy, 8192^3 bf16 matmul), the
@@ -41,7 +41,7 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         print("Triton interpreter: timings are from a fake clock and are not claims")
     from mxmoe.shapes import get_shape, model_tokens, parse_tokens
-    from mxmoe.tuning.bench import run_bench, write_csv
+    from mxmoe.tuning.timing.bench import run_bench, write_csv
 
     kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
     start = time.monotonic()

@@ -29,7 +29,7 @@ from mxmoe.problem import make_problem
 from mxmoe.routing import experts_hit
 from mxmoe.shapes import MODELS, Path, parse_tokens
 from mxmoe.spec import layer_bytes
-from mxmoe.tuning.measure import measure
+from mxmoe.tuning.timing.measure import measure
 
 
 def copy_bandwidth() -> float:

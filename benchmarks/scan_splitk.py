@@ -2,7 +2,7 @@
 split_k 2/4/8, and both stages split, per (model, path, T), to decide the split-K defaults on the GPU.
 
 Per config: the stage it changes alone (the baseline: both stages) and the whole layer, each a CUDA-graph replay
-with an L2 flush (`mxmoe.tuning.bench`'s timer, as `mxmoe bench`), and the layer output against the baseline's
+with an L2 flush (`mxmoe.tuning.timing.bench`'s timer, as `mxmoe bench`), and the layer output against the baseline's
 (`mxmoe.tolerance`, the path's layer tolerance; FAIL beside the row when out of it). A variant that
 `mxmoe.legality.check` rejects is skipped with its reason, except DEGENERATE (it runs, only wastefully: more
 splits than K blocks, which only toy shapes reach at decode), which is timed and says so. Prints one line
@@ -230,8 +230,8 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         print("Triton interpreter: timings are from a fake clock and are not claims")
     from mxmoe.dispatch import device_limits, running_device
-    from mxmoe.tuning.bench import layer_timer, run_versions
-    from mxmoe.tuning.measure import idle_before
+    from mxmoe.tuning.timing.bench import layer_timer, run_versions
+    from mxmoe.tuning.timing.measure import idle_before
 
     if args.warm_only:
         limits = device_limits(running_device())

@@ -30,7 +30,7 @@ FLUSH_BYTES = 256 << 20
 def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
     """Median us of `reps` CUDA-graph replays of `fn`, each after `flush` is zeroed (L2 flush, outside the events):
     the harness clock's capture (warm-up on a side stream) and per-replay event pairs."""
-    from mxmoe.tuning.clocks import CudaEventClock
+    from mxmoe.tuning.timing.clocks import CudaEventClock
 
     clock = CudaEventClock()
     replay = clock.capture([fn])[0]

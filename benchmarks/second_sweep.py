@@ -15,8 +15,8 @@ import argparse
 import csv
 
 from mxmoe.spec import Profile, is_regression, is_win
-from mxmoe.tuning.gate import best_row, layer_rows
-from mxmoe.tuning.ledger import Ledger
+from mxmoe.tuning.judge.gate import best_row, layer_rows
+from mxmoe.tuning.ledger.store import Ledger
 
 
 def main() -> None:

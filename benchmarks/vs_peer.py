@@ -11,10 +11,10 @@ side's roofline fraction, mxmoe's config, and each side checked against an fp32 
 - activation: GPT-OSS shapes: swiglu_oai with biases on both sides. DeepSeek/Kimi shapes: mxmoe silu without
   bias; the peer has no plain silu epilogue, so it runs its fused swiglu with alpha=1 (silu) and a limit that
   never clamps: silu(gate) * (up + 1), the peer's own activation cost, same FLOPs. Speed is what is compared.
-Method: each callable is captured in a CUDA graph (mxmoe.tuning.clocks.CudaEventClock); before every replay a
+Method: each callable is captured in a CUDA graph (mxmoe.tuning.timing.clocks.CudaEventClock); before every replay a
 256 MiB buffer is zeroed (L2 flush, outside the events); each replay has its own CUDA event pair; a measurement
 is the median of >= --min-reps replays, continuing for its quarter of --max-time-s; rounds run A B A B and each
-side reports the median of its two rounds' medians. Floors (mxmoe.tuning.bench: measure_floors, roofline):
+side reports the median of its two rounds' medians. Floors (mxmoe.tuning.timing.bench: measure_floors, roofline):
 memory = bytes of the experts hit (MXFP4 values + scales) and activations over the measured copy bandwidth,
 compute = FLOPs over the measured dense bf16 rate; roofline = max(floors) / time. Rows are appended as they
 complete (a run cut off keeps them); a PNG of ratio vs T sits next to the CSV.
@@ -113,7 +113,7 @@ class GraphTimer:
     def __init__(self, min_reps: int) -> None:
         import torch
 
-        from mxmoe.tuning.clocks import CudaEventClock
+        from mxmoe.tuning.timing.clocks import CudaEventClock
 
         self.clock, self.min_reps = CudaEventClock(), min_reps
         buf = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
@@ -304,7 +304,7 @@ def _point(ctx, shape, weights, pw, router_w, t: int, path, scope: str) -> dict:
     from mxmoe.problem import Problem, RoutingDist, make_routing
     from mxmoe.routing import experts_hit, route_topk_softmax
     from mxmoe.shapes import Path
-    from mxmoe.tuning.bench import roofline
+    from mxmoe.tuning.timing.bench import roofline
 
     dev = ctx.dev
     ids, tw = make_routing(shape, t, seed=ctx.seed, device=dev)  # what make_problem(shape, path, T, seed) draws
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from mxmoe.shapes import MODELS, Path, get_shape, model_tokens, parse_tokens
-    from mxmoe.tuning.bench import measure_floors
+    from mxmoe.tuning.timing.bench import measure_floors
     from mxmoe.weights import MoEWeights
 
     start = time.monotonic()

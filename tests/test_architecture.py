@@ -48,10 +48,32 @@ def test_every_module_is_named_in_the_architecture_page(module):
 
 def test_nothing_outside_the_harness_imports_it():
     for module, path in MODULES.items():
-        if module.startswith("mxmoe.tuning") or module == "mxmoe.cli":
+        if module.startswith(("mxmoe.tuning.", "mxmoe.cli.")):
             continue
         bad = {m for m in _imports(path) if m.startswith("mxmoe.tuning")}
         assert not bad, f"{module} imports the harness: {sorted(bad)}"
+
+
+# The harness's sub-packages from the bottom up (issue 25): a module imports its own package and those below it.
+LAYERS = ("timing", "ledger", "sweep", "judge", "report", "guardrail")
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["mxmoe", "tuning"] else None
+
+
+def test_harness_packages_import_only_downwards_and_never_the_cli():
+    for module, path in MODULES.items():
+        own = _layer(module)
+        if own is None or module == "mxmoe.tuning.__init__":
+            continue
+        assert own in LAYERS, f"{module} is not in one of the harness's packages {LAYERS}"
+        imports = _imports(path)
+        up = sorted(m for m in imports if _layer(m) is not None and LAYERS.index(_layer(m)) > LAYERS.index(own))
+        assert not up, f"{module} ({own}) imports a package above it: {up}"
+        cli = sorted(m for m in imports if m == "mxmoe.cli" or m.startswith("mxmoe.cli."))
+        assert not cli, f"{module} imports the CLI: {cli}"
 
 
 def test_kernels_do_not_choose_configs():

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from mxmoe._version import __version__
 from mxmoe.cli import app
 from mxmoe.shapes import MODELS
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, Status
+from mxmoe.tuning.ledger.records import Attempt, Status
+from mxmoe.tuning.ledger.store import Ledger
 
 
 def mxmoe(*args: str, env: dict[str, str] | None = None):
@@ -269,7 +269,7 @@ def test_claim_labels_interpreter_rows(ledger_dir):
 
 def test_report_labels_interpreter_rows_in_console_html_and_plots(ledger_dir, monkeypatch):
     pytest.importorskip("matplotlib")
-    from mxmoe.tuning import report_plots
+    from mxmoe.tuning.report import plots as report_plots
 
     titles: list[str] = []
     real_png = report_plots.png_bytes

@@ -18,12 +18,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mxmoe.cli import app
+from mxmoe.cli.common import bullet
 from mxmoe.legality import H100, Illegal, summarize
 from mxmoe.shapes import Path as MoEPath
 from mxmoe.shapes import get_shape
-from mxmoe.tuning.commands import bullet
-from mxmoe.tuning.gate import Outcome, PointVerdict
-from mxmoe.tuning.ledger import Ledger
+from mxmoe.tuning.judge.gate import Outcome, PointVerdict
+from mxmoe.tuning.ledger.store import Ledger
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_input_cli import _row  # noqa: E402
@@ -80,8 +80,9 @@ LONG = ("protocol:deepseek-v3-tp8/a16w4/T=128:torch_version:2.13.0+cu128 (a buil
 
 
 def test_claim_wraps_a_long_reason_with_a_hanging_indent(tmp_path, monkeypatch):
-    from mxmoe import cli
-    from mxmoe.tuning import gate, report  # noqa: F401 - imported before the patch, so report keeps the real gate
+    from mxmoe.cli import main as cli
+    from mxmoe.tuning.judge import gate
+    from mxmoe.tuning.report import build as report  # noqa: F401 - imported before the patch: keeps the real gate
 
     led = tmp_path / "l.sqlite"
     with Ledger.open(led) as w:
@@ -113,7 +114,7 @@ def test_bullet_breaks_between_words_or_after_a_colon_never_inside_a_name():
 
 
 def test_guardrail_table_keeps_model_and_config_keys_whole(monkeypatch):
-    from mxmoe.tuning.commands import guardrail
+    from mxmoe.cli.commands import guardrail
 
     buf = io.StringIO()
     monkeypatch.setattr(guardrail, "console", Console(width=80, file=buf))
@@ -146,7 +147,7 @@ def _legend(fig) -> list[str]:
 
 def test_speedup_plot_of_fake_times_says_faster_not_a_measurement():
     pytest.importorskip("matplotlib")
-    from mxmoe.tuning.report_plots import speedup_figure
+    from mxmoe.tuning.report.plots import speedup_figure
 
     pts = [_point(Outcome.WIN, 1, 1.5), _point(Outcome.REGRESSION, 16, 0.7), _point(Outcome.NEUTRAL, 128, 1.0)]
     assert set(_legend(speedup_figure(pts))) == {"win", "regression", "neutral"}
@@ -157,7 +158,7 @@ def test_speedup_plot_of_fake_times_says_faster_not_a_measurement():
 
 def test_report_plots_of_interpreter_rows_label_no_point_win(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from mxmoe.tuning import report_plots
+    from mxmoe.tuning.report import plots as report_plots
 
     legends: list[str] = []
     real_png = report_plots.png_bytes

@@ -1,7 +1,7 @@
 """Choose the tile config for a launch: a scoped override, else a tuned table, else the heuristic.
 
 torch-free at import (torch is imported only to name the running GPU), and it never imports the
-harness (`mxmoe.tuning`): tables are plain JSON that `tuning/export.py` writes. The file format (name, schema,
+harness (`mxmoe.tuning`): tables are plain JSON that `tuning/judge/export.py` writes. The file format (name, schema,
 parser, cached read) is `mxmoe.tables`'s; the names its callers use are re-exported here.
 
 Lookup, for a moe() call with config=None:

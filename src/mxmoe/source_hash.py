@@ -1,7 +1,7 @@
 """The kernel source hash: the one fingerprint that ties a measurement or a tuned table to kernel code.
 
 No torch or triton here. The runtime (`dispatch.py`, to check a tuned table on load) and the harness
-(`tuning/provenance.py`, to key ledger rows) both call `kernel_source_hash`, so a table exported from
+(`tuning/timing/provenance.py`, to key ledger rows) both call `kernel_source_hash`, so a table exported from
 a sweep is accepted exactly when the kernels that run are the kernels that were measured.
 
 The hash means "compiles to the same code": it covers what the compiler sees, the code of every module

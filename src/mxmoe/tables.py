@@ -3,7 +3,7 @@
 parser (`parse_table` -> `TunedTable`), and the cached file read (`load_table`).
 
 This module owns what a table file is; `dispatch.py` owns which table a launch uses and whether its entries may
-launch, and `tuning/export.py` writes the files. No torch or triton here, and it never imports the harness
+launch, and `tuning/judge/export.py` writes the files. No torch or triton here, and it never imports the harness
 (`mxmoe.tuning`) or `dispatch`: it may import `config` and `shapes` only.
 """
 

@@ -27,8 +27,8 @@ from mxmoe.integrations.transformers import (  # noqa: E402
 )
 from mxmoe.shapes import MODELS, Activation, Path  # noqa: E402
 from mxmoe.tolerance import compare  # noqa: E402
-from mxmoe.tuning.guardrail import FIDELITY  # noqa: E402
-from mxmoe.tuning.guardrail_model import ExpertsTape, experts_tape, random_model, use_backend  # noqa: E402
+from mxmoe.tuning.guardrail.model import ExpertsTape, experts_tape, random_model, use_backend  # noqa: E402
+from mxmoe.tuning.guardrail.run import FIDELITY  # noqa: E402
 
 SHAPES = {"gpt-oss": MODELS["tiny-oai"], "deepseek-v3": MODELS["tiny"]}
 CFG = MoEConfig(TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST),

@@ -21,7 +21,12 @@ import pytest
 from test_sweep import SPACE, ScriptedExecutor, assert_complete, plan_of, spec
 
 from mxmoe import legality
-from mxmoe.tuning.executors import (
+from mxmoe.tuning.judge.gate import claimable_win
+from mxmoe.tuning.ledger.records import Status, active
+from mxmoe.tuning.ledger.scan import scan
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.sweep.driver import SweepRefused, run_sweep
+from mxmoe.tuning.sweep.executors import (
     MAX_DEATHS,
     Job,
     LocalExecutor,
@@ -31,13 +36,8 @@ from mxmoe.tuning.executors import (
     WorkerStartError,
     stamp,
 )
-from mxmoe.tuning.executors_host import HostExecutor, JobQueue, pool_info, visible_gpus
-from mxmoe.tuning.gate import claimable_win
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Status, active
-from mxmoe.tuning.scan import scan
-from mxmoe.tuning.sweep import SweepRefused, run_sweep
-from mxmoe.tuning.worker import FAULT_DIR_ENV, FAULT_ENV
+from mxmoe.tuning.sweep.executors_host import HostExecutor, JobQueue, pool_info, visible_gpus
+from mxmoe.tuning.sweep.worker import FAULT_DIR_ENV, FAULT_ENV
 
 TIMEOUT_S = 30.0
 SMALL = spec("pool", tokens=(1,), limit=3)
@@ -93,7 +93,7 @@ def assert_pool_outcome(path, stats, workers: int) -> None:
 
 
 def test_the_pool_modules_load_neither_torch_nor_ray():
-    code = ("import sys, mxmoe.tuning.executors_host, mxmoe.tuning.executors_ray; "
+    code = ("import sys, mxmoe.tuning.sweep.executors_host, mxmoe.tuning.sweep.executors_ray; "
             "assert not {'torch', 'triton', 'ray'} & set(sys.modules), 'loaded at import'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -153,7 +153,7 @@ def test_a_busy_gpu_anywhere_in_the_pool_refuses_the_sweep(tmp_path):
 
 
 def test_a_mixed_ray_cluster_keeps_one_kind_of_gpu():
-    from mxmoe.tuning.executors_ray import pick_device
+    from mxmoe.tuning.sweep.executors_ray import pick_device
 
     assert pick_device(["NVIDIA H200", "NVIDIA H100", "NVIDIA H100"]) == "NVIDIA H100"  # most workers
     assert pick_device(["NVIDIA H200", "NVIDIA H100"]) == "NVIDIA H100"  # a tie: the first by name
@@ -216,7 +216,7 @@ def ray_cluster():
 
 
 def ray_executor():
-    from mxmoe.tuning.executors_ray import RayExecutor
+    from mxmoe.tuning.sweep.executors_ray import RayExecutor
 
     return RayExecutor(CONFIG, workers=2, timeout_s=TIMEOUT_S)
 
@@ -272,7 +272,7 @@ def cli():
     import typer
     from typer.testing import CliRunner
 
-    from mxmoe.tuning.commands.sweep import register
+    from mxmoe.cli.commands.sweep import register
 
     app = typer.Typer()
     register(app)

@@ -15,11 +15,11 @@ import pytest
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.dispatch import choose_config, running_versions, table_filename
 from mxmoe.shapes import MODELS, Path
-from mxmoe.tuning.executors import InlineExecutor, WorkerConfig
-from mxmoe.tuning.export import ExportError, export_tables
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, Status
-from mxmoe.tuning.sweep import SweepSpec, run_sweep
+from mxmoe.tuning.judge.export import ExportError, export_tables
+from mxmoe.tuning.ledger.records import Attempt, Status
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.sweep.driver import SweepSpec, run_sweep
+from mxmoe.tuning.sweep.executors import InlineExecutor, WorkerConfig
 
 GPU = "NVIDIA H100 80GB HBM3"
 DSV3 = MODELS["deepseek-v3"]

@@ -10,9 +10,9 @@ import pytest
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.shapes import MODELS
 from mxmoe.spec import Profile
-from mxmoe.tuning.gate import Outcome, claimable_win, claimable_wins, compare, pareto_fronts
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, GuardrailResult, Status
+from mxmoe.tuning.judge.gate import Outcome, claimable_win, claimable_wins, compare, pareto_fronts
+from mxmoe.tuning.ledger.records import Attempt, GuardrailResult, Status
+from mxmoe.tuning.ledger.store import Ledger
 
 BASE_CFG = MoEConfig(TileConfig(), TileConfig())
 FAST_CFG = MoEConfig(TileConfig(block_n=128), TileConfig(block_n=128))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mxmoe.tuning import gpu_state as gs
-from mxmoe.tuning.gpu_state import (
+from mxmoe.tuning.timing import gpu_state as gs
+from mxmoe.tuning.timing.gpu_state import (
     DRIFT_MIN_SAMPLES,
     Check,
     CheckResult,
@@ -30,7 +30,7 @@ from mxmoe.tuning.gpu_state import (
     sample_drift,
     verify_locked,
 )
-from mxmoe.tuning.nvml import FakeNvml, MissingNvml, Script, open_nvml
+from mxmoe.tuning.timing.nvml import FakeNvml, MissingNvml, Script, open_nvml
 
 THERMAL_SW, THERMAL_HW, POWER_SW, POWER_BRAKE, HW_SLOW = 0x20, 0x40, 0x4, 0x80, 0x8
 

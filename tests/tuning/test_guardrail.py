@@ -19,15 +19,15 @@ import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import mxmoe.integrations.transformers as integ  # noqa: E402
-import mxmoe.tuning.guardrail_model as gm  # noqa: E402
+import mxmoe.tuning.guardrail.model as gm  # noqa: E402
+from mxmoe.cli.commands.guardrail import register  # noqa: E402
 from mxmoe.config import Mma, MoEConfig, TileConfig  # noqa: E402
 from mxmoe.dispatch import choose_config  # noqa: E402
 from mxmoe.shapes import MODELS, Path  # noqa: E402
 from mxmoe.spec import E2E_LOGITS_DIFF_MAX  # noqa: E402
-from mxmoe.tuning import guardrail as g  # noqa: E402
-from mxmoe.tuning.commands.guardrail import register  # noqa: E402
-from mxmoe.tuning.ledger import Ledger  # noqa: E402
-from mxmoe.tuning.records import Attempt, Status  # noqa: E402
+from mxmoe.tuning.guardrail import run as g  # noqa: E402
+from mxmoe.tuning.ledger.records import Attempt, Status  # noqa: E402
+from mxmoe.tuning.ledger.store import Ledger  # noqa: E402
 
 CFG = MoEConfig(TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST),
                 TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.UPCAST))

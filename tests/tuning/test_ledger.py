@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.shapes import MODELS
-from mxmoe.tuning.ledger import (
+from mxmoe.tuning.ledger.records import Attempt, GuardrailResult, Status
+from mxmoe.tuning.ledger.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Ledger,
@@ -28,7 +29,6 @@ from mxmoe.tuning.ledger import (
     RecordOutcome,
     SchemaTooNewError,
 )
-from mxmoe.tuning.records import Attempt, GuardrailResult, Status
 
 CFG = MoEConfig(TileConfig(), TileConfig(block_n=128))
 
@@ -306,8 +306,8 @@ def test_summary_counts_per_campaign_and_status(ledger):
 
 _CHILD = """
 import sys
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.ledger.records import Attempt
 path, run = sys.argv[1], int(sys.argv[2])
 with Ledger.open(path) as led:
     led.add_campaign("kill")

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from mxmoe.tuning.clocks import CudaUnavailableError, FakeClock
-from mxmoe.tuning.gpu_state import Check, CheckResult
-from mxmoe.tuning.measure import (
+from mxmoe.tuning.timing.clocks import CudaUnavailableError, FakeClock
+from mxmoe.tuning.timing.gpu_state import Check, CheckResult
+from mxmoe.tuning.timing.measure import (
     HOST_PROBE_ITERS,
     L2Policy,
     Measurement,
@@ -22,7 +22,7 @@ from mxmoe.tuning.measure import (
     measure,
     rotation_copies,
 )
-from mxmoe.tuning.nvml import FakeNvml, Script
+from mxmoe.tuning.timing.nvml import FakeNvml, Script
 
 FAST = {"warmup_s": 0.001, "warmup_min_iters": 3, "idle_sample_s": 0.0, "resamples": 300}
 

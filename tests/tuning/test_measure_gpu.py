@@ -14,9 +14,9 @@ import statistics
 import pytest
 import torch
 
-from mxmoe.tuning.clocks import CudaEventClock
-from mxmoe.tuning.gpu_state import Check, process_check, read_gpu_state
-from mxmoe.tuning.measure import (
+from mxmoe.tuning.timing.clocks import CudaEventClock
+from mxmoe.tuning.timing.gpu_state import Check, process_check, read_gpu_state
+from mxmoe.tuning.timing.measure import (
     L2Policy,
     TimingMode,
     idle_before,

@@ -10,9 +10,9 @@ import pytest
 
 from mxmoe.shapes import MODELS, Path
 from mxmoe.spec import win_margin
-from mxmoe.tuning.clocks import FakeClock
-from mxmoe.tuning.noise import NoiseReport, aa_noise, run_noise
-from mxmoe.tuning.nvml import FakeNvml
+from mxmoe.tuning.timing.clocks import FakeClock
+from mxmoe.tuning.timing.noise import NoiseReport, aa_noise, run_noise
+from mxmoe.tuning.timing.nvml import FakeNvml
 
 FAST = {"warmup_s": 0.0, "warmup_min_iters": 1, "idle_sample_s": 0.0, "resamples": 300}
 

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from mxmoe.shapes import MODELS
-from mxmoe.tuning import provenance as prov_mod
-from mxmoe.tuning.gpu_state import read_gpu_state, unavailable_state
-from mxmoe.tuning.nvml import FakeNvml
-from mxmoe.tuning.provenance import (
+from mxmoe.tuning.timing import provenance as prov_mod
+from mxmoe.tuning.timing.gpu_state import read_gpu_state, unavailable_state
+from mxmoe.tuning.timing.nvml import FakeNvml
+from mxmoe.tuning.timing.provenance import (
     Provenance,
     codegen_env,
     collect_provenance,
@@ -178,8 +178,8 @@ def test_default_kernel_hash_is_stable():
 
 def test_harness_leaves_import_without_torch():
     code = (
-        "import sys; import mxmoe.tuning.provenance, mxmoe.tuning.stats, mxmoe.tuning.gpu_state; "
-        "mxmoe.tuning.provenance.kernel_source_hash(); "
+        "import sys; import mxmoe.tuning.timing.provenance, mxmoe.tuning.timing.stats, mxmoe.tuning.timing.gpu_state; "
+        "mxmoe.tuning.timing.provenance.kernel_source_hash(); "
         "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

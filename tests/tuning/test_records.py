@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.shapes import MODELS, Path
-from mxmoe.tuning.records import (
+from mxmoe.tuning.ledger.records import (
     INTERPRETER,
     Attempt,
     GuardrailResult,

@@ -13,15 +13,15 @@ from test_gate import BASE_CFG, BASE_US, FAST_CFG, GRID
 from test_gate import row as gate_row
 from typer.testing import CliRunner
 
+from mxmoe.cli.commands import report as cli_report
 from mxmoe.config import MoEConfig, TileConfig
 from mxmoe.shapes import MODELS, Path
 from mxmoe.spec import Profile, compute_floor_us, expected_experts_hit, flops, layer_bytes, memory_floor_us
-from mxmoe.tuning.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
-from mxmoe.tuning.commands import report as cli_report
-from mxmoe.tuning.gate import claimable_win
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, GuardrailResult, Status
-from mxmoe.tuning.report import (
+from mxmoe.tuning.judge.gate import claimable_win
+from mxmoe.tuning.ledger.records import Attempt, GuardrailResult, Status
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.report.bars import Bar, bars_markdown, performance_bars
+from mxmoe.tuning.report.build import (
     BARS_SECTION,
     INTERPRETER_BANNER,
     SECTIONS,
@@ -34,7 +34,7 @@ from mxmoe.tuning.report import (
     row_floors,
     status_counts,
 )
-from mxmoe.tuning.report_bars import Bar, bars_markdown, performance_bars
+from mxmoe.tuning.timing.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLOW_CFG = MoEConfig(TileConfig(block_m=32), TileConfig(block_m=32))

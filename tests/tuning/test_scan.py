@@ -9,9 +9,9 @@ import pytest
 
 from mxmoe.config import TileConfig
 from mxmoe.shapes import MODELS
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Attempt, Status
-from mxmoe.tuning.scan import REQUIRED_PROVENANCE, Code, replay, replay_command, scan
+from mxmoe.tuning.ledger.records import Attempt, Status
+from mxmoe.tuning.ledger.scan import REQUIRED_PROVENANCE, Code, replay, replay_command, scan
+from mxmoe.tuning.ledger.store import Ledger
 
 CFG = TileConfig()
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxmoe.tuning.stats import (
+from mxmoe.tuning.timing.stats import (
     StopReason,
     StopRule,
     bootstrap_median_ci,

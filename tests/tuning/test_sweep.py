@@ -25,15 +25,15 @@ from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.heuristic import default_config
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path
 from mxmoe.source_hash import kernel_source_hash
-from mxmoe.tuning import candidates
-from mxmoe.tuning.bench import NOMINAL_FLOORS
-from mxmoe.tuning.executors import InlineExecutor, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
-from mxmoe.tuning.gate import claimable_win
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.records import Status, active
-from mxmoe.tuning.scan import scan
-from mxmoe.tuning.sweep import SweepRefused, SweepSpec, run_sweep
-from mxmoe.tuning.worker import FAULT_ENV
+from mxmoe.tuning.judge.gate import claimable_win
+from mxmoe.tuning.ledger.records import Status, active
+from mxmoe.tuning.ledger.scan import scan
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.sweep import candidates
+from mxmoe.tuning.sweep.driver import SweepRefused, SweepSpec, run_sweep
+from mxmoe.tuning.sweep.executors import InlineExecutor, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
+from mxmoe.tuning.sweep.worker import FAULT_ENV
+from mxmoe.tuning.timing.bench import NOMINAL_FLOORS
 
 TINY = MODELS["tiny"]
 _T = TileConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=3, mma=Mma.UPCAST)
@@ -65,8 +65,9 @@ def assert_complete(ledger: Ledger, s: SweepSpec) -> None:
 
 
 def test_the_driver_never_loads_torch():
-    code = ("import sys, mxmoe.tuning.sweep, mxmoe.tuning.executors, mxmoe.tuning.worker, mxmoe.tuning.export, "
-            "mxmoe.tuning.commands.sweep; assert not {'torch', 'triton'} & set(sys.modules), 'torch imported'")
+    code = ("import sys, mxmoe.tuning.sweep.driver, mxmoe.tuning.sweep.executors, mxmoe.tuning.sweep.worker, "
+            "mxmoe.tuning.judge.export, mxmoe.cli.commands.sweep; "
+            "assert not {'torch', 'triton'} & set(sys.modules), 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -191,7 +192,7 @@ def test_kernel_edits_and_retries_supersede_never_duplicate(tmp_path, monkeypatc
                           spaces=SPACE)
         assert again.counts == {"measured": measured}
         assert_complete(led, s)
-        monkeypatch.setattr("mxmoe.tuning.sweep.kernel_source_hash", lambda: "e" * 64)
+        monkeypatch.setattr("mxmoe.tuning.sweep.driver.kernel_source_hash", lambda: "e" * 64)
         edited = ScriptedExecutor(["measured"])
         edited.info = dataclasses.replace(edited.info, kernel_hash="e" * 64)
         assert run_sweep(s, led, edited, spaces=SPACE).written == first.planned  # every probe re-answered
@@ -254,9 +255,9 @@ def test_interpreter_campaigns_are_refused_by_the_gate(tmp_path):
 
 CHILD = """
 import sys
-from mxmoe.tuning.executors import LocalExecutor, WorkerConfig
-from mxmoe.tuning.ledger import Ledger
-from mxmoe.tuning.sweep import run_sweep
+from mxmoe.tuning.sweep.executors import LocalExecutor, WorkerConfig
+from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.sweep.driver import run_sweep
 sys.path.insert(0, {tests!r})
 from test_sweep import SPACE, spec
 s = spec("kill", tokens=(1, 2), limit=3)
@@ -299,7 +300,7 @@ def test_cli_sweep_then_export(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from mxmoe.tuning.commands.sweep import register
+    from mxmoe.cli.commands.sweep import register
 
     app = typer.Typer()
     register(app)

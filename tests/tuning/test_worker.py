@@ -14,8 +14,8 @@ import pytest
 from mxmoe.config import MoEConfig
 from mxmoe.heuristic import default_config
 from mxmoe.shapes import MODELS
-from mxmoe.tuning.executors import Job, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
-from mxmoe.tuning.worker import FAULT_DIR_ENV, FAULT_ENV, faults_for, parse_faults
+from mxmoe.tuning.sweep.executors import Job, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
+from mxmoe.tuning.sweep.worker import FAULT_DIR_ENV, FAULT_ENV, faults_for, parse_faults
 
 TIMEOUT_S = 8.0  # a phase of a tiny trial takes < 2 s on the interpreter
 HEURISTIC = default_config(MODELS["tiny"], "a16w4", 1, interpreter=True)
@@ -136,7 +136,7 @@ def test_two_segfaults_are_worker_lost_with_the_stack(executor):
 
 
 def test_bench_on_the_interpreter_says_so(tmp_path):
-    from mxmoe.tuning.bench import read_csv_rows, run_bench, write_csv
+    from mxmoe.tuning.timing.bench import read_csv_rows, run_bench, write_csv
 
     rows = run_bench(MODELS["tiny"], "a16w4", (1,), interpreter=True)
     (r,) = rows

@@ -116,7 +116,7 @@ class PatchReport:
 
 
 class _Tape(Protocol):
-    """What a patched experts call hands its inputs to before running (mxmoe.tuning.guardrail_model.ExpertsTape)."""
+    """What a patched experts call hands its inputs to before running (mxmoe.tuning.guardrail.model.ExpertsTape)."""
 
     def apply(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...

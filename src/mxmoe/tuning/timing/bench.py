@@ -1,0 +1,303 @@
+"""The roofline bench: layer, stage 1, stage 2 and routing times per T, beside floors measured in the same run.
+
+Axis legend: T tokens, A topk, E experts, H hidden, I inter.
+
+Shared by `mxmoe bench`, `benchmarks/bench_moe.py` and the sweep worker (which measures its floors
+here once per sweep). Floors (DESIGN.md "Locked spec"): the memory floor is the layer's bytes over the
+device copy bandwidth of a 1 GiB copy counting read and write; the compute floor is its FLOPs over
+the rate of an 8192^3 bf16 matmul. On the Triton interpreter nothing is timed for real: each piece
+runs once (so the path is exercised), the timings come from a FakeClock, the floors are the nominal
+H100 numbers below, and every row says so (non-claimable, `floors_source="nominal"`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from mxmoe.shapes import MoEShape, Path
+from mxmoe.spec import compute_floor_us, flops, layer_bytes, memory_floor_us, mfu, roofline_fraction, vendor_peak
+
+COPY_BYTES = 2**30  # the copy whose read + write bytes give the bandwidth
+MATMUL_N = 8192  # the square bf16 matmul whose rate gives the compute floor
+FLOOR_WARMUP, FLOOR_ITERS = 3, 20
+# Nominal H100 SXM numbers, used only where nothing can be measured (the interpreter): about what
+# the 1 GiB copy (3.0 TB/s of 3.35 peak) and the 8192^3 bf16 matmul (790 of 989 TFLOP/s) reach.
+NOMINAL_BANDWIDTH = 3.0e12
+NOMINAL_RATE = 7.9e14
+# Fake-clock timings (interpreter): a base plus a per-token cost, scaled per (config, T) by a
+# deterministic factor in [0.7, 1.3), so a sweep on the interpreter is reproducible run to run.
+FAKE_BASE_US, FAKE_PER_TOKEN_US = 4.0, 0.02
+FAKE_MEASURE = {"warmup_s": 0.0, "warmup_min_iters": 1, "min_iters": 30, "max_iters": 60, "resamples": 300}
+
+
+@dataclass(frozen=True, slots=True)
+class Floors:
+    """Device copy bandwidth (bytes/s, read + write) and dense bf16 matmul rate (FLOP/s)."""
+
+    bandwidth: float
+    rate: float
+    source: str  # "measured" (this run, this GPU) or "nominal" (interpreter: not a measurement)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Floors:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown Floors fields {sorted(unknown)}")
+        return cls(float(d["bandwidth"]), float(d["rate"]), str(d["source"]))
+
+
+NOMINAL_FLOORS = Floors(NOMINAL_BANDWIDTH, NOMINAL_RATE, "nominal")
+
+
+def fake_median_us(config_key: str, tokens: int, scale: float = 1.0) -> float:
+    """The FakeClock median of a config at T: deterministic in (config_key, T), never a claim."""
+    u = int(hashlib.sha256(f"{config_key}:{tokens}".encode()).hexdigest()[:8], 16) / 2**32
+    return scale * (FAKE_BASE_US + FAKE_PER_TOKEN_US * tokens) * (0.7 + 0.6 * u)
+
+
+def fake_seed(config_key: str, tokens: int) -> int:
+    return int(hashlib.sha256(f"seed:{config_key}:{tokens}".encode()).hexdigest()[:8], 16)
+
+
+def _median_us(step: Callable[[int], object], iters: int, device: Any) -> float:
+    """Median CUDA-event time (us) of `step` on `device` (a torch.device), after FLOOR_WARMUP calls."""
+    from statistics import median
+
+    from mxmoe.tuning.timing.clocks import CudaEventClock
+
+    clock = CudaEventClock(device.index)
+    clock.time_batch(step, range(FLOOR_WARMUP))
+    return median(clock.time_batch(step, range(iters)))
+
+
+def _copy_us(device: Any) -> float:
+    import torch
+
+    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return _median_us(lambda i: dst.copy_(src), FLOOR_ITERS, src.device)
+
+
+def _matmul_us(device: Any) -> float:
+    import torch
+
+    a = torch.randn(MATMUL_N, MATMUL_N, dtype=torch.bfloat16, device=device)
+    b = torch.randn_like(a)
+    return _median_us(lambda i: a @ b, FLOOR_ITERS, a.device)
+
+
+def measure_floors(*, interpreter: bool, device: Any = "cuda") -> Floors:
+    """Copy bandwidth and matmul rate of this GPU, measured now; NOMINAL_FLOORS on the interpreter."""
+    if interpreter:
+        return NOMINAL_FLOORS
+    copy_us, mm_us = _copy_us(device), _matmul_us(device)
+    return Floors(2 * COPY_BYTES / (copy_us * 1e-6), 2.0 * MATMUL_N**3 / (mm_us * 1e-6), "measured")
+
+
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    memory_floor_us: float
+    compute_floor_us: float
+    fraction: float
+    tflops: float
+
+
+def roofline(shape: MoEShape, path: Path | str, tokens: int, experts_hit: int, time_us: float,
+             floors: Floors) -> Roofline:
+    """The layer's floors and the fraction of them a time reaches (spec.py's formulas)."""
+    mem = memory_floor_us(layer_bytes(shape, Path(path), tokens, experts_hit), floors.bandwidth)
+    comp = compute_floor_us(flops(shape, tokens), floors.rate)
+    return Roofline(mem, comp, roofline_fraction(time_us, mem, comp), flops(shape, tokens) / (time_us * 1e-6) / 1e12)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchRow:
+    """One T of `mxmoe bench`; times are medians in microseconds."""
+
+    model: str
+    path: str
+    routing: str
+    tokens: int
+    config_key: str
+    config: str
+    layer_us: float
+    layer_p95_us: float
+    layer_ci_lo_us: float
+    layer_ci_hi_us: float
+    stage1_us: float
+    stage2_us: float
+    routing_us: float
+    experts_hit: int
+    memory_floor_us: float
+    compute_floor_us: float
+    roofline_fraction: float
+    tflops: float
+    mfu: float | None
+    bandwidth: float
+    rate: float
+    floors_source: str
+    clock: str
+    mode: str
+    l2: str
+    claimable: bool
+    checks: str
+    device: str
+    torch_version: str | None
+    triton_version: str | None
+    mxmoe_version: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_versions() -> dict[str, Any]:
+    """The version columns every bench-style CSV row carries (benchmarks/scan_splitk.py too)."""
+    import torch
+
+    from mxmoe._version import __version__
+    from mxmoe.tuning.timing.provenance import git_info
+
+    git = git_info()
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = None
+    return {"torch_version": str(torch.__version__), "triton_version": triton_version, "mxmoe_version": __version__,
+            "git_commit": git.commit, "git_dirty": git.dirty}
+
+
+Timer = Callable[[Callable[[], object], str, int, float], Any]
+
+
+def layer_timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
+    """time(fn, config_key, T, scale) -> Measurement: graph replay with an L2 flush on a GPU; on the
+    interpreter fn runs once for real and a FakeClock makes the samples. Shared with the benchmarks' scans,
+    so every timing script measures as `mxmoe bench` does."""
+    from mxmoe.tuning.timing.clocks import FakeClock
+    from mxmoe.tuning.timing.measure import measure
+
+    def time_it(fn: Callable[[], object], key: str, t: int, scale: float) -> Any:
+        if not interpreter:
+            return measure(fn, mode="graph", l2="flush", **measure_kwargs)
+        fn()
+        clock = FakeClock(fake_median_us(key, t, scale), 0.02, seed=fake_seed(key, t), execute=False)
+        return measure(fn, mode="graph", l2="flush", clock=clock, **{**FAKE_MEASURE, **measure_kwargs})
+
+    return time_it
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """What one T's bench needs besides the timer: the run's floors, device and versions."""
+
+    shape: MoEShape
+    path: Path
+    routing: str
+    seed: int
+    device: str
+    device_name: str
+    floors: Floors
+    versions: Mapping[str, Any]
+
+
+def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
+    from mxmoe.dispatch import choose_config
+    from mxmoe.kernels.align import align
+    from mxmoe.kernels.quant import quantize_input
+    from mxmoe.kernels.stage1 import stage1
+    from mxmoe.kernels.stage2 import stage2
+    from mxmoe.moe import moe
+    from mxmoe.problem import make_problem
+    from mxmoe.routing import experts_hit
+
+    shape, path = pt.shape, pt.path
+    p = make_problem(shape, path, t, seed=pt.seed, routing=pt.routing, device=pt.device)
+    cfg = choose_config(shape, path, t)
+    key, e = cfg.key(), shape.experts
+    x = quantize_input(p.hidden, path)
+    plan1 = align(p.topk_ids, e, cfg.stage1.block_m)
+    plan2 = align(p.topk_ids, e, cfg.stage2.block_m)
+    h, w = stage1(x, p.weights, plan1, cfg.stage1), p.topk_weights.float()
+    layer = time_it(lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False),
+                    key, t, 1.0)
+    s1 = time_it(lambda: stage1(x, p.weights, plan1, cfg.stage1), key, t, 0.6)
+    s2 = time_it(lambda: stage2(h, p.weights, plan2, w, cfg.stage2, t), key, t, 0.35)
+    rt = time_it(lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False), key, t, 0.05)
+    hit = experts_hit(p.topk_ids, e)
+    roof = roofline(shape, path, t, hit, layer.median_us, pt.floors)
+    peak = vendor_peak(pt.device_name)
+    return BenchRow(
+        model=shape.name, path=path.value, routing=pt.routing, tokens=t, config_key=key,
+        config=f"{cfg.stage1.short()}|{cfg.stage2.short()}", layer_us=layer.median_us,
+        layer_p95_us=layer.p95_us, layer_ci_lo_us=layer.ci_lo_us, layer_ci_hi_us=layer.ci_hi_us,
+        stage1_us=s1.median_us, stage2_us=s2.median_us, routing_us=rt.median_us, experts_hit=hit,
+        memory_floor_us=roof.memory_floor_us, compute_floor_us=roof.compute_floor_us,
+        roofline_fraction=roof.fraction, tflops=roof.tflops,
+        mfu=None if peak is None else mfu(flops(shape, t), layer.median_us, peak),
+        bandwidth=pt.floors.bandwidth, rate=pt.floors.rate, floors_source=pt.floors.source, clock=layer.clock,
+        mode=layer.mode.value, l2=layer.l2.value, claimable=layer.claimable, checks=",".join(layer.checks),
+        device=pt.device_name, **pt.versions,
+    )
+
+
+def run_bench(
+    shape: MoEShape,
+    path: Path | str,
+    tokens: Iterable[int],
+    *,
+    interpreter: bool,
+    routing: str = "uniform",
+    seed: int = 0,
+    measure_kwargs: Mapping[str, Any] | None = None,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """Time the layer moe() would launch (dispatch's choice) at each T, its stages and the routing alone.
+
+    Layer and stages are CUDA-graph replays with an L2 flush before each; the floors are measured
+    once, here, after the idle check. The caller sets TRITON_INTERPRET before kernels are imported.
+    """
+    import torch
+
+    from mxmoe.tuning.timing.measure import idle_before
+
+    kw = dict(measure_kwargs or {})
+    if not interpreter and "idle" not in kw:
+        kw["idle"] = idle_before()  # before this process loads the GPU
+    pt = _Point(shape, Path(path), str(routing), seed, "cpu" if interpreter else "cuda",
+                "interpreter" if interpreter else torch.cuda.get_device_name(),
+                measure_floors(interpreter=interpreter), run_versions())
+    time_it, rows = layer_timer(interpreter, kw), []
+    for t in tokens:
+        rows.append(_bench_point(pt, t, time_it))
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
+
+
+def write_csv(rows: Sequence[BenchRow], dest: str | os.PathLike[str], *, append: bool = True) -> int:
+    """Append (or write) rows with a header when the file is new; returns the row count."""
+    names = [f.name for f in fields(BenchRow)]
+    new = not os.path.exists(dest) or not append
+    with open(dest, "a" if append else "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=names)
+        if new:
+            writer.writeheader()
+        writer.writerows(r.to_dict() for r in rows)
+    return len(rows)
+
+
+def read_csv_rows(src: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a bench CSV, as strings (for reports and tests)."""
+    with open(src, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
