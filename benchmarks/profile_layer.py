@@ -20,10 +20,8 @@ import torch
 
 from mxmoe.config import Combine
 from mxmoe.heuristic import default_config
-from mxmoe.kernels.align import align
-from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
+from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.routing import experts_hit
@@ -50,23 +48,22 @@ def profile_point(model: str, path: Path, t: int, routing: str, max_time_s: floa
     p = make_problem(shape, path, t, routing=routing, device=device)
     cfg = default_config(shape, path, t, interpreter=device != "cuda")
     e, hidden = shape.experts, shape.hidden
-    plan1 = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
-    plan2 = plan1 if cfg.stage2.block_m == cfg.stage1.block_m else align(
-        p.topk_ids, e, cfg.stage2.block_m, validate=False)
-    x = quantize_input(p.hidden, path)
-    h = stage1(x, p.weights, plan1, cfg.stage1)
+    lp = layer_plan(shape, path, cfg, t)  # the pieces as moe() launches them; replayed, so no single-use counters
+    plan1, plan2 = lp.route(p.topk_ids, counters=False)
+    x = lp.quantize(p.hidden)
+    h = lp.stage1(x, p.weights, plan1)
     tw = p.topk_weights.float()
     out32 = torch.zeros(t, hidden, dtype=torch.float32, device=device)
     slots_cfg = cfg.stage2.replace(combine=Combine.SLOTS, split_k=1)
     tiny = torch.empty(1, device=device)
     parts: dict[str, Callable[[], object]] = {
         "launch": lambda: tiny.zero_(),
-        "route": lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False),
-        "quant": lambda: quantize_input(p.hidden, path),
-        "stage1": lambda: stage1(x, p.weights, plan1, cfg.stage1),
+        "route": lambda: lp.route(p.topk_ids),
+        "quant": lambda: lp.quantize(p.hidden),
+        "stage1": lambda: lp.stage1(x, p.weights, plan1),
         "s2_zero": lambda: out32.zero_(),
         "s2_cast": lambda: out32.to(torch.bfloat16),
-        "stage2": lambda: stage2(h, p.weights, plan2, tw, cfg.stage2, t),
+        "stage2": lambda: lp.stage2(h, p.weights, plan1, plan2, tw),
         "stage2_slots": lambda: stage2(h, p.weights, plan2, tw, slots_cfg, t),
         "layer": lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False),
     }
@@ -75,7 +72,7 @@ def profile_point(model: str, path: Path, t: int, routing: str, max_time_s: floa
     us = {k: _us(f, max_time_s) for k, f in parts.items()}
     # Each piece timed alone carries the protocol's fixed cost once (about `launch`): stage 2 minus its zero fill
     # and cast took it off twice, so it goes back once.
-    us["s2_kernel"] = us["stage2"] - us["s2_zero"] - us["s2_cast"] + us["launch"]
+    us["s2_kernel"] = us["stage2"] - us["s2_zero"] - us["s2_cast"] + us["launch"]  # where the combine has both
     floor = layer_bytes(shape, path, t, experts_hit(p.topk_ids, e)) / bandwidth * 1e6
     return {"model": model, "path": path.value, "tokens": t, "routing": routing,
             "config": cfg.key(), **{k: round(v, 2) for k, v in us.items()},

@@ -96,22 +96,18 @@ class Timed:
 def time_config(name: str, cfg, p, time_it) -> Timed:
     """Times the stage the variant changes alone (the baseline: both; a both-stage variant: neither), then the
     layer, whose output it keeps."""
-    from mxmoe.kernels.align import align
-    from mxmoe.kernels.quant import quantize_input
-    from mxmoe.kernels.stage1 import stage1
-    from mxmoe.kernels.stage2 import stage2
+    from mxmoe.layer_plan import layer_plan
     from mxmoe.moe import moe
 
-    t, e, key = p.tokens, p.shape.experts, cfg.key()
-    x, tw = quantize_input(p.hidden, p.path), p.topk_weights.float()
-    plan1 = align(p.topk_ids, e, cfg.stage1.block_m, validate=False)
-    plan2 = align(p.topk_ids, e, cfg.stage2.block_m, validate=False)
+    t, key = p.tokens, cfg.key()
+    lp = layer_plan(p.shape, p.path, cfg, t)  # each stage as moe() launches it; replayed, so no single-use counters
+    x, (plan1, plan2) = lp.quantize(p.hidden), lp.route(p.topk_ids, counters=False)
     s1 = s2 = None
     if name == "baseline" or name.startswith("s1"):
-        s1 = time_it(lambda: stage1(x, p.weights, plan1, cfg.stage1), key, t, 0.6)
+        s1 = time_it(lambda: lp.stage1(x, p.weights, plan1), key, t, 0.6)
     if name == "baseline" or name.startswith("s2"):
-        h = stage1(x, p.weights, plan1, cfg.stage1)
-        s2 = time_it(lambda: stage2(h, p.weights, plan2, tw, cfg.stage2, t), key, t, 0.35)
+        h = lp.stage1(x, p.weights, plan1)
+        s2 = time_it(lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights), key, t, 0.35)
     run = lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)  # noqa: E731
     out = run().float()
     return Timed(s1, s2, time_it(run, key, t, 1.0), out)

@@ -37,7 +37,7 @@ def problem():
 @pytest.fixture
 def no_launch(monkeypatch):
     """Every kernel launch of moe() fails the test: a refusal must come before any launch."""
-    module = sys.modules["mxmoe.moe"]
+    module = sys.modules["mxmoe.layer_plan"]  # moe() launches through its layer plan
 
     def launched(*args, **kwargs):
         raise AssertionError("a kernel was launched")

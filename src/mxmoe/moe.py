@@ -1,4 +1,5 @@
-"""The public MoE op: routing plan -> config choice -> stage 1 -> stage 2.
+"""The public MoE op: config choice, then the layer plan's launches (layer_plan.py: quantize -> align -> stage 1 ->
+stage 2).
 
 Axis legend: T tokens, A topk, E experts, H hidden, I inter.
 """
@@ -12,12 +13,8 @@ from torch import nn
 
 from mxmoe.config import MoEConfig
 from mxmoe.dispatch import check_explicit, choose_config
-from mxmoe.kernels.align import align
-from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.stage1 import stage1
-from mxmoe.kernels.stage2 import stage2
-from mxmoe.kernels.swmoe import counters_needed, finishes_atomic_in_kernel
-from mxmoe.routing import max_padded_pairs, route_grouped_sigmoid, route_topk_softmax
+from mxmoe.layer_plan import layer_plan
+from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
 
@@ -85,31 +82,8 @@ def moe(
         config = choose_config(shape_of(weights, a), path, t)
     else:
         check_explicit(shape_of(weights, a), path, config)
-    x = quantize_input(hidden.to(torch.bfloat16).contiguous(), path, bf16=config.stage1.mma.v2)
-    e = weights.num_experts
-    n1, n2 = _counters(config, e, t, a, weights)
-    plan1 = align(topk_ids, e, config.stage1.block_m, validate=validate, counters=n1 + n2)
-    plan2 = plan1
-    if config.stage2.block_m != config.stage1.block_m:
-        plan2 = align(topk_ids, e, config.stage2.block_m, validate=False)
-    c1 = plan1.counters[:n1] if n1 else None
-    c2 = plan1.counters[n1:] if n2 else None
-    sums = None  # the v2 atomic combine's fp32 [T, H], zeroed by stage 1's programs: no memset launch
-    if config.stage1.mma.v2 and config.stage2.mma.v2 and finishes_atomic_in_kernel(config.stage2, weights.inter):
-        sums = torch.empty(t, weights.hidden, dtype=torch.float32, device=hidden.device)
-    h = stage1(x, weights, plan1, config.stage1, poison=poison, counters=c1, zero=sums)
-    return stage2(h, weights, plan2, topk_weights.float(), config.stage2, t, poison=poison, counters=c2, out=sums,
-                  zeroed=sums is not None)
-
-
-def _counters(config: MoEConfig, experts: int, tokens: int, topk: int, weights: MoEWeights) -> tuple[int, int]:
-    """The v2 stages' arrival counters, which the (first) align kernel zeroes: no memset launch."""
-    if not (config.stage1.mma.v2 and config.stage2.mma.v2):
-        return 0, 0
-    blocks = [max_padded_pairs(tokens * topk, experts, c.block_m) // c.block_m
-              for c in (config.stage1, config.stage2)]
-    return (counters_needed(config.stage1, 1, weights.inter, weights.hidden, blocks[0], tokens),
-            counters_needed(config.stage2, 2, weights.hidden, weights.inter, blocks[1], tokens))
+    plan = layer_plan(shape_of(weights, a), path, config, t)
+    return plan.run(hidden, weights, topk_ids, topk_weights, validate=validate, poison=poison)
 
 
 class MoELayer(nn.Module):

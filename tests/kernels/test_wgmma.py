@@ -18,6 +18,7 @@ from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.kernels.layout import swizzle, unswizzle
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.wtile import weight_tile
+from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe
 from mxmoe.mx import MXFormat, MXTensor, dequantize
 from mxmoe.problem import make_problem
@@ -138,6 +139,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     from mxmoe.kernels import swmoe
 
     monkeypatch.setattr(swmoe, "ATOMIC_FINISH_MIN_K_STEPS", 1 if in_kernel else 1 << 30)
+    layer_plan.cache_clear()  # the layer plan is memoized on its arguments: a patched rule needs a fresh one
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan"))
                         if k.get("dtype") is torch.float32 else real_empty(*a, **k))
@@ -156,6 +158,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     plan = align(p.topk_ids, shape.experts, 16)
     swmoe.stage1_wgmma(quantize_input(p.hidden, Path.A16W4, bf16=True), p.weights, plan, cfg.stage1, zero=buf)
     assert not buf.any() and not buf.isnan().any()
+    layer_plan.cache_clear()
 
 
 def test_atomic_finish_rule():

@@ -257,22 +257,20 @@ class TrialRunner:
         return None
 
     def _timed_fn(self, job: Job, cfg: Any, p: Any) -> Any:
-        from mxmoe.kernels.align import align
-        from mxmoe.kernels.quant import quantize_input
-        from mxmoe.kernels.stage1 import stage1
-        from mxmoe.kernels.stage2 import stage2
+        """The callable the job times: moe() for the layer, else one stage exactly as moe() launches it (the layer
+        plan's pieces), routed without the single-use counters so every replay zeroes its own."""
+        from mxmoe.layer_plan import layer_plan
         from mxmoe.moe import moe
 
         if job.stage == "layer":
             return lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, cfg, validate=False)
-        e = p.weights.num_experts
-        x = quantize_input(p.hidden.contiguous(), p.path)
-        plan1 = align(p.topk_ids, e, cfg.stage1.block_m)
+        lp = layer_plan(p.shape, p.path, cfg, p.tokens)
+        x = lp.quantize(p.hidden)
+        plan1, plan2 = lp.route(p.topk_ids, counters=False)
         if job.stage == "1":
-            return lambda: stage1(x, p.weights, plan1, cfg.stage1)
-        h, w = stage1(x, p.weights, plan1, cfg.stage1), p.topk_weights.float()
-        plan2 = align(p.topk_ids, e, cfg.stage2.block_m)
-        return lambda: stage2(h, p.weights, plan2, w, cfg.stage2, p.tokens)
+            return lambda: lp.stage1(x, p.weights, plan1)
+        h = lp.stage1(x, p.weights, plan1)
+        return lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights)
 
     def _measure(self, job: Job, fn: Any) -> Any:
         from mxmoe.tuning.timing.bench import FAKE_MEASURE, fake_median_us, fake_seed

@@ -213,10 +213,7 @@ class _Point:
 
 def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     from mxmoe.dispatch import choose_config
-    from mxmoe.kernels.align import align
-    from mxmoe.kernels.quant import quantize_input
-    from mxmoe.kernels.stage1 import stage1
-    from mxmoe.kernels.stage2 import stage2
+    from mxmoe.layer_plan import layer_plan
     from mxmoe.moe import moe
     from mxmoe.problem import make_problem
     from mxmoe.routing import experts_hit
@@ -225,15 +222,15 @@ def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     p = make_problem(shape, path, t, seed=pt.seed, routing=pt.routing, device=pt.device)
     cfg = choose_config(shape, path, t)
     key, e = cfg.key(), shape.experts
-    x = quantize_input(p.hidden, path)
-    plan1 = align(p.topk_ids, e, cfg.stage1.block_m)
-    plan2 = align(p.topk_ids, e, cfg.stage2.block_m)
-    h, w = stage1(x, p.weights, plan1, cfg.stage1), p.topk_weights.float()
+    lp = layer_plan(shape, path, cfg, t)  # each stage as moe() launches it; replayed, so no single-use counters
+    x = lp.quantize(p.hidden)
+    plan1, plan2 = lp.route(p.topk_ids, validate=True, counters=False)
+    h = lp.stage1(x, p.weights, plan1)
     layer = time_it(lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False),
                     key, t, 1.0)
-    s1 = time_it(lambda: stage1(x, p.weights, plan1, cfg.stage1), key, t, 0.6)
-    s2 = time_it(lambda: stage2(h, p.weights, plan2, w, cfg.stage2, t), key, t, 0.35)
-    rt = time_it(lambda: align(p.topk_ids, e, cfg.stage1.block_m, validate=False), key, t, 0.05)
+    s1 = time_it(lambda: lp.stage1(x, p.weights, plan1), key, t, 0.6)
+    s2 = time_it(lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights), key, t, 0.35)
+    rt = time_it(lambda: lp.route(p.topk_ids), key, t, 0.05)
     hit = experts_hit(p.topk_ids, e)
     roof = roofline(shape, path, t, hit, layer.median_us, pt.floors)
     peak = vendor_peak(pt.device_name)
