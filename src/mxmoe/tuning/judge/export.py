@@ -22,8 +22,7 @@ from typing import Any
 from mxmoe._version import __version__
 from mxmoe.dispatch import METADATA_KEY, TABLE_SCHEMA_VERSION, table_filename
 from mxmoe.shapes import Activation, MoEShape
-from mxmoe.spec import is_regression, is_win
-from mxmoe.tuning.judge.gate import best_row, layer_rows
+from mxmoe.tuning.judge.gate import Outcome, best_row, layer_rows, point_outcome
 from mxmoe.tuning.ledger.records import Attempt, Status, active, utc_now
 from mxmoe.tuning.ledger.store import Ledger
 
@@ -91,10 +90,10 @@ def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_ro
             rows = {r: cfg_rows.get((t, r, cfg)) for r in bases}
             if any(c is None for c in rows.values()):
                 continue
-            pairs = [(b.stats(), rows[r].stats()) for r, b in bases.items()]
-            if any(is_regression(t, b, c) for b, c in pairs) or not any(is_win(t, b, c) for b, c in pairs):
+            outcomes = [point_outcome(t, b, rows[r]) for r, b in bases.items()]  # the gate's verdicts
+            if Outcome.REGRESSION in outcomes or Outcome.WIN not in outcomes:
                 continue
-            speedup = math.prod(b.median_us / c.median_us for b, c in pairs) ** (1 / len(pairs))
+            speedup = math.prod(b.median_us / rows[r].median_us for r, b in bases.items()) ** (1 / len(bases))
             scored.append((-speedup, cfg))
         out[t] = cfg_rows[(t, primary, min(scored)[1] if scored else base_cfg)]
     return out

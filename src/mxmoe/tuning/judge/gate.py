@@ -118,6 +118,19 @@ def best_row(rows: Sequence[Attempt]) -> Attempt | None:
     return min(rows, key=lambda r: (not r.claimable, r.median_us, r.key), default=None)
 
 
+def point_outcome(tokens: int, b: Attempt, c: Attempt, profile: Profile = Profile.MXMOE) -> Outcome:
+    """The gate's verdict on one measured point, candidate row `c` against baseline row `b`: the one owner of the
+    rule (the gate's comparison and export's choice of a table's configs both call it). The baseline's own config
+    is neutral whatever it measured (A/A, see compare); else a regression, a win, or neutral."""
+    base, cand = b.stats(), c.stats()
+    assert base is not None and cand is not None  # measured rows always carry stats
+    if c.config_key == b.config_key:
+        return Outcome.NEUTRAL
+    if is_regression(tokens, base, cand, profile):
+        return Outcome.REGRESSION
+    return Outcome.WIN if is_win(tokens, base, cand, profile) else Outcome.NEUTRAL
+
+
 def _verdict(pt: Point, b: Attempt, c: Attempt | None, profile: Profile) -> PointVerdict:
     base = b.stats()
     if c is None:
@@ -126,14 +139,7 @@ def _verdict(pt: Point, b: Attempt, c: Attempt | None, profile: Profile) -> Poin
     assert base is not None and cand is not None  # measured rows always carry stats
     speedup = base.median_us / cand.median_us
     ci = (base.ci_lo_us / cand.ci_hi_us, base.ci_hi_us / cand.ci_lo_us)
-    if c.config_key == b.config_key:
-        outcome = Outcome.NEUTRAL  # the tuned table keeps the baseline's own config here: A/A, see compare
-    elif is_regression(pt[3], base, cand, profile):
-        outcome = Outcome.REGRESSION
-    elif is_win(pt[3], base, cand, profile):
-        outcome = Outcome.WIN
-    else:
-        outcome = Outcome.NEUTRAL
+    outcome = point_outcome(pt[3], b, c, profile)
     return PointVerdict(*pt, base, cand, speedup, ci, outcome, c.config_key, b.key, c.key)
 
 
