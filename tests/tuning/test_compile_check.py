@@ -117,3 +117,22 @@ def test_the_script_keeps_the_old_names():
     spec.loader.exec_module(module)
     assert module._compile_sm90 is compile_sm90 and module._resource_usage is resource_usage
     assert callable(module.main)
+
+
+@pytest.mark.parametrize("warps,want", [(4, "ok"), (2, "wrapper")])
+def test_cpu_compile_of_a_v2_config_is_the_wrappers_launch(warps, want, monkeypatch):
+    """A v2 (mma=wgmma) config is compiled for sm_90 from the launch the real wrapper records (bf16 carriers, the
+    swmoe kernel), not from the v1 mirrors (which have no wgmma code): a legal tile compiles with its registers
+    read back; one the wrapper refuses (2 warps: no warpgroup) is a `wrapper` outcome with nothing compiled."""
+    from mxmoe.config import Mma, TileConfig
+    from mxmoe.tuning.sweep.compile_check.cpu import run_task_cpu
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a real sm_90 compile, as the --cpu-compile worker does
+    cfg = TileConfig(block_m=16, block_n=64, block_k=64, num_warps=warps, num_stages=2, mma=Mma.WGMMA)
+    task = Task("gpt-oss-120b", "a8w4", 1, cfg.to_json(), "legal", "", "", 0)
+    row = run_task_cpu(task, timeout_s=300, launch=False)
+    assert row["outcome"] == want, row.get("error")
+    if want == "ok":
+        assert row["compile_ok"] == 1 and row["wrapper_ok"] == 1 and row["n_regs"] > 0 and row["n_spills"] == 0
+    else:
+        assert row["compile_ok"] == "" and row["wrapper_ok"] == 0 and "warpgroup" in row["error"]

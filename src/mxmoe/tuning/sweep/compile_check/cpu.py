@@ -84,15 +84,20 @@ def _wrappers_record_launches():
     import mxmoe.kernels.common as common
     import mxmoe.kernels.stage1 as s1
     import mxmoe.kernels.stage2 as s2
+    import mxmoe.kernels.swmoe as sw
 
-    saved = (common.require_executable, s1._stage1_kernel, s1._stage1_finish_kernel, s2._stage2_kernel)
+    targets = ((common, "require_executable"), (s1, "_stage1_kernel"), (s1, "_stage1_finish_kernel"),
+               (s2, "_stage2_kernel"), (sw, "_stage1_kernel"), (sw, "_stage2_kernel"), (sw, "quantize_input"))
+    saved = [getattr(m, name) for m, name in targets]
     recorder = _LaunchRecorder()
     common.require_executable = lambda t: None
-    s1._stage1_kernel = s1._stage1_finish_kernel = s2._stage2_kernel = recorder
+    s1._stage1_kernel = s1._stage1_finish_kernel = s2._stage2_kernel = sw._stage1_kernel = sw._stage2_kernel = recorder
+    sw.quantize_input = lambda *a, **k: None  # v2 stage 1's deferred rounding pass: not this config's kernel
     try:
         yield recorder
     finally:
-        common.require_executable, s1._stage1_kernel, s1._stage1_finish_kernel, s2._stage2_kernel = saved
+        for (m, name), value in zip(targets, saved, strict=True):
+            setattr(m, name, value)
 
 
 def _wrapper_check(stage: int, x, weights, plan, topk_weights, cfg: TileConfig, t: int, buf):
@@ -122,6 +127,8 @@ def run_task_cpu(task: Task, timeout_s: int, launch: bool) -> dict:  # noqa: ARG
         kernel, args, meta, accepted = _prepare(shape, path, stage, cfg, out, notes)
     except Exception as exc:  # the harness could not build inputs: no evidence about the config (compile_ok blank)
         return out | {"compile_ok": "", "outcome": "harness_error", "error": "inputs: " + tail(exc)}
+    if kernel is None:  # a v2 config its wrapper refused: no launch to compile
+        return out | {"compile_ok": "", "outcome": "wrapper", "error": "; ".join(notes)}
     usage, failed = _compile(kernel, args, meta, timeout_s, out, notes)
     if failed is not None:
         return failed
@@ -133,8 +140,10 @@ def _prepare(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, out: dict
     verdict on the config (wrapper_ok in `out`; refusals and a launch that specializes differently in `notes`)."""
     weights = _cpu_weights(shape)
     plan, topk_weights = launch_routing(shape, cfg.block_m, "cpu")
-    x, t = launch_input(shape, path, stage, "cpu"), LAUNCH_TOKENS
+    x, t = launch_input(shape, path, stage, "cpu", cfg.mma.v2), LAUNCH_TOKENS
     buf = stage_buffer(path, stage, cfg, weights, plan, x, t)
+    if cfg.mma.v2:
+        return _prepare_v2(stage, cfg, (x, weights, plan, topk_weights, t, buf), out, notes)
     kernel, grid, args, meta = stage_call(stage, x, weights, plan, topk_weights, cfg, buf)
     accepted, refusal, recorded = _wrapper_check(stage, x, weights, plan, topk_weights, cfg, t, buf)
     out["wrapper_ok"] = int(accepted)
@@ -148,6 +157,21 @@ def _prepare(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, out: dict
             notes.append("the launch wrapper's launch specializes differently from _stage_call: the mirrors "
                          "are out of step with the wrapper")
     return kernel, args, meta, accepted
+
+
+def _prepare_v2(stage: int, cfg: TileConfig, inputs: tuple, out: dict, notes: list[str]):
+    """A v2 config: the launch the real wrapper records is what gets compiled (no hand mirror to keep in step), so a
+    config the wrapper refuses has nothing to compile (kernel None, the refusal in `notes`)."""
+    import mxmoe.kernels.swmoe as sw
+
+    x, weights, plan, topk_weights, t, buf = inputs
+    accepted, refusal, recorded = _wrapper_check(stage, x, weights, plan, topk_weights, cfg, t, buf)
+    out["wrapper_ok"] = int(accepted)
+    if not accepted or recorded is None:
+        notes.append("launch wrapper refused: " + refusal if not accepted else "the launch wrapper launched nothing")
+        return None, None, None, False
+    _, args, meta = recorded
+    return (sw._stage1_kernel if stage == 1 else sw._stage2_kernel), args, meta, accepted
 
 
 def _compile(kernel, args: tuple, meta: dict, timeout_s: int, out: dict, notes: list[str]):

@@ -85,14 +85,17 @@ def launch_routing(shape: MoEShape, block_m: int, device: str):
 
 
 @functools.cache
-def launch_input(shape: MoEShape, path: Path, stage: int, device: str):
-    """The stage's activation at the path's width: x [T, H] (stage 1) or h [T*A, I] (stage 2)."""
+def launch_input(shape: MoEShape, path: Path, stage: int, device: str, v2: bool = False):
+    """The stage's activation at the path's width: x [T, H] (stage 1) or h [T*A, I] (stage 2); with `v2` every path
+    is carried as bf16 (the v2 kernels' carriers: the MX values are exact in bf16)."""
     import torch
 
     from mxmoe.kernels.common import KernelInput
 
     t, a = LAUNCH_TOKENS, min(shape.topk, shape.experts, LAUNCH_EXPERTS)
     rows, cols = (t, shape.hidden) if stage == 1 else (t * a, shape.inter)
+    if v2:
+        return KernelInput((torch.randn(rows, cols, device=device) * 0.1).to(torch.bfloat16), None, path)
     x = KernelInput.empty(path, rows, cols, torch.device(device))
     if path is Path.A16W4:
         x.data.copy_(torch.randn(rows, cols, device=device) * 0.1)
@@ -111,7 +114,11 @@ def launch_problem(shape: MoEShape, path: Path, stage: int, block_m: int, device
 
 def stage1_call(x, weights, plan, cfg: TileConfig, out):
     """The main kernel, grid and arguments `kernels.stage1.stage1` launches with (mirrored; kept in step by hand).
-    With split_k > 1 the wrapper also launches the small epilogue kernel, which is not compiled here."""
+    With split_k > 1 the wrapper also launches the small epilogue kernel, which is not compiled here. v1 kernels
+    only: a v2 config's launch is recorded from the real wrapper (`cpu.py`), never mirrored."""
+    if cfg.mma.v2:
+        raise NotImplementedError("v2 (mma=wgmma) configs are validated by --cpu-compile, which compiles the launch "
+                                  "the real wrapper records; the GPU worker mirrors the v1 kernels only")
     import torch
     import triton
 
@@ -143,7 +150,11 @@ def stage1_call(x, weights, plan, cfg: TileConfig, out):
 
 
 def stage2_call(h, weights, plan, topk_weights, cfg: TileConfig, out):
-    """The kernel, grid and arguments `kernels.stage2.stage2` launches with (mirrored; kept in step by hand)."""
+    """The kernel, grid and arguments `kernels.stage2.stage2` launches with (mirrored; kept in step by hand; v1
+    kernels only, as `stage1_call`)."""
+    if cfg.mma.v2:
+        raise NotImplementedError("v2 (mma=wgmma) configs are validated by --cpu-compile, which compiles the launch "
+                                  "the real wrapper records; the GPU worker mirrors the v1 kernels only")
     import torch
     import triton
 
@@ -199,6 +210,11 @@ def stage_buffer(path: Path, stage: int, cfg: TileConfig, weights, plan, x, t: i
     from mxmoe.kernels.common import KernelInput
 
     if stage == 1:
+        if cfg.mma.v2:
+            return KernelInput(torch.empty(plan.num_pairs, weights.inter, dtype=torch.bfloat16, device=x.data.device),
+                               None, path)
         return KernelInput.empty(path, plan.num_pairs, weights.inter, x.data.device)
     rows = plan.num_pairs if cfg.combine.value == "slots" else t
-    return torch.zeros(rows, weights.hidden, dtype=torch.float32, device=x.data.device)
+    v2_slots = cfg.mma.v2 and cfg.combine.value == "slots"  # the v2 slots combine stores per split
+    return torch.zeros((cfg.split_k, rows, weights.hidden) if v2_slots else (rows, weights.hidden), dtype=torch.float32,
+                       device=x.data.device)
