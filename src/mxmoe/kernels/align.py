@@ -114,11 +114,17 @@ def _starts(counts, offsets_ptr, num_padded_ptr, num_experts, write, BLOCK_M: tl
 
 
 @triton.jit
+def _sort_key(expert, valid, LANES: tl.constexpr, LANE_BITS: tl.constexpr, E_BLOCK: tl.constexpr):
+    """expert << LANE_BITS | lane, ascending in (expert, lane); padding lanes take the last expert (and are the last
+    lanes), so they sort last."""
+    return (tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1) << LANE_BITS) | tl.arange(0, LANES)
+
+
+@triton.jit
 def _sorted_ranks(expert, valid, LANES: tl.constexpr, LANE_BITS: tl.constexpr, E_BLOCK: tl.constexpr):
     """Sort the program's lanes by (expert, lane): per sorted position its expert, its lane and its rank among
-    the program's lanes of that expert. Padding lanes take the last expert and the last lanes: they sort last."""
-    e_key = tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1)
-    key = tl.sort((e_key << LANE_BITS) | tl.arange(0, LANES))
+    the program's lanes of that expert (padding lanes sort last, `_sort_key`)."""
+    key = tl.sort(_sort_key(expert, valid, LANES, LANE_BITS, E_BLOCK))
     e_s = key >> LANE_BITS
     hist = tl.histogram(e_s, E_BLOCK)
     rank = tl.arange(0, LANES) - tl.gather(tl.cumsum(hist, 0) - hist, e_s, 0)
@@ -131,10 +137,10 @@ def _radix_positions(expert, valid, scratch_ptr, LANES: tl.constexpr, LANE_BITS:
     """A stable LSD radix sort of the lanes by expert, two bits a pass, through a global scratch [2, LANES]
     (double buffered, a CTA barrier between store and load): per sorted position its expert, its lane and the
     position. One packed int64 cumsum (four 16-bit counters, one per digit) gives every lane its destination.
-    Padding lanes take the last expert and sort last."""
+    Padding lanes sort last (`_sort_key`)."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
     lane = tl.arange(0, LANES)
-    key = (tl.where(valid, expert & (E_BLOCK - 1), E_BLOCK - 1) << LANE_BITS) | lane
+    key = _sort_key(expert, valid, LANES, LANE_BITS, E_BLOCK)
     pos = lane
     for r in tl.static_range(0, E_BITS, 2):
         digit = ((key >> (LANE_BITS + r)) & 3).to(tl.int64)

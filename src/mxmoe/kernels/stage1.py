@@ -172,8 +172,6 @@ def stage1(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput |
         return stage1_wgmma(x, weights, plan, cfg, out=out, poison=poison, counters=counters, zero=zero)
     if zero is not None:
         raise ValueError(f"stage 1 mma={cfg.mma.value}: only the v2 kernels zero a buffer on the side")
-    if i % cfg.block_n:
-        raise ValueError(f"stage 1: BLOCK_N={cfg.block_n} must divide inter={i}")
     pairs = plan.num_pairs
     if out is None:
         out = KernelInput.empty(x.path, pairs, i, x.data.device)

@@ -105,8 +105,6 @@ def stage2(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileC
     if cfg.mma.v2:  # v2 masks its last N tile and finishes the slots combine in its kernel
         return stage2_wgmma(h, weights, plan, topk_weights, cfg, num_tokens, out=out, poison=poison,
                             counters=counters, zeroed=zeroed)
-    if hidden % cfg.block_n:
-        raise ValueError(f"BLOCK_N={cfg.block_n} must divide hidden={hidden}")
     slots = cfg.combine is Combine.SLOTS
     rows = plan.num_pairs if slots else num_tokens
     if out is None:

@@ -337,7 +337,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
 def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
                  out: torch.Tensor | None = None, poison: bool = False, counters: torch.Tensor | None = None,
                  zeroed: bool = False) -> torch.Tensor:
-    """Stage 2 on the v2 kernels; returns bf16 [T, H], written by the kernel (NaN-filled first when `poison`).
+    """Stage 2 on the v2 kernels; returns bf16 [T, H] (when the kernel writes it, NaN-filled first if `poison`).
 
     atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`) and the kernel adds into
     it; where `finishes_atomic_in_kernel` the last arrival of each token and N column rounds the row slice into the
@@ -357,13 +357,15 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         out.zero_()
     if plan.max_blocks == 0:
         return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
-    y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
-    if poison:
-        y.fill_(float("nan"))
+    cast = not slots and finishes_atomic_in_kernel(cfg, weights.inter)
+    y = out  # the kernel writes no bf16 result: a dummy pointer, the cast follows the launch
+    if slots or cast:
+        y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
+        if poison:
+            y.fill_(float("nan"))
     w = weights.w2_sw
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    cast = not slots and finishes_atomic_in_kernel(cfg, weights.inter)
     cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens), plan)
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
