@@ -61,6 +61,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--csv", default=None)
     ap.add_argument("--levers", choices=("tiles", "finish", "none"), default="tiles",
                     help="tiles: warps, BLOCK_N/K/M, stages; finish: split_k and combine; none: the base alone")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=None, help="vary only this stage")
     args = ap.parse_args(argv)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     rows = []
@@ -71,8 +72,10 @@ def main(argv: list[str]) -> None:
         base = default_config(p.shape, path, t)
         ref = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, base).float()
         cands = [("base", base)]
-        cands += [(f"s1 {v.short()}", MoEConfig(v, base.stage2)) for v in _variants(base.stage1, 1, args.levers)]
-        cands += [(f"s2 {v.short()}", MoEConfig(base.stage1, v)) for v in _variants(base.stage2, 2, args.levers)]
+        if args.stage in (None, 1):
+            cands += [(f"s1 {v.short()}", MoEConfig(v, base.stage2)) for v in _variants(base.stage1, 1, args.levers)]
+        if args.stage in (None, 2):
+            cands += [(f"s2 {v.short()}", MoEConfig(base.stage1, v)) for v in _variants(base.stage2, 2, args.levers)]
         res = []
         for name, cfg in cands:
             if not all(isinstance(check(p.shape, path, s, c, H100, tokens=t), Legal)

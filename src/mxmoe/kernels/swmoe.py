@@ -43,6 +43,7 @@ from mxmoe.kernels.common import (
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
+from mxmoe.kernels.prefetch import next_stage_fits, prefetch_slice, prefetch_tile
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
@@ -63,6 +64,10 @@ DEFER_MIN_BLOCK_M = 64
 # stall a short or one-CTA-per-SM tile cannot hide.
 ATOMIC_FINISH_MAX_BLOCK_M = 16
 ATOMIC_FINISH_MIN_K_STEPS = 8
+# See prefetches / prefetches_next (kernels/prefetch.py): the bulk L2 prefetch of a CTA's weights at its start,
+# and stage 1's prefetch of the stage-2 weights of its experts while they fit this share of the 50 MB L2.
+PREFETCH_MAX_BLOCK_M = 16
+PREFETCH_NEXT_BUDGET = 16 << 20
 
 
 @triton.jit
@@ -122,10 +127,11 @@ def _zero_strips(ptr, n):
 @triton.jit
 def _stage1_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    cnt_ptr, zero_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
-    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
+    cnt_ptr, zero_ptr, w2_ptr, ws2_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
+    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_w2e, stride_ws2e,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, BM: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr,
+    PREFETCH: tl.constexpr, PREFETCH_NEXT: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
@@ -142,6 +148,14 @@ def _stage1_kernel(
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16  # I is a multiple of 16 (the wrapper checks)
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
+    if PREFETCH:  # this CTA's gate and up runs over its K range, then its share of the expert's W2
+        k64_end = tl.minimum((k_first + k_len) // 64, K64)
+        prefetch_tile(w_e, ws_e, n16_g, I // 16, k_first // 64, k64_end, N16, INTERP, BN)
+        prefetch_tile(w_e, ws_e, n16_u, 2 * I // 16, k_first // 64, k64_end, N16, INTERP, BN)
+    if PREFETCH_NEXT:
+        part_id = pid_n * SPLIT_K + pid_k
+        prefetch_slice(w2_ptr + expert * stride_w2e, stride_w2e, part_id, num_n * SPLIT_K, INTERP)
+        prefetch_slice(ws2_ptr + expert * stride_ws2e, stride_ws2e, part_id, num_n * SPLIT_K, INTERP)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
@@ -198,7 +212,7 @@ def _stage2_kernel(
     num_pairs, T, H, I, max_blocks, N16, K64,
     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, CAST: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, PREFETCH: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
@@ -212,6 +226,9 @@ def _stage2_kernel(
                                              stride_we, stride_wse, BM)
     rows = pair.to(tl.int64)
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
+    if PREFETCH:
+        prefetch_tile(w_e, ws_e, pid_n * (BN // 16), N16, k_first // 64, tl.minimum((k_first + k_len) // 64, K64),
+                      N16, INTERP, BN)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
@@ -250,6 +267,20 @@ def finishes_atomic_in_kernel(cfg: TileConfig, k: int) -> bool:
     at least ATOMIC_FINISH_MIN_K_STEPS K steps, where that measured faster (see the constants)."""
     return (cfg.combine is Combine.ATOMIC and cfg.block_m <= ATOMIC_FINISH_MAX_BLOCK_M
             and triton.cdiv(k, cfg.block_k * cfg.split_k) >= ATOMIC_FINISH_MIN_K_STEPS)
+
+
+def prefetches(cfg: TileConfig) -> bool:
+    """Whether a v2 stage's CTAs bulk-prefetch their whole K range of weights into L2 at their start: decode
+    tiles (BLOCK_M <= PREFETCH_MAX_BLOCK_M), whose few K steps in flight leave DRAM latency-bound."""
+    return cfg.block_m <= PREFETCH_MAX_BLOCK_M
+
+
+def prefetches_next(cfg: TileConfig, pairs: int, weights) -> bool:
+    """Whether stage 1 also prefetches the stage-2 weights of the experts it runs: a prefetching stage 1 whose
+    pairs hit experts whose W2 (values and scales) fits PREFETCH_NEXT_BUDGET, so it is still in L2 for stage 2."""
+    w2 = weights.w2_sw
+    per_expert = w2.data.stride(0) + w2.scales.stride(0)
+    return prefetches(cfg) and next_stage_fits(pairs, weights.num_experts, per_expert, PREFETCH_NEXT_BUDGET)
 
 
 def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int, tokens: int) -> int:
@@ -317,15 +348,16 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
     cnt = _zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
+    w2 = weights.w2_sw
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        cnt, dst if zero is None else zero, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        cnt, dst if zero is None else zero, w2.data, w2.scales, pairs, h, i, plan.max_blocks, w.n16, w.k64,
         0 if zero is None else zero.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), dst.stride(0), part.stride(0),
-        part.stride(1),
+        part.stride(1), w2.data.stride(0), w2.scales.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, ZERO=zero is not None,
-        BM=cfg.block_m, BN=cfg.block_n,
+        PREFETCH=prefetches(cfg), PREFETCH_NEXT=prefetches_next(cfg, pairs, weights), BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(),
     )
@@ -374,7 +406,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0),
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, CAST=cast,
-        INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        INTERP=interpreting(), PREFETCH=prefetches(cfg), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return y if slots or cast else out.to(torch.bfloat16)
