@@ -21,7 +21,7 @@ import torch
 from scan_v2 import FLUSH_BYTES, graph_median_us
 
 from mxmoe.heuristic import default_config
-from mxmoe.kernels import swmoe
+from mxmoe.kernels import rules as swmoe
 from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem

@@ -13,7 +13,7 @@ import torch
 
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.heuristic import default_config
-from mxmoe.kernels.swmoe import counters_needed, finishes_atomic_in_kernel
+from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
 from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe, shape_of
 from mxmoe.problem import make_problem
@@ -52,9 +52,9 @@ def test_pieces_replayed_are_what_moe_runs(path, split_k, combine):
 def test_plan_sizes_follow_the_kernels_rules(monkeypatch):
     """Counters are what the v2 stages need (counters_needed) and stage 1 zeroes the atomic sums exactly where the
     atomic combine finishes in the kernel; the v1 kernels take neither. Memoized: one plan per key."""
-    from mxmoe.kernels import swmoe
+    from mxmoe.kernels import rules
 
-    monkeypatch.setattr(swmoe, "ATOMIC_FINISH_MIN_K_STEPS", 1)
+    monkeypatch.setattr(rules, "ATOMIC_FINISH_MIN_K_STEPS", 1)
     layer_plan.cache_clear()  # memoized on its arguments: a patched rule needs a fresh plan
     p = make_problem(SHAPE, Path.A16W4, 21, seed=3)
     shape = shape_of(p.weights, 3)

@@ -25,9 +25,9 @@ from mxmoe.config import MoEConfig
 from mxmoe.kernels.align import align
 from mxmoe.kernels.common import KernelInput
 from mxmoe.kernels.quant import quantize_input
+from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
-from mxmoe.kernels.swmoe import counters_needed, finishes_atomic_in_kernel
 from mxmoe.routing import RoutingPlan, max_padded_pairs
 from mxmoe.shapes import MoEShape, Path
 from mxmoe.weights import MoEWeights

@@ -136,9 +136,9 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     is moved to force either side): moe() hands stage 1 the fp32 sums to zero (NaN-filled here, so a strip left
     unzeroed shows), and the last of each token's TOPK x SPLIT_K arrivals per N column writes its bf16 row slice
     (the result is NaN-poisoned first: a slice never written shows). The memset + cast side meets the same bar."""
-    from mxmoe.kernels import swmoe
+    from mxmoe.kernels import rules, swmoe
 
-    monkeypatch.setattr(swmoe, "ATOMIC_FINISH_MIN_K_STEPS", 1 if in_kernel else 1 << 30)
+    monkeypatch.setattr(rules, "ATOMIC_FINISH_MIN_K_STEPS", 1 if in_kernel else 1 << 30)
     layer_plan.cache_clear()  # the layer plan is memoized on its arguments: a patched rule needs a fresh one
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan"))
@@ -146,7 +146,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     shape = MoEShape("atomic", 6, 3, 192, 128, Activation.SILU)
     p = make_problem(shape, Path.A16W4, 21, seed=7)
     cfg = _v2(block_m=16, split_k=split_k, combine=Combine.ATOMIC)
-    assert swmoe.finishes_atomic_in_kernel(cfg.stage2, shape.inter) == in_kernel
+    assert rules.finishes_atomic_in_kernel(cfg.stage2, shape.inter) == in_kernel
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg, poison=True)
     assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")
     monkeypatch.undo()
@@ -163,7 +163,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
 
 def test_atomic_finish_rule():
     """In-kernel atomic finish for BM 16 tiles with at least 8 K steps per split (swmoe's measured rule)."""
-    from mxmoe.kernels.swmoe import finishes_atomic_in_kernel
+    from mxmoe.kernels.rules import finishes_atomic_in_kernel
 
     t = TileConfig(block_m=16, block_n=128, block_k=128, mma=Mma.WGMMA)
     assert finishes_atomic_in_kernel(t, 2048)  # 16 steps
@@ -178,18 +178,18 @@ def test_deferred_rounding_is_the_fused_rounding(path, monkeypatch):
     """From BLOCK_M 64 stage 1 stores fp32 h and kernels/quant.py rounds it to the path's grid: the same bits as the
     epilogue's fused rounding of the same sums (the two runs differ only in where qdq_tile runs), and the layer
     still meets the oracle with poisoned buffers."""
-    from mxmoe.kernels import swmoe
+    from mxmoe.kernels import rules, swmoe
     from mxmoe.kernels.align import align
     from mxmoe.kernels.quant import quantize_input
 
     shape = MoEShape("defer", 4, 2, 128, 96, Activation.SWIGLU_OAI, bias=True)
     p = make_problem(shape, path, 40, seed=6)
     cfg = _v2(block_m=64, block_k=128)
-    assert swmoe.defers_rounding(path, cfg.stage1)
+    assert rules.defers_rounding(path, cfg.stage1)
     x = quantize_input(p.hidden, path, bf16=True)
     plan = align(p.topk_ids, shape.experts, 64)
     deferred = swmoe.stage1_wgmma(x, p.weights, plan, cfg.stage1, poison=True).data
-    monkeypatch.setattr(swmoe, "DEFER_MIN_BLOCK_M", 1 << 30)
+    monkeypatch.setattr(rules, "DEFER_MIN_BLOCK_M", 1 << 30)
     fused = swmoe.stage1_wgmma(x, p.weights, plan, cfg.stage1, poison=True).data
     assert torch.equal(deferred, fused)
     monkeypatch.undo()
