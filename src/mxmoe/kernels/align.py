@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import interpreting, require_executable
-from mxmoe.kernels.sync import enter, launch_options
+from mxmoe.kernels.sync import enter, enter_wait_first, launch_options
 from mxmoe.routing import (
     RoutingPlan,
     _check_id_range,
@@ -173,9 +173,9 @@ def _align_kernel(
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
     E_BITS: tl.constexpr, SMALL: tl.constexpr, INTERP: tl.constexpr,
 ):
-    """The whole plan from one program (P <= LANES)."""
+    """The whole plan from one program (P <= LANES). Waits first: stage 1 reads the ids before its own wait."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
-    enter(INTERP)
+    enter_wait_first(INTERP)
     lane = tl.arange(0, LANES)
     expert, valid = _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK)
     _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
@@ -300,6 +300,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
         max_blocks=nb,
         topk=a,
         counters=zeros if counters else None,
+        topk_ids=topk_ids if p and one else None,
     )
 
 

@@ -30,6 +30,7 @@ ATOMIC_FINISH_MIN_K_STEPS = 8
 # and stage 1's prefetch of the stage-2 weights of its experts while they fit this share of the 50 MB L2.
 PREFETCH_MAX_BLOCK_M = 16
 PREFETCH_NEXT_BUDGET = 16 << 20
+PREFETCH_EARLY = 1  # 0 turns off prefetches_early
 
 
 def finishes_atomic_in_kernel(cfg: TileConfig, k: int) -> bool:
@@ -52,6 +53,14 @@ def prefetches_next(cfg: TileConfig, pairs: int, weights) -> bool:
     w2 = weights.w2_sw
     per_expert = w2.data.stride(0) + w2.scales.stride(0)
     return prefetches(cfg) and next_stage_fits(pairs, weights.num_experts, per_expert, PREFETCH_NEXT_BUDGET)
+
+
+def prefetches_early(cfg: TileConfig, plan) -> bool:
+    """Whether stage 1 prefetches before its PDL wait, from the top-k ids (CTA row m: pair m's expert; at decode
+    every block's expert is some pair's) instead of after it from the plan: a prefetching stage 1 whose plan
+    carries its ids, which the one-program align kernel, the launch just before, read after its own wait. The
+    prefetch then overlaps the align kernel."""
+    return bool(PREFETCH_EARLY) and prefetches(cfg) and getattr(plan, "topk_ids", None) is not None
 
 
 def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int, tokens: int) -> int:
