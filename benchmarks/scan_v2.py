@@ -50,7 +50,7 @@ def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
             if bn % (16 * w) == 0:
                 out.append(c.replace(num_warps=w, block_n=bn))
     out += [c.replace(num_stages=s) for s in (2, 3, 4, 5)]
-    out += [c.replace(block_k=k) for k in (64, 256)]
+    out += [c.replace(block_k=k) for k in (64, 128, 256)]
     out += [c.replace(block_m=m) for m in (16, 32, 64, 128) if m != c.block_m]
     return list(dict.fromkeys(v for v in out if v != c))
 
