@@ -43,13 +43,14 @@ def test_eager_end_to_end_keeps_samples_and_is_not_claimable():
     calls = []
     m = measure(lambda: calls.append(1), clock=FakeClock(10.0, 0.02, seed=1), nvml=FakeNvml(), **FAST)
     assert m.mode is TimingMode.EAGER and m.l2 is L2Policy.FLUSH and m.clock == "fake"
-    assert len(m.samples_us) == m.n >= 100 and len(calls) == m.n + m.warmup_iters + HOST_PROBE_ITERS
-    assert m.median_us == pytest.approx(10.0, rel=0.01)
-    assert m.ci_lo_us <= m.median_us <= m.ci_hi_us and m.p5_us <= m.median_us <= m.p95_us
+    t, s = m.timing, m.summary
+    assert len(t.samples_us) == t.n >= 100 and len(calls) == t.n + m.warmup_iters + HOST_PROBE_ITERS
+    assert t.median_us == pytest.approx(10.0, rel=0.01)
+    assert t.ci_lo_us <= t.median_us <= t.ci_hi_us and s.p5_us <= t.median_us <= t.p95_us
     assert Check.FAKE_CLOCK.value in m.checks and not m.claimable
     assert m.stop_reason is StopReason.CONVERGED and m.rel_ci_halfwidth <= 0.01
     assert m.gpu_before.available and m.gpu_after.available
-    assert m.point_stats().median_us == m.median_us
+    assert m.point_stats().median_us == t.median_us
 
 
 def test_host_time_and_gpu_lead_are_recorded():
@@ -64,6 +65,11 @@ def test_measurement_json_round_trip_is_strict():
     d = json.loads(json.dumps(m.to_dict()))
     assert d["claimable"] is False and d["mode"] == "eager" and d["stop_reason"] == "converged"
     assert Measurement.from_dict(d) == m
+    flat = {"samples_us", "n", "median_us", "p5_us", "p95_us", "p95_nearest_us", "mean_us", "std_us", "ci_lo_us",
+            "ci_hi_us"}  # stored in every measured row's provenance: flat, as before the Timing was nested
+    assert flat <= set(d) and "summary" not in d and d["n"] == len(d["samples_us"])
+    with pytest.raises(ValueError, match="does not match"):
+        Measurement.from_dict({**d, "n": d["n"] + 1})
     with pytest.raises(ValueError, match="unknown"):
         Measurement.from_dict({**d, "extra": 1})
     with pytest.raises(ValueError, match="missing"):
@@ -81,7 +87,7 @@ def test_graph_mode_is_recorded_and_captures_once():
 def test_same_seed_same_samples():
     a = measure(lambda: None, clock=FakeClock(5.0, 0.1, seed=9), nvml=FakeNvml(), **FAST)
     b = measure(lambda: None, clock=FakeClock(5.0, 0.1, seed=9), nvml=FakeNvml(), **FAST)
-    assert a.samples_us == b.samples_us and (a.ci_lo_us, a.ci_hi_us) == (b.ci_lo_us, b.ci_hi_us)
+    assert a.timing == b.timing
 
 
 # ---- adaptive stop --------------------------------------------------------------------------------
@@ -89,7 +95,7 @@ def test_same_seed_same_samples():
 
 def test_low_noise_converges_at_min_iters():
     m = measure(lambda: None, clock=FakeClock(20.0, 0.005, seed=4), nvml=FakeNvml(), min_iters=50, **FAST)
-    assert m.stop_reason is StopReason.CONVERGED and m.n == 50
+    assert m.stop_reason is StopReason.CONVERGED and m.timing.n == 50
 
 
 @pytest.mark.parametrize(("median_ms", "budget", "n"), [(100.0, 2.0, 20), (40.0, 2.0, 50), (200.0, 2.0, 20),
@@ -98,12 +104,12 @@ def test_a_slow_layer_takes_the_min_iters_that_fit_its_budget(median_ms, budget,
     """A tight 100 ms layer stops after the floor of 20 samples (2 s), not 100 (10 s); a fast one keeps 100."""
     m = measure(lambda: None, clock=FakeClock(median_ms * 1e3, 0.001, seed=4, overhead_us=0.0), nvml=FakeNvml(),
                 min_iters=100, min_iters_budget_s=budget, max_time_s=60.0, **FAST)
-    assert m.stop_reason is StopReason.CONVERGED and m.n == n
+    assert m.stop_reason is StopReason.CONVERGED and m.timing.n == n
 
 
 def test_moderate_noise_takes_more_batches_then_converges():
     m = measure(lambda: None, clock=FakeClock(20.0, 0.15, seed=4), nvml=FakeNvml(), min_iters=50, **FAST)
-    assert m.stop_reason is StopReason.CONVERGED and m.n > 50 and m.rel_ci_halfwidth <= 0.01
+    assert m.stop_reason is StopReason.CONVERGED and m.timing.n > 50 and m.rel_ci_halfwidth <= 0.01
 
 
 def test_pathological_noise_hits_the_time_cap():
@@ -115,7 +121,7 @@ def test_pathological_noise_hits_the_time_cap():
 
 def test_max_iters_stops():
     m = measure(lambda: None, clock=FakeClock(10.0, 1.0, seed=6), nvml=FakeNvml(), max_iters=300, **FAST)
-    assert m.stop_reason is StopReason.MAX_ITERS and m.n == 300
+    assert m.stop_reason is StopReason.MAX_ITERS and m.timing.n == 300
 
 
 def test_warm_up_runs_for_its_time_budget():
@@ -134,7 +140,7 @@ def test_warm_up_runs_for_its_time_budget():
 def test_flush_runs_before_every_iteration():
     clock = FakeClock(seed=7)
     m = measure(lambda: None, clock=clock, nvml=FakeNvml(), l2="flush", **FAST)
-    assert clock.flushes == m.warmup_iters + HOST_PROBE_ITERS + m.n
+    assert clock.flushes == m.warmup_iters + HOST_PROBE_ITERS + m.timing.n
 
 
 def test_no_flush_with_l2_none():

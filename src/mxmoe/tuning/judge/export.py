@@ -58,7 +58,7 @@ def _fastest(rows: Sequence[Attempt], by: Callable[[Attempt], Hashable]) -> dict
     out: dict[Any, Attempt] = {}
     for r in rows:
         k = by(r)
-        if k not in out or (r.median_us, r.key) < (out[k].median_us, out[k].key):
+        if k not in out or (r.timing.median_us, r.key) < (out[k].timing.median_us, out[k].key):
             out[k] = r
     return out
 
@@ -93,7 +93,8 @@ def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_ro
             outcomes = [point_outcome(t, b, rows[r]) for r, b in bases.items()]  # the gate's verdicts
             if Outcome.REGRESSION in outcomes or Outcome.WIN not in outcomes:
                 continue
-            speedup = math.prod(b.median_us / rows[r].median_us for r, b in bases.items()) ** (1 / len(bases))
+            ratios = [b.timing.median_us / rows[r].timing.median_us for r, b in bases.items()]
+            speedup = math.prod(ratios) ** (1 / len(bases))
             scored.append((-speedup, cfg))
         out[t] = cfg_rows[(t, primary, min(scored)[1] if scored else base_cfg)]
     return out
@@ -121,7 +122,7 @@ def _metadata(group: Sequence[Attempt], best: dict[int, Attempt], campaign: str,
         "routing": group[0].routing,
         "claimable": claimable,
         "rows": {str(t): r.key for t, r in best.items()},
-        "median_us": {str(t): r.median_us for t, r in best.items()},
+        "median_us": {str(t): r.timing.median_us for t, r in best.items()},
     }
     if not claimable:
         meta["nonclaimable"] = True

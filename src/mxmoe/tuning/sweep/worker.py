@@ -299,7 +299,7 @@ class TrialRunner:
         floors = Floors.from_dict(self.info.floors)
         roof = None
         if job.stage == "layer":
-            roof = roofline(self.shape, self.path, job.tokens, hit, m.median_us, floors).fraction
+            roof = roofline(self.shape, self.path, job.tokens, hit, m.timing.median_us, floors).fraction
         measurement = m.to_dict()
         measurement.pop("samples_us")
         d = prov.to_dict() | {
@@ -313,10 +313,9 @@ class TrialRunner:
         if floors.source != "measured":
             reasons.append(f"floors:{floors.source}")
         return TrialResult(
-            "measured", median_us=m.median_us, p95_us=m.p95_us, ci_lo_us=m.ci_lo_us, ci_hi_us=m.ci_hi_us,
-            samples_us=m.samples_us, tflops=flops(self.shape, job.tokens) * STAGE_FLOP_SHARE[job.stage]
-            / (m.median_us * 1e-6) / 1e12, roofline_fraction=roof, nonclaimable_reasons=tuple(dict.fromkeys(reasons)),
-            provenance=d, device_uuid=self.info.device_uuid,
+            "measured", timing=m.timing, tflops=flops(self.shape, job.tokens) * STAGE_FLOP_SHARE[job.stage]
+            / (m.timing.median_us * 1e-6) / 1e12, roofline_fraction=roof,
+            nonclaimable_reasons=tuple(dict.fromkeys(reasons)), provenance=d, device_uuid=self.info.device_uuid,
         )
 
     def _fail(self, status: str, exc: BaseException) -> TrialResult:

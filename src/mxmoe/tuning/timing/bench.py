@@ -232,16 +232,17 @@ def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     s2 = time_it(lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights), key, t, 0.35)
     rt = time_it(lambda: lp.route(p.topk_ids), key, t, 0.05)
     hit = experts_hit(p.topk_ids, e)
-    roof = roofline(shape, path, t, hit, layer.median_us, pt.floors)
+    lt = layer.timing
+    roof = roofline(shape, path, t, hit, lt.median_us, pt.floors)
     peak = vendor_peak(pt.device_name)
     return BenchRow(
         model=shape.name, path=path.value, routing=pt.routing, tokens=t, config_key=key,
-        config=f"{cfg.stage1.short()}|{cfg.stage2.short()}", layer_us=layer.median_us,
-        layer_p95_us=layer.p95_us, layer_ci_lo_us=layer.ci_lo_us, layer_ci_hi_us=layer.ci_hi_us,
-        stage1_us=s1.median_us, stage2_us=s2.median_us, routing_us=rt.median_us, experts_hit=hit,
+        config=f"{cfg.stage1.short()}|{cfg.stage2.short()}", layer_us=lt.median_us,
+        layer_p95_us=lt.p95_us, layer_ci_lo_us=lt.ci_lo_us, layer_ci_hi_us=lt.ci_hi_us,
+        stage1_us=s1.timing.median_us, stage2_us=s2.timing.median_us, routing_us=rt.timing.median_us, experts_hit=hit,
         memory_floor_us=roof.memory_floor_us, compute_floor_us=roof.compute_floor_us,
         roofline_fraction=roof.fraction, tflops=roof.tflops,
-        mfu=None if peak is None else mfu(flops(shape, t), layer.median_us, peak),
+        mfu=None if peak is None else mfu(flops(shape, t), lt.median_us, peak),
         bandwidth=pt.floors.bandwidth, rate=pt.floors.rate, floors_source=pt.floors.source, clock=layer.clock,
         mode=layer.mode.value, l2=layer.l2.value, claimable=layer.claimable, checks=",".join(layer.checks),
         device=pt.device_name, **pt.versions,

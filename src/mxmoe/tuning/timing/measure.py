@@ -41,9 +41,9 @@ from mxmoe.tuning.timing.stats import (
     StopReason,
     StopRule,
     bootstrap_median_ci,
-    rel_ci_halfwidth,
     summarize,
 )
+from mxmoe.tuning.timing.value import rel_ci_halfwidth
 
 GRAPH_WARMUP_REPLAYS = 3  # untimed replays after capture: the first replay uploads the graph
 MAX_WARMUP_ITERS = 100_000
@@ -283,7 +283,6 @@ def measure(
     before = state()
     samples, stop, timed_s = _timed(clock, step, plan.before, lead_us, rule, first, resamples, seed)
     after = state()
-    s = summarize(samples, level=CI_LEVEL, resamples=resamples, seed=seed)
     checks = merge_checks(
         idle,
         process_check(before, own_pids),
@@ -292,16 +291,7 @@ def measure(
         _protocol_checks(clock, l2, plan, bytes_per_set, allow_busy),
     )
     return Measurement(
-        samples_us=tuple(samples),
-        n=s.n,
-        median_us=s.median_us,
-        p5_us=s.p5_us,
-        p95_us=s.p95_us,
-        p95_nearest_us=s.p95_nearest_us,
-        mean_us=s.mean_us,
-        std_us=s.std_us,
-        ci_lo_us=s.ci_lo_us,
-        ci_hi_us=s.ci_hi_us,
+        summary=summarize(samples, level=CI_LEVEL, resamples=resamples, seed=seed),
         ci_level=CI_LEVEL,
         ci_resamples=resamples,
         ci_seed=seed,

@@ -1,4 +1,4 @@
-"""The record one timing produces: Measurement (raw samples, their statistics, the protocol, GPU state and the
+"""The record one timing produces: Measurement (the statistics of its samples, the protocol, GPU state and the
 checks that fired) with its JSON round trip, and the two protocol choices it records (TimingMode, L2Policy).
 
 It exists apart from `measure.py` so that the record and its stored schema (what a row's provenance holds;
@@ -14,7 +14,8 @@ from typing import Any
 
 from mxmoe.spec import PointStats
 from mxmoe.tuning.timing.gpu_state import GpuState
-from mxmoe.tuning.timing.stats import StopReason, rel_ci_halfwidth
+from mxmoe.tuning.timing.stats import StopReason, Summary
+from mxmoe.tuning.timing.value import TIMING_FIELDS, Timing, pop_timing, timing_fields
 
 MEASUREMENT_SCHEMA_VERSION = 1
 
@@ -34,24 +35,22 @@ class L2Policy(str, Enum):
     NONE = "none"  # nothing: warm-L2 timing, for prefill shapes whose working set dwarfs L2
 
 
+# The descriptive statistics a Measurement stores beside its Timing's fields (its dict is flat, as it always was).
+_SPREAD_FIELDS = ("p5_us", "p95_nearest_us", "mean_us", "std_us")
+
+
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One timed config: the raw samples, their statistics, the protocol, GPU state and checks.
+    """One timed config: the statistics of its samples (`summary`, whose `timing` is what a ledger row keeps), the
+    protocol, GPU state and checks.
 
     `claimable` is derived: True only when no check fired. Percentiles are numpy `linear`;
     `p95_nearest_us` is seed708's nearest rank. CI is a seeded percentile bootstrap of the median.
+    The dict form stays flat (`samples_us`, `n`, `median_us`, ... beside `mode`, `l2`, ...): it is stored in every
+    measured row's provenance, so its keys do not follow the nesting.
     """
 
-    samples_us: tuple[float, ...]
-    n: int
-    median_us: float
-    p5_us: float
-    p95_us: float
-    p95_nearest_us: float
-    mean_us: float
-    std_us: float
-    ci_lo_us: float
-    ci_hi_us: float
+    summary: Summary
     ci_level: float
     ci_resamples: int
     ci_seed: int
@@ -74,19 +73,24 @@ class Measurement:
     check_detail: str
 
     @property
+    def timing(self) -> Timing:
+        return self.summary.timing
+
+    @property
     def claimable(self) -> bool:
         return not self.checks
 
     @property
     def rel_ci_halfwidth(self) -> float:
-        return rel_ci_halfwidth(self.median_us, self.ci_lo_us, self.ci_hi_us)
+        return self.timing.rel_ci_halfwidth
 
     def point_stats(self) -> PointStats:
-        return PointStats(self.median_us, self.ci_lo_us, self.ci_hi_us)
+        return self.timing.point_stats()
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["samples_us"] = list(self.samples_us)
+        d: dict[str, Any] = timing_fields(self.timing) | {"n": self.summary.n}
+        d |= {name: getattr(self.summary, name) for name in _SPREAD_FIELDS}
+        d |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "summary"}
         d["checks"] = list(self.checks)
         for key in ("stop_reason", "mode", "l2"):
             d[key] = d[key].value
@@ -102,13 +106,16 @@ class Measurement:
         if d.pop("schema", None) != MEASUREMENT_SCHEMA_VERSION:
             raise ValueError(f"Measurement schema must be {MEASUREMENT_SCHEMA_VERSION}")
         claimable = d.pop("claimable", None)
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"summary"} | {*TIMING_FIELDS, "n", *_SPREAD_FIELDS}
         if set(d) != names:
             raise ValueError(
                 f"Measurement fields differ: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}"
             )
+        n, timing = d.pop("n"), pop_timing(d, "Measurement")
+        if timing is None or timing.n != n:
+            raise ValueError(f"Measurement n={n} does not match its {0 if timing is None else timing.n} samples")
         d.update(
-            samples_us=tuple(float(x) for x in d["samples_us"]),
+            summary=Summary(timing, **{name: float(d.pop(name)) for name in _SPREAD_FIELDS}),
             checks=tuple(d["checks"]),
             stop_reason=StopReason(d["stop_reason"]),
             mode=TimingMode(d["mode"]),

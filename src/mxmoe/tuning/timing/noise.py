@@ -124,8 +124,8 @@ def aa_noise(
     profile = Profile(profile)
     kw = _with_idle(measure_kwargs)
     pairs = [(measure(fn_a, **kw), measure(fn_b, **kw)) for _ in range(rounds)]
-    med_a = np.array([a.median_us for a, _ in pairs])
-    med_b = np.array([b.median_us for _, b in pairs])
+    med_a = np.array([a.timing.median_us for a, _ in pairs])
+    med_b = np.array([b.timing.median_us for _, b in pairs])
     rel = (med_b - med_a) / med_a
     absrel = np.abs(rel)
     p95 = float(np.percentile(absrel, 95.0, method=PERCENTILE_METHOD))
