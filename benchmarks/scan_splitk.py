@@ -234,10 +234,9 @@ def main() -> None:
         limits = device_limits(running_device())
         for_each_problem(args, interpreter, lambda p: warm_point(p, limits=limits, interpreter=interpreter))
         return
-    kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
-    if not interpreter:
-        kw["idle"] = idle_before()  # before this process loads the GPU
-    time_it, device = layer_timer(interpreter, kw), running_device()
+    overrides = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
+    idle = None if interpreter else idle_before()  # before this process loads the GPU
+    time_it, device = layer_timer(interpreter, overrides, idle), running_device()
     limits = device_limits(device)
     stamp = {"device": "interpreter" if interpreter else device, **run_versions()}
     print(f"{'model':12} {'path':6} {'T':>3} {'variant':9} {'stage1':>9} {'stage2':>9} {'layer':>9} {'x':>6} "

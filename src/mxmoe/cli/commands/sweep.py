@@ -268,7 +268,7 @@ def noise(
 ) -> None:
     """A/A noise floor of the heuristic layer (graph replay, L2 flushed): must sit under the win margins."""
     interp = _interpreter_guard(model, force)
-    from mxmoe.tuning.timing.bench import FAKE_MEASURE
+    from mxmoe.tuning.timing.bench import layer_settings
     from mxmoe.tuning.timing.clocks import FakeClock
     from mxmoe.tuning.timing.noise import run_noise
 
@@ -283,9 +283,9 @@ def noise(
         cfg = choose_config(shape, path, t)
         return lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
 
-    kw: dict[str, Any] = {"mode": "graph", "l2": "flush"}
+    kw: dict[str, Any] = {"settings": layer_settings(interp, {"idle_sample_s": 0.0} if interp else None)}
     if interp:
-        kw |= FAKE_MEASURE | {"clock": FakeClock(10.0, 0.02, execute=False), "idle_sample_s": 0.0}
+        kw["clock"] = FakeClock(10.0, 0.02, execute=False)
     reports = run_noise(shape, path, parse_tokens(tokens), factory, rounds=rounds, measure_kwargs=kw)
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))

@@ -273,17 +273,13 @@ class TrialRunner:
         return lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights)
 
     def _measure(self, job: Job, fn: Any) -> Any:
-        from mxmoe.tuning.timing.bench import FAKE_MEASURE, fake_median_us, fake_seed
-        from mxmoe.tuning.timing.clocks import FakeClock
+        from mxmoe.tuning.timing.bench import fake_clock, layer_settings
         from mxmoe.tuning.timing.gpu_state import CheckResult
         from mxmoe.tuning.timing.measure import measure
 
-        kw: dict[str, Any] = {"idle": CheckResult.from_dict(self.info.idle)}
-        if self.info.interpreter:
-            median = fake_median_us(job.config_key, job.tokens, STAGE_TIME_SCALE[job.stage])
-            kw |= FAKE_MEASURE | {"clock": FakeClock(median, 0.02, seed=fake_seed(job.config_key, job.tokens),
-                                                     execute=False)}
-        return measure(fn, mode="graph", l2="flush", **kw)
+        interp = self.info.interpreter
+        clock = fake_clock(job.config_key, job.tokens, STAGE_TIME_SCALE[job.stage]) if interp else None
+        return measure(fn, layer_settings(interp), clock=clock, idle=CheckResult.from_dict(self.info.idle))
 
     def _measured(self, job: Job, m: Any, first_call_ms: float) -> TrialResult:
         from mxmoe.routing import experts_hit

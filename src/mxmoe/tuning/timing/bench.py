@@ -33,6 +33,7 @@ NOMINAL_RATE = 7.9e14
 # Fake-clock timings (interpreter): a base plus a per-token cost, scaled per (config, T) by a
 # deterministic factor in [0.7, 1.3), so a sweep on the interpreter is reproducible run to run.
 FAKE_BASE_US, FAKE_PER_TOKEN_US = 4.0, 0.02
+# The MeasureSettings fields a fake-clock timing sets: a few samples, no warm-up (the clock is synthetic anyway).
 FAKE_MEASURE = {"warmup_s": 0.0, "warmup_min_iters": 1, "min_iters": 30, "max_iters": 60, "resamples": 300}
 
 
@@ -180,19 +181,37 @@ def run_versions() -> dict[str, Any]:
 Timer = Callable[[Callable[[], object], str, int, float], Any]
 
 
-def layer_timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
+def layer_settings(interpreter: bool, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The MeasureSettings a layer (or a stage) is timed with, by the sweep's worker, `mxmoe bench`, `mxmoe noise`
+    and the scans alike: graph replay with an L2 flush; on the interpreter, FAKE_MEASURE's few samples; then
+    `overrides` (MeasureSettings fields, e.g. a benchmark's max_time_s)."""
+    from mxmoe.tuning.timing.measurement import L2Policy, MeasureSettings, TimingMode
+
+    fake = FAKE_MEASURE if interpreter else {}
+    return MeasureSettings(mode=TimingMode.GRAPH, l2=L2Policy.FLUSH, **{**fake, **(overrides or {})})
+
+
+def fake_clock(key: str, t: int, scale: float = 1.0) -> Any:
+    """The interpreter's FakeClock for (config key, T): deterministic samples around `fake_median_us`."""
+    from mxmoe.tuning.timing.clocks import FakeClock
+
+    return FakeClock(fake_median_us(key, t, scale), 0.02, seed=fake_seed(key, t), execute=False)
+
+
+def layer_timer(interpreter: bool, overrides: Mapping[str, Any] | None = None, idle: Any = None) -> Timer:
     """time(fn, config_key, T, scale) -> Measurement: graph replay with an L2 flush on a GPU; on the
     interpreter fn runs once for real and a FakeClock makes the samples. Shared with the benchmarks' scans,
-    so every timing script measures as `mxmoe bench` does."""
-    from mxmoe.tuning.timing.clocks import FakeClock
+    so every timing script measures as `mxmoe bench` does. `overrides`: see `layer_settings`; `idle`: the idle
+    check taken before this process loaded the GPU (measure() takes its own when None)."""
     from mxmoe.tuning.timing.measure import measure
+
+    settings = layer_settings(interpreter, overrides)
 
     def time_it(fn: Callable[[], object], key: str, t: int, scale: float) -> Any:
         if not interpreter:
-            return measure(fn, mode="graph", l2="flush", **measure_kwargs)
+            return measure(fn, settings, idle=idle)
         fn()
-        clock = FakeClock(fake_median_us(key, t, scale), 0.02, seed=fake_seed(key, t), execute=False)
-        return measure(fn, mode="graph", l2="flush", clock=clock, **{**FAKE_MEASURE, **measure_kwargs})
+        return measure(fn, settings, clock=fake_clock(key, t, scale), idle=idle)
 
     return time_it
 
@@ -257,25 +276,24 @@ def run_bench(
     interpreter: bool,
     routing: str = "uniform",
     seed: int = 0,
-    measure_kwargs: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Time the layer moe() would launch (dispatch's choice) at each T, its stages and the routing alone.
 
     Layer and stages are CUDA-graph replays with an L2 flush before each; the floors are measured
     once, here, after the idle check. The caller sets TRITON_INTERPRET before kernels are imported.
+    `overrides`: MeasureSettings fields over `layer_settings` (e.g. max_time_s, min_iters).
     """
     import torch
 
     from mxmoe.tuning.timing.measure import idle_before
 
-    kw = dict(measure_kwargs or {})
-    if not interpreter and "idle" not in kw:
-        kw["idle"] = idle_before()  # before this process loads the GPU
+    idle = None if interpreter else idle_before()  # before this process loads the GPU
     pt = _Point(shape, Path(path), str(routing), seed, "cpu" if interpreter else "cuda",
                 "interpreter" if interpreter else torch.cuda.get_device_name(),
                 measure_floors(interpreter=interpreter), run_versions())
-    time_it, rows = layer_timer(interpreter, kw), []
+    time_it, rows = layer_timer(interpreter, overrides, idle), []
     for t in tokens:
         rows.append(_bench_point(pt, t, time_it))
         if on_row is not None:

@@ -1,5 +1,6 @@
 """The record one timing produces: Measurement (the statistics of its samples, the protocol, GPU state and the
-checks that fired) with its JSON round trip, and the two protocol choices it records (TimingMode, L2Policy).
+checks that fired) with its JSON round trip, the two protocol choices it records (TimingMode, L2Policy), and the
+settings a timing is asked for (MeasureSettings).
 
 It exists apart from `measure.py` so that the record and its stored schema (what a row's provenance holds;
 gate.PROTOCOL_KEYS names its fields) stand apart from the timing loop that fills it. No torch here. Imported by
@@ -14,7 +15,7 @@ from typing import Any
 
 from mxmoe.spec import PointStats
 from mxmoe.tuning.timing.gpu_state import GpuState
-from mxmoe.tuning.timing.stats import StopReason, Summary
+from mxmoe.tuning.timing.stats import CI_RESAMPLES, StopReason, StopRule, Summary
 from mxmoe.tuning.timing.value import TIMING_FIELDS, Timing, pop_timing, timing_fields
 
 MEASUREMENT_SCHEMA_VERSION = 1
@@ -33,6 +34,50 @@ class L2Policy(str, Enum):
     ROTATE = "rotate"  # cycle through argument sets whose total bytes exceed L2
     FLUSH = "flush"  # write a 2x-L2 buffer before every iteration, outside the events
     NONE = "none"  # nothing: warm-L2 timing, for prefill shapes whose working set dwarfs L2
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureSettings:
+    """How `measure()` times a callable: the protocol's values, apart from the instruments (clock, NVML, the idle
+    check) and the arguments it is called with, which measure() takes beside it. Frozen and validated on
+    construction, so one settings value serves many measurements (a sweep's workers, an A/A pair) unchanged.
+
+    mode / l2: see TimingMode and L2Policy. warmup_s / warmup_min_iters: the untimed warm-up's time budget and
+    floor. min_iters / max_iters / max_time_s / target_rel_ci: the stop rule (`stats.StopRule`). min_iters_budget_s:
+    a slow layer takes min_iters only while they fit this much of its warm-up per-iteration time, never fewer than
+    `measure.MIN_ITERS_FLOOR` (None: always min_iters); the stop rule still samples until the CI converges.
+    bytes_per_set: with l2="rotate", the bytes one call reads, so the row can prove its argument sets exceed L2
+    (`measure.rotation_copies`): count the bytes a call reads, not those a set holds (a MoE layer at T=1 reads only
+    its hit experts' weights). idle_sample_s: the idle check's sampling time when measure() takes one itself.
+    allow_busy: time on a busy GPU anyway (recorded; never claimable). gpu_lead: keep the GPU ahead of the host
+    (`measure.LEAD_HOST_FACTOR`), so samples are GPU time in both modes. resamples / seed: the bootstrap CI's.
+    """
+
+    mode: TimingMode = TimingMode.EAGER
+    l2: L2Policy = L2Policy.FLUSH
+    warmup_s: float = 0.1
+    warmup_min_iters: int = 10
+    min_iters: int = 100
+    max_iters: int = 10_000
+    max_time_s: float = 5.0
+    min_iters_budget_s: float | None = 2.0
+    target_rel_ci: float = 0.01
+    bytes_per_set: int | None = None
+    idle_sample_s: float = 1.0
+    allow_busy: bool = False
+    gpu_lead: bool = True
+    resamples: int = CI_RESAMPLES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", TimingMode(self.mode))
+        object.__setattr__(self, "l2", L2Policy(self.l2))
+        self.stop_rule()  # validates the stop rule's fields
+        if self.min_iters_budget_s is not None and not self.min_iters_budget_s > 0:
+            raise ValueError(f"min_iters_budget_s must be positive or None, got {self.min_iters_budget_s!r}")
+
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.target_rel_ci, self.min_iters, self.max_iters, self.max_time_s)
 
 
 # The descriptive statistics a Measurement stores beside its Timing's fields (its dict is flat, as it always was).
