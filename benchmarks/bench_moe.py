@@ -43,7 +43,7 @@ def main() -> None:
     from mxmoe.shapes import get_shape, model_tokens, parse_tokens
     from mxmoe.tuning.timing.bench import run_bench, write_csv
 
-    kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
+    overrides = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
     start = time.monotonic()
     skipped: list[str] = []
 
@@ -67,7 +67,7 @@ def main() -> None:
         for path in args.path.split(","):
             todo = within_deadline(model, path, model_tokens(shape, parse_tokens(args.tokens)))
             rows = run_bench(shape, path, todo, interpreter=interpreter, routing=args.routing,
-                             measure_kwargs=kw, on_row=show)
+                             overrides=overrides, on_row=show)
             if rows:
                 r = rows[0]
                 print(f"floors: {r.bandwidth / 1e12:.2f} TB/s, {r.rate / 1e12:.0f} TFLOP/s ({r.floors_source})")

@@ -27,18 +27,19 @@ from mxmoe.problem import make_problem
 from mxmoe.routing import experts_hit
 from mxmoe.shapes import MODELS, Path, parse_tokens
 from mxmoe.spec import layer_bytes
-from mxmoe.tuning.timing.measure import measure
+from mxmoe.tuning.timing.measure import MeasureSettings, measure
 
 
 def copy_bandwidth() -> float:
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    m = measure(lambda: y.copy_(x), mode="graph", min_iters=20, max_time_s=1.0, idle_sample_s=0.1)
-    return 2 * x.numel() / (m.median_us * 1e-6)
+    m = measure(lambda: y.copy_(x), MeasureSettings(mode="graph", min_iters=20, max_time_s=1.0, idle_sample_s=0.1))
+    return 2 * x.numel() / (m.timing.median_us * 1e-6)
 
 
 def _us(fn: Callable[[], object], max_time_s: float) -> float:
-    return measure(fn, mode="graph", max_time_s=max_time_s, min_iters=30, idle_sample_s=0.05).median_us
+    settings = MeasureSettings(mode="graph", max_time_s=max_time_s, min_iters=30, idle_sample_s=0.05)
+    return measure(fn, settings).timing.median_us
 
 
 def profile_point(model: str, path: Path, t: int, routing: str, max_time_s: float,

@@ -139,10 +139,11 @@ def scan_point(p, *, limits, interpreter: bool, time_it, stamp: dict):
             model=p.shape.name, path=p.path.value, tokens=p.tokens, variant=name,
             config=f"{cfg.stage1.short()}|{cfg.stage2.short()}",
             verdict="legal" if isinstance(v, legality.Legal) else v.reason.value,
-            stage1_us=timed.stage1.median_us if timed and timed.stage1 else None,
-            stage2_us=timed.stage2.median_us if timed and timed.stage2 else None,
-            layer_us=timed.layer.median_us if timed else None, layer_p95_us=timed.layer.p95_us if timed else None,
-            layer_speedup=base.layer.median_us / timed.layer.median_us if timed and base else None,
+            stage1_us=timed.stage1.timing.median_us if timed and timed.stage1 else None,
+            stage2_us=timed.stage2.timing.median_us if timed and timed.stage2 else None,
+            layer_us=timed.layer.timing.median_us if timed else None,
+            layer_p95_us=timed.layer.timing.p95_us if timed else None,
+            layer_speedup=base.layer.timing.median_us / timed.layer.timing.median_us if timed and base else None,
             max_rel=rep.max_rel if rep else None, rms_rel=rep.rms_rel if rep else None, ok=rep.ok if rep else None,
             error=err, claimable=timed.layer.claimable if timed else None, **stamp,
         )
@@ -233,10 +234,9 @@ def main() -> None:
         limits = device_limits(running_device())
         for_each_problem(args, interpreter, lambda p: warm_point(p, limits=limits, interpreter=interpreter))
         return
-    kw = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
-    if not interpreter:
-        kw["idle"] = idle_before()  # before this process loads the GPU
-    time_it, device = layer_timer(interpreter, kw), running_device()
+    overrides = {k: v for k, v in (("max_time_s", args.max_time_s), ("min_iters", args.min_iters)) if v is not None}
+    idle = None if interpreter else idle_before()  # before this process loads the GPU
+    time_it, device = layer_timer(interpreter, overrides, idle), running_device()
     limits = device_limits(device)
     stamp = {"device": "interpreter" if interpreter else device, **run_versions()}
     print(f"{'model':12} {'path':6} {'T':>3} {'variant':9} {'stage1':>9} {'stage2':>9} {'layer':>9} {'x':>6} "

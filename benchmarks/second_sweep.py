@@ -35,13 +35,14 @@ def main() -> None:
         if c is None:
             continue
         bs, cs = b.stats(), c.stats()
+        bt, ct = b.timing, c.timing
         verdicts = {p.value: ("win" if is_win(pt[3], bs, cs, p) else "regression" if is_regression(pt[3], bs, cs, p)
                               else "agree") for p in Profile}
         rows.append({"model": pt[0], "path": pt[1], "routing": pt[2], "tokens": pt[3], "config_key": b.config_key,
-                     "first_us": round(b.median_us, 3), "second_us": round(c.median_us, 3),
-                     "rel": round(c.median_us / b.median_us - 1, 5),
-                     "first_ci_rel": round((b.ci_hi_us - b.ci_lo_us) / b.median_us, 5),
-                     "second_ci_rel": round((c.ci_hi_us - c.ci_lo_us) / c.median_us, 5),
+                     "first_us": round(bt.median_us, 3), "second_us": round(ct.median_us, 3),
+                     "rel": round(ct.median_us / bt.median_us - 1, 5),
+                     "first_ci_rel": round((bt.ci_hi_us - bt.ci_lo_us) / bt.median_us, 5),
+                     "second_ci_rel": round((ct.ci_hi_us - ct.ci_lo_us) / ct.median_us, 5),
                      **{f"{k}_verdict": v for k, v in verdicts.items()}})
     off = [r for r in rows if r["mxmoe_verdict"] != "agree" or r["seed708_verdict"] != "agree"]
     print(f"{len(rows)} points measured twice with the baseline's config; {len(off)} disagree beyond the band:")

@@ -22,6 +22,7 @@ from mxmoe.cli import app
 from mxmoe.shapes import MODELS
 from mxmoe.tuning.ledger.records import Attempt, Status
 from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.timing.value import Timing
 
 
 def mxmoe(*args: str, env: dict[str, str] | None = None):
@@ -48,13 +49,13 @@ def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
 
 def _row(campaign: str, *, interpreter: bool = False, status: Status = Status.MEASURED) -> Attempt:
     measured = status is Status.MEASURED
-    extra = dict(median_us=10.0, p95_us=11.0, ci_lo_us=9.5, ci_hi_us=10.5, samples_us=(10.0,) * 5) if measured else {}
+    timing = Timing(median_us=10.0, p95_us=11.0, ci_lo_us=9.5, ci_hi_us=10.5, samples_us=(10.0,) * 5)
     return Attempt.make(
         campaign=campaign, status=status, reason=None, model="tiny", shape=MODELS["tiny"].to_dict(), path="a16w4",
         stage="layer", tokens=1, routing="uniform", config={"block_m": 16}, config_key="cfg",
         kernel_hash="k" * 12, device="interpreter" if interpreter else "NVIDIA H100",
         provenance={}, argv=("pytest",), nonclaimable_reasons=("interpreter", "fake_clock") if interpreter else (),
-        claimable=not interpreter, **extra)
+        claimable=not interpreter, timing=timing if measured else None)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from mxmoe.shapes import Path as MoEPath
 from mxmoe.shapes import get_shape
 from mxmoe.tuning.judge.gate import Outcome, PointVerdict
 from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.timing.value import Timing
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_input_cli import _row  # noqa: E402
@@ -168,8 +169,8 @@ def test_report_plots_of_interpreter_rows_label_no_point_win(tmp_path, monkeypat
         return real_png(fig)
 
     monkeypatch.setattr(report_plots, "png_bytes", spy)
-    fast = dataclasses.replace(_row("cand", interpreter=True), median_us=5.0, p95_us=5.5, ci_lo_us=4.9, ci_hi_us=5.1,
-                               samples_us=(5.0,) * 5)
+    timing = Timing(median_us=5.0, p95_us=5.5, ci_lo_us=4.9, ci_hi_us=5.1, samples_us=(5.0,) * 5)
+    fast = dataclasses.replace(_row("cand", interpreter=True), timing=timing)
     led = tmp_path / "l.sqlite"
     with Ledger.open(led) as w:
         w.add_campaign("base")

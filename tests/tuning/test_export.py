@@ -20,6 +20,7 @@ from mxmoe.tuning.ledger.records import Attempt, Status
 from mxmoe.tuning.ledger.store import Ledger
 from mxmoe.tuning.sweep.driver import SweepSpec, run_sweep
 from mxmoe.tuning.sweep.executors import InlineExecutor, WorkerConfig
+from mxmoe.tuning.timing.value import Timing
 
 GPU = "NVIDIA H100 80GB HBM3"
 DSV3 = MODELS["deepseek-v3"]
@@ -30,14 +31,14 @@ CFGS = [MoEConfig(TileConfig(block_m=m), TileConfig(block_m=m, num_warps=w)) for
 def row(tokens: int, cfg: MoEConfig, median: float, *, claimable: bool = True, status: Status = Status.MEASURED,
         kernel_hash: str = KHASH, supersedes: str | None = None, campaign: str = "c",
         routing: str = "uniform") -> Attempt:
-    stats = dict(median_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01, samples_us=(median,))
+    timing = Timing(median_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01, samples_us=(median,))
     return Attempt.make(
         campaign=campaign, status=status, model=DSV3.name, shape=DSV3.to_dict(), path="a16w4", stage="layer",
         routing=routing, tokens=tokens, config=cfg.to_dict(), config_key=cfg.key(), kernel_hash=kernel_hash, device=GPU,
         claimable=claimable, nonclaimable_reasons=() if claimable or status is not Status.MEASURED
         else ("busy:utilization",),
         provenance={"git_commit": "a" * 40, "triton_version": TRITON}, argv=("mxmoe", "sweep"),
-        supersedes=supersedes, **(stats if status is Status.MEASURED else {}))
+        supersedes=supersedes, timing=timing if status is Status.MEASURED else None)
 
 
 @pytest.fixture
@@ -145,7 +146,7 @@ def test_sweep_export_dispatch_round_trip(tmp_path, monkeypatch):
         with pytest.raises(ExportError, match="claimable"):
             export_tables(led, "rt", tmp_path / "tuned")
         (table,) = export_tables(led, "rt", tmp_path / "tuned", allow_nonclaimable=True)
-        best = {t: min((r for r in led.attempts("rt", stage="layer", tokens=t)), key=lambda r: r.median_us)
+        best = {t: min((r for r in led.attempts("rt", stage="layer", tokens=t)), key=lambda r: r.timing.median_us)
                 for t in (1, 16)}
     assert table.file.name == table_filename(MODELS["tiny"], Path.A16W4, "interpreter")
     monkeypatch.setenv("MXMOE_CONFIG_DIR", str(tmp_path / "tuned"))

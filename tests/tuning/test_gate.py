@@ -13,6 +13,7 @@ from mxmoe.spec import Profile
 from mxmoe.tuning.judge.gate import Outcome, claimable_win, claimable_wins, compare, pareto_fronts
 from mxmoe.tuning.ledger.records import Attempt, GuardrailResult, Status
 from mxmoe.tuning.ledger.store import Ledger
+from mxmoe.tuning.timing.value import Timing
 
 BASE_CFG = MoEConfig(TileConfig(), TileConfig())
 FAST_CFG = MoEConfig(TileConfig(block_n=128), TileConfig(block_n=128))
@@ -39,11 +40,8 @@ def row(campaign: str, tokens: int, median: float | None, cfg: MoEConfig = BASE_
         config_key=cfg.key(),
         kernel_hash="kh1",
         device=H100,
-        median_us=median,
-        p95_us=median * 1.05 if measured else None,
-        ci_lo_us=median * (1 - spread) if measured else None,
-        ci_hi_us=median * (1 + spread) if measured else None,
-        samples_us=(median,) if measured else (),
+        timing=Timing(median_us=median, ci_lo_us=median * (1 - spread), ci_hi_us=median * (1 + spread),
+                      p95_us=median * 1.05, samples_us=(median,)) if measured else None,
         claimable=measured,
         argv=("mxmoe", "sweep"),
         provenance={"git_commit": "abc123", "mode": "eager", "l2": "flush"},
@@ -119,7 +117,7 @@ def test_incomplete_coverage_blocks(ledger):
 def test_nonmeasured_candidate_row_counts_as_missing(ledger):
     record_candidate(ledger, {1: 1.0, 16: 1.25})
     ledger.record(
-        row("cand", 4096, 1.0, status=Status.TIMEOUT, claimable=False, median_us=None, ci_lo_us=None, ci_hi_us=None)
+        row("cand", 4096, 1.0, status=Status.TIMEOUT, claimable=False, timing=None)
     )
     ledger.record_guardrail(guardrail())
     assert claimable_win(ledger, "cand", "base").reasons == ("missing:tiny/a16w4/T=4096",)
@@ -227,9 +225,7 @@ def test_incorrect_winning_config_blocks(ledger):
         routing="skewed",
         status=Status.INCORRECT,
         claimable=False,
-        median_us=None,
-        ci_lo_us=None,
-        ci_hi_us=None,
+        timing=None,
     )
     ledger.record(bad)
     ledger.record_guardrail(guardrail())

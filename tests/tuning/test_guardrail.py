@@ -28,6 +28,7 @@ from mxmoe.spec import E2E_LOGITS_DIFF_MAX  # noqa: E402
 from mxmoe.tuning.guardrail import run as g  # noqa: E402
 from mxmoe.tuning.ledger.records import Attempt, Status  # noqa: E402
 from mxmoe.tuning.ledger.store import Ledger  # noqa: E402
+from mxmoe.tuning.timing.value import Timing  # noqa: E402
 
 CFG = MoEConfig(TileConfig(block_m=16, block_n=32, block_k=64, mma=Mma.UPCAST),
                 TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.UPCAST))
@@ -184,7 +185,8 @@ def layer_row(campaign, model, tokens, median, cfg, claimable=True):
     return Attempt.make(
         campaign=campaign, status=Status.MEASURED, model=model, shape=shape.to_dict(), path="a16w4", stage="layer",
         tokens=tokens, config=cfg.to_dict(), config_key=cfg.key(), kernel_hash="kh", device=H100,
-        median_us=median, p95_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01, samples_us=(median,),
+        timing=Timing(median_us=median, p95_us=median, ci_lo_us=median * 0.99, ci_hi_us=median * 1.01,
+                      samples_us=(median,)),
         claimable=claimable, nonclaimable_reasons=() if claimable else ("dirty",),
         created_at="2025-01-01T00:00:00+00:00")
 

@@ -29,12 +29,14 @@ from mxmoe.tuning.ledger.store import (
     RecordOutcome,
     SchemaTooNewError,
 )
+from mxmoe.tuning.timing.value import pop_timing
 
 CFG = MoEConfig(TileConfig(), TileConfig(block_n=128))
 
 
 def make(**kw) -> Attempt:
-    """A claimable measured layer row of `tiny` in campaign `c`; override any field."""
+    """A claimable measured layer row of `tiny` in campaign `c`; override any field (the timing as its flat fields,
+    as a stored row holds them)."""
     fields = dict(
         campaign="c",
         status=Status.MEASURED,
@@ -58,6 +60,8 @@ def make(**kw) -> Attempt:
         created_at="2025-01-01T00:00:00.000000+00:00",
     )
     fields.update(kw)
+    timing = pop_timing(fields, "Attempt")
+    fields.setdefault("timing", timing)
     return Attempt.make(**fields)
 
 
@@ -99,7 +103,7 @@ def test_every_status_fits_the_schema(ledger, status):
     """The schema's CHECK lists the statuses: a new Status needs a migration, and this test says so."""
     kw = {"reason": "why"} if status.needs_reason else {}
     if status is not Status.MEASURED:
-        kw |= dict(claimable=False, median_us=None, ci_lo_us=None, ci_hi_us=None)
+        kw |= dict(claimable=False, timing=None)
     a = make(status=status, **kw)
     assert ledger.record(a) is RecordOutcome.ADDED
     assert ledger.get(a.key).status_text == a.status_text
@@ -248,7 +252,7 @@ def test_merge_disjoint_overlapping_and_conflicting(tmp_path, ledger):
     assert (report.added, report.identical, report.conflicts) == (2, 1, 1)
     assert (report.carried_conflicts, report.campaigns_added, report.guardrails_added) == (1, 1, 1)
     assert ledger.get(mine.key) == mine  # ours kept; theirs in conflicts
-    assert {c.incoming.median_us for c in ledger.conflicts("c")} == {10.09, 10.01}
+    assert {c.incoming.timing.median_us for c in ledger.conflicts("c")} == {10.09, 10.01}
     assert ledger.campaigns()[-1].baseline == "c"
     again = ledger.merge(theirs_path)
     # the conflicting row still conflicts (reported again), but nothing new is stored
@@ -273,11 +277,7 @@ def test_export_csv_is_readable_by_csv(tmp_path, ledger):
             status=Status.ILLEGAL,
             reason="SMEM",
             claimable=False,
-            median_us=None,
-            ci_lo_us=None,
-            ci_hi_us=None,
-            p95_us=None,
-            samples_us=(),
+            timing=None,
             detail='line1\nline2, "q"',
         )
     )

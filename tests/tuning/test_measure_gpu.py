@@ -18,6 +18,7 @@ from mxmoe.tuning.timing.clocks import CudaEventClock
 from mxmoe.tuning.timing.gpu_state import Check, process_check, read_gpu_state
 from mxmoe.tuning.timing.measure import (
     L2Policy,
+    MeasureSettings,
     TimingMode,
     idle_before,
     measure,
@@ -28,6 +29,11 @@ from mxmoe.tuning.timing.measure import (
 pytestmark = pytest.mark.gpu
 
 QUICK = {"warmup_s": 0.05, "max_time_s": 1.0, "idle_sample_s": 0.0}
+
+
+def quick(**kw) -> MeasureSettings:
+    """Settings short enough for a test on the GPU, plus `kw`."""
+    return MeasureSettings(**{**QUICK, **kw})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,25 +58,25 @@ def test_events_scale_with_known_gpu_work():
 
 def test_eager_measurement_on_the_gpu_reads_nvml(idle):
     a = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
-    m = measure(lambda: a @ a, idle=idle, **QUICK)
-    assert m.mode is TimingMode.EAGER and m.clock == "cuda_event" and m.n == len(m.samples_us)
-    assert 0 < m.ci_lo_us <= m.median_us <= m.ci_hi_us
+    m = measure(lambda: a @ a, quick(), idle=idle)
+    assert m.mode is TimingMode.EAGER and m.clock == "cuda_event" and m.timing.n == len(m.timing.samples_us)
+    assert 0 < m.timing.ci_lo_us <= m.timing.median_us <= m.timing.ci_hi_us
     assert Check.FAKE_CLOCK.value not in m.checks and Check.NVML_UNAVAILABLE.value not in m.checks
     assert m.gpu_before.available and m.gpu_before.name and m.gpu_before.sm_clock_mhz > 0
     assert m.l2_bytes and m.l2_bytes >= 40 * 2**20
-    print("eager 1024^3 bf16:", m.median_us, "us; checks:", m.checks, m.check_detail)
+    print("eager 1024^3 bf16:", m.timing.median_us, "us; checks:", m.checks, m.check_detail)
 
 
 def test_graph_mode_replays_the_captured_work(idle):
     x = torch.zeros(1 << 20, device="cuda")
-    eager = measure(lambda: x.add_(1.0), l2="none", idle=idle, **QUICK)
+    eager = measure(lambda: x.add_(1.0), quick(l2="none"), idle=idle)
     x.zero_()
-    m = measure(lambda: x.add_(1.0), mode="graph", l2="none", idle=idle, **QUICK)
+    m = measure(lambda: x.add_(1.0), quick(mode="graph", l2="none"), idle=idle)
     torch.cuda.synchronize()
     assert m.mode is TimingMode.GRAPH
-    assert x[0].item() >= m.n  # every timed replay really ran the add
-    assert m.median_us < 1.5 * eager.median_us
-    print(f"add_ 4 MB: eager {eager.median_us:.2f} us, graph {m.median_us:.2f} us")
+    assert x[0].item() >= m.timing.n  # every timed replay really ran the add
+    assert m.timing.median_us < 1.5 * eager.timing.median_us
+    print(f"add_ 4 MB: eager {eager.timing.median_us:.2f} us, graph {m.timing.median_us:.2f} us")
 
 
 def test_agrees_with_triton_do_bench_on_a_4096_cube_bf16_matmul(idle):
@@ -81,7 +87,7 @@ def test_agrees_with_triton_do_bench_on_a_4096_cube_bf16_matmul(idle):
     ours, theirs = [], []
     for _ in range(5):  # interleaved, so a clock or temperature drift hits both sides alike
         theirs.append(1000.0 * triton_testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median"))
-        ours.append(measure(lambda: a @ b, l2="flush", idle=idle, **QUICK).median_us)
+        ours.append(measure(lambda: a @ b, quick(l2="flush"), idle=idle).timing.median_us)
     print(f"4096^3 bf16 matmul: measure {ours} us, do_bench {theirs} us")
     assert statistics.median(ours) == pytest.approx(statistics.median(theirs), rel=0.03)
 
@@ -91,17 +97,18 @@ def test_rotation_and_flush_defeat_l2_on_a_small_buffer(idle):
     n = nbytes // 4
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     sets = [(torch.randn(n, device="cuda"),) for _ in range(rotation_copies(nbytes, l2))]
-    hot = measure(torch.sum, rotate=sets[:1], l2="none", idle=idle, **QUICK)
-    rotated = measure(torch.sum, rotate=sets, l2="rotate", bytes_per_set=nbytes, idle=idle, **QUICK)
-    flushed = measure(torch.sum, rotate=sets[:1], l2="flush", idle=idle, **QUICK)
-    starved = measure(torch.sum, rotate=sets[:1], l2="none", gpu_lead=False, idle=idle, **QUICK)
+    hot = measure(torch.sum, quick(l2="none"), rotate=sets[:1], idle=idle)
+    rotated = measure(torch.sum, quick(l2="rotate", bytes_per_set=nbytes), rotate=sets, idle=idle)
+    flushed = measure(torch.sum, quick(l2="flush"), rotate=sets[:1], idle=idle)
+    starved = measure(torch.sum, quick(l2="none", gpu_lead=False), rotate=sets[:1], idle=idle)
     print(
-        f"sum 16 MB: hot {hot.median_us:.2f}, rotated {rotated.median_us:.2f}, flushed {flushed.median_us:.2f}, "
-        f"hot without GPU lead {starved.median_us:.2f} us; host {hot.host_us:.1f} us/iter, lead {hot.lead_us:.1f} us"
+        f"sum 16 MB: hot {hot.timing.median_us:.2f}, rotated {rotated.timing.median_us:.2f}, "
+        f"flushed {flushed.timing.median_us:.2f}, hot without GPU lead {starved.timing.median_us:.2f} us; "
+        f"host {hot.host_us:.1f} us/iter, lead {hot.lead_us:.1f} us"
     )
     assert rotated.l2 is L2Policy.ROTATE and Check.L2_ROTATION_SHORT.value not in rotated.checks
-    assert rotated.median_us > 1.15 * hot.median_us
-    assert flushed.median_us > 1.15 * hot.median_us
+    assert rotated.timing.median_us > 1.15 * hot.timing.median_us
+    assert flushed.timing.median_us > 1.15 * hot.timing.median_us
 
 
 def test_real_nvml_state_and_our_own_process():
@@ -142,9 +149,9 @@ def test_agrees_with_do_bench_and_do_bench_cudagraph_on_the_moe_layer(idle):
     eager, graph, bench, bench_graph = [], [], [], []
     for _ in range(3):
         bench.append(1000.0 * triton_testing.do_bench(run, warmup=50, rep=300, return_mode="median"))
-        eager.append(measure(run, l2="flush", idle=idle, **QUICK).median_us)
+        eager.append(measure(run, quick(l2="flush"), idle=idle).timing.median_us)
         bench_graph.append(1000.0 * triton_testing.do_bench_cudagraph(run, rep=300, return_mode="median"))
-        graph.append(measure(run, mode="graph", l2="none", idle=idle, **QUICK).median_us)
+        graph.append(measure(run, quick(mode="graph", l2="none"), idle=idle).timing.median_us)
     print(f"gpt-oss-20b T=1024 layer: eager {eager} vs do_bench {bench}; graph {graph} vs cudagraph {bench_graph}")
     assert statistics.median(eager) == pytest.approx(statistics.median(bench), rel=0.03)
     assert statistics.median(graph) == pytest.approx(statistics.median(bench_graph), rel=0.03)
@@ -162,11 +169,11 @@ def test_l2_effect_on_a_decode_layer_whose_weights_fit_in_l2(idle):
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     read = nbytes * p.shape.topk // p.shape.experts  # T=1: one token, topk distinct experts
     copies = [(MoEWeights.random(p.shape, seed=i, device="cuda"),) for i in range(rotation_copies(read, l2))]
-    hot = measure(run, mode="graph", rotate=copies[:1], l2="none", idle=idle, **QUICK)
-    rotated = measure(run, mode="graph", rotate=copies, l2="rotate", bytes_per_set=read, idle=idle, **QUICK)
-    flushed = measure(run, mode="graph", rotate=copies[:1], l2="flush", idle=idle, **QUICK)
-    print(f"decode layer, weights {nbytes / 2**20:.1f} MiB: hot {hot.median_us:.2f}, rotated "
-          f"{rotated.median_us:.2f} ({len(copies)} copies), flushed {flushed.median_us:.2f} us")
+    hot = measure(run, quick(mode="graph", l2="none"), rotate=copies[:1], idle=idle)
+    rotated = measure(run, quick(mode="graph", l2="rotate", bytes_per_set=read), rotate=copies, idle=idle)
+    flushed = measure(run, quick(mode="graph", l2="flush"), rotate=copies[:1], idle=idle)
+    print(f"decode layer, weights {nbytes / 2**20:.1f} MiB: hot {hot.timing.median_us:.2f}, rotated "
+          f"{rotated.timing.median_us:.2f} ({len(copies)} copies), flushed {flushed.timing.median_us:.2f} us")
     assert Check.L2_ROTATION_SHORT.value not in rotated.checks
     for cold in (rotated, flushed):
-        assert cold.ci_lo_us > hot.ci_hi_us and cold.median_us > 1.02 * hot.median_us
+        assert cold.timing.ci_lo_us > hot.timing.ci_hi_us and cold.timing.median_us > 1.02 * hot.timing.median_us

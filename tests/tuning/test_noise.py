@@ -11,14 +11,17 @@ import pytest
 from mxmoe.shapes import MODELS, Path
 from mxmoe.spec import win_margin
 from mxmoe.tuning.timing.clocks import FakeClock
+from mxmoe.tuning.timing.measure import MeasureSettings
 from mxmoe.tuning.timing.noise import NoiseReport, aa_noise, run_noise
 from mxmoe.tuning.timing.nvml import FakeNvml
 
 FAST = {"warmup_s": 0.0, "warmup_min_iters": 1, "idle_sample_s": 0.0, "resamples": 300}
 
 
-def kwargs(rel_noise, seed=0, **extra):
-    return {"clock": FakeClock(10.0, rel_noise, seed=seed), "nvml": FakeNvml(), **FAST, **extra}
+def kwargs(rel_noise, seed=0, **settings):
+    """measure()'s keyword arguments: a FakeClock of `rel_noise`, a quiet NVML, FAST settings plus `settings`."""
+    return {"clock": FakeClock(10.0, rel_noise, seed=seed), "nvml": FakeNvml(),
+            "settings": MeasureSettings(**{**FAST, **settings})}
 
 
 def test_low_noise_floor_sits_under_the_margins():

@@ -20,13 +20,15 @@ from mxmoe.tuning.ledger.records import (
     canonical_json,
     csv_rows,
 )
+from mxmoe.tuning.timing.value import Timing, pop_timing
 
 CFG = MoEConfig(TileConfig(), TileConfig(block_n=128))
 H100 = "NVIDIA H100 80GB HBM3"
 
 
 def make(**kw) -> Attempt:
-    """A claimable measured layer row of `tiny`; override any field."""
+    """A claimable measured layer row of `tiny`; override any field (the timing as its flat fields, as a stored row
+    holds them)."""
     fields = dict(
         campaign="c",
         status=Status.MEASURED,
@@ -50,6 +52,8 @@ def make(**kw) -> Attempt:
         created_at="2025-01-01T00:00:00.000000+00:00",
     )
     fields.update(kw)
+    timing = pop_timing(fields, "Attempt")
+    fields.setdefault("timing", timing)
     return Attempt.make(**fields)
 
 
@@ -69,7 +73,7 @@ def test_status_parse_and_text(text, status, reason):
     assert Status.parse(text) == (status, reason)
     kw = dict(status=status, reason=reason)
     if status is not Status.MEASURED:
-        kw |= dict(median_us=None, ci_lo_us=None, ci_hi_us=None, claimable=False)
+        kw |= dict(median_us=None, p95_us=None, ci_lo_us=None, ci_hi_us=None, samples_us=(), claimable=False)
     assert make(**kw).status_text == text
 
 
@@ -94,6 +98,8 @@ def test_status_parse_rejects(text):
         (dict(median_us=12.0), "does not contain"),
         (dict(median_us=float("nan")), "finite"),
         (dict(samples_us=(1.0, float("inf"))), "finite"),
+        (dict(median_us=None, ci_lo_us=None, ci_hi_us=None), "without median_us"),
+        (dict(timing=(10.0, 9.9, 10.1)), "must be a Timing"),
         (dict(device=INTERPRETER), "interpreter"),
         (dict(nonclaimable_reasons=("dirty_tree",)), "claimable yet"),
         (dict(status=Status.TIMEOUT), "only measured"),
@@ -117,6 +123,21 @@ def test_from_dict_is_strict():
         Attempt.from_dict(d)
     with pytest.raises(ValueError, match="computes the key"):
         Attempt.make(key="x")
+
+
+def test_the_timing_is_nested_but_stored_flat():
+    a = make()
+    assert a.timing == Timing(median_us=10.0, ci_lo_us=9.9, ci_hi_us=10.1, p95_us=11.0,
+                              samples_us=(9.9, 10.0, 10.1, 11.0))
+    d = a.to_dict()
+    assert "timing" not in d and (d["median_us"], d["p95_us"], d["ci_lo_us"], d["ci_hi_us"]) == (10.0, 11.0, 9.9, 10.1)
+    assert d["samples_us"] == [9.9, 10.0, 10.1, 11.0]
+    with pytest.raises(ValueError, match="unknown Attempt fields"):
+        Attempt.from_dict(d | {"timing": None})
+    untimed = make(status=Status.TIMEOUT, claimable=False, timing=None)
+    assert untimed.stats() is None
+    assert {k: untimed.to_dict()[k] for k in ("median_us", "p95_us", "samples_us")} == {
+        "median_us": None, "p95_us": None, "samples_us": []}
 
 
 def test_path_enum_is_stored_as_its_value():
@@ -188,9 +209,10 @@ def attempts(draw) -> Attempt:
     kw["device"] = draw(st.sampled_from([H100, INTERPRETER, "NVIDIA H200"]))
     if status is Status.MEASURED or draw(st.booleans()):
         lo, mid, hi = sorted(draw(st.lists(_num, min_size=3, max_size=3)))
-        kw |= dict(median_us=mid, ci_lo_us=lo, ci_hi_us=hi, p95_us=draw(st.none() | _num))
-    else:
-        kw |= dict(median_us=None, ci_lo_us=None, ci_hi_us=None, p95_us=None)
+        samples = tuple(draw(st.lists(_num, max_size=5)))
+        kw |= dict(median_us=mid, ci_lo_us=lo, ci_hi_us=hi, p95_us=draw(st.none() | _num), samples_us=samples)
+    else:  # a timing is whole or absent: no samples without a median (Timing)
+        kw |= dict(median_us=None, ci_lo_us=None, ci_hi_us=None, p95_us=None, samples_us=())
     kw["claimable"] = status is Status.MEASURED and kw["device"] != INTERPRETER and draw(st.booleans())
     kw["nonclaimable_reasons"] = () if kw["claimable"] else tuple(draw(st.lists(_text, max_size=3)))
     kw |= dict(
@@ -201,7 +223,6 @@ def attempts(draw) -> Attempt:
         routing=draw(_text),
         config_key=draw(_text),
         kernel_hash=draw(st.text(max_size=8)),
-        samples_us=tuple(draw(st.lists(_num, max_size=5))),
         tflops=draw(st.none() | _num),
         roofline_fraction=draw(st.none() | _num),
         provenance=draw(st.dictionaries(_text, _json_val, max_size=4)),
@@ -230,7 +251,10 @@ def test_result_digest_sees_results_not_time(a, t):
     d = a.to_dict()
     later = Attempt.from_dict(d | {"created_at": "2030-01-01T00:00:00+00:00"})
     assert later.result_digest() == a.result_digest()
-    changed = Attempt.from_dict(d | {"samples_us": [*a.samples_us, t]})
+    if a.timing is None:
+        changed = Attempt.from_dict(d | {"tflops": t if a.tflops != t else t + 1.0})
+    else:
+        changed = Attempt.from_dict(d | {"samples_us": [*a.timing.samples_us, t]})
     assert changed.result_digest() != a.result_digest()
 
 

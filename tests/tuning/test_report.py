@@ -153,7 +153,7 @@ def test_best_point_prefers_claimable_rows_and_uses_spec_floors():
             row("cand", "gpt-oss-20b", 16, 1.0, FAST_CFG, device="interpreter", claimable=False,
                 nonclaimable_reasons=("interpreter",))]
     [[best]] = best_layer_rows(rows).values()
-    assert (best.median_us, best.claimable, best.floors_source) == (24.0, True, "nominal")
+    assert (best.timing.median_us, best.claimable, best.floors_source) == (24.0, True, "nominal")
     shape = MODELS["gpt-oss-20b"]
     hit = expected_experts_hit(shape, 16)
     assert best.memory_floor_us == pytest.approx(memory_floor_us(layer_bytes(shape, Path.A16W4, 16, hit),
@@ -162,7 +162,7 @@ def test_best_point_prefers_claimable_rows_and_uses_spec_floors():
     assert best.roofline_fraction == pytest.approx(max(best.memory_floor_us, best.compute_floor_us) / 24.0)
     # only non-claimable rows: the fastest of them, marked
     [[only]] = best_layer_rows(rows[2:]).values()
-    assert (only.median_us, only.claimable) == (1.0, False)
+    assert (only.timing.median_us, only.claimable) == (1.0, False)
 
 
 def test_floors_and_experts_hit_from_provenance_then_args_then_nominal():
@@ -235,7 +235,8 @@ def at_fraction(campaign: str, model: str, tokens: int, fraction: float, floor: 
 def record_pair(led: Ledger, cand: Attempt, speedup: float) -> None:
     """The candidate row and a baseline row `speedup` times slower at the same point."""
     led.record(cand)
-    led.record(row("base", cand.model, cand.tokens, cand.median_us * speedup, path=cand.path, routing=cand.routing))
+    slower = cand.timing.median_us * speedup
+    led.record(row("base", cand.model, cand.tokens, slower, path=cand.path, routing=cand.routing))
 
 
 def issue9_ledger(led: Ledger) -> None:
@@ -297,7 +298,8 @@ def test_bars_say_when_the_baseline_or_a_point_is_missing(tmp_path):
     # the baseline's one point (T=1) is the grid the speedup is judged over
     cand_t1 = data.cand_best["deepseek-v3", "a16w4", "uniform"][0]
     assert cand_t1.tokens == 1
-    assert partial["tuned / baseline geomean", "deepseek-v3/a16w4"].value == pytest.approx(50.0 / cand_t1.median_us)
+    geomean = partial["tuned / baseline geomean", "deepseek-v3/a16w4"].value
+    assert geomean == pytest.approx(50.0 / cand_t1.timing.median_us)
 
 
 WORKLOAD_SHAPE = "deepseek-v3-tp8"

@@ -18,9 +18,9 @@ from mxmoe.tuning.timing.stats import (
     bootstrap_median_ci,
     median,
     percentile,
-    rel_ci_halfwidth,
     summarize,
 )
+from mxmoe.tuning.timing.value import rel_ci_halfwidth
 
 ONE_TO_100 = [float(i) for i in range(1, 101)]
 
@@ -35,19 +35,21 @@ def test_median_and_percentiles_of_1_to_100():
 
 def test_summary_of_1_to_100_names_both_p95s():
     s = summarize(ONE_TO_100, resamples=500)
-    assert s.n == 100
-    assert s.median_us == 50.5
+    t = s.timing
+    assert s.n == 100 and t.samples_us == tuple(ONE_TO_100)
+    assert t.median_us == 50.5
     assert s.p5_us == pytest.approx(5.95)
-    assert s.p95_us == pytest.approx(95.05)
+    assert t.p95_us == pytest.approx(95.05)
     assert s.p95_nearest_us == 95.0  # index round(0.95 * 99) = 94 of the sorted samples
     assert s.mean_us == 50.5
     assert s.std_us == pytest.approx(math.sqrt(100 * 101 / 12), rel=1e-12)  # ddof=1 of 1..n
-    assert s.ci_lo_us <= s.median_us <= s.ci_hi_us
+    assert t.ci_lo_us <= t.median_us <= t.ci_hi_us
 
 
 def test_single_sample_has_a_degenerate_ci_and_zero_std():
     s = summarize([7.0])
-    assert (s.median_us, s.ci_lo_us, s.ci_hi_us, s.std_us, s.p95_nearest_us) == (7.0, 7.0, 7.0, 0.0, 7.0)
+    t = s.timing
+    assert (t.median_us, t.ci_lo_us, t.ci_hi_us, s.std_us, s.p95_nearest_us) == (7.0, 7.0, 7.0, 0.0, 7.0)
 
 
 @pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")], [[1.0, 2.0]]])
@@ -98,9 +100,10 @@ def test_ci_shrinks_with_n():
 @given(st.lists(st.floats(0.1, 1e6, allow_nan=False), min_size=1, max_size=60))
 def test_ci_brackets_median_and_stays_in_range(xs):
     s = summarize(xs, resamples=200)
-    assert min(xs) <= s.ci_lo_us <= s.median_us <= s.ci_hi_us <= max(xs)
-    assert min(xs) <= s.p5_us <= s.median_us <= s.p95_us <= max(xs)
-    assert s.rel_ci_halfwidth >= 0
+    t = s.timing
+    assert min(xs) <= t.ci_lo_us <= t.median_us <= t.ci_hi_us <= max(xs)
+    assert min(xs) <= s.p5_us <= t.median_us <= t.p95_us <= max(xs)
+    assert t.rel_ci_halfwidth >= 0
 
 
 def test_rel_ci_halfwidth():

@@ -34,6 +34,7 @@ from mxmoe.tuning.sweep.driver import SweepRefused, SweepSpec, run_sweep
 from mxmoe.tuning.sweep.executors import InlineExecutor, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
 from mxmoe.tuning.sweep.worker import FAULT_ENV
 from mxmoe.tuning.timing.bench import NOMINAL_FLOORS
+from mxmoe.tuning.timing.value import Timing
 
 TINY = MODELS["tiny"]
 _T = TileConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=3, mma=Mma.UPCAST)
@@ -146,8 +147,8 @@ class ScriptedExecutor:
         for i, j in enumerate(jobs):
             status = self.statuses[i % len(self.statuses)]
             if status == "measured":
-                yield j, TrialResult(status, median_us=5.0, p95_us=6.0, ci_lo_us=4.9, ci_hi_us=5.1,
-                                     samples_us=(5.0, 5.1), nonclaimable_reasons=("fake_clock",),
+                timing = Timing(median_us=5.0, p95_us=6.0, ci_lo_us=4.9, ci_hi_us=5.1, samples_us=(5.0, 5.1))
+                yield j, TrialResult(status, timing=timing, nonclaimable_reasons=("fake_clock",),
                                      provenance={"git_commit": "0" * 40, "mode": "graph", "l2": "flush"})
             else:
                 yield j, TrialResult(status, detail=f"scripted {status}")

@@ -16,6 +16,7 @@ from mxmoe.heuristic import default_config
 from mxmoe.shapes import MODELS
 from mxmoe.tuning.sweep.executors import Job, LocalExecutor, TrialResult, WorkerConfig, WorkerInfo
 from mxmoe.tuning.sweep.worker import FAULT_DIR_ENV, FAULT_ENV, faults_for, parse_faults
+from mxmoe.tuning.timing.value import Timing
 
 TIMEOUT_S = 8.0  # a phase of a tiny trial takes < 2 s on the interpreter
 HEURISTIC = default_config(MODELS["tiny"], "a16w4", 1, interpreter=True)
@@ -35,8 +36,12 @@ def job(label: str, cfg: MoEConfig = HEURISTIC, tokens: int = 1) -> Job:
 def test_messages_round_trip_strictly():
     j = job("a")
     assert Job.from_dict(j.to_dict()) == j
-    r = TrialResult("measured", median_us=1.0, ci_lo_us=0.9, ci_hi_us=1.1, samples_us=(1.0,), provenance={"x": 1})
+    r = TrialResult("measured", timing=Timing(median_us=1.0, ci_lo_us=0.9, ci_hi_us=1.1, samples_us=(1.0,)),
+                    provenance={"x": 1})
     assert TrialResult.from_dict(r.to_dict()) == r
+    wire = r.to_dict()  # the timing travels as the five flat keys it always had (PROTOCOL_VERSION unchanged)
+    assert "timing" not in wire and (wire["median_us"], wire["p95_us"], wire["samples_us"]) == (1.0, None, [1.0])
+    assert TrialResult.from_dict({"status": "timeout"}).timing is None
     c = WorkerConfig("tiny", "a16w4", argv=("mxmoe", "sweep"))
     assert WorkerConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown Job fields"):
@@ -83,13 +88,13 @@ def test_hello_names_the_interpreter_and_nominal_floors(executor):
 def test_measured_row_is_fake_and_never_claimable(executor):
     r = executor.run_one(job("k-ok"))
     assert r.status == "measured", r.detail
-    assert r.ci_lo_us <= r.median_us <= r.ci_hi_us and len(r.samples_us) >= 30
+    assert r.timing.ci_lo_us <= r.timing.median_us <= r.timing.ci_hi_us and r.timing.n >= 30
     assert {"fake_clock", "interpreter", "floors:nominal"} <= set(r.nonclaimable_reasons)
     assert r.provenance["mode"] == "graph" and r.provenance["l2"] == "flush" and r.provenance["git_commit"]
     assert r.provenance["first_call_ms"] > 0 and r.provenance["env"][FAULT_ENV] == FAULTS
     assert r.tflops > 0 and r.roofline_fraction > 0
     again = executor.run_one(job("k-ok"))
-    assert again.median_us == r.median_us  # the fake clock is deterministic per (config key, T)
+    assert again.timing.median_us == r.timing.median_us  # the fake clock is deterministic per (config key, T)
 
 
 def test_a_launch_wrapper_refusal_is_a_compile_error(executor):

@@ -47,14 +47,7 @@ def guardrail(
 ) -> None:
     """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
     any failure. With --campaign, one run per winning config, recorded in the ledger."""
-    if campaign is not None and config_dir is not None:
-        raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
-    if campaign is None and baseline is not None:
-        raise typer.BadParameter("--baseline needs --campaign")
-    if campaign is None and ledger is not None:
-        raise typer.BadParameter("--ledger needs --campaign (only campaign runs are recorded)")
-    if config_dir is not None and not config_dir.is_dir():
-        raise typer.BadParameter(f"--config-dir {config_dir} is not a directory")
+    _check_options(campaign, ledger, baseline, config_dir)
     use_interpreter_without_gpu()
     from mxmoe.tuning.guardrail import run as g
 
@@ -89,6 +82,19 @@ def guardrail(
     _show(rows, as_json)
     if not all(r["passed"] for r in rows):
         raise typer.Exit(1)
+
+
+def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | None,
+                   config_dir: FsPath | None) -> None:
+    """The options that only make sense together (or apart), refused before anything is built or run."""
+    if campaign is not None and config_dir is not None:
+        raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
+    if campaign is None and baseline is not None:
+        raise typer.BadParameter("--baseline needs --campaign")
+    if campaign is None and ledger is not None:
+        raise typer.BadParameter("--ledger needs --campaign (only campaign runs are recorded)")
+    if config_dir is not None and not config_dir.is_dir():
+        raise typer.BadParameter(f"--config-dir {config_dir} is not a directory")
 
 
 def _fmt(v: Any) -> str:

@@ -92,9 +92,8 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Sweep tile configs: one ledger row per candidate (measured, illegal:<reason>, incorrect, ...)."""
-    from mxmoe.tuning.ledger.store import Ledger
-    from mxmoe.tuning.sweep.driver import SweepRefused, SweepSpec, require_baseline, run_sweep, start_checked
-    from mxmoe.tuning.sweep.executors import ExecutorUnavailableError, WorkerConfig, WorkerStartError
+    from mxmoe.tuning.sweep.driver import SweepSpec
+    from mxmoe.tuning.sweep.executors import ExecutorUnavailableError, WorkerConfig
 
     argv = tuple(sys.argv)
     # every argument is checked before anything is written: a bad sweep leaves no ledger file and no campaign
@@ -108,11 +107,7 @@ def sweep(
             raise ValueError(f"--tokens {tokens}: {shape.name} is measured from T={shape.min_tokens}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if baseline is not None:
-        if not ledger.exists():
-            raise MxmoeUsageError(f"baseline campaign {baseline!r} does not exist: no ledger at {ledger}")
-        with Ledger.open_readonly(ledger) as led:
-            require_baseline(led, baseline)
+    _require_baseline_in(ledger, baseline)
     config = WorkerConfig(model, path.value, argv=argv, seed=seed)
     try:
         ex = _executor(executor, config, workers, ray_address, timeout)
@@ -120,9 +115,33 @@ def sweep(
         raise typer.BadParameter(str(exc)) from exc
     except ExecutorUnavailableError as exc:
         _refuse(f"sweep refused: {exc}")
-    bar = _Bar(quiet=as_json, executor=ex)
+    report, stats = _run(spec, ex, ledger, quiet=as_json)
+    _print_sweep(report, stats, as_json)
+
+
+def _require_baseline_in(ledger: FsPath, baseline: str | None) -> None:
+    """A --baseline names a campaign of the ledger, checked read-only before the sweep writes anything."""
+    from mxmoe.tuning.ledger.store import Ledger
+    from mxmoe.tuning.sweep.driver import require_baseline
+
+    if baseline is None:
+        return
+    if not ledger.exists():
+        raise MxmoeUsageError(f"baseline campaign {baseline!r} does not exist: no ledger at {ledger}")
+    with Ledger.open_readonly(ledger) as led:
+        require_baseline(led, baseline)
+
+
+def _run(spec: Any, ex: Any, ledger: FsPath, *, quiet: bool) -> tuple[Any, list[Any]]:
+    """Start the workers, apply every refusal (big model on the interpreter, busy GPU, ...) before the ledger is
+    opened, then sweep under the progress bar: the sweep's report and the workers' stats."""
+    from mxmoe.tuning.ledger.store import Ledger
+    from mxmoe.tuning.sweep.driver import SweepRefused, run_sweep, start_checked
+    from mxmoe.tuning.sweep.executors import WorkerStartError
+
+    bar = _Bar(quiet=quiet, executor=ex)
     with ex:
-        try:  # every refusal (big model on the interpreter, busy GPU, ...) before the ledger is opened
+        try:
             start_checked(spec, ex)
         except (SweepRefused, WorkerStartError) as exc:
             _refuse(f"sweep refused: {exc}")
@@ -131,7 +150,11 @@ def sweep(
                 report = run_sweep(spec, led, ex, observer=bar)
             except (SweepRefused, WorkerStartError, ValueError) as exc:
                 _refuse(f"sweep refused: {exc}")
-        stats = ex.stats()
+        return report, ex.stats()
+
+
+def _print_sweep(report: Any, stats: list[Any], as_json: bool) -> None:
+    """The rows written per status (and the workers' throughput), as JSON or tables; exit 1 when none measured."""
     if as_json:
         print(json.dumps({"campaign": report.campaign, "device": report.device, "interpreter": report.interpreter,
                           "planned": report.planned, "skipped": report.skipped, "counts": report.counts,
@@ -268,7 +291,7 @@ def noise(
 ) -> None:
     """A/A noise floor of the heuristic layer (graph replay, L2 flushed): must sit under the win margins."""
     interp = _interpreter_guard(model, force)
-    from mxmoe.tuning.timing.bench import FAKE_MEASURE
+    from mxmoe.tuning.timing.bench import layer_settings
     from mxmoe.tuning.timing.clocks import FakeClock
     from mxmoe.tuning.timing.noise import run_noise
 
@@ -283,9 +306,9 @@ def noise(
         cfg = choose_config(shape, path, t)
         return lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
 
-    kw: dict[str, Any] = {"mode": "graph", "l2": "flush"}
+    kw: dict[str, Any] = {"settings": layer_settings(interp, {"idle_sample_s": 0.0} if interp else None)}
     if interp:
-        kw |= FAKE_MEASURE | {"clock": FakeClock(10.0, 0.02, execute=False), "idle_sample_s": 0.0}
+        kw["clock"] = FakeClock(10.0, 0.02, execute=False)
     reports = run_noise(shape, path, parse_tokens(tokens), factory, rounds=rounds, measure_kwargs=kw)
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))

@@ -292,7 +292,8 @@ def campaign_winners(ledger: Ledger, campaign: str, family: str, path: Path | st
     for r in active(ledger.attempts(campaign, stage="layer", path=path.value)):
         if r.status is not Status.MEASURED or not r.claimable or family_of_shape(_shape_of_row(r.shape)) != family:
             continue
-        if r.point not in best or (r.median_us, r.key) < (best[r.point].median_us, best[r.point].key):
+        old = best.get(r.point)
+        if old is None or (r.timing.median_us, r.key) < (old.timing.median_us, old.key):
             best[r.point] = r
     won: dict[tuple[str, str], list[Any]] = {}
     for r in best.values():

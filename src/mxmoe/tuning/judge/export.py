@@ -58,7 +58,7 @@ def _fastest(rows: Sequence[Attempt], by: Callable[[Attempt], Hashable]) -> dict
     out: dict[Any, Attempt] = {}
     for r in rows:
         k = by(r)
-        if k not in out or (r.median_us, r.key) < (out[k].median_us, out[k].key):
+        if k not in out or (r.timing.median_us, r.key) < (out[k].timing.median_us, out[k].key):
             out[k] = r
     return out
 
@@ -93,7 +93,8 @@ def _keep_unless_won(best: dict[int, Attempt], group: Sequence[Attempt], base_ro
             outcomes = [point_outcome(t, b, rows[r]) for r, b in bases.items()]  # the gate's verdicts
             if Outcome.REGRESSION in outcomes or Outcome.WIN not in outcomes:
                 continue
-            speedup = math.prod(b.median_us / rows[r].median_us for r, b in bases.items()) ** (1 / len(bases))
+            ratios = [b.timing.median_us / rows[r].timing.median_us for r, b in bases.items()]
+            speedup = math.prod(ratios) ** (1 / len(bases))
             scored.append((-speedup, cfg))
         out[t] = cfg_rows[(t, primary, min(scored)[1] if scored else base_cfg)]
     return out
@@ -121,7 +122,7 @@ def _metadata(group: Sequence[Attempt], best: dict[int, Attempt], campaign: str,
         "routing": group[0].routing,
         "claimable": claimable,
         "rows": {str(t): r.key for t, r in best.items()},
-        "median_us": {str(t): r.median_us for t, r in best.items()},
+        "median_us": {str(t): r.timing.median_us for t, r in best.items()},
     }
     if not claimable:
         meta["nonclaimable"] = True
@@ -133,6 +134,29 @@ def _write_json(file: FsPath, data: dict[str, Any]) -> None:
     tmp = file.with_suffix(file.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, file)
+
+
+def _usable_rows(
+    ledger: Ledger, campaign: str, baseline: str | None, routings: Sequence[str],
+    only: Collection[tuple[str, str]] | None, allow_nonclaimable: bool,
+) -> tuple[list[Attempt], list[Attempt]]:
+    """The active measured layer rows a table may be built from, at `routings` and `only`'s (model, path) pairs:
+    the campaign's (claimable ones unless `allow_nonclaimable`) and the baseline's. ExportError when the campaign
+    has none at the first routing, or none of them is claimable."""
+    def wanted(r: Attempt) -> bool:
+        return r.stage == "layer" and r.status is Status.MEASURED and r.routing in routings and (
+            only is None or (r.model, r.path) in only)
+
+    rows = [r for r in active(ledger.attempts(campaign)) if wanted(r)]
+    base_rows = [r for r in active(ledger.attempts(baseline)) if wanted(r)] if baseline is not None else []
+    if not any(r.routing == routings[0] for r in rows):
+        raise ExportError(f"campaign {campaign!r} has no measured layer rows at routing {routings[0]!r}")
+    usable = rows if allow_nonclaimable else [r for r in rows if r.claimable]
+    if not usable:
+        reasons = sorted({x for r in rows for x in r.nonclaimable_reasons})
+        raise ExportError(f"campaign {campaign!r}: none of its {len(rows)} measured layer rows is claimable "
+                          f"({', '.join(reasons)}); pass --allow-nonclaimable to export them stamped as such")
+    return usable, base_rows
 
 
 def export_tables(
@@ -162,20 +186,7 @@ def export_tables(
     routings = (routing, *(r for r in dict.fromkeys(robust_over) if r != routing))
     if len(routings) > 1 and baseline is None:
         raise ExportError(f"robust_over={list(robust_over)} needs the baseline the campaign is judged against")
-
-    def wanted(r: Attempt) -> bool:
-        return r.stage == "layer" and r.status is Status.MEASURED and r.routing in routings and (
-            only is None or (r.model, r.path) in only)
-
-    rows = [r for r in active(ledger.attempts(campaign)) if wanted(r)]
-    base_rows = [r for r in active(ledger.attempts(baseline)) if wanted(r)] if baseline is not None else []
-    if not any(r.routing == routing for r in rows):
-        raise ExportError(f"campaign {campaign!r} has no measured layer rows at routing {routing!r}")
-    usable = rows if allow_nonclaimable else [r for r in rows if r.claimable]
-    if not usable:
-        reasons = sorted({x for r in rows for x in r.nonclaimable_reasons})
-        raise ExportError(f"campaign {campaign!r}: none of its {len(rows)} measured layer rows is claimable "
-                          f"({', '.join(reasons)}); pass --allow-nonclaimable to export them stamped as such")
+    usable, base_rows = _usable_rows(ledger, campaign, baseline, routings, only, allow_nonclaimable)
     export_path = None
     if ledger_export is not None:
         FsPath(ledger_export).parent.mkdir(parents=True, exist_ok=True)

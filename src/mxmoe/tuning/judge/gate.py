@@ -115,7 +115,7 @@ def layer_rows(rows: Sequence[Attempt]) -> dict[Point, list[Attempt]]:
 def best_row(rows: Sequence[Attempt]) -> Attempt | None:
     """The row a side shows at a point: lowest median, claimable rows first; the key breaks ties so the choice is
     deterministic."""
-    return min(rows, key=lambda r: (not r.claimable, r.median_us, r.key), default=None)
+    return min(rows, key=lambda r: (not r.claimable, r.timing.median_us, r.key), default=None)
 
 
 def point_outcome(tokens: int, b: Attempt, c: Attempt, profile: Profile = Profile.MXMOE) -> Outcome:
@@ -155,7 +155,7 @@ def pareto_fronts(rows: Sequence[Attempt]) -> tuple[ParetoFront, ...]:
         for r in group:
             cfg = medians.setdefault((model, path), {}).setdefault(r.config_key, {})
             pt = (routing, tokens)
-            cfg[pt] = min(cfg.get(pt, r.median_us), r.median_us)
+            cfg[pt] = min(cfg.get(pt, r.timing.median_us), r.timing.median_us)
 
     def dominates(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float]) -> bool:
         if not b.keys() <= a.keys():

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from mxmoe.spec import E2E_LOGITS_DIFF_MAX, PointStats
+from mxmoe.tuning.timing.value import TIMING_FIELDS, Timing, pop_timing, timing_fields
 
 KEY_VERSION = 1
 STAGES = ("1", "2", "layer")
@@ -148,7 +149,9 @@ class Attempt:
 
     `claimable` says the measurement's provenance is clean (committed source, verified clocks, idle
     GPU, a real GPU); when it is False, `nonclaimable_reasons` says why. Interpreter rows never are.
-    Build new rows with `Attempt.make(...)`, which computes the key from the fields.
+    `timing` is the worker's Timing, whole (None when nothing was timed; a measured row always has one); the dict
+    form keeps its five fields flat (see `to_dict`). Build new rows with `Attempt.make(...)`, which computes the key
+    from the fields.
     """
 
     key: str
@@ -166,11 +169,7 @@ class Attempt:
     kernel_hash: str
     device: str
     device_uuid: str | None = None
-    median_us: float | None = None
-    p95_us: float | None = None
-    ci_lo_us: float | None = None
-    ci_hi_us: float | None = None
-    samples_us: tuple[float, ...] = ()
+    timing: Timing | None = None
     tflops: float | None = None
     roofline_fraction: float | None = None
     claimable: bool = False
@@ -197,11 +196,10 @@ class Attempt:
             raise ValueError(f"status {self.status.value} {want} a reason, got reason={self.reason!r}")
         for name in ("shape", "config", "provenance"):
             s(self, name, _json_dict(f"Attempt.{name}", getattr(self, name)))
-        for name in ("median_us", "p95_us", "ci_lo_us", "ci_hi_us", "tflops", "roofline_fraction"):
+        for name in ("tflops", "roofline_fraction"):
             s(self, name, _opt_float(f"Attempt.{name}", getattr(self, name)))
-        if any(x is None for x in self.samples_us):
-            raise ValueError("Attempt.samples_us holds None; samples are finite numbers")
-        s(self, "samples_us", tuple(_opt_float("Attempt.samples_us[i]", x) for x in self.samples_us))
+        if self.timing is not None and not isinstance(self.timing, Timing):
+            raise ValueError(f"Attempt.timing must be a Timing or None, got {type(self.timing).__name__}")
         s(self, "nonclaimable_reasons", tuple(str(r) for r in self.nonclaimable_reasons))
         s(self, "argv", tuple(str(a) for a in self.argv))
         if not isinstance(self.claimable, bool):
@@ -210,10 +208,8 @@ class Attempt:
         self._check_result()
 
     def _check_result(self) -> None:
-        if self.status is Status.MEASURED:
-            if self.median_us is None or self.ci_lo_us is None or self.ci_hi_us is None:
-                raise ValueError(f"measured row {self.key} needs median_us, ci_lo_us and ci_hi_us")
-            PointStats(self.median_us, self.ci_lo_us, self.ci_hi_us)  # raises if the CI misses the median
+        if self.status is Status.MEASURED and self.timing is None:
+            raise ValueError(f"measured row {self.key} needs median_us, ci_lo_us and ci_hi_us (a timing)")
         if self.claimable:
             if self.status is not Status.MEASURED:
                 raise ValueError(f"row {self.key} is {self.status_text}: only measured rows are claimable")
@@ -249,22 +245,23 @@ class Attempt:
         return (self.model, self.path, self.routing, self.tokens)
 
     def stats(self) -> PointStats | None:
-        if self.median_us is None or self.ci_lo_us is None or self.ci_hi_us is None:
-            return None
-        return PointStats(self.median_us, self.ci_lo_us, self.ci_hi_us)
+        return None if self.timing is None else self.timing.point_stats()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: enums as values, tuples as lists."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON-ready and flat: enums as values, tuples as lists, the timing as its five fields (`median_us`, ...,
+        `samples_us`), so the ledger columns, stored conflict payloads and result digests keep the form they had
+        before `timing` was nested."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "timing"}
+        out |= timing_fields(self.timing)
         out["status"] = self.status.value
-        for name in ("samples_us", "nonclaimable_reasons", "argv"):
+        for name in ("nonclaimable_reasons", "argv"):
             out[name] = list(out[name])
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attempt:
-        """Strict: an unknown or missing field is a ValueError naming it."""
-        known = {f.name for f in fields(cls)}
+        """Strict, from the flat form `to_dict` writes: an unknown or missing field is a ValueError naming it."""
+        known = {f.name for f in fields(cls)} - {"timing"} | set(TIMING_FIELDS)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown Attempt fields {sorted(unknown)}; known: {sorted(known)}")
@@ -272,7 +269,9 @@ class Attempt:
         missing = required - set(d)
         if missing:
             raise ValueError(f"Attempt fields {sorted(missing)} are missing")
-        return cls(**d)
+        d = dict(d)
+        timing = pop_timing(d, "Attempt")
+        return cls(**d, timing=timing)
 
     def result_digest(self) -> str:
         """Hash of everything but NON_RESULT_FIELDS: equal digests under one key are one result."""
@@ -371,12 +370,12 @@ def csv_rows(attempts: list[Attempt]) -> list[dict[str, Any]]:
         row |= {k: flat.get(k, "") for k in (*shape_cols, *config_cols)}
         row |= {k: d.get(k) for k in CSV_TAIL}
         row |= {
-            "n_samples": len(a.samples_us),
+            "n_samples": len(d["samples_us"]),
             "claimable": int(a.claimable),
             "nonclaimable_reasons": ";".join(a.nonclaimable_reasons),
             "argv": shlex.join(a.argv),
             "provenance": canonical_json(a.provenance),
-            "samples_us": ";".join(repr(x) for x in a.samples_us),
+            "samples_us": ";".join(repr(x) for x in d["samples_us"]),
         }
         rows.append({k: ("" if v is None else v) for k, v in row.items()})
     return rows

@@ -55,6 +55,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# Issue 25 nested the five timing columns in `Attempt.timing` (a `timing.value.Timing`) in the Python record only: the
+# columns, their values and the result digests are what they were, so it added no migration and no version (a
+# version 1 file of before reads as it is: tests/tuning/test_ledger_compat.py). A bump would only make older mxmoe
+# refuse files it reads correctly.
 
 _JSON_FIELDS = ("shape", "config", "samples_us", "nonclaimable_reasons", "provenance", "argv")
 

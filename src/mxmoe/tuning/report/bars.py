@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mxmoe.shapes import FULL_MODELS, MODELS, PREFILL_MIN_T, WORKLOAD_708, Path
-from mxmoe.spec import PointStats, Profile
+from mxmoe.spec import Profile
 from mxmoe.tuning.judge.gate import Outcome, PointVerdict, Verdict
 from mxmoe.tuning.ledger.store import Ledger
 from mxmoe.tuning.report.data import (
@@ -143,11 +143,11 @@ def _panels(data: ReportData, models: Sequence[str], paths: Iterable[str] | None
 
 
 def _memory_fraction(p: BestPoint) -> float:
-    return p.memory_floor_us / p.median_us
+    return p.memory_floor_us / p.timing.median_us
 
 
 def _compute_fraction(p: BestPoint) -> float:
-    return p.compute_floor_us / p.median_us
+    return p.compute_floor_us / p.timing.median_us
 
 
 def _speedup_bars(data: ReportData) -> list[Bar]:
@@ -203,7 +203,7 @@ def performance_bars(data: ReportData) -> tuple[Bar, ...]:
         return tuple(out)
     for key in _panels(data, WORKLOAD_708):
         if MODELS[key[0]].min_tokens <= 1:  # gpt-oss-3072 starts at T=256 in the #708 workload
-            out.append(_range_bar(13, "T=1 latency", data, key, "T=1", lambda t: t == 1, lambda p: p.median_us,
+            out.append(_range_bar(13, "T=1 latency", data, key, "T=1", lambda t: t == 1, lambda p: p.timing.median_us,
                                   T1_LATENCY_US, "us", at_most=True))
     for key in _panels(data, WORKLOAD_708, PREFILL_708_PATHS):
         out.append(_range_bar(13, "prefill bf16-rate fraction", data, key, prefill,
@@ -285,7 +285,7 @@ def _workload_table(data: ReportData, shape: str) -> str:
             b = cand.get((path, r, t))
             mx = verdicts.get(Profile.MXMOE, {}).get((shape, path, r, t))
             seed = verdicts.get(Profile.SEED708, {}).get((shape, path, r, t))
-            cells += ["-" if b is None else ci_text(PointStats(b.median_us, b.ci_lo_us, b.ci_hi_us)),
+            cells += ["-" if b is None else ci_text(b.timing.point_stats()),
                       "-" if b is None else f"{b.roofline_fraction:.2f}" + ("" if b.claimable else "*"),
                       "-" if mx is None else speedup_text(mx),
                       " / ".join(v.outcome.value for v in (mx, seed) if v is not None) or "-"]

@@ -42,6 +42,7 @@ from mxmoe.tuning.judge.gate import Comparison, Outcome, Verdict, claimable_wins
 from mxmoe.tuning.ledger.records import INTERPRETER, Attempt, Status, active
 from mxmoe.tuning.ledger.store import Ledger
 from mxmoe.tuning.timing.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
+from mxmoe.tuning.timing.value import Timing
 
 NOT_A_MEASUREMENT = "not a measurement"  # the label of every interpreter / fake-clock result: console, page, plots
 INTERPRETER_BANNER = f"Triton interpreter or fake clock rows: {NOT_A_MEASUREMENT}; timings are not claims"
@@ -69,9 +70,7 @@ class BestPoint:
     path: str
     routing: str
     tokens: int
-    median_us: float
-    ci_lo_us: float
-    ci_hi_us: float
+    timing: Timing  # the row's, whole
     claimable: bool
     memory_floor_us: float
     compute_floor_us: float
@@ -177,15 +176,18 @@ def row_experts_hit(row: Attempt, shape: MoEShape) -> tuple[float, str]:
 
 def best_point(row: Attempt, bandwidth: float | None = None, rate: float | None = None) -> BestPoint:
     """A measured layer row with its memory and compute floors and roofline fraction."""
-    assert row.median_us is not None and row.ci_lo_us is not None and row.ci_hi_us is not None
+    timing = row.timing
+    assert timing is not None
     shape = row_shape(row)
     bw, fl, source = row_floors(row, bandwidth, rate)
     hit, hits_source = row_experts_hit(row, shape)
     mem = memory_floor_us(layer_bytes(shape, Path(row.path), row.tokens, hit), bw)
     comp = compute_floor_us(flops(shape, row.tokens), fl)
-    frac = row.roofline_fraction if row.roofline_fraction is not None else roofline_fraction(row.median_us, mem, comp)
-    return BestPoint(row.model, row.path, row.routing, row.tokens, row.median_us, row.ci_lo_us, row.ci_hi_us,
-                     row.claimable, mem, comp, frac, source, hits_source, row.key)
+    frac = row.roofline_fraction
+    if frac is None:
+        frac = roofline_fraction(timing.median_us, mem, comp)
+    return BestPoint(row.model, row.path, row.routing, row.tokens, timing, row.claimable, mem, comp, frac, source,
+                     hits_source, row.key)
 
 
 def best_layer_rows(
@@ -198,7 +200,7 @@ def best_layer_rows(
             groups.setdefault(r.point, []).append(r)
     out: dict[PanelKey, list[BestPoint]] = {}
     for pt in sorted(groups):
-        best = min(groups[pt], key=lambda r: (not r.claimable, r.median_us, r.key))
+        best = min(groups[pt], key=lambda r: (not r.claimable, r.timing.median_us, r.key))
         out.setdefault(pt[:3], []).append(best_point(best, bandwidth, rate))
     return {k: tuple(v) for k, v in out.items()}
 

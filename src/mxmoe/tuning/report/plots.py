@@ -54,12 +54,13 @@ def _side(ax, name: str, pts: Sequence[BestPoint]) -> None:
         sel = [p for p in pts if p.claimable is claimable]
         if not sel:
             continue
-        err = [[p.median_us - p.ci_lo_us for p in sel], [p.ci_hi_us - p.median_us for p in sel]]
+        ts = [p.timing for p in sel]
+        err = [[t.median_us - t.ci_lo_us for t in ts], [t.ci_hi_us - t.median_us for t in ts]]
         face = SIDE_COLOURS[name] if claimable else "none"
-        ax.errorbar([p.tokens for p in sel], [p.median_us for p in sel], yerr=err, fmt="o", capsize=3,
+        ax.errorbar([p.tokens for p in sel], [t.median_us for t in ts], yerr=err, fmt="o", capsize=3,
                     color=SIDE_COLOURS[name], markerfacecolor=face,
                     label=name if claimable else f"{name} (non-claimable)")
-    ax.plot([p.tokens for p in pts], [p.median_us for p in pts], "-", color=SIDE_COLOURS[name], alpha=0.5)
+    ax.plot([p.tokens for p in pts], [p.timing.median_us for p in pts], "-", color=SIDE_COLOURS[name], alpha=0.5)
 
 
 def _floors(ax, pts: Sequence[BestPoint]) -> None:

@@ -200,10 +200,8 @@ class _Rows:
                 reasons = tuple(result.nonclaimable_reasons)
                 if self.info.interpreter and "interpreter" not in reasons:
                     reasons += ("interpreter",)
-                extra = dict(median_us=result.median_us, p95_us=result.p95_us, ci_lo_us=result.ci_lo_us,
-                             ci_hi_us=result.ci_hi_us, samples_us=result.samples_us, tflops=result.tflops,
-                             roofline_fraction=result.roofline_fraction, nonclaimable_reasons=reasons,
-                             claimable=not reasons)
+                extra = dict(timing=result.timing, tflops=result.tflops, roofline_fraction=result.roofline_fraction,
+                             nonclaimable_reasons=reasons, claimable=not reasons)
         return Attempt.make(**self.common, status=status, reason=reason, stage=c.stage, tokens=c.tokens,
                             config=c.config.to_dict(), config_key=c.config.key(),
                             device_uuid=result.device_uuid if result else self.info.device_uuid,

@@ -18,8 +18,10 @@ from a peer of another version is an error, never a silently dropped field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from mxmoe.tuning.timing.value import TIMING_FIELDS, Timing, pop_timing, timing_fields
 
 PROTOCOL_VERSION = 1
 
@@ -99,15 +101,13 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class TrialResult:
-    """What became of a job. `status` is a records.Status text (`measured`, `unmeasured:<reason>`...)."""
+    """What became of a job. `status` is a records.Status text (`measured`, `unmeasured:<reason>`...); `timing` is
+    the measurement's Timing, which the driver puts in the row whole. On the wire the timing stays five top-level
+    keys (`value.timing_fields`), as before it was nested, so the message format and PROTOCOL_VERSION are unchanged."""
 
     status: str
     detail: str | None = None
-    median_us: float | None = None
-    p95_us: float | None = None
-    ci_lo_us: float | None = None
-    ci_hi_us: float | None = None
-    samples_us: tuple[float, ...] = ()
+    timing: Timing | None = None
     tflops: float | None = None
     roofline_fraction: float | None = None
     nonclaimable_reasons: tuple[str, ...] = ()
@@ -116,14 +116,18 @@ class TrialResult:
     restart: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples_us"] = list(self.samples_us)
+        d = asdict(replace(self, timing=None))
+        del d["timing"]
+        d |= timing_fields(self.timing)
         d["nonclaimable_reasons"] = list(self.nonclaimable_reasons)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
-        d = _strict(cls, d)
-        d["samples_us"] = tuple(d.get("samples_us", ()))
+        unknown = set(d) - ({f.name for f in fields(cls)} - {"timing"} | set(TIMING_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+        d = dict(d)
+        timing = pop_timing(d, cls.__name__)
         d["nonclaimable_reasons"] = tuple(d.get("nonclaimable_reasons", ()))
-        return cls(**d)
+        return cls(**d, timing=timing)

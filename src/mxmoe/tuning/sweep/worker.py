@@ -273,17 +273,13 @@ class TrialRunner:
         return lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights)
 
     def _measure(self, job: Job, fn: Any) -> Any:
-        from mxmoe.tuning.timing.bench import FAKE_MEASURE, fake_median_us, fake_seed
-        from mxmoe.tuning.timing.clocks import FakeClock
+        from mxmoe.tuning.timing.bench import fake_clock, layer_settings
         from mxmoe.tuning.timing.gpu_state import CheckResult
         from mxmoe.tuning.timing.measure import measure
 
-        kw: dict[str, Any] = {"idle": CheckResult.from_dict(self.info.idle)}
-        if self.info.interpreter:
-            median = fake_median_us(job.config_key, job.tokens, STAGE_TIME_SCALE[job.stage])
-            kw |= FAKE_MEASURE | {"clock": FakeClock(median, 0.02, seed=fake_seed(job.config_key, job.tokens),
-                                                     execute=False)}
-        return measure(fn, mode="graph", l2="flush", **kw)
+        interp = self.info.interpreter
+        clock = fake_clock(job.config_key, job.tokens, STAGE_TIME_SCALE[job.stage]) if interp else None
+        return measure(fn, layer_settings(interp), clock=clock, idle=CheckResult.from_dict(self.info.idle))
 
     def _measured(self, job: Job, m: Any, first_call_ms: float) -> TrialResult:
         from mxmoe.routing import experts_hit
@@ -299,7 +295,7 @@ class TrialRunner:
         floors = Floors.from_dict(self.info.floors)
         roof = None
         if job.stage == "layer":
-            roof = roofline(self.shape, self.path, job.tokens, hit, m.median_us, floors).fraction
+            roof = roofline(self.shape, self.path, job.tokens, hit, m.timing.median_us, floors).fraction
         measurement = m.to_dict()
         measurement.pop("samples_us")
         d = prov.to_dict() | {
@@ -313,10 +309,9 @@ class TrialRunner:
         if floors.source != "measured":
             reasons.append(f"floors:{floors.source}")
         return TrialResult(
-            "measured", median_us=m.median_us, p95_us=m.p95_us, ci_lo_us=m.ci_lo_us, ci_hi_us=m.ci_hi_us,
-            samples_us=m.samples_us, tflops=flops(self.shape, job.tokens) * STAGE_FLOP_SHARE[job.stage]
-            / (m.median_us * 1e-6) / 1e12, roofline_fraction=roof, nonclaimable_reasons=tuple(dict.fromkeys(reasons)),
-            provenance=d, device_uuid=self.info.device_uuid,
+            "measured", timing=m.timing, tflops=flops(self.shape, job.tokens) * STAGE_FLOP_SHARE[job.stage]
+            / (m.timing.median_us * 1e-6) / 1e12, roofline_fraction=roof,
+            nonclaimable_reasons=tuple(dict.fromkeys(reasons)), provenance=d, device_uuid=self.info.device_uuid,
         )
 
     def _fail(self, status: str, exc: BaseException) -> TrialResult:

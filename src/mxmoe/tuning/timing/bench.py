@@ -33,6 +33,7 @@ NOMINAL_RATE = 7.9e14
 # Fake-clock timings (interpreter): a base plus a per-token cost, scaled per (config, T) by a
 # deterministic factor in [0.7, 1.3), so a sweep on the interpreter is reproducible run to run.
 FAKE_BASE_US, FAKE_PER_TOKEN_US = 4.0, 0.02
+# The MeasureSettings fields a fake-clock timing sets: a few samples, no warm-up (the clock is synthetic anyway).
 FAKE_MEASURE = {"warmup_s": 0.0, "warmup_min_iters": 1, "min_iters": 30, "max_iters": 60, "resamples": 300}
 
 
@@ -180,19 +181,37 @@ def run_versions() -> dict[str, Any]:
 Timer = Callable[[Callable[[], object], str, int, float], Any]
 
 
-def layer_timer(interpreter: bool, measure_kwargs: Mapping[str, Any]) -> Timer:
+def layer_settings(interpreter: bool, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The MeasureSettings a layer (or a stage) is timed with, by the sweep's worker, `mxmoe bench`, `mxmoe noise`
+    and the scans alike: graph replay with an L2 flush; on the interpreter, FAKE_MEASURE's few samples; then
+    `overrides` (MeasureSettings fields, e.g. a benchmark's max_time_s)."""
+    from mxmoe.tuning.timing.measurement import L2Policy, MeasureSettings, TimingMode
+
+    fake = FAKE_MEASURE if interpreter else {}
+    return MeasureSettings(mode=TimingMode.GRAPH, l2=L2Policy.FLUSH, **{**fake, **(overrides or {})})
+
+
+def fake_clock(key: str, t: int, scale: float = 1.0) -> Any:
+    """The interpreter's FakeClock for (config key, T): deterministic samples around `fake_median_us`."""
+    from mxmoe.tuning.timing.clocks import FakeClock
+
+    return FakeClock(fake_median_us(key, t, scale), 0.02, seed=fake_seed(key, t), execute=False)
+
+
+def layer_timer(interpreter: bool, overrides: Mapping[str, Any] | None = None, idle: Any = None) -> Timer:
     """time(fn, config_key, T, scale) -> Measurement: graph replay with an L2 flush on a GPU; on the
     interpreter fn runs once for real and a FakeClock makes the samples. Shared with the benchmarks' scans,
-    so every timing script measures as `mxmoe bench` does."""
-    from mxmoe.tuning.timing.clocks import FakeClock
+    so every timing script measures as `mxmoe bench` does. `overrides`: see `layer_settings`; `idle`: the idle
+    check taken before this process loaded the GPU (measure() takes its own when None)."""
     from mxmoe.tuning.timing.measure import measure
+
+    settings = layer_settings(interpreter, overrides)
 
     def time_it(fn: Callable[[], object], key: str, t: int, scale: float) -> Any:
         if not interpreter:
-            return measure(fn, mode="graph", l2="flush", **measure_kwargs)
+            return measure(fn, settings, idle=idle)
         fn()
-        clock = FakeClock(fake_median_us(key, t, scale), 0.02, seed=fake_seed(key, t), execute=False)
-        return measure(fn, mode="graph", l2="flush", clock=clock, **{**FAKE_MEASURE, **measure_kwargs})
+        return measure(fn, settings, clock=fake_clock(key, t, scale), idle=idle)
 
     return time_it
 
@@ -232,16 +251,17 @@ def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     s2 = time_it(lambda: lp.stage2(h, p.weights, plan1, plan2, p.topk_weights), key, t, 0.35)
     rt = time_it(lambda: lp.route(p.topk_ids), key, t, 0.05)
     hit = experts_hit(p.topk_ids, e)
-    roof = roofline(shape, path, t, hit, layer.median_us, pt.floors)
+    lt = layer.timing
+    roof = roofline(shape, path, t, hit, lt.median_us, pt.floors)
     peak = vendor_peak(pt.device_name)
     return BenchRow(
         model=shape.name, path=path.value, routing=pt.routing, tokens=t, config_key=key,
-        config=f"{cfg.stage1.short()}|{cfg.stage2.short()}", layer_us=layer.median_us,
-        layer_p95_us=layer.p95_us, layer_ci_lo_us=layer.ci_lo_us, layer_ci_hi_us=layer.ci_hi_us,
-        stage1_us=s1.median_us, stage2_us=s2.median_us, routing_us=rt.median_us, experts_hit=hit,
+        config=f"{cfg.stage1.short()}|{cfg.stage2.short()}", layer_us=lt.median_us,
+        layer_p95_us=lt.p95_us, layer_ci_lo_us=lt.ci_lo_us, layer_ci_hi_us=lt.ci_hi_us,
+        stage1_us=s1.timing.median_us, stage2_us=s2.timing.median_us, routing_us=rt.timing.median_us, experts_hit=hit,
         memory_floor_us=roof.memory_floor_us, compute_floor_us=roof.compute_floor_us,
         roofline_fraction=roof.fraction, tflops=roof.tflops,
-        mfu=None if peak is None else mfu(flops(shape, t), layer.median_us, peak),
+        mfu=None if peak is None else mfu(flops(shape, t), lt.median_us, peak),
         bandwidth=pt.floors.bandwidth, rate=pt.floors.rate, floors_source=pt.floors.source, clock=layer.clock,
         mode=layer.mode.value, l2=layer.l2.value, claimable=layer.claimable, checks=",".join(layer.checks),
         device=pt.device_name, **pt.versions,
@@ -256,25 +276,24 @@ def run_bench(
     interpreter: bool,
     routing: str = "uniform",
     seed: int = 0,
-    measure_kwargs: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Time the layer moe() would launch (dispatch's choice) at each T, its stages and the routing alone.
 
     Layer and stages are CUDA-graph replays with an L2 flush before each; the floors are measured
     once, here, after the idle check. The caller sets TRITON_INTERPRET before kernels are imported.
+    `overrides`: MeasureSettings fields over `layer_settings` (e.g. max_time_s, min_iters).
     """
     import torch
 
     from mxmoe.tuning.timing.measure import idle_before
 
-    kw = dict(measure_kwargs or {})
-    if not interpreter and "idle" not in kw:
-        kw["idle"] = idle_before()  # before this process loads the GPU
+    idle = None if interpreter else idle_before()  # before this process loads the GPU
     pt = _Point(shape, Path(path), str(routing), seed, "cpu" if interpreter else "cuda",
                 "interpreter" if interpreter else torch.cuda.get_device_name(),
                 measure_floors(interpreter=interpreter), run_versions())
-    time_it, rows = layer_timer(interpreter, kw), []
+    time_it, rows = layer_timer(interpreter, overrides, idle), []
     for t in tokens:
         rows.append(_bench_point(pt, t, time_it))
         if on_row is not None:

@@ -7,7 +7,8 @@ and so does a GPU busy-wait long enough that the host has queued the iteration b
 reaches it: samples are GPU time, and the host's launch cost is recorded apart (`host_us`).
 The clock is injectable (`mxmoe.tuning.timing.clocks`): `CudaEventClock` on a GPU, `FakeClock` for CPU tests and
 the interpreter sweep (its rows carry "fake_clock" and are never claimable). The record a timing returns
-(Measurement, TimingMode, L2Policy) is `measurement.py`'s; this module re-exports it.
+(Measurement, TimingMode, L2Policy) and the settings measure() takes (MeasureSettings) are `measurement.py`'s; this
+module re-exports them.
 """
 
 from __future__ import annotations
@@ -32,18 +33,23 @@ from mxmoe.tuning.timing.gpu_state import (
     unavailable_state,
 )
 from mxmoe.tuning.timing.gpu_state import clock_check as gpu_clock_check
-from mxmoe.tuning.timing.measurement import MEASUREMENT_SCHEMA_VERSION, L2Policy, Measurement, TimingMode
+from mxmoe.tuning.timing.measurement import (
+    MEASUREMENT_SCHEMA_VERSION,
+    L2Policy,
+    Measurement,
+    MeasureSettings,
+    TimingMode,
+)
 from mxmoe.tuning.timing.nvml import MissingNvml, Nvml, open_nvml
 from mxmoe.tuning.timing.stats import (
     CI_LEVEL,
-    CI_RESAMPLES,
     PERCENTILE_METHOD,
     StopReason,
     StopRule,
     bootstrap_median_ci,
-    rel_ci_halfwidth,
     summarize,
 )
+from mxmoe.tuning.timing.value import rel_ci_halfwidth
 
 GRAPH_WARMUP_REPLAYS = 3  # untimed replays after capture: the first replay uploads the graph
 MAX_WARMUP_ITERS = 100_000
@@ -189,142 +195,118 @@ def idle_before(
     return idle_check(nvml, idle_sample_s, index=index, own_pids=own_pids)
 
 
-def _protocol_checks(
-    clock: Clock, l2: L2Policy, plan: _Plan, bytes_per_set: int | None, allow_busy: bool
-) -> CheckResult:
+def _protocol_checks(clock: Clock, s: MeasureSettings, plan: _Plan) -> CheckResult:
     codes: list[str] = []
     detail: list[str] = []
     if clock.synthetic:
         codes.append(Check.FAKE_CLOCK.value)
     if interpreter_active():
         codes.append(Check.INTERPRETER.value)
-    if allow_busy:
+    if s.allow_busy:
         codes.append(Check.BUSY_ALLOWED.value)
-    if l2 is L2Policy.ROTATE:
+    if s.l2 is L2Policy.ROTATE:
         l2_bytes = clock.l2_bytes()
-        if plan.rotate_sets is None or bytes_per_set is None or l2_bytes is None:
+        if plan.rotate_sets is None or s.bytes_per_set is None or l2_bytes is None:
             codes.append(Check.L2_ROTATION_SHORT.value)
             detail.append("rotation unverified: pass a list of argument sets and bytes_per_set")
-        elif plan.rotate_sets < (need := rotation_copies(bytes_per_set, l2_bytes)):
+        elif plan.rotate_sets < (need := rotation_copies(s.bytes_per_set, l2_bytes)):
             codes.append(Check.L2_ROTATION_SHORT.value)
             detail.append(f"{plan.rotate_sets} argument sets, {need} needed to exceed L2")
     return CheckResult(tuple(codes), "; ".join(detail))
 
 
-def measure(
-    fn: Callable[..., object],
-    *,
-    mode: TimingMode | str = TimingMode.EAGER,
-    warmup_s: float = 0.1,
-    warmup_min_iters: int = 10,
-    min_iters: int = 100,
-    max_iters: int = 10_000,
-    max_time_s: float = 5.0,
-    min_iters_budget_s: float | None = 2.0,
-    target_rel_ci: float = 0.01,
-    l2: L2Policy | str = L2Policy.FLUSH,
-    rotate: ArgSets | None = None,
-    bytes_per_set: int | None = None,
-    clock: Clock | None = None,
-    nvml: Nvml | None = None,
-    device_index: int | None = None,
-    idle: CheckResult | None = None,
-    idle_sample_s: float = 1.0,
-    allow_busy: bool = False,
-    own_pids: Iterable[int] | None = None,
-    gpu_lead: bool = True,
-    resamples: int = CI_RESAMPLES,
-    seed: int = 0,
-) -> Measurement:
-    """Time `fn` (called as fn(*args) with `rotate`'s sets, or fn()) and return every statistic.
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """The timed phase's inputs, fixed by the warm-up: the step to time, its first index, the stop rule with the
+    budgeted min_iters, and what the warm-up and the host probe measured."""
 
-    `rotate`: a list of argument sets cycled in order, or a callable i -> args (eager only, and its
-    rotation cannot be verified, so the row is not claimable). With l2="rotate", `bytes_per_set`
-    lets the row prove the sets exceed L2 (see `rotation_copies`): the bytes one call reads, not the
-    bytes a set holds (a MoE layer at T=1 reads only its hit experts' weights: count those, or the
-    L2 keeps every set's hot part and the rotation defeats nothing). `idle`: an idle_check result
-    taken before this process loaded the GPU; when None, one is taken here for `idle_sample_s`.
-    A failed check never raises: the row is returned with its reason codes and is not claimable.
-    `gpu_lead`: keep the GPU ahead of the host (see LEAD_HOST_FACTOR), so samples are GPU time in
-    both modes; the host's own enqueue cost per iteration is recorded beside them as `host_us`.
-    `min_iters_budget_s`: see MIN_ITERS_FLOOR (None: always min_iters). The stop rule still takes
-    samples until the CI converges, so only a slow and already-tight measurement ends early.
-    """
-    mode, l2 = TimingMode(mode), L2Policy(l2)
-    rule = StopRule(target_rel_ci, min_iters, max_iters, max_time_s)  # validates before any work
-    if min_iters_budget_s is not None and not min_iters_budget_s > 0:
-        raise ValueError(f"min_iters_budget_s must be positive or None, got {min_iters_budget_s!r}")
-    if l2 is L2Policy.ROTATE and rotate is None:
-        raise ValueError("l2='rotate' needs rotate= (argument sets whose bytes exceed L2)")
-    if mode is TimingMode.GRAPH and callable(rotate):
-        raise ValueError("graph mode captures one graph per argument set: pass rotate as a list, not a callable")
-    clock, nvml, index = resolve_device(clock, nvml, device_index)
-    if index is None:
-        idle = CheckResult((Check.NVML_UNAVAILABLE.value,), "CUDA device not found in NVML")
-    elif idle is None:
-        idle = idle_check(nvml, idle_sample_s, index=index, own_pids=own_pids)
-    plan = _plan(fn, rotate, clock.flusher() if l2 is L2Policy.FLUSH else None)
+    step: Step
+    first: int
+    rule: StopRule
+    warmup_iters: int
+    warmup_s: float
+    host_us: float
+    lead_us: float
 
-    warmup_iters, warmup_elapsed = _warm_up(clock, plan.eager, plan.before, warmup_s, warmup_min_iters)
-    rule = replace(rule, min_iters=_budgeted_min_iters(min_iters, min_iters_budget_s, warmup_elapsed / warmup_iters))
+
+def _prepare(clock: Clock, plan: _Plan, s: MeasureSettings) -> _Prepared:
+    """Warm up eagerly, budget min_iters from the warm-up's pace, capture and warm the graph replays (graph mode),
+    then probe the host's enqueue cost, which sets the GPU lead."""
+    warmup_iters, warmup_s = _warm_up(clock, plan.eager, plan.before, s.warmup_s, s.warmup_min_iters)
+    min_iters = _budgeted_min_iters(s.min_iters, s.min_iters_budget_s, warmup_s / warmup_iters)
     step, first = plan.eager, warmup_iters
-    if mode is TimingMode.GRAPH:
+    if s.mode is TimingMode.GRAPH:
         replays = clock.capture(plan.calls)
         step = lambda i: replays[i % len(replays)]()
         clock.time_batch(step, range(first, first + GRAPH_WARMUP_REPLAYS), plan.before)
         first += GRAPH_WARMUP_REPLAYS
     host_us = clock.host_us(step, range(first, first + HOST_PROBE_ITERS), plan.before)
-    first += HOST_PROBE_ITERS
-    lead_us = LEAD_HOST_FACTOR * host_us + LEAD_EXTRA_US if gpu_lead else 0.0
+    lead_us = LEAD_HOST_FACTOR * host_us + LEAD_EXTRA_US if s.gpu_lead else 0.0
+    rule = replace(s.stop_rule(), min_iters=min_iters)
+    return _Prepared(step, first + HOST_PROBE_ITERS, rule, warmup_iters, warmup_s, host_us, lead_us)
+
+
+def _check_arguments(s: MeasureSettings, rotate: ArgSets | None) -> None:
+    if s.l2 is L2Policy.ROTATE and rotate is None:
+        raise ValueError("l2='rotate' needs rotate= (argument sets whose bytes exceed L2)")
+    if s.mode is TimingMode.GRAPH and callable(rotate):
+        raise ValueError("graph mode captures one graph per argument set: pass rotate as a list, not a callable")
+
+
+def measure(
+    fn: Callable[..., object],
+    settings: MeasureSettings | None = None,
+    *,
+    rotate: ArgSets | None = None,
+    clock: Clock | None = None,
+    nvml: Nvml | None = None,
+    device_index: int | None = None,
+    idle: CheckResult | None = None,
+    own_pids: Iterable[int] | None = None,
+) -> Measurement:
+    """Time `fn` (called as fn(*args) with `rotate`'s sets, or fn()) as `settings` say (MeasureSettings() when None)
+    and return every statistic.
+
+    `rotate`: a list of argument sets cycled in order, or a callable i -> args (eager only, and its rotation cannot
+    be verified, so the row is not claimable). `clock` / `nvml` / `device_index`: see `resolve_device`. `idle`: an
+    idle_check result taken before this process loaded the GPU (`idle_before`); when None, one is taken here.
+    `own_pids`: processes whose GPU use is ours. A failed check never raises: the row is returned with its reason
+    codes and is not claimable. The host's own enqueue cost per iteration is recorded beside the samples (`host_us`).
+    """
+    s = settings if settings is not None else MeasureSettings()
+    _check_arguments(s, rotate)
+    clock, nvml, index = resolve_device(clock, nvml, device_index)
+    if index is None:
+        idle = CheckResult((Check.NVML_UNAVAILABLE.value,), "CUDA device not found in NVML")
+    elif idle is None:
+        idle = idle_check(nvml, s.idle_sample_s, index=index, own_pids=own_pids)
+    plan = _plan(fn, rotate, clock.flusher() if s.l2 is L2Policy.FLUSH else None)
+    prep = _prepare(clock, plan, s)
 
     def state() -> GpuState:
         return unavailable_state("CUDA device not found in NVML") if index is None else read_gpu_state(nvml, index)
 
     before = state()
-    samples, stop, timed_s = _timed(clock, step, plan.before, lead_us, rule, first, resamples, seed)
+    samples, stop, timed_s = _timed(clock, prep.step, plan.before, prep.lead_us, prep.rule, prep.first, s.resamples,
+                                    s.seed)
     after = state()
-    s = summarize(samples, level=CI_LEVEL, resamples=resamples, seed=seed)
     checks = merge_checks(
         idle,
         process_check(before, own_pids),
         process_check(after, own_pids),
         gpu_clock_check(before, after, samples=samples),
-        _protocol_checks(clock, l2, plan, bytes_per_set, allow_busy),
+        _protocol_checks(clock, s, plan),
     )
     return Measurement(
-        samples_us=tuple(samples),
-        n=s.n,
-        median_us=s.median_us,
-        p5_us=s.p5_us,
-        p95_us=s.p95_us,
-        p95_nearest_us=s.p95_nearest_us,
-        mean_us=s.mean_us,
-        std_us=s.std_us,
-        ci_lo_us=s.ci_lo_us,
-        ci_hi_us=s.ci_hi_us,
-        ci_level=CI_LEVEL,
-        ci_resamples=resamples,
-        ci_seed=seed,
-        percentile_method=PERCENTILE_METHOD,
-        target_rel_ci=target_rel_ci,
-        stop_reason=stop,
-        mode=mode,
-        l2=l2,
-        rotate_sets=plan.rotate_sets,
-        host_us=host_us,
-        lead_us=lead_us,
-        l2_bytes=clock.l2_bytes(),
-        warmup_iters=warmup_iters,
-        warmup_s=warmup_elapsed,
-        timed_s=timed_s,
-        clock=clock.name,
-        gpu_before=before,
-        gpu_after=after,
-        checks=checks.codes,
+        summary=summarize(samples, level=CI_LEVEL, resamples=s.resamples, seed=s.seed), ci_level=CI_LEVEL,
+        ci_resamples=s.resamples, ci_seed=s.seed, percentile_method=PERCENTILE_METHOD, target_rel_ci=s.target_rel_ci,
+        stop_reason=stop, mode=s.mode, l2=s.l2, rotate_sets=plan.rotate_sets, l2_bytes=clock.l2_bytes(),
+        warmup_iters=prep.warmup_iters, warmup_s=prep.warmup_s, host_us=prep.host_us, lead_us=prep.lead_us,
+        timed_s=timed_s, clock=clock.name, gpu_before=before, gpu_after=after, checks=checks.codes,
         check_detail=checks.detail,
     )
 
 
 __all__ = ["GRAPH_WARMUP_REPLAYS", "HOST_PROBE_ITERS", "LEAD_EXTRA_US", "LEAD_HOST_FACTOR", "MAX_WARMUP_ITERS",
-           "MEASUREMENT_SCHEMA_VERSION", "MIN_ITERS_FLOOR", "ArgSets", "L2Policy", "Measurement", "StopReason",
-           "TimingMode", "idle_before", "measure", "resolve_device", "rotation_copies"]
+           "MEASUREMENT_SCHEMA_VERSION", "MIN_ITERS_FLOOR", "ArgSets", "L2Policy", "MeasureSettings", "Measurement",
+           "StopReason", "TimingMode", "idle_before", "measure", "resolve_device", "rotation_copies"]

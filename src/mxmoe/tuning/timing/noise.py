@@ -17,7 +17,7 @@ import numpy as np
 
 from mxmoe.shapes import MoEShape, Path
 from mxmoe.spec import Profile, is_regression, is_win, regression_band_us, win_margin
-from mxmoe.tuning.timing.measure import Measurement, idle_before, measure
+from mxmoe.tuning.timing.measure import Measurement, MeasureSettings, idle_before, measure
 from mxmoe.tuning.timing.stats import PERCENTILE_METHOD
 
 NOISE_SCHEMA_VERSION = 1
@@ -79,14 +79,15 @@ class NoiseReport:
 
 
 def _with_idle(measure_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """measure kwargs with one idle check taken now, unless the caller passed `idle` already."""
+    """measure() keyword arguments (`settings`, `clock`, `nvml`, ...) with one idle check taken now, for the
+    settings' idle_sample_s, unless the caller passed `idle` already."""
     kw = dict(measure_kwargs or {})
     if "idle" not in kw:
         kw["idle"] = idle_before(
             clock=kw.get("clock"),
             nvml=kw.get("nvml"),
             device_index=kw.get("device_index"),
-            idle_sample_s=kw.pop("idle_sample_s", 1.0),
+            idle_sample_s=(kw.get("settings") or MeasureSettings()).idle_sample_s,
             own_pids=kw.get("own_pids"),
         )
     return kw
@@ -115,8 +116,9 @@ def aa_noise(
 ) -> NoiseReport:
     """Time A and B (two builds of the same config) interleaved for `rounds` rounds.
 
-    One idle check is taken up front and reused (a per-measurement check would see our own
-    kernels), unless `measure_kwargs` already holds `idle`. With `t`, the spec's margins and the
+    `measure_kwargs`: measure()'s keyword arguments (`settings`, `clock`, `nvml`, ...). One idle check is taken up
+    front and reused (a per-measurement check would see our own kernels), unless `measure_kwargs` already holds
+    `idle`. With `t`, the spec's margins and the
     spurious win / regression counts are filled in; without it they are None / 0.
     """
     if rounds < 1:
@@ -124,8 +126,8 @@ def aa_noise(
     profile = Profile(profile)
     kw = _with_idle(measure_kwargs)
     pairs = [(measure(fn_a, **kw), measure(fn_b, **kw)) for _ in range(rounds)]
-    med_a = np.array([a.median_us for a, _ in pairs])
-    med_b = np.array([b.median_us for _, b in pairs])
+    med_a = np.array([a.timing.median_us for a, _ in pairs])
+    med_b = np.array([b.timing.median_us for _, b in pairs])
     rel = (med_b - med_a) / med_a
     absrel = np.abs(rel)
     p95 = float(np.percentile(absrel, 95.0, method=PERCENTILE_METHOD))

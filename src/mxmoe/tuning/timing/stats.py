@@ -8,7 +8,6 @@ reader never has to guess which p95 a row holds (REFERENCE.md shortfall 3: name 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -16,6 +15,7 @@ from enum import Enum
 import numpy as np
 
 from mxmoe.spec import p95_nearest_rank
+from mxmoe.tuning.timing.value import Timing
 
 PERCENTILE_METHOD = "linear"
 CI_LEVEL = 0.95
@@ -34,21 +34,19 @@ class StopReason(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Every statistic of one sample array; all derive from the same samples (no mixing of arrays)."""
+    """Every statistic of one sample array, all from the same samples (no mixing of arrays): the `Timing` every
+    record keeps (samples, median, p95, CI of the median) and the descriptive statistics only a Measurement
+    records beside it (p5, seed708's nearest-rank p95, mean, std)."""
 
-    n: int
-    median_us: float
+    timing: Timing
     p5_us: float
-    p95_us: float
     p95_nearest_us: float
     mean_us: float
     std_us: float
-    ci_lo_us: float
-    ci_hi_us: float
 
     @property
-    def rel_ci_halfwidth(self) -> float:
-        return rel_ci_halfwidth(self.median_us, self.ci_lo_us, self.ci_hi_us)
+    def n(self) -> int:
+        return self.timing.n
 
 
 def _as_array(samples: Sequence[float]) -> np.ndarray:
@@ -104,13 +102,6 @@ def bootstrap_median_ci(
     return min(float(lo), med), max(float(hi), med)
 
 
-def rel_ci_halfwidth(median_us: float, ci_lo_us: float, ci_hi_us: float) -> float:
-    """(hi - lo) / 2 / median: the quantity the adaptive loop drives under its target."""
-    if median_us <= 0:
-        return math.inf
-    return (ci_hi_us - ci_lo_us) / 2.0 / median_us
-
-
 def summarize(
     samples: Sequence[float],
     *,
@@ -122,16 +113,14 @@ def summarize(
     x = _as_array(samples)
     lo, hi = bootstrap_median_ci(x, level=level, resamples=resamples, seed=seed)
     p5, p95 = np.percentile(x, [5.0, 95.0], method=PERCENTILE_METHOD)
+    timing = Timing(median_us=float(np.median(x)), ci_lo_us=lo, ci_hi_us=hi, p95_us=float(p95),
+                    samples_us=tuple(x.tolist()))
     return Summary(
-        n=int(x.size),
-        median_us=float(np.median(x)),
+        timing=timing,
         p5_us=float(p5),
-        p95_us=float(p95),
         p95_nearest_us=float(p95_nearest_rank(x.tolist())),
         mean_us=float(x.mean()),
         std_us=float(x.std(ddof=1)) if x.size > 1 else 0.0,
-        ci_lo_us=lo,
-        ci_hi_us=hi,
     )
 
 
