@@ -289,19 +289,9 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
             topk_ids, sorted_ids, block_expert, offsets, num_padded, scratch_buf, p, num_experts, p_max, chunks,
             *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
             ROWS=min(PREFIX_INTS >> e_bits, triton.next_power_of_2(chunks)), **common)
-    return RoutingPlan(
-        sorted_ids=sorted_ids,
-        block_expert=block_expert,
-        expert_offsets=offsets,
-        num_padded=num_padded,
-        block_m=block_m,
-        num_pairs=p,
-        num_experts=num_experts,
-        max_blocks=nb,
-        topk=a,
-        counters=zeros if counters else None,
-        topk_ids=topk_ids if p and one else None,
-    )
+    return RoutingPlan(sorted_ids=sorted_ids, block_expert=block_expert, expert_offsets=offsets,
+                       num_padded=num_padded, block_m=block_m, num_pairs=p, num_experts=num_experts, max_blocks=nb,
+                       topk=a, counters=zeros if counters else None, topk_ids=topk_ids if p and one else None)
 
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True,
