@@ -1,7 +1,7 @@
-"""A/B of the kernels' rule constants (`mxmoe.kernels.swmoe`) on the whole layer, in one process.
+"""A/B of the kernels' rule constants (`mxmoe.kernels.rules`) on the whole layer, in one process.
 
-    PYTHONPATH=src python3 benchmarks/rule_ab.py deepseek-v3-tp8:1 gpt-oss-20b:16:a8w4 \\
-        --variant off:PREFETCH_MAX_BLOCK_M=0 --variant own:PREFETCH_NEXT_BUDGET=0 --variant on: --csv ab.csv
+    PYTHONPATH=src python3 benchmarks/rule_ab.py deepseek-v3:16 gpt-oss-20b:64:a8w4 \\
+        --variant now: --variant no_atomic_finish:ATOMIC_FINISH_MIN_K_STEPS=1000000 --csv ab.csv
 
 Each variant sets the named constants (integers) before the calls and restores them after; the default config
 of each point runs under every variant, in `--rounds` rounds of A B C ... order (CUDA-graph replay, L2 flushed
@@ -21,7 +21,7 @@ import torch
 from scan_v2 import FLUSH_BYTES, graph_median_us
 
 from mxmoe.heuristic import default_config
-from mxmoe.kernels import rules as swmoe
+from mxmoe.kernels import rules
 from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
@@ -33,23 +33,23 @@ def _parse_variant(spec: str) -> tuple[str, dict[str, int]]:
     sets = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        if not hasattr(swmoe, key):
-            raise SystemExit(f"--variant {spec!r}: swmoe has no constant {key!r}")
+        if not hasattr(rules, key):
+            raise SystemExit(f"--variant {spec!r}: rules has no constant {key!r}")
         sets[key] = int(value)
     return name, sets
 
 
 @contextlib.contextmanager
 def _constants(sets: dict[str, int]):
-    old = {k: getattr(swmoe, k) for k in sets}
+    old = {k: getattr(rules, k) for k in sets}
     try:
         for k, v in sets.items():
-            setattr(swmoe, k, v)
+            setattr(rules, k, v)
         layer_plan.cache_clear()
         yield
     finally:
         for k, v in old.items():
-            setattr(swmoe, k, v)
+            setattr(rules, k, v)
         layer_plan.cache_clear()
 
 
@@ -88,7 +88,8 @@ def main(argv: list[str]) -> None:
             print(f"{model:16s} {path.value} T={t:<6d} {name:10s} {us:10.1f} us  {base / us:6.3f}x  "
                   f"rounds {';'.join(f'{x:.1f}' for x in times[name])}  rel_err {errs[name]:.1e}", flush=True)
             rows.append({"model": model, "path": path.value, "T": t, "variant": name, "us": round(us, 2),
-                         "speedup_vs_first": round(base / us, 4), "rel_err": errs[name], "config": cfg.short()})
+                         "speedup_vs_first": round(base / us, 4), "rel_err": errs[name],
+                         "config": f"{cfg.stage1.short()}|{cfg.stage2.short()}"})
         p = ref = None
         torch.cuda.empty_cache()
     if args.csv and rows:

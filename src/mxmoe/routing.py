@@ -118,8 +118,7 @@ class RoutingPlan:
     [max_blocks], expert_offsets [num_experts + 1], num_padded [1]. See the module glossary.
     Ints: num_pairs = T * topk (also the sentinel), max_blocks = P_max // block_m.
     `counters`: int32 zeros the caller asked `align` for (the v2 stages' arrival counters, kernels/sync.py), or
-    None. `topk_ids`: the ids the plan was built from, where the kernel that built it read them after its PDL wait
-    (the one-program align kernel), so stage 1 may read them before its own (an early prefetch); else None.
+    None.
     """
 
     sorted_ids: torch.Tensor
@@ -132,7 +131,6 @@ class RoutingPlan:
     max_blocks: int
     topk: int
     counters: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None
 
     @property
     def sentinel(self) -> int:

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import interpreting, require_executable
-from mxmoe.kernels.sync import enter, enter_wait_first, launch_options
+from mxmoe.kernels.sync import enter, launch_options
 from mxmoe.routing import (
     RoutingPlan,
     _check_id_range,
@@ -173,9 +173,9 @@ def _align_kernel(
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
     E_BITS: tl.constexpr, SMALL: tl.constexpr, INTERP: tl.constexpr,
 ):
-    """The whole plan from one program (P <= LANES). Waits first: stage 1 reads the ids before its own wait."""
+    """The whole plan from one program (P <= LANES)."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
-    enter_wait_first(INTERP)
+    enter(INTERP)
     lane = tl.arange(0, LANES)
     expert, valid = _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK)
     _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
@@ -289,9 +289,18 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
             topk_ids, sorted_ids, block_expert, offsets, num_padded, scratch_buf, p, num_experts, p_max, chunks,
             *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
             ROWS=min(PREFIX_INTS >> e_bits, triton.next_power_of_2(chunks)), **common)
-    return RoutingPlan(sorted_ids=sorted_ids, block_expert=block_expert, expert_offsets=offsets,
-                       num_padded=num_padded, block_m=block_m, num_pairs=p, num_experts=num_experts, max_blocks=nb,
-                       topk=a, counters=zeros if counters else None, topk_ids=topk_ids if p and one else None)
+    return RoutingPlan(
+        sorted_ids=sorted_ids,
+        block_expert=block_expert,
+        expert_offsets=offsets,
+        num_padded=num_padded,
+        block_m=block_m,
+        num_pairs=p,
+        num_experts=num_experts,
+        max_blocks=nb,
+        topk=a,
+        counters=zeros if counters else None,
+    )
 
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True,

@@ -3,6 +3,15 @@ H100 measurement that chose it. One owner: the stage wrappers (kernels/swmoe.py)
 read them here, and benchmarks/rule_ab.py A/Bs a rule by setting its constant on this module.
 
 Axis legend: T tokens, P = T*A pairs, E experts, BM / BN / BK the tile, K the stage's reduced axis.
+
+Measured, not taken (2026-12-06, 7cde68f): a bulk L2 prefetch at decode (`cp.async.bulk.prefetch.L2` of each BM-16
+CTA's whole K range of weights at its start, stage 1 also prefetching its experts' stage-2 weights, and a variant
+that issued it all before stage 1's PDL wait, overlapping the align kernel). H100, whole layer, graph replay, L2
+flushed (results/h100/2026-12-06_prefetch_ab_7cde68f.log): off / after the wait / before the wait, us:
+deepseek-v3-tp8 T=1 34.5 / 38.8 / 35.4, deepseek-v4-tp8 T=1 42.9 / 49.2 / 44.5, gpt-oss-120b T=16 278 / 366 / 383,
+deepseek-v3 T=64 1729 / 2673 / 2777. Issued before the wait it cost about a microsecond and bought nothing: at
+decode the weight stream is not what the layer waits on (the kernels are latency- and instruction-bound, session
+8's ncu); from T = 16 the copy engine's extra L2 traffic slowed the DRAM-bound main loops by up to 35%.
 """
 
 from __future__ import annotations
@@ -10,7 +19,6 @@ from __future__ import annotations
 import triton
 
 from mxmoe.config import Combine, TileConfig
-from mxmoe.kernels.prefetch import next_stage_fits
 from mxmoe.shapes import Path
 
 # See defers_rounding. H100, whole layer us, fused -> deferred (results/h100/2026-12-06_mx_defer_ab_0b53aba.log):
@@ -26,11 +34,6 @@ DEFER_MIN_BLOCK_M = 64
 # stall a short or one-CTA-per-SM tile cannot hide.
 ATOMIC_FINISH_MAX_BLOCK_M = 16
 ATOMIC_FINISH_MIN_K_STEPS = 8
-# See prefetches / prefetches_next (kernels/prefetch.py): the bulk L2 prefetch of a CTA's weights at its start,
-# and stage 1's prefetch of the stage-2 weights of its experts while they fit this share of the 50 MB L2.
-PREFETCH_MAX_BLOCK_M = 16
-PREFETCH_NEXT_BUDGET = 16 << 20
-PREFETCH_EARLY = 1  # 0 turns off prefetches_early
 
 
 def finishes_atomic_in_kernel(cfg: TileConfig, k: int) -> bool:
@@ -39,28 +42,6 @@ def finishes_atomic_in_kernel(cfg: TileConfig, k: int) -> bool:
     at least ATOMIC_FINISH_MIN_K_STEPS K steps, where that measured faster (see the constants)."""
     return (cfg.combine is Combine.ATOMIC and cfg.block_m <= ATOMIC_FINISH_MAX_BLOCK_M
             and triton.cdiv(k, cfg.block_k * cfg.split_k) >= ATOMIC_FINISH_MIN_K_STEPS)
-
-
-def prefetches(cfg: TileConfig) -> bool:
-    """Whether a v2 stage's CTAs bulk-prefetch their whole K range of weights into L2 at their start: decode
-    tiles (BLOCK_M <= PREFETCH_MAX_BLOCK_M), whose few K steps in flight leave DRAM latency-bound."""
-    return cfg.block_m <= PREFETCH_MAX_BLOCK_M
-
-
-def prefetches_next(cfg: TileConfig, pairs: int, weights) -> bool:
-    """Whether stage 1 also prefetches the stage-2 weights of the experts it runs: a prefetching stage 1 whose
-    pairs hit experts whose W2 (values and scales) fits PREFETCH_NEXT_BUDGET, so it is still in L2 for stage 2."""
-    w2 = weights.w2_sw
-    per_expert = w2.data.stride(0) + w2.scales.stride(0)
-    return prefetches(cfg) and next_stage_fits(pairs, weights.num_experts, per_expert, PREFETCH_NEXT_BUDGET)
-
-
-def prefetches_early(cfg: TileConfig, plan) -> bool:
-    """Whether stage 1 prefetches before its PDL wait, from the top-k ids (CTA row m: pair m's expert; at decode
-    every block's expert is some pair's) instead of after it from the plan: a prefetching stage 1 whose plan
-    carries its ids, which the one-program align kernel, the launch just before, read after its own wait. The
-    prefetch then overlaps the align kernel."""
-    return bool(PREFETCH_EARLY) and prefetches(cfg) and getattr(plan, "topk_ids", None) is not None
 
 
 def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int, tokens: int) -> int:

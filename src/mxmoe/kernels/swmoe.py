@@ -43,17 +43,9 @@ from mxmoe.kernels.common import (
     to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.prefetch import prefetch_slice, prefetch_tile
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import (
-    counters_needed,
-    defers_rounding,
-    finishes_atomic_in_kernel,
-    prefetches,
-    prefetches_early,
-    prefetches_next,
-)
-from mxmoe.kernels.sync import enter, last_arrival, launch_options, let_next_launch, wait_prev
+from mxmoe.kernels.rules import counters_needed, defers_rounding, finishes_atomic_in_kernel
+from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 
 COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
@@ -115,44 +107,15 @@ def _zero_strips(ptr, n):
 
 
 @triton.jit
-def _prefetch1(w_e, ws_e, w2_e, ws2_e, w2_bytes, ws2_bytes, pid_n, H, I, N16, K64, NEXT: tl.constexpr,
-               INTERP: tl.constexpr, SPLIT_K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """A stage-1 CTA's prefetch (kernels/prefetch.py): its gate and up runs over its K range and, with NEXT, its
-    share of the expert's stage-2 weights (one part per (N tile, split) CTA of a block)."""
-    pid_k = tl.program_id(1)
-    k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
-    k64_end = tl.minimum((k_first + k_len) // 64, K64)
-    prefetch_tile(w_e, ws_e, pid_n * (BN // 16), I // 16, k_first // 64, k64_end, N16, INTERP, BN)
-    prefetch_tile(w_e, ws_e, (I + pid_n * BN) // 16, 2 * I // 16, k_first // 64, k64_end, N16, INTERP, BN)
-    if NEXT:
-        part, parts = pid_n * SPLIT_K + pid_k, tl.cdiv(I, BN) * SPLIT_K
-        prefetch_slice(w2_e, w2_bytes, part, parts, INTERP)
-        prefetch_slice(ws2_e, ws2_bytes, part, parts, INTERP)
-
-
-@triton.jit
 def _stage1_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    cnt_ptr, zero_ptr, w2_ptr, ws2_ptr, ids_ptr, num_pairs, num_experts, H, I, max_blocks, N16, K64, zero_n,
-    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_w2e, stride_ws2e,
-    stride_it, stride_ia,
+    cnt_ptr, zero_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
+    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr,
-    PREFETCH: tl.constexpr, PREFETCH_NEXT: tl.constexpr, EARLY: tl.constexpr, BM: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    if EARLY:  # before the wait: prefetch for pair pid_m's expert (the align kernel read the ids after its wait)
-        let_next_launch(INTERP)
-        pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, tl.cdiv(I, BN), GROUP_M)
-        if pid_m < num_pairs:
-            e = tl.load(ids_ptr + (pid_m // TOPK) * stride_it + (pid_m % TOPK) * stride_ia).to(tl.int64)
-            e = tl.minimum(tl.maximum(e, 0), num_experts - 1)  # only a hint: never an address outside the weights
-            _prefetch1(w_ptr + e * stride_we, ws_ptr + e * stride_wse, w2_ptr + e * stride_w2e,
-                       ws2_ptr + e * stride_ws2e, stride_w2e, stride_ws2e, pid_n, H, I, N16, K64, PREFETCH_NEXT,
-                       INTERP, SPLIT_K, BN, BK)
-        wait_prev(INTERP)
-    else:
-        enter(INTERP)
+    enter(INTERP)
     if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
         _zero_strips(zero_ptr, zero_n)
     num_n = tl.cdiv(I, BN)
@@ -166,9 +129,6 @@ def _stage1_kernel(
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16  # I is a multiple of 16 (the wrapper checks)
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
-    if PREFETCH and not EARLY:
-        _prefetch1(w_e, ws_e, w2_ptr + expert * stride_w2e, ws2_ptr + expert * stride_ws2e, stride_w2e, stride_ws2e,
-                   pid_n, H, I, N16, K64, PREFETCH_NEXT, INTERP, SPLIT_K, BN, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
@@ -225,7 +185,7 @@ def _stage2_kernel(
     num_pairs, T, H, I, max_blocks, N16, K64,
     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, CAST: tl.constexpr,
-    INTERP: tl.constexpr, PREFETCH: tl.constexpr,
+    INTERP: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
@@ -239,9 +199,6 @@ def _stage2_kernel(
                                              stride_we, stride_wse, BM)
     rows = pair.to(tl.int64)
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
-    if PREFETCH:
-        prefetch_tile(w_e, ws_e, pid_n * (BN // 16), N16, k_first // 64, tl.minimum((k_first + k_len) // 64, K64),
-                      N16, INTERP, BN)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
@@ -274,10 +231,6 @@ def _stage2_kernel(
             tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
 
 
-
-
-
-
 def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
     """`counters` (zeros from the align kernel) when given, else a zeroed allocation of n; when the launch takes no
     counters (n = 0), the plan's num_padded as a dummy pointer, so a prefill call allocates and fills nothing."""
@@ -288,7 +241,6 @@ def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
     if n == 0:
         return plan.num_padded
     return torch.zeros(n, dtype=torch.int32, device=plan.num_padded.device)
-
 
 
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
@@ -326,18 +278,14 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
     cnt = _zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
-    w2 = weights.w2_sw
-    early = prefetches_early(cfg, plan)
-    ids = plan.topk_ids if early else plan.num_padded  # a dummy pointer unless EARLY
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        cnt, dst if zero is None else zero, w2.data, w2.scales, ids, pairs, weights.num_experts, h, i,
-        plan.max_blocks, w.n16, w.k64, 0 if zero is None else zero.numel(),
+        cnt, dst if zero is None else zero, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        0 if zero is None else zero.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), dst.stride(0), part.stride(0),
-        part.stride(1), w2.data.stride(0), w2.scales.stride(0), ids.stride(0), ids.stride(-1),
+        part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, ZERO=zero is not None,
-        PREFETCH=prefetches(cfg), PREFETCH_NEXT=prefetches_next(cfg, pairs, weights), EARLY=early,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
@@ -386,7 +334,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0),
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, CAST=cast,
-        INTERP=interpreting(), PREFETCH=prefetches(cfg), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return y if slots or cast else out.to(torch.bfloat16)

@@ -28,7 +28,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from mxmoe.kernels.common import interpreting
 
-__all__ = ["enter", "enter_wait_first", "last_arrival", "launch_options", "let_next_launch", "wait_prev"]
+__all__ = ["enter", "last_arrival", "launch_options"]
 
 
 @triton.jit
@@ -36,30 +36,6 @@ def enter(INTERP: tl.constexpr):
     """Let the next grid launch, then wait for the previous one: the first statement of every v2 kernel."""
     if not INTERP:
         gdc_launch_dependents()
-        gdc_wait()
-
-
-@triton.jit
-def enter_wait_first(INTERP: tl.constexpr):
-    """Wait for the previous grid, then let the next one launch: the next grid's CTAs may then read, before their
-    own wait, what came before this kernel (stage 1's early prefetch reads the top-k ids the align kernel read)."""
-    if not INTERP:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
-@triton.jit
-def let_next_launch(INTERP: tl.constexpr):
-    """The first half of `enter`, for a kernel with work to do before its wait (nothing that writes, nothing the
-    previous grid writes)."""
-    if not INTERP:
-        gdc_launch_dependents()
-
-
-@triton.jit
-def wait_prev(INTERP: tl.constexpr):
-    """The second half of `enter`."""
-    if not INTERP:
         gdc_wait()
 
 
