@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import statistics
 import sys
 
 import torch
-from scan_v2 import FLUSH_BYTES, graph_median_us
+from scan_v2 import FLUSH_BYTES, graph_median_us, point_problem, write_csv
 
 from mxmoe.heuristic import default_config
 from mxmoe.kernels import rules
 from mxmoe.layer_plan import layer_plan
 from mxmoe.moe import moe
-from mxmoe.problem import make_problem
-from mxmoe.shapes import MODELS, Path
+from mxmoe.shapes import Path
 
 
 def _parse_variant(spec: str) -> tuple[str, dict[str, int]]:
@@ -68,9 +66,7 @@ def main(argv: list[str]) -> None:
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     rows = []
     for spec in args.points:
-        model, t, *rest = spec.split(":")
-        t, path = int(t), Path(rest[0] if rest else "a16w4")
-        p = make_problem(MODELS[model], path, t, seed=t, device="cuda")
+        model, t, path, p = point_problem(spec)
         cfg = default_config(p.shape, path, t)
         fn = _layer(p, path, cfg)
         times: dict[str, list[float]] = {name: [] for name, _ in variants}
@@ -92,11 +88,7 @@ def main(argv: list[str]) -> None:
                          "config": f"{cfg.stage1.short()}|{cfg.stage2.short()}"})
         p = ref = None
         torch.cuda.empty_cache()
-    if args.csv and rows:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

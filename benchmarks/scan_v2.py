@@ -37,6 +37,22 @@ def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
     return statistics.median(clock.time_batch(lambda i: replay(), range(reps), before=lambda i: flush.zero_()))
 
 
+def point_problem(spec: str):
+    """"model:T[:path]" -> (model, T, path, its problem on the GPU, seeded by T)."""
+    model, t, *rest = spec.split(":")
+    t, path = int(t), Path(rest[0] if rest else "a16w4")
+    return model, t, path, make_problem(MODELS[model], path, t, seed=t, device="cuda")
+
+
+def write_csv(path: str | None, rows: list[dict]) -> None:
+    """The rows (dicts of one shape) as a CSV at `path`; nothing when either is empty."""
+    if path and rows:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
 def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
     if levers == "none":
         return []
@@ -66,9 +82,7 @@ def main(argv: list[str]) -> None:
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     rows = []
     for spec in args.points:
-        model, t, *rest = spec.split(":")
-        t, path = int(t), Path(rest[0] if rest else "a16w4")
-        p = make_problem(MODELS[model], path, t, seed=t, device="cuda")
+        model, t, path, p = point_problem(spec)
         base = default_config(p.shape, path, t)
         ref = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, base).float()
         cands = [("base", base)]
@@ -98,11 +112,7 @@ def main(argv: list[str]) -> None:
                  for us, n, e in res]
         p = ref = None  # free the weights before the next point
         torch.cuda.empty_cache()
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,25 @@ _POSITIONS = _positions()
 SCALE_PAD = 127  # the scale byte of padded K columns (their values are zero)
 
 
+class Blocks:
+    """The (k64, n16) block counts of a layout of `rows` N x `cols` K (K padded to 64, N to 16): both weight
+    layouts (this one and kernels/layout_e4m3.py) are made of 512-byte (k64, n16) blocks."""
+
+    __slots__ = ()
+    rows: int
+    cols: int
+
+    @property
+    def n16(self) -> int:
+        return -(-self.rows // 16)
+
+    @property
+    def k64(self) -> int:
+        return -(-self.cols // 64)
+
+
 @dataclass(frozen=True, slots=True)
-class SwizzledMX:
+class SwizzledMX(Blocks):
     """One MXFP4 weight matrix per expert in the v2 kernel layout (module docstring).
 
     data [E, K64 * N16 * 512] uint8, scales [E, K64 * N16 * 32] uint8; `rows` N and `cols` K are the logical
@@ -60,14 +77,6 @@ class SwizzledMX:
     rows: int
     cols: int
     fold: bool
-
-    @property
-    def n16(self) -> int:
-        return -(-self.rows // 16)
-
-    @property
-    def k64(self) -> int:
-        return -(-self.cols // 64)
 
     def to(self, device: torch.device | str) -> SwizzledMX:
         return SwizzledMX(self.data.to(device), self.scales.to(device), self.rows, self.cols, self.fold)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mxmoe.fp8_rebase import RebasedWeights, tables_are_affine
+from mxmoe.kernels.layout import Blocks
 
 _V = torch.arange(2).view(2, 1)
 _J = torch.arange(4).view(1, 4)
@@ -36,7 +37,7 @@ _BYTE_SHIFT = torch.tensor([0, 8, 16, 24])
 
 
 @dataclass(frozen=True, slots=True)
-class SwizzledE4M3:
+class SwizzledE4M3(Blocks):
     """Rebased MXFP4 weights in the e4m3 kernel layout (module docstring): data [E, K64 * N16 * 512] uint8, dcode
     [E, K64 * N16 * 32] uint8, row_scale [E, N] f32 (the epilogue's per-row factor); `rows` N, `cols` K logical.
     `affine` (fp8_rebase.tables_are_affine) lets the kernel compute each group's table with two multiply-adds
@@ -49,13 +50,6 @@ class SwizzledE4M3:
     cols: int
     affine: bool
 
-    @property
-    def n16(self) -> int:
-        return -(-self.rows // 16)
-
-    @property
-    def k64(self) -> int:
-        return -(-self.cols // 64)
 
 
 def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

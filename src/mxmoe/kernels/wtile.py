@@ -99,11 +99,10 @@ def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
 
 
 @triton.jit
-def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
-                BN: tl.constexpr, BK: tl.constexpr):
-    """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
-    [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
-    on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
+def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, BK: tl.constexpr):
+    """The layout's bytes of rows [16 n16_0, +BN) x K [64 k64_0, +BK): each row r = (i, j, lane) of the [R, 16]
+    values is one thread's 16-byte load, [R, 4] its 4 side bytes (scales here, relative exponents in the e4m3
+    layout); K blocks past K64 and row slabs from n16_end on read as zeros (R = BK/64 * BN/16 * 32)."""
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
@@ -115,8 +114,21 @@ def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexp
     ok = ((k64_0 + i) < K64) & (n16 < n16_end)
     raw = tl.load(w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :],
                   mask=ok[:, None], other=0)  # [R, 16] uint8
-    sraw = tl.load(s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :],
-                   mask=ok[:, None], other=0)  # [R, 4] uint8: (h, k32); zero values past K
+    side = tl.load(s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :],
+                   mask=ok[:, None], other=0)  # [R, 4] uint8
+    return raw, side
+
+
+@triton.jit
+def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
+                BN: tl.constexpr, BK: tl.constexpr):
+    """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
+    [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
+    on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
+    NB: tl.constexpr = BN // 16
+    KB: tl.constexpr = BK // 64
+    R: tl.constexpr = KB * NB * 32
+    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)  # sraw: (h, k32) scales
     fb = _scale_factor_bits(sraw.to(tl.int32), FOLD)
     # [R, (h, k32)] -> [R, 16] over c = 4 kr + 2 h + b, kr = 2 k32 + kr_lo
     fb = tl.permute(tl.reshape(fb, [R, 2, 2]), (0, 2, 1))  # [R, k32, h]

@@ -18,6 +18,8 @@ semantics, so only the hardware's own reading of it is left to a GPU run.
 import triton
 import triton.language as tl
 
+from mxmoe.kernels.wtile import tile_bytes
+
 # $0, $1: a(h, v=0), a(h, v=1), four e4m3 each; $2: the word (four packed bytes); $3 / $7: T0 / T1 (pack=4 hands
 # four copies of each, $3..$6 and $7..$10, one per byte of the word). Selector nibbles must have bit 3 clear, or
 # prmt replicates the picked byte's sign bit instead of copying it.
@@ -67,16 +69,8 @@ def weight_tile_e4m3(w_ptr, d_ptr, lut_ptr, n16_0, n16_end, k64_0, N16, K64, AFF
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
-    r = tl.arange(0, R)
-    i = r // (NB * 32)
-    lane = r % 32
-    n16 = n16_0 + (r // 32) % NB
-    blk = (k64_0 + i) * N16 + n16  # [R] (k64, n16) block of row r
-    ok = ((k64_0 + i) < K64) & (n16 < n16_end)
-    raw = tl.load(w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :],
-                  mask=ok[:, None], other=0)  # [R, 16] uint8
-    dc = tl.load(d_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :],
-                 mask=ok[:, None], other=0).to(tl.int32)  # [R, 4 (word)]; dcode 0 decodes zeros to zeros
+    raw, dc = tile_bytes(w_ptr, d_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)
+    dc = dc.to(tl.int32)  # [R, 4 (word)]; dcode 0 (masked blocks) decodes zeros to zeros
     if AFFINE:
         dd = (dc - 7) * 8  # 8 (d + 6): dcode = d + 13; a dead group's negative dd still decodes code 0 to 0
         t0 = dd * 0x01010100 + 0x0C080000
