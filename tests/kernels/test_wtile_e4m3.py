@@ -68,8 +68,8 @@ def test_a_lanes_word_holds_one_group():
 
 @triton.jit
 def _tile_kernel(w_ptr, d_ptr, lut_ptr, out_ptr, n16_0, n16_end, k64_0, N16, K64, AFFINE: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr):
-    w = weight_tile_e4m3(w_ptr, d_ptr, lut_ptr, n16_0, n16_end, k64_0, N16, K64, AFFINE, True, BN, BK)
+                 INTERP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    w = weight_tile_e4m3(w_ptr, d_ptr, lut_ptr, n16_0, n16_end, k64_0, N16, K64, AFFINE, INTERP, BN, BK)
     tl.store(out_ptr + tl.arange(0, BN)[:, None] * BK + tl.arange(0, BK)[None, :], w)
 
 
@@ -85,6 +85,21 @@ WIDE = (0, 100, 118, 119, 120, 121, 125, 127, 254, 255)
 def test_weight_tile_decodes_the_rebased_bytes(scales, affine, bn, bk, n16_0, k64_0, n16_end):
     """Every code under many d, NaN groups, a tile half past K (k64_0 = 3 of 4 blocks with BK = 128) and row slabs
     past n16_end (a masked last tile): zeros there, the twin's bytes elsewhere."""
+    _check_tile(scales, affine, bn, bk, n16_0, k64_0, n16_end, gpu=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scales,affine", [(NARROW, True), (NARROW, False), (WIDE, False)],
+                         ids=["narrow-affine", "narrow-table", "wide-table"])
+@pytest.mark.parametrize("bn,bk,n16_0,k64_0,n16_end", [(64, 128, 0, 0, 8), (128, 64, 0, 3, 8), (64, 64, 2, 0, 5)])
+def test_weight_tile_decodes_the_rebased_bytes_gpu(scales, affine, bn, bk, n16_0, k64_0, n16_end):
+    """The same check with the `prmt` lookup on the hardware (the interpreter runs its int32 twin)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    _check_tile(scales, affine, bn, bk, n16_0, k64_0, n16_end, gpu=True)
+
+
+def _check_tile(scales, affine, bn, bk, n16_0, k64_0, n16_end, *, gpu: bool) -> None:
     e, n, k = 1, 128, 256
     r = _rebased(e, n, k, scales, seed=bn + bk + n16_0)
     sw = swizzle_e4m3(r)
@@ -94,9 +109,12 @@ def test_weight_tile_decodes_the_rebased_bytes(scales, affine, bn, bk, n16_0, k6
     kk = min(bk, k - 64 * k64_0)
     rows = max(0, min(bn, 16 * (n16_end - n16_0)))
     want[:rows, :kk] = full[16 * n16_0 : 16 * n16_0 + rows, 64 * k64_0 : 64 * k64_0 + kk]
-    got = torch.empty(bn, bk, dtype=torch.uint8)
-    _tile_kernel[(1,)](sw.data[0], sw.dcode[0], fr.table_words(), got.view(torch.float8_e4m3fn), n16_0, n16_end,
-                       k64_0, sw.n16, sw.k64, AFFINE=affine, BN=bn, BK=bk)
+    dev = "cuda" if gpu else "cpu"
+    got = torch.empty(bn, bk, dtype=torch.uint8, device=dev)
+    _tile_kernel[(1,)](sw.data[0].to(dev), sw.dcode[0].to(dev), fr.table_words().to(dev),
+                       got.view(torch.float8_e4m3fn), n16_0, n16_end, k64_0, sw.n16, sw.k64, AFFINE=affine,
+                       INTERP=not gpu, BN=bn, BK=bk)
+    got = got.cpu()
     assert (got.to(torch.int32) - want.to(torch.int32)).abs().max().item() <= TILE_TOL
 
 
