@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mxmoe.mx import BLOCK, MXFormat, MXTensor
+from mxmoe.mx import BLOCK, MXFormat, MXTensor, pow2, unpack_e2m1
 
 # Weights: e2m1 x 2**d is exact in e4m3 for d in [D_MIN, D_MAX]: 6 x 2**6 = 384 <= 448 (7 would give 768) and
 # 0.5 x 2**-8 = 2**-9, the smallest e4m3 subnormal (d = -9 halves it). At d <= D_FLUSH every value rounds to +-0
@@ -41,17 +41,6 @@ D_AFFINE = -5
 ACT_D_FLUSH = -19
 E4M3_NAN = 0x7F
 _HALF_UNITS = (0, 1, 2, 3, 4, 6, 8, 12)  # 2 x the e2m1 magnitude of codes 0..7
-
-
-def _pow2(exp: torch.Tensor) -> torch.Tensor:
-    """2**exp as f32 from its bits, exact for exp in [-126, 127]."""
-    return ((exp.to(torch.int32) + 127) << 23).view(torch.float32)
-
-
-def _nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., K/2] packed pairs -> int64 [..., K] codes (low nibble first)."""
-    c = codes.to(torch.int64)
-    return torch.stack([c & 15, c >> 4], dim=-1).flatten(-2)
 
 
 def e4m3_magnitude(cm: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -98,7 +87,7 @@ def affine_words(dcode: torch.Tensor) -> torch.Tensor:
 def tables_are_affine(r: RebasedWeights) -> bool:
     """Whether the kernel may compute every group's table with `affine_words` (its AFFINE path): no NaN group, and
     every group holding a nonzero code has d >= D_AFFINE (a group of zeros decodes to zeros under any table)."""
-    live = (_nibbles(r.codes) & 7).ne(0).view(*r.dcode.shape, BLOCK).any(dim=-1)
+    live = (unpack_e2m1(r.codes) & 7).ne(0).view(*r.dcode.shape, BLOCK).any(dim=-1)
     bad = (r.dcode == DCODE_NAN) | (live & (r.dcode < D_AFFINE - D_FLUSH))
     return not bool(bad.any())
 
@@ -145,11 +134,11 @@ class RebasedWeights:
     @property
     def row_scale(self) -> torch.Tensor:
         """f32 [..., N]: 2**(base - 127), the factor the kernel's epilogue applies per row."""
-        return _pow2(self.base - 127)
+        return pow2(self.base - 127)
 
     def e4m3(self) -> torch.Tensor:
         """uint8 [..., N, K] e4m3 bytes: e4m3_table()[dcode of the element's group, its code]."""
-        nib = _nibbles(self.codes)
+        nib = unpack_e2m1(self.codes)
         grp = self.dcode.to(torch.int64).repeat_interleave(BLOCK, dim=-1)
         return e4m3_table(self.codes.device)[grp, nib]
 
@@ -163,7 +152,7 @@ def rebase_weights(w: MXTensor) -> RebasedWeights:
     """Rebase MXFP4 weights ([..., N, K], quantized along K) to e4m3 form: base b = top live scale - D_MAX per row
     (so the largest group lands at the top of the exact range), d = s - b per group, NaN groups coded NaN."""
     _check_mx(w, MXFormat.E2M1)
-    nib = _nibbles(w.data)
+    nib = unpack_e2m1(w.data)
     live = (nib & 7).ne(0).view(*nib.shape[:-1], -1, BLOCK).any(dim=-1) & w.scales.ne(255)
     base = _base(w.scales, live, D_MAX)
     d = (w.scales.to(torch.int32) - base.unsqueeze(-1)).clamp(D_FLUSH, D_MAX)
@@ -188,7 +177,7 @@ class TokenE4M3:
 
     @property
     def token_scale(self) -> torch.Tensor:
-        return _pow2(self.base - 127)
+        return pow2(self.base - 127)
 
     def dequantize(self) -> torch.Tensor:
         vals = self.data.view(torch.float8_e4m3fn).to(torch.float32)
@@ -210,7 +199,7 @@ def rebase_mxfp8(x: MXTensor) -> TokenE4M3:
     live = (x.data & 0x7F).ne(0).view(*x.data.shape[:-1], -1, BLOCK).any(dim=-1) & x.scales.ne(255)
     base = _base(x.scales, live, 0)
     d = (x.scales.to(torch.int32) - base.unsqueeze(-1)).clamp(ACT_D_FLUSH, 0)  # zero groups above base: any d
-    v = q * _pow2(d).repeat_interleave(BLOCK, dim=-1)
+    v = q * pow2(d).repeat_interleave(BLOCK, dim=-1)
     data = _to_e4m3(v)
     nan = (x.scales == 255).repeat_interleave(BLOCK, dim=-1)
     data = torch.where(nan, (x.data & 0x80) | E4M3_NAN, data)
@@ -229,7 +218,7 @@ def quantize_e4m3_per_token(x: torch.Tensor) -> TokenE4M3:
     m, e = torch.frexp(amax)  # amax = m 2**e, m in [0.5, 1): floor(log2 amax) = e - 1, mantissa 2m in [1, 2)
     shared = e - 1 - 8 + (2 * m > 1.75).to(e.dtype)
     base = torch.where(amax == 0, BASE_EMPTY, (shared + 127).clamp(BASE_MIN, 254)).to(torch.int32)
-    v = x * _pow2(127 - base).unsqueeze(-1)
+    v = x * pow2(127 - base).unsqueeze(-1)
     data = _to_e4m3(torch.where(finite, v, torch.full_like(v, float("nan"))))
     data = torch.where(finite, data, (torch.signbit(x).to(torch.uint8) << 7) | E4M3_NAN)
     return TokenE4M3(data, base)

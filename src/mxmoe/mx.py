@@ -147,9 +147,16 @@ def _normalise_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _pow2(exp: torch.Tensor) -> torch.Tensor:
+def pow2(exp: torch.Tensor) -> torch.Tensor:
     """2**exp as f32 built from its bits, exact for exp in [-126, 127] on every device (no pow/exp2 call)."""
     return ((exp.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def unpack_e2m1(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K/2] packed e2m1 pairs (low nibble first, as `quantize_mxfp4` packs the last axis) -> int64
+    [..., K] codes (bit 3 the sign)."""
+    d = data.to(torch.int64)
+    return torch.stack([d & 15, d >> 4], dim=-1).flatten(-2)
 
 
 def _quantize(x: torch.Tensor, fmt: MXFormat, axis: int, nan_policy: str) -> MXTensor:
@@ -187,7 +194,7 @@ def _quantize(x: torch.Tensor, fmt: MXFormat, axis: int, nan_policy: str) -> MXT
         scale = torch.where(bad, torch.full_like(scale, 255), scale)
     # For f32 input shared is in [-127, 125], so 2**-shared is a normal f32 and the product is exact
     # unless it lands below 2**-126, far under half the smallest element step, where it rounds to +-0 anyway.
-    v = (xb * _pow2(-shared).unsqueeze(axis + 1)).reshape(shape)
+    v = (xb * pow2(-shared).unsqueeze(axis + 1)).reshape(shape)
     if fmt is MXFormat.E4M3:
         # clamp first: torch's own cast is device-dependent out of range (465 -> 0x7E on CPU torch 2.13,
         # 0x7F = NaN on H100 torch 2.11); in range it is RNE and matches ml_dtypes (tests/test_mx.py)

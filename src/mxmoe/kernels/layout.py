@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mxmoe.mx import unpack_e2m1
+
 # Where each nibble bit (s, e1, e0, m) of slot (h, v, b) goes in its 32-bit word: see the module docstring.
 _LO = {0: (15, 8, 7, 6), 1: (12, 5, 4, 3), 2: (9, 2, 1, 0), 3: (14, 11, 10, 13)}  # variant -> (s, e1, e0, m), b=0
 _VARIANT = {(0, 0): 0, (1, 0): 1, (0, 1): 2, (1, 1): 3}  # (h, v) -> decode variant
@@ -82,13 +84,8 @@ class SwizzledMX(Blocks):
         return SwizzledMX(self.data.to(device), self.scales.to(device), self.rows, self.cols, self.fold)
 
 
-def _nibbles(data: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., K/2] packed pairs (low nibble first) -> int64 [..., K] nibbles."""
-    d = data.to(torch.int64)
-    return torch.stack([d & 15, d >> 4], dim=-1).flatten(-2)
-
-
-def _pad(x: torch.Tensor, rows: int, cols: int, value: int) -> torch.Tensor:
+def pad_to(x: torch.Tensor, rows: int, cols: int, value: int) -> torch.Tensor:
+    """[E, N, K] -> [E, rows, cols], the new entries `value` (x itself when nothing is added)."""
     e, n, k = x.shape
     if (n, k) == (rows, cols):
         return x
@@ -126,13 +123,13 @@ def swizzle(data: torch.Tensor, scales: torch.Tensor) -> SwizzledMX:
     step = max(1, _CHUNK_VALUES // max(1, n * k))
     shifts = torch.tensor([0, 8, 16, 24], device=data.device)
     for e0 in range(0, e, step):
-        nib = _pad(_nibbles(data[e0 : e0 + step]), 16 * n16, 64 * k64, 0)
+        nib = pad_to(unpack_e2m1(data[e0 : e0 + step]), 16 * n16, 64 * k64, 0)
         c = nib.shape[0]
         # [C, N16, h, g, K64, kr, v, t, b] -> [C, K64, N16, g, t, kr, h, v, b]
         nib = nib.view(c, n16, 2, 8, k64, 4, 2, 4, 2).permute(0, 4, 1, 3, 7, 5, 2, 6, 8)
         byte = (_words(nib)[..., None] >> shifts) & 255  # little-endian bytes of each word
         sw_data[e0 : e0 + c] = byte.to(torch.uint8).reshape(c, -1)
-    sc = _pad(scales, 16 * n16, 2 * k64, SCALE_PAD)
+    sc = pad_to(scales, 16 * n16, 2 * k64, SCALE_PAD)
     sc = sc.view(e, n16, 2, 8, k64, 2).permute(0, 4, 1, 3, 2, 5)  # [E, K64, N16, g, h, k32]
     real = scales[scales != 255]
     fold = bool(real.numel() == 0 or int(real.max()) <= 128)

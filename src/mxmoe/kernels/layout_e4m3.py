@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from mxmoe.fp8_rebase import RebasedWeights, tables_are_affine
-from mxmoe.kernels.layout import Blocks
+from mxmoe.kernels.layout import Blocks, pad_to
+from mxmoe.mx import unpack_e2m1
 
 _V = torch.arange(2).view(2, 1)
 _J = torch.arange(4).view(1, 4)
@@ -52,20 +53,6 @@ class SwizzledE4M3(Blocks):
 
 
 
-def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    e, n, k = x.shape
-    if (n, k) == (rows, cols):
-        return x
-    out = torch.zeros((e, rows, cols), dtype=x.dtype, device=x.device)
-    out[:, :n, :k] = x
-    return out
-
-
-def _codes(codes: torch.Tensor) -> torch.Tensor:
-    c = codes.to(torch.int64)
-    return torch.stack([c & 15, c >> 4], dim=-1).flatten(-2)
-
-
 def swizzle_e4m3(r: RebasedWeights) -> SwizzledE4M3:
     """Kernel layout of rebased weights of logical shape [E, N, K]."""
     if len(r.shape) != 3:
@@ -76,12 +63,12 @@ def swizzle_e4m3(r: RebasedWeights) -> SwizzledE4M3:
     mag_shift, sign_shift, byte_shift = _MAG_SHIFT.to(dev), _SIGN_SHIFT.to(dev), _BYTE_SHIFT.to(dev)
     data = torch.empty(e, k64 * n16 * 512, dtype=torch.uint8, device=dev)
     for x in range(e):  # one expert at a time bounds the int64 temporaries (8 bytes a value)
-        nib = _pad(_codes(r.codes[x : x + 1]), 16 * n16, 64 * k64)
+        nib = pad_to(unpack_e2m1(r.codes[x : x + 1]), 16 * n16, 64 * k64, 0)
         # [1, N16, h, g, K64, kk, v, t, j] -> [1, K64, N16, g, t, h, kk, v, j]
         nib = nib.view(1, n16, 2, 8, k64, 2, 2, 4, 4).permute(0, 4, 1, 3, 7, 2, 5, 6, 8)
         word = ((nib & 7) << mag_shift).sum((-2, -1)) | ((nib >> 3) << sign_shift).sum((-2, -1))
         data[x] = ((word[..., None] >> byte_shift) & 255).to(torch.uint8).reshape(-1)
-    dc = _pad(r.dcode, 16 * n16, 2 * k64)
+    dc = pad_to(r.dcode, 16 * n16, 2 * k64, 0)
     dc = dc.view(e, n16, 2, 8, k64, 2).permute(0, 4, 1, 3, 2, 5)  # [E, K64, N16, g, h, kk]
     return SwizzledE4M3(data, dc.reshape(e, -1).contiguous(), r.row_scale, n, k, tables_are_affine(r))
 

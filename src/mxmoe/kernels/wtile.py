@@ -61,7 +61,7 @@ _M_S = tl.constexpr(0x80008000 - (1 << 32))
 
 
 @triton.jit
-def _split4(x):
+def split4(x):
     """[..., 2, 2] (c = 2 * axis -2 + axis -1) -> its four [...] slices c = 0..3 (tl.split halves a last axis)."""
     lo, hi = tl.split(x)  # c even, c odd
     a0, a2 = tl.split(lo)
@@ -83,9 +83,9 @@ def _pair(o, f, FOLD: tl.constexpr):
 @triton.jit
 def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
     """The asm's twin: raw uint8 [R, 16], factor bits int32 [R, 16] -> (v=0, v=1) f32 [R, 16] each."""
-    b0, b1, b2, b3 = _split4(tl.reshape(raw.to(tl.int32), [R, 4, 2, 2]))
+    b0, b1, b2, b3 = split4(tl.reshape(raw.to(tl.int32), [R, 4, 2, 2]))
     word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)  # [R, 4 (kr)] little-endian
-    f00, f01, f10, f11 = _split4(tl.reshape(fb, [R, 4, 2, 2]))  # c = 2 h + b; the factor is the same for both b
+    f00, f01, f10, f11 = split4(tl.reshape(fb, [R, 4, 2, 2]))  # c = 2 h + b; the factor is the same for both b
     f_h0 = (f00 << 16).to(tl.float32, bitcast=True)
     f_h1 = (f10 << 16).to(tl.float32, bitcast=True)
     o00 = word & _M

@@ -18,7 +18,7 @@ semantics, so only the hardware's own reading of it is left to a GPU run.
 import triton
 import triton.language as tl
 
-from mxmoe.kernels.wtile import tile_bytes
+from mxmoe.kernels.wtile import split4, tile_bytes
 
 # $0, $1: a(h, v=0), a(h, v=1), four e4m3 each; $2: the word (four packed bytes); $3 / $7: T0 / T1 (pack=4 hands
 # four copies of each, $3..$6 and $7..$10, one per byte of the word). Selector nibbles must have bit 3 clear, or
@@ -33,19 +33,10 @@ _LOOKUP_ASM = tl.constexpr("\n".join([
 
 
 @triton.jit
-def _split4(x):
-    """[..., 2, 2] (c = 2 * axis -2 + axis -1) -> its four [...] slices c = 0..3."""
-    lo, hi = tl.split(x)
-    a0, a2 = tl.split(lo)
-    a1, a3 = tl.split(hi)
-    return a0, a1, a2, a3
-
-
-@triton.jit
 def _interp_lookup(raw, t0, t1, R: tl.constexpr):
     """The asm's twin: raw uint8 [R, 16], table words int32 [R, 4] (one pair per word) -> (a(h, 0), a(h, 1)) as
     int32 e4m3 bytes [R, 16], byte 4 w + j of each from word w."""
-    b0, b1, b2, b3 = _split4(tl.reshape(raw.to(tl.int32), [R, 4, 2, 2]))
+    b0, b1, b2, b3 = split4(tl.reshape(raw.to(tl.int32), [R, 4, 2, 2]))
     word = (b0 | (b1 << 8) | (b2 << 16) | (b3 << 24))[:, :, None]  # [R, 4 (word), 1]
     j = tl.arange(0, 4)[None, None, :]
     lo_sel = (word >> (4 * j)) & 7
