@@ -3,10 +3,10 @@ hold (read from the source with ast, so no module is imported and the test canno
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from import_graph import imported_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "mxmoe"
@@ -26,13 +26,7 @@ def _modules() -> dict[str, Path]:
 
 def _imports(path: Path) -> set[str]:
     """Every module an `import` or `from ... import` in the file names (module level and inside functions)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
+    return imported_names(path, SRC)
 
 
 MODULES = _modules()

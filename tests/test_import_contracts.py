@@ -11,40 +11,21 @@ resolved against the module's package.
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from import_graph import imported_names
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mxmoe"
 STARRED = ("mxmoe.shapes", "mxmoe.spec", "mxmoe.config", "mxmoe.space", "mxmoe.legality", "mxmoe.heuristic",
            "mxmoe.tuning.judge.gate")
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
-
-
 def _imports(path: Path) -> set[str]:
     """Absolute names of every module `path` imports (from-imports also name `package.attr`)."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)
-    return out
+    return imported_names(path, SRC)
 
 
 def _sources(under: Path) -> list[Path]:

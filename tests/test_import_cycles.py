@@ -14,8 +14,9 @@ module that imports itself, is a cycle.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from import_graph import module_name, statements
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mxmoe"
 
@@ -26,26 +27,17 @@ def _modules(root: Path) -> dict[str, Path]:
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
-        rel = path.relative_to(root.parent).with_suffix("")
-        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-        out[".".join(parts)] = path
+        out[module_name(path, root)] = path
     return out
 
 
-def _edges(name: str, path: Path, known: set[str]) -> set[str]:
-    """The modules of `known` that `path` (module `name`) imports, anywhere in the file."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _edges(path: Path, root: Path, known: set[str]) -> set[str]:
+    """The modules of `known` that `path` imports, anywhere in the file."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for a in node.names:
-                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    for base, names in statements(path, root):
+        if not names:
+            out.add(base)
+        out.update(f"{base}.{a}" if f"{base}.{a}" in known else base for a in names)
     return out & known
 
 
@@ -53,7 +45,7 @@ def import_graph(root: Path = SRC) -> dict[str, set[str]]:
     """{module: modules it imports} over the tree at `root`."""
     modules = _modules(root)
     known = set(modules)
-    return {name: _edges(name, path, known) for name, path in modules.items()}
+    return {name: _edges(path, root, known) for name, path in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
