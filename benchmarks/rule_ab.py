@@ -17,13 +17,11 @@ import statistics
 import sys
 
 import torch
-from scan_v2 import FLUSH_BYTES, graph_median_us, point_problem, write_csv
+from scan_v2 import FLUSH_BYTES, graph_median_us, layer_call, point_problem, write_csv
 
 from mxmoe.heuristic import default_config
 from mxmoe.kernels import rules
 from mxmoe.layer_plan import layer_plan
-from mxmoe.moe import moe
-from mxmoe.shapes import Path
 
 
 def _parse_variant(spec: str) -> tuple[str, dict[str, int]]:
@@ -51,10 +49,6 @@ def _constants(sets: dict[str, int]):
         layer_plan.cache_clear()
 
 
-def _layer(p, path: Path, cfg):
-    return lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
-
-
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("points", nargs="+", help="model:T[:path]")
@@ -68,7 +62,7 @@ def main(argv: list[str]) -> None:
     for spec in args.points:
         model, t, path, p = point_problem(spec)
         cfg = default_config(p.shape, path, t)
-        fn = _layer(p, path, cfg)
+        fn = layer_call(p, path, cfg)
         times: dict[str, list[float]] = {name: [] for name, _ in variants}
         ref, errs = None, {}
         for _ in range(args.rounds):

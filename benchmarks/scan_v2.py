@@ -44,6 +44,11 @@ def point_problem(spec: str):
     return model, t, path, make_problem(MODELS[model], path, t, seed=t, device="cuda")
 
 
+def layer_call(p, path: Path, cfg: MoEConfig):
+    """The layer as moe() runs it for problem `p` under `cfg`, as a no-argument callable to time."""
+    return lambda: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
+
+
 def write_csv(path: str | None, rows: list[dict]) -> None:
     """The rows (dicts of one shape) as a CSV at `path`; nothing when either is empty."""
     if path and rows:
@@ -95,8 +100,7 @@ def main(argv: list[str]) -> None:
             if not all(isinstance(check(p.shape, path, s, c, H100, tokens=t), Legal)
                        for s, c in ((1, cfg.stage1), (2, cfg.stage2))):
                 continue
-            fn = lambda cfg=cfg, p=p, path=path: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg,
-                                                     validate=False)
+            fn = layer_call(p, path, cfg)
             try:
                 err = (fn().float() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6)
                 us = graph_median_us(fn, flush)
