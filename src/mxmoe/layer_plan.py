@@ -24,8 +24,9 @@ import torch
 from mxmoe.config import MoEConfig
 from mxmoe.kernels.align import align
 from mxmoe.kernels.common import KernelInput
+from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
+from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, runs_direct
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
 from mxmoe.routing import RoutingPlan, max_padded_pairs
@@ -37,7 +38,9 @@ from mxmoe.weights import MoEWeights
 class LayerPlan:
     """What one (shape, path, config, T) launches. `counters1` / `counters2`: the v2 stages' arrival counters the
     (first) align kernel zeroes; `zero_in_stage1`: stage 1's programs zero stage 2's atomic sums (where the atomic
-    combine finishes in the kernel), so no memset launch runs between the stages."""
+    combine finishes in the kernel), so no memset launch runs between the stages. `direct`: the direct decode layer
+    (kernels/decode.py): no quantization or align kernel, the routing plan is the caller's ids, stage 1 returns fp32
+    partial sums that stage 2 turns into h, and `counters2` are the ones stage 1 zeroes for stage 2."""
 
     shape: MoEShape
     path: Path
@@ -46,15 +49,22 @@ class LayerPlan:
     counters1: int
     counters2: int
     zero_in_stage1: bool
+    direct: bool = False
 
     def quantize(self, hidden: torch.Tensor) -> KernelInput:
-        """The layer input at the path's width (bf16 carriers on the MX grid for the v2 kernels)."""
+        """The layer input at the path's width (bf16 carriers on the MX grid for the v2 kernels; the direct layer's
+        stage 1 takes it unrounded and rounds it itself)."""
+        if self.direct:
+            return KernelInput(hidden.to(torch.bfloat16).contiguous(), None, self.path)
         return quantize_input(hidden.to(torch.bfloat16).contiguous(), self.path, bf16=self.config.stage1.mma.v2)
 
     def route(self, topk_ids: torch.Tensor, *, validate: bool = False,
-              counters: bool = True) -> tuple[RoutingPlan, RoutingPlan]:
+              counters: bool = True) -> tuple[RoutingPlan, RoutingPlan] | tuple[DirectPlan, DirectPlan]:
         """The routing plans of stage 1 and stage 2 (one plan when their BLOCK_M agree); with `counters`, the
         first carries both stages' zeroed arrival counters (single-use: one `run`)."""
+        if self.direct:
+            plan = direct_plan(topk_ids, self.shape.experts, self.counters2 if counters else 0, validate=validate)
+            return plan, plan
         e, (s1, s2) = self.shape.experts, (self.config.stage1, self.config.stage2)
         n = self.counters1 + self.counters2 if counters else 0
         plan1 = align(topk_ids, e, s1.block_m, validate=validate, counters=n)
@@ -69,13 +79,19 @@ class LayerPlan:
 
     def stage1(self, x: KernelInput, weights: MoEWeights, plan1: RoutingPlan, *, sums: torch.Tensor | None = None,
                poison: bool = False) -> KernelInput:
-        """h [P, I] at the path's width; zeroes `sums` on the side when given."""
+        """h [P, I] at the path's width (direct: fp32 [S1, P, 2I] partial sums, and the plan's counters zeroed);
+        zeroes `sums` on the side when given."""
+        if self.direct:
+            return direct_stage1(x, weights, plan1, self.config.stage1, poison=poison)
         counters = plan1.counters[: self.counters1] if self.counters1 and plan1.counters is not None else None
         return stage1(x, weights, plan1, self.config.stage1, poison=poison, counters=counters, zero=sums)
 
     def stage2(self, h: KernelInput, weights: MoEWeights, plan1: RoutingPlan, plan2: RoutingPlan,
                topk_weights: torch.Tensor, *, sums: torch.Tensor | None = None, poison: bool = False) -> torch.Tensor:
         """bf16 [T, H]; `sums` are the atomic sums stage 1 zeroed (else stage 2 allocates and zeroes its own)."""
+        if self.direct:
+            return direct_stage2(h, weights, plan2, topk_weights, self.config.stage2, self.path, self.tokens,
+                                 poison=poison)
         counters = None
         if self.counters2 and plan1.counters is not None:
             counters = plan1.counters[self.counters1 : self.counters1 + self.counters2]
@@ -105,5 +121,8 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
         n1 = counters_needed(config.stage1, 1, shape.inter, shape.hidden, b1, tokens)
         n2 = counters_needed(config.stage2, 2, shape.hidden, shape.inter, b2, tokens)
     zero = v2 and finishes_atomic_in_kernel(config.stage2, shape.inter)
+    if runs_direct(config, tokens, shape.topk):
+        return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=0, counters2=n2,
+                         zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,
                      zero_in_stage1=zero)

@@ -60,3 +60,22 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
     epilogue: from BLOCK_M DEFER_MIN_BLOCK_M, where the fused per-32 rounding (a group spans two warps of the wgmma
     accumulator) costs the main loop its register budget."""
     return path is not Path.A16W4 and cfg.block_m >= DEFER_MIN_BLOCK_M
+
+
+# The direct decode layer (kernels/decode.py: two kernels, no alignment) runs a v2 config whose stages both take
+# BLOCK_M 16 and whose stage 2 combines by slots, up to this many (token, slot) pairs.
+DIRECT_MAX_PAIRS = 16
+# Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
+DIRECT_PRELOAD_STEPS = 3
+
+
+def direct_preload(steps: int) -> int:
+    """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
+    return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
+
+
+def runs_direct(config, tokens: int, topk: int) -> bool:
+    """Whether the layer of `config` at `tokens` runs the direct decode layer (see the constants)."""
+    s1, s2 = config.stage1, config.stage2
+    return (s1.mma.v2 and s2.mma.v2 and s1.block_m == 16 and s2.block_m == 16 and s2.combine is Combine.SLOTS
+            and tokens * topk <= DIRECT_MAX_PAIRS)

@@ -53,7 +53,7 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 
 
 @triton.jit
-def _act_tile(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
     """Rows `rows` x [k0, k0 + BK) of a bf16 activation (columns past K read as 0), as the MMA's B operand."""
     offs_k = k0 + tl.arange(0, BK)
     a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
@@ -73,7 +73,7 @@ def _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs, st
 
 
 @triton.jit
-def _mma(acc, w, a, INTERP: tl.constexpr):
+def mma_wt(acc, w, a, INTERP: tl.constexpr):
     """acc^T [BN, BM] += w [BN, BK] @ a^T."""
     if INTERP:
         return tl.dot(w, tl.trans(a), acc, input_precision="ieee")
@@ -98,7 +98,7 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
 
 
 @triton.jit
-def _zero_strips(ptr, n):
+def zero_strips(ptr, n):
     """ptr[0:n] = 0 (fp32), this program's strips of ZERO_STRIP, strided over the whole grid."""
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     offs = tl.arange(0, ZERO_STRIP)
@@ -117,7 +117,7 @@ def _stage1_kernel(
 ):
     enter(INTERP)
     if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
-        _zero_strips(zero_ptr, zero_n)
+        zero_strips(zero_ptr, zero_n)
     num_n = tl.cdiv(I, BN)
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
@@ -133,11 +133,11 @@ def _stage1_kernel(
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        a = _act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
+        a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
         wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_g = _mma(acc_g, wg, a, INTERP)
+        acc_g = mma_wt(acc_g, wg, a, INTERP)
         wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_u = _mma(acc_u, wu, a, INTERP)
+        acc_u = mma_wt(acc_u, wu, a, INTERP)
     acc_g = tl.trans(acc_g)
     acc_u = tl.trans(acc_u)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -163,7 +163,7 @@ def _stage1_kernel(
 
 
 @triton.jit
-def _combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y, TOPK: tl.constexpr,
+def combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y, TOPK: tl.constexpr,
                    SPLIT_K: tl.constexpr, INTERP: tl.constexpr, BN: tl.constexpr):
     """y[:, offs_n] = the sum over splits and top-k slots of every token's slot rows, in bf16 (the finish of the
     slots combine, run by the last CTA of an N column)."""
@@ -202,9 +202,9 @@ def _stage2_kernel(
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        a = _act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
+        a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
         w = weight_tile(w_e, ws_e, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc = _mma(acc, w, a, INTERP)
+        acc = mma_wt(acc, w, a, INTERP)
     acc = tl.trans(acc)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
@@ -216,7 +216,7 @@ def _stage2_kernel(
         tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
                  mask=row_ok[:, None] & n_ok[None, :])
         if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
-            _combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
+            combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
     else:  # add into the token's fp32 row; with CAST the last of its TOPK x SPLIT_K arrivals here rounds it
         tok = rows // TOPK
         mask = row_ok[:, None] & n_ok[None, :]
@@ -308,8 +308,12 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     hidden, dev = weights.hidden, h.data.device
     slots = cfg.combine is Combine.SLOTS
     shape = (cfg.split_k, plan.num_pairs, hidden) if slots else (num_tokens, hidden)
-    if out is None:
-        out = torch.full(shape, float("nan") if poison and slots else 0.0, dtype=torch.float32, device=dev)
+    if out is None and slots:  # every slot row a live block covers is written: no fill kernel unless poisoned
+        out = torch.empty(shape, dtype=torch.float32, device=dev)
+        if poison:
+            out.fill_(float("nan"))
+    elif out is None:
+        out = torch.zeros(shape, dtype=torch.float32, device=dev)
     elif tuple(out.shape) != shape or out.dtype != torch.float32:
         raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be fp32 {shape}, "
                          f"got {out.dtype} {tuple(out.shape)}")

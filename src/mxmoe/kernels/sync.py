@@ -28,7 +28,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from mxmoe.kernels.common import interpreting
 
-__all__ = ["enter", "last_arrival", "launch_options"]
+__all__ = ["enter", "enter_first_wait", "last_arrival", "launch_options"]
 
 
 @triton.jit
@@ -37,6 +37,16 @@ def enter(INTERP: tl.constexpr):
     if not INTERP:
         gdc_launch_dependents()
         gdc_wait()
+
+
+@triton.jit
+def enter_first_wait(INTERP: tl.constexpr):
+    """Wait for the previous grid, then let the next one launch: the direct decode kernels (kernels/decode.py),
+    whose dependent reads the caller's ids before its own wait. Every CTA of this grid has passed its wait before
+    the dependent launches, so whatever ran before this grid has finished and is visible to it."""
+    if not INTERP:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit

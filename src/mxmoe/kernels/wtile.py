@@ -125,11 +125,18 @@ def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexp
     """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
     [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
     on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
+    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)
+    return decode_tile(raw, sraw, FOLD, INTERP, BN, BK)
+
+
+@triton.jit
+def decode_tile(raw, sraw, FOLD: tl.constexpr, INTERP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """`tile_bytes`' value and scale bytes -> the [BN, BK] MMA operand (the second half of `weight_tile`, apart so
+    a kernel can issue the loads early and decode later: kernels/decode.py)."""
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
-    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)  # sraw: (h, k32) scales
-    fb = _scale_factor_bits(sraw.to(tl.int32), FOLD)
+    fb = _scale_factor_bits(sraw.to(tl.int32), FOLD)  # sraw: (h, k32) scales
     # [R, (h, k32)] -> [R, 16] over c = 4 kr + 2 h + b, kr = 2 k32 + kr_lo
     fb = tl.permute(tl.reshape(fb, [R, 2, 2]), (0, 2, 1))  # [R, k32, h]
     fb = tl.broadcast_to(tl.reshape(fb, [R, 2, 1, 2, 1]), [R, 2, 2, 2, 2])

@@ -1,0 +1,277 @@
+"""The direct decode layer: two kernels, no alignment, for a handful of (token, slot) pairs.
+
+Axis legend: T tokens, A topk, P = T*A pairs, E experts, H hidden, I inter, S1 / S2 the stages' K splits, BM token
+rows (the MMA's N side, one of them real), BN weight rows, BK the reduced axis.
+
+Why (H100, deepseek-v3-tp8 T=1 at 8740084, kernel timeline of a CUDA-graph replay, L2 flushed): the sorted layer
+was align 4.5 us, then stage 1 (which waited for it) ending at 19.6 us, then stage 2 10 us. At decode every pair
+is its own BM-16 block anyway (top-k ids of a token are distinct), so the plan the align kernel sorts is known
+without it: block p is pair p, its expert the caller's topk_ids[p]. The layer becomes
+  - stage 1 (`direct_stage1`): program (p, n tile, split) reads expert ids[p] and token p // A itself and stores
+    its fp32 gate / up partial sums of pair p into part [S1, P, 2I]: no epilogue, no arrival counters, no
+    last-arrival tail. An MX path's input is rounded to its grid in the kernel (the same `qdq_tile` the input
+    quantization kernel applies, per 32 along H), so a8w4 / a4w4 launch no quantization kernel either;
+  - stage 2 (`direct_stage2`): program (p, n tile, split) loads the raw bytes of its first `PRE` weight tiles
+    BEFORE its PDL wait (they depend only on the caller's ids: stage 1 waits before it lets stage 2 launch, so
+    the ids are complete), so stage 2's weight stream overlaps stage 1; after the wait it sums stage 1's splits in
+    split order, adds the bias, applies the activation (and the path's rounding) to get h, exactly as stage 1's
+    epilogue did (bit for bit the sorted layer's h), then the MMA, the routing weight, and the slots combine.
+Stage 1 zeroes stage 2's arrival counters (one per N column). Ids out of range (validate=False) give an unspecified
+result but no access out of bounds: such a pair reads expert 0 and stores nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mxmoe.config import TileConfig
+from mxmoe.kernels.common import (
+    A4W4,
+    A16W4,
+    ACT_CODES,
+    PATH_CODES,
+    KernelInput,
+    activation,
+    interpreting,
+    k_range,
+    to_bf16_rne,
+)
+from mxmoe.kernels.mx_tile import qdq_tile
+from mxmoe.kernels.rules import direct_preload
+from mxmoe.kernels.swmoe import act_tile, combine_slots, mma_wt, zero_strips
+from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
+from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
+from mxmoe.routing import _check_id_range, _check_ids
+
+
+@dataclass(frozen=True)
+class DirectPlan:
+    """The direct layer's routing: the caller's ids flattened to [P] (pair p = t*A + a), and stage 2's arrival
+    counters (int32 [n], zeroed by stage 1; None: stage 2 allocates zeroed ones, for a stage replayed alone)."""
+
+    ids: torch.Tensor
+    topk: int
+    experts: int
+    counters: torch.Tensor | None
+
+    @property
+    def num_pairs(self) -> int:
+        return self.ids.numel()
+
+
+def direct_plan(topk_ids: torch.Tensor, experts: int, counters: int, *, validate: bool = False) -> DirectPlan:
+    """The plan of `topk_ids` [T, A]; `counters` int32 of stage 2 (uninitialized: stage 1 zeroes them)."""
+    _check_ids(topk_ids)
+    if validate:
+        _check_id_range(topk_ids, experts)
+    cnt = torch.empty(counters, dtype=torch.int32, device=topk_ids.device) if counters else None
+    return DirectPlan(topk_ids.contiguous().view(-1), topk_ids.shape[1], experts, cnt)
+
+
+@triton.jit
+def _pair_expert(ids_ptr, pair, E):
+    """Pair `pair`'s expert (0 when its id is out of range) and whether the id is in range; read from L2 (`.cg`):
+    stage 2 reads it before its wait, where no L1 line of an earlier call must answer."""
+    eid = tl.load(ids_ptr + pair, cache_modifier=".cg").to(tl.int64)
+    valid = (eid >= 0) & (eid < E)
+    return tl.where(valid, eid, 0), valid
+
+
+@triton.jit
+def _direct1_kernel(
+    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
+    stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
+    TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    enter_first_wait(INTERP)
+    if ZERO:  # stage 2's arrival counters, as fp32 zero bits
+        zero_strips(cnt_ptr, n_cnt)
+    num_n = tl.cdiv(I, BN)
+    pair = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
+    pid_k = tl.program_id(1)
+    expert, valid = _pair_expert(ids_ptr, pair, E)
+    row_ok = (tl.arange(0, BM) == 0) & valid
+    token = tl.full([BM], 0, tl.int64) + pair // TOPK
+    w_e = w_ptr + expert * stride_we
+    ws_e = ws_ptr + expert * stride_wse
+    n16_g = pid_n * (BN // 16)
+    n16_u = (I + pid_n * BN) // 16
+    k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
+    acc_g = tl.zeros([BN, BM], dtype=tl.float32)
+    acc_u = tl.zeros([BN, BM], dtype=tl.float32)
+    for kk in range(0, k_len, BK):
+        k0 = k_first + kk
+        a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
+        if PATH != A16W4:  # the input on the path's grid, as the quantization kernel rounds it
+            a = qdq_tile(a.to(tl.float32), PATH == A4W4, INTERP, BM, BK)
+            if not INTERP:
+                a = a.to(tl.bfloat16)
+        wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc_g = mma_wt(acc_g, wg, a, INTERP)
+        wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc_u = mma_wt(acc_u, wu, a, INTERP)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask = row_ok[:, None] & (offs_n < I)[None, :]
+    rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)
+    part = part_ptr + pid_k * stride_ps + rows * stride_pp + offs_n[None, :]
+    tl.store(part, tl.trans(acc_g), mask=mask)
+    tl.store(part + I, tl.trans(acc_u), mask=mask)
+
+
+@triton.jit
+def _h_tile(part_ptr, b_ptr, row_ok, k0, I, stride_ps, HAS_BIAS: tl.constexpr, SPLIT1: tl.constexpr,
+            PATH: tl.constexpr, ACT: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """h [BM, BK] at columns [k0, k0 + BK) as stage 2's B operand: stage 1's splits summed in split order onto
+    split 0 plus the bias (`b_ptr` at the expert's b13), the activation, the path's rounding, bf16; as the sorted
+    layer's split-K finish and epilogue compute it. Columns past I are 0."""
+    offs_k = k0 + tl.arange(0, BK)
+    k_ok = offs_k < I
+    mask = row_ok[:, None] & k_ok[None, :]
+    p = part_ptr + tl.zeros([BM, 1], tl.int64) + offs_k[None, :]  # the pair's row (`part_ptr` is at it)
+    g = tl.load(p, mask=mask, other=0.0, cache_modifier=".cg")
+    u = tl.load(p + I, mask=mask, other=0.0, cache_modifier=".cg")
+    if HAS_BIAS:
+        g += tl.load(b_ptr + offs_k, mask=k_ok, other=0.0)[None, :]
+        u += tl.load(b_ptr + I + offs_k, mask=k_ok, other=0.0)[None, :]
+    for s in range(1, SPLIT1):
+        g += tl.load(p + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
+        u += tl.load(p + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
+    h = tl.where(mask, activation(g, u, ACT), 0.0)
+    if PATH != A16W4:
+        h = qdq_tile(h, PATH == A4W4, INTERP, BM, BK)
+    h = to_bf16_rne(h, INTERP)
+    if INTERP:
+        h = h.to(tl.float32)  # the 3.6 interpreter's bf16 tl.dot is wrong; the values are exact in f32
+    return h
+
+
+@triton.jit
+def _pre_mma(acc, raw, side, step, k_first, k_len, part_e, b_e, row_ok, I, stride_ps,
+             HAS_BIAS: tl.constexpr, SPLIT1: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr,
+             FOLD: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """acc += the preloaded weight tile `step` x h, where the step lies in this split's K range."""
+    if step * BK < k_len:
+        a = _h_tile(part_e, b_e, row_ok, k_first + step * BK, I, stride_ps, HAS_BIAS, SPLIT1, PATH, ACT,
+                    INTERP, BM, BK)
+        acc = mma_wt(acc, decode_tile(raw, side, FOLD, INTERP, BN, BK), a, INTERP)
+    return acc
+
+
+@triton.jit
+def _direct2_kernel(
+    part_ptr, w_ptr, ws_ptr, b13_ptr, b2_ptr, ids_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr,
+    num_pairs, T, E, H, I, N16, K64,
+    stride_we, stride_wse, stride_b13, stride_b2, stride_ps, stride_pp, stride_os, stride_or, stride_y,
+    TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_B13: tl.constexpr, HAS_B2: tl.constexpr,
+    FOLD: tl.constexpr, INTERP: tl.constexpr, SPLIT1: tl.constexpr, SPLIT_K: tl.constexpr, PRE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    num_n = tl.cdiv(H, BN)
+    pair = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
+    pid_k = tl.program_id(1)
+    # Before the wait: the caller's ids (complete, see the module docstring) and the first PRE weight tiles.
+    expert, valid = _pair_expert(ids_ptr, pair, E)
+    w_e = w_ptr + expert * stride_we
+    ws_e = ws_ptr + expert * stride_wse
+    n16 = pid_n * (BN // 16)
+    k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
+    raw0, side0 = tile_bytes(w_e, ws_e, n16, N16, k_first // 64, N16, K64, BN, BK)
+    if PRE > 1:
+        raw1, side1 = tile_bytes(w_e, ws_e, n16, N16, (k_first + BK) // 64, N16, K64, BN, BK)
+    if PRE > 2:
+        raw2, side2 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 2 * BK) // 64, N16, K64, BN, BK)
+    enter_first_wait(INTERP)
+    row_ok = (tl.arange(0, BM) == 0) & valid
+    part_e = part_ptr + pair.to(tl.int64) * stride_pp
+    b_e = b13_ptr + expert * stride_b13
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    acc = _pre_mma(acc, raw0, side0, 0, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13, SPLIT1,
+                   PATH, ACT, FOLD, INTERP, BM, BN, BK)
+    if PRE > 1:
+        acc = _pre_mma(acc, raw1, side1, 1, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
+                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
+    if PRE > 2:
+        acc = _pre_mma(acc, raw2, side2, 2, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
+                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
+    for kk in range(PRE * BK, k_len, BK):
+        k0 = k_first + kk
+        a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
+        w = weight_tile(w_e, ws_e, n16, N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc = mma_wt(acc, w, a, INTERP)
+    acc = tl.trans(acc)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_ok = offs_n < H
+    if HAS_B2:  # noqa: SIM102 -- HAS_B2 is a constexpr, pid_k a runtime value
+        if pid_k == 0:
+            acc += tl.load(b2_ptr + expert * stride_b2 + offs_n, mask=n_ok, other=0.0)[None, :]
+    acc = acc * tl.load(rw_ptr + pair).to(tl.float32)
+    rows = tl.full([BM], 0, tl.int64) + pair
+    tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
+             mask=row_ok[:, None] & n_ok[None, :])
+    if last_arrival(cnt_ptr + pid_n, num_pairs * SPLIT_K):
+        combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
+
+
+def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
+    """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
+    [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
+    if not x.bf16:
+        raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
+    w = weights.w13_sw
+    i, h, p = weights.inter, weights.hidden, plan.num_pairs
+    part = torch.empty(cfg.split_k, p, 2 * i, dtype=torch.float32, device=x.data.device)
+    if poison:
+        part.fill_(float("nan"))
+    if p == 0:
+        return part
+    cnt = plan.counters
+    _direct1_kernel[(p * triton.cdiv(i, cfg.block_n), cfg.split_k)](
+        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
+        0 if cnt is None else cnt.numel(),
+        x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
+        TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
+        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **launch_options(),
+    )
+    return part
+
+
+def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: torch.Tensor, cfg: TileConfig,
+                  path, num_tokens: int, *, poison: bool = False) -> torch.Tensor:
+    """Stage 2 of the direct layer: stage 1's partial sums -> bf16 [T, H] (NaN-filled first if `poison`, as is the
+    fp32 [S2, P, H] slot buffer). `plan.counters` must be the ones stage 1 zeroed; None allocates zeroed ones."""
+    hidden, inter, p, dev = weights.hidden, weights.inter, plan.num_pairs, part.device
+    if p == 0:
+        return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
+    num_n = triton.cdiv(hidden, cfg.block_n)
+    slots = torch.empty(cfg.split_k, p, hidden, dtype=torch.float32, device=dev)
+    y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
+    if poison:
+        slots.fill_(float("nan"))
+        y.fill_(float("nan"))
+    cnt = plan.counters if plan.counters is not None else torch.zeros(num_n, dtype=torch.int32, device=dev)
+    if cnt.numel() < num_n:
+        raise ValueError(f"counters: need {num_n}, got {cnt.numel()}")
+    w = weights.w2_sw
+    steps = triton.cdiv(triton.cdiv(inter, cfg.block_k), cfg.split_k)  # K steps of the longest split
+    rw = topk_weights.contiguous().view(-1)
+    b13 = weights.b13 if weights.b13 is not None else rw  # dummy pointers when a bias is absent
+    b2 = weights.b2 if weights.b2 is not None else rw
+    _direct2_kernel[(p * num_n, cfg.split_k)](
+        part, w.data, w.scales, b13, b2, plan.ids, rw, slots, y, cnt,
+        p, num_tokens, plan.experts, hidden, inter, w.n16, w.k64,
+        w.data.stride(0), w.scales.stride(0), b13.stride(0), b2.stride(0), part.stride(0), part.stride(1),
+        slots.stride(0), slots.stride(1), y.stride(0),
+        TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
+        HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
+        SPLIT_K=cfg.split_k, PRE=direct_preload(steps), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+    )
+    return y

@@ -1,0 +1,126 @@
+"""The direct decode layer (kernels/decode.py): two kernels, no alignment, on the Triton interpreter (and on the GPU).
+
+Oracles: the sorted v2 layer, bit for bit (the direct layer computes the same per-pair sums in the same order: split
+partials summed in split order onto split 0 plus the bias, the same epilogue and rounding, the same slots combine),
+and the fp32 reference with the path's layer tolerance (mxmoe.tolerance.TOLERANCES[(path, "layer")], justified
+there).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
+from mxmoe.heuristic import default_config
+from mxmoe.kernels import rules
+from mxmoe.layer_plan import layer_plan
+from mxmoe.moe import moe
+from mxmoe.problem import make_problem, make_routing
+from mxmoe.shapes import MODELS, Activation, MoEShape, Path
+from mxmoe.tolerance import assert_close
+
+# I = 320 with BLOCK_K 64: five stage-2 K steps, so the preloaded tiles (at most 3) and the loop after them both run;
+# split 2 gives a split of 3 steps and one of 2 (its third preloaded tile lies past its range and is skipped).
+LONG_K = MoEShape("long-k", 6, 2, 96, 320, Activation.SWIGLU_OAI, bias=True)
+
+
+def _cfg(split1: int, split2: int, block_k: int = 64) -> MoEConfig:
+    s1 = TileConfig(block_m=16, block_n=64, block_k=block_k, mma=Mma.WGMMA, split_k=split1)
+    return MoEConfig(s1, s1.replace(split_k=split2, combine=Combine.SLOTS))
+
+
+def _both(p, path, cfg, monkeypatch, *, poison=False):
+    """(sorted layer, direct layer) outputs of one problem and config."""
+    outs = []
+    for limit in (0, 1 << 20):
+        monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", limit)
+        layer_plan.cache_clear()
+        assert layer_plan(p.shape, path, cfg, p.hidden.shape[0]).direct == (limit > 0)
+        outs.append(moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=poison))
+    layer_plan.cache_clear()
+    return outs
+
+
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("shape,tokens,split1,split2", [
+    (MODELS["tiny"], 1, 1, 1), (MODELS["tiny-oai"], 2, 3, 1), (LONG_K, 3, 2, 2), (LONG_K, 1, 1, 1),
+], ids=["tiny-T1", "oai-T2-sk3", "longk-T3-sk2x2", "longk-T1"])
+def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, monkeypatch):
+    """Poisoned scratch (NaN partial sums, slot rows and result) never shows: every pair's rows are written."""
+    p = make_problem(shape, path, tokens, seed=tokens + split1)
+    sorted_out, direct_out = _both(p, path, _cfg(split1, split2), monkeypatch, poison=True)
+    assert torch.equal(sorted_out, direct_out)
+    assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
+
+
+def test_direct_plan_rule():
+    """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs."""
+    shape = MODELS["deepseek-v3-tp8"]
+    cfg = default_config(shape, Path.A16W4, 1)
+    assert rules.runs_direct(cfg, 1, 8) and rules.runs_direct(cfg, 2, 8)
+    assert not rules.runs_direct(cfg, 3, 8)  # 24 pairs
+    assert not rules.runs_direct(MoEConfig(cfg.stage1, cfg.stage2.replace(combine=Combine.ATOMIC)), 1, 8)
+    assert not rules.runs_direct(MoEConfig(cfg.stage1.replace(block_m=32), cfg.stage2), 1, 8)
+    assert not rules.runs_direct(default_config(shape, Path.A16W4, 1, kernels="v1"), 1, 8)
+
+
+def test_direct_pieces_replayed_are_what_moe_runs():
+    """The layer plan's pieces (the timing callers' route / stage 1 / stage 2) run the direct kernels: stage 2
+    replayed on one stage-1 result gives moe()'s answer each time (it allocates zeroed counters when the plan
+    carries none), and an MX path's input goes to stage 1 unrounded."""
+    p = make_problem(MODELS["tiny"], Path.A8W4, 1, seed=9)
+    cfg = default_config(p.shape, Path.A8W4, 1)
+    lp = layer_plan(p.shape, Path.A8W4, cfg, 1)
+    assert lp.direct
+    x = lp.quantize(p.hidden)
+    assert torch.equal(x.data, p.hidden.to(torch.bfloat16))
+    plan1, plan2 = lp.route(p.topk_ids, counters=False)
+    assert plan1.counters is None
+    part = lp.stage1(x, p.weights, plan1)
+    outs = [lp.stage2(part, p.weights, plan1, plan2, p.topk_weights) for _ in range(2)]
+    want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, cfg)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
+
+
+def test_direct_layer_refuses_out_of_range_ids_when_validating():
+    p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
+    ids = p.topk_ids.clone()
+    ids[0, 0] = p.shape.experts
+    with pytest.raises(ValueError, match="topk_ids hold values"):
+        moe(p.hidden, p.weights, ids, p.topk_weights, Path.A16W4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("model,tokens", [("deepseek-v3-tp8", 1), ("deepseek-v4-tp8", 2), ("gpt-oss-120b", 1)])
+def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
+    p = make_problem(MODELS[model], path, tokens, seed=tokens, device="cuda")
+    cfg = default_config(p.shape, path, tokens)
+    sorted_out, direct_out = _both(p, path, cfg, monkeypatch, poison=True)
+    assert torch.equal(sorted_out, direct_out)
+    assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{model}/{path.value}")
+
+
+@pytest.mark.gpu
+def test_direct_layer_replays_new_inputs_in_a_cuda_graph():
+    """Captured once at T = 1, replayed on new ids, weights and hidden: the pre-wait reads of stage 2 see the new
+    ids (the counters are zeroed by stage 1 on every replay)."""
+    from mxmoe.reference import moe_reference_from_weights
+
+    p = make_problem(MODELS["kimi-k2-tp8"], Path.A8W4, 1, seed=1, device="cuda")
+    hidden, ids, w = p.hidden.clone(), p.topk_ids.clone(), p.topk_weights.clone()
+    fn = lambda: moe(hidden, p.weights, ids, w, Path.A8W4, validate=False)  # noqa: E731
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    for seed in (2, 3):
+        new_ids, new_w = make_routing(p.shape, 1, "uniform", seed=seed, device="cuda")
+        hidden.normal_(generator=torch.Generator(device="cuda").manual_seed(seed))
+        ids.copy_(new_ids)
+        w.copy_(new_w)
+        g.replay()
+        ref = moe_reference_from_weights(hidden, p.weights, ids, w, Path.A8W4)
+        assert_close(out.float(), ref, path=Path.A8W4, stage="layer", name=f"replay seed {seed}")
