@@ -124,3 +124,56 @@ def test_direct_layer_replays_new_inputs_in_a_cuda_graph():
         g.replay()
         ref = moe_reference_from_weights(hidden, p.weights, ids, w, Path.A8W4)
         assert_close(out.float(), ref, path=Path.A8W4, stage="layer", name=f"replay seed {seed}")
+
+
+
+_SM90_TASK = """
+import json, sys, torch
+from mxmoe.heuristic import default_config
+from mxmoe.kernels import decode
+from mxmoe.kernels.common import KernelInput
+from mxmoe.shapes import MODELS, MoEShape, Path
+from mxmoe.tuning.sweep.compile_check.cpu import _cpu_weights
+from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, resource_usage
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.calls.append((args, meta))
+
+path, shape = Path(sys.argv[1]), MODELS["deepseek-v3-tp8"]
+cfg = default_config(shape, path, 1)
+ids = torch.arange(shape.topk, dtype=torch.int32)[None]
+weights = _cpu_weights(shape)
+plan = decode.direct_plan(ids, shape.experts, 64)
+x = KernelInput(torch.zeros(1, shape.hidden, dtype=torch.bfloat16), None, path)
+kernels = (decode._direct1_kernel, decode._direct2_kernel)
+recs = decode._direct1_kernel, decode._direct2_kernel = Recorder(), Recorder()
+part = decode.direct_stage1(x, weights, plan, cfg.stage1)
+decode.direct_stage2(part, weights, plan, torch.ones(1, shape.topk), cfg.stage2, path, 1)
+out = []
+for kernel, rec in zip(kernels, recs):
+    args, meta = rec.calls[0]
+    out.append(dict(resource_usage(compile_sm90(kernel, args, meta).asm["cubin"]), interp=meta["INTERP"]))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("path", [Path.A16W4, Path.A4W4], ids=lambda p: p.value)
+def test_direct_kernels_compile_for_sm90_without_spills(path):
+    """The tuning harness's compile check compiles the sorted stage kernels per stage; the direct ones are checked
+    here: the heuristic's deepseek-v3-tp8 T=1 launch, recorded from the real wrappers, compiles for sm_90 on the
+    CPU (a fresh interpreter without TRITON_INTERPRET, as a GPU would get it) with no register spills (a4w4 carries
+    the most: its input and h rounding in registers)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _SM90_TASK, path.value], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for usage in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert not usage["interp"] and usage["stack"] == 0 and usage["local"] == 0, usage
