@@ -42,7 +42,7 @@ from mxmoe.kernels.common import (
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.rules import direct_preload
-from mxmoe.kernels.swmoe import act_tile, combine_slots, mma_wt, zero_strips
+from mxmoe.kernels.swmoe import act_tile, combine_slots, mma_wt, weighted_rows, zero_strips
 from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
@@ -205,13 +205,10 @@ def _direct2_kernel(
         a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
         w = weight_tile(w_e, ws_e, n16, N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, w, a, INTERP)
-    acc = tl.trans(acc)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
-    if HAS_B2:  # noqa: SIM102 -- HAS_B2 is a constexpr, pid_k a runtime value
-        if pid_k == 0:
-            acc += tl.load(b2_ptr + expert * stride_b2 + offs_n, mask=n_ok, other=0.0)[None, :]
-    acc = acc * tl.load(rw_ptr + pair).to(tl.float32)
+    rw = tl.full([BM], 0.0, tl.float32) + tl.load(rw_ptr + pair).to(tl.float32)
+    acc = weighted_rows(acc, b2_ptr + expert * stride_b2, rw, offs_n, n_ok, pid_k, HAS_B2)
     rows = tl.full([BM], 0, tl.int64) + pair
     tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
              mask=row_ok[:, None] & n_ok[None, :])

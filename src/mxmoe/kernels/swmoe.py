@@ -180,6 +180,17 @@ def combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y
 
 
 @triton.jit
+def weighted_rows(acc, b_ptr, rw, offs_n, n_ok, pid_k, HAS_BIAS: tl.constexpr):
+    """Stage 2's acc^T [BN, BM] -> [BM, BN] rows plus the bias at `b_ptr` (split 0 carries it), times each row's
+    routing weight `rw` [BM]."""
+    acc = tl.trans(acc)
+    if HAS_BIAS:  # noqa: SIM102 -- HAS_BIAS is a constexpr, pid_k a runtime value
+        if pid_k == 0:
+            acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    return acc * rw[:, None]
+
+
+@triton.jit
 def _stage2_kernel(
     h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     num_pairs, T, H, I, max_blocks, N16, K64,
@@ -205,13 +216,10 @@ def _stage2_kernel(
         a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
         w = weight_tile(w_e, ws_e, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, w, a, INTERP)
-    acc = tl.trans(acc)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
-    if HAS_BIAS:  # noqa: SIM102 -- HAS_BIAS is a constexpr, pid_k a runtime value
-        if pid_k == 0:
-            acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
-    acc = acc * tl.load(rw_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    acc = weighted_rows(acc, b_ptr + expert * stride_be, tl.load(rw_ptr + rows, mask=row_ok, other=0.0), offs_n, n_ok,
+                        pid_k, HAS_BIAS)
     if SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
         tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
                  mask=row_ok[:, None] & n_ok[None, :])
