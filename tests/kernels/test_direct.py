@@ -25,6 +25,16 @@ from mxmoe.tolerance import assert_close
 LONG_K = MoEShape("long-k", 6, 2, 96, 320, Activation.SWIGLU_OAI, bias=True)
 
 
+@pytest.fixture
+def direct_on(monkeypatch):
+    """The direct layer at its built size (rules.DIRECT_MAX_PAIRS says why the default may differ)."""
+    monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
+    layer_plan.cache_clear()
+    yield
+    monkeypatch.undo()
+    layer_plan.cache_clear()
+
+
 def _cfg(split1: int, split2: int, block_k: int = 64) -> MoEConfig:
     s1 = TileConfig(block_m=16, block_n=64, block_k=block_k, mma=Mma.WGMMA, split_k=split1)
     return MoEConfig(s1, s1.replace(split_k=split2, combine=Combine.SLOTS))
@@ -54,8 +64,9 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
 
 
-def test_direct_plan_rule():
+def test_direct_plan_rule(monkeypatch):
     """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs."""
+    monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
     shape = MODELS["deepseek-v3-tp8"]
     cfg = default_config(shape, Path.A16W4, 1)
     assert rules.runs_direct(cfg, 1, 8) and rules.runs_direct(cfg, 2, 8)
@@ -65,7 +76,7 @@ def test_direct_plan_rule():
     assert not rules.runs_direct(default_config(shape, Path.A16W4, 1, kernels="v1"), 1, 8)
 
 
-def test_direct_pieces_replayed_are_what_moe_runs():
+def test_direct_pieces_replayed_are_what_moe_runs(direct_on):
     """The layer plan's pieces (the timing callers' route / stage 1 / stage 2) run the direct kernels: stage 2
     replayed on one stage-1 result gives moe()'s answer each time (it allocates zeroed counters when the plan
     carries none), and an MX path's input goes to stage 1 unrounded."""
@@ -83,7 +94,7 @@ def test_direct_pieces_replayed_are_what_moe_runs():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
 
 
-def test_direct_layer_refuses_out_of_range_ids_when_validating():
+def test_direct_layer_refuses_out_of_range_ids_when_validating(direct_on):
     p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
     ids = p.topk_ids.clone()
     ids[0, 0] = p.shape.experts
@@ -103,7 +114,7 @@ def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_direct_layer_replays_new_inputs_in_a_cuda_graph():
+def test_direct_layer_replays_new_inputs_in_a_cuda_graph(direct_on):
     """Captured once at T = 1, replayed on new ids, weights and hidden: the pre-wait reads of stage 2 see the new
     ids (the counters are zeroed by stage 1 on every replay)."""
     from mxmoe.reference import moe_reference_from_weights

@@ -63,8 +63,10 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 
 
 # The direct decode layer (kernels/decode.py: two kernels, no alignment) runs a v2 config whose stages both take
-# BLOCK_M 16 and whose stage 2 combines by slots, up to this many (token, slot) pairs.
-DIRECT_MAX_PAIRS = 16
+# BLOCK_M 16 and whose stage 2 combines by slots, up to this many (token, slot) pairs. Off (0) until a device run
+# has checked it against the oracle and timed it against the sorted layer (built and interpreter-tested at 2026-12-06
+# without a GPU; 16 is the size it was built for: `benchmarks/rule_ab.py ... --variant on:DIRECT_MAX_PAIRS=16`).
+DIRECT_MAX_PAIRS = 0
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
