@@ -40,11 +40,18 @@ from mxmoe.kernels.common import (
     activation,
     interpreting,
     k_range,
-    to_bf16_rne,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.rules import direct_preload
-from mxmoe.kernels.swmoe import act_tile, combine_slots, mma_wt, weighted_rows, zero_strips
+from mxmoe.kernels.swmoe import (
+    act_tile,
+    carried_h,
+    combine_slots,
+    mma_wt,
+    weighted_rows,
+    zero_strips,
+    zeros_or,
+)
 from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
@@ -144,10 +151,7 @@ def _h_tile(part_ptr, b_ptr, row_ok, k0, I, stride_ps, HAS_BIAS: tl.constexpr, S
     for s in range(1, SPLIT1):
         g += tl.load(p + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
         u += tl.load(p + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
-    h = tl.where(mask, activation(g, u, ACT), 0.0)
-    if PATH != A16W4:
-        h = qdq_tile(h, PATH == A4W4, INTERP, BM, BK)
-    h = to_bf16_rne(h, INTERP)
+    h = carried_h(tl.where(mask, activation(g, u, ACT), 0.0), PATH, INTERP, BM, BK)
     if INTERP:
         h = h.to(tl.float32)  # the 3.6 interpreter's bf16 tl.dot is wrong; the values are exact in f32
     return h
@@ -255,9 +259,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
     if poison:
         slots.fill_(float("nan"))
         y.fill_(float("nan"))
-    cnt = plan.counters if plan.counters is not None else torch.zeros(num_n, dtype=torch.int32, device=dev)
-    if cnt.numel() < num_n:
-        raise ValueError(f"counters: need {num_n}, got {cnt.numel()}")
+    cnt = zeros_or(plan.counters, num_n, plan.ids)
     w = weights.w2_sw
     steps = triton.cdiv(triton.cdiv(inter, cfg.block_k), cfg.split_k)  # K steps of the longest split
     rw = topk_weights.contiguous().view(-1)

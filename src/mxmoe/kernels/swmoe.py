@@ -82,6 +82,15 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 
 
 @triton.jit
+def carried_h(h, PATH: tl.constexpr, INTERP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """fp32 h [R, C] (after the activation) -> the bf16 carrier stage 2 reads: on a8w4 / a4w4 rounded to the MXFP8 /
+    MXFP4 grid first (per 32 along C). One owner, so the direct layer's h (kernels/decode.py) is this one's bits."""
+    if PATH != A16W4:
+        h = qdq_tile(h, PATH == A4W4, INTERP, R, C)
+    return to_bf16_rne(h, INTERP)
+
+
+@triton.jit
 def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: tl.constexpr, ACT: tl.constexpr,
                INTERP: tl.constexpr, DEFER: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored):
@@ -92,9 +101,7 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
     if DEFER:
         tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=mask)
     else:
-        if PATH != A16W4:
-            h = qdq_tile(h, PATH == A4W4, INTERP, BM, BN)
-        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
+        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], carried_h(h, PATH, INTERP, BM, BN), mask=mask)
 
 
 @triton.jit
@@ -239,16 +246,17 @@ def _stage2_kernel(
             tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
 
 
-def _zeros_or(counters: torch.Tensor | None, n: int, plan) -> torch.Tensor:
-    """`counters` (zeros from the align kernel) when given, else a zeroed allocation of n; when the launch takes no
-    counters (n = 0), the plan's num_padded as a dummy pointer, so a prefill call allocates and fills nothing."""
+def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torch.Tensor:
+    """`counters` (zeros from the align kernel, or the ones the direct stage 1 zeroes) when given, else a zeroed
+    allocation of n on `dummy`'s device; when the launch takes no counters (n = 0), `dummy` itself as the pointer
+    (a plan tensor), so a prefill call allocates and fills nothing."""
     if counters is not None:
         if counters.numel() < n or counters.dtype != torch.int32:
             raise ValueError(f"counters: need {n} int32 zeros, got {counters.numel()} {counters.dtype}")
         return counters
     if n == 0:
-        return plan.num_padded
-    return torch.zeros(n, dtype=torch.int32, device=plan.num_padded.device)
+        return dummy
+    return torch.zeros(n, dtype=torch.int32, device=dummy.device)
 
 
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
@@ -284,7 +292,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     num_n = triton.cdiv(i, cfg.block_n)
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
-    cnt = _zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan)
+    cnt = zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan.num_padded)
     b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
@@ -338,7 +346,8 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     w = weights.w2_sw
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
     b = weights.b2 if weights.b2 is not None else rw
-    cnt = _zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens), plan)
+    cnt = zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens),
+                   plan.num_padded)
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
