@@ -40,22 +40,15 @@ def _replay_groups(events) -> list[list]:
 def timeline(spec: str, flush: torch.Tensor) -> None:
     from torch.profiler import ProfilerActivity, profile
 
+    from mxmoe.tuning.timing.clocks import CudaEventClock
+
     model, t, path, p = point_problem(spec)
     cfg = default_config(p.shape, path, t)
-    fn = layer_call(p, path, cfg)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    replay = CudaEventClock().capture([layer_call(p, path, cfg)])[0]  # the harness clock's warm-up and capture
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(REPLAYS):
             flush.zero_()
-            graph.replay()
+            replay()
         torch.cuda.synchronize()
     cuda = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     groups = _replay_groups(cuda)[2:]  # the first replays warm the profiler
