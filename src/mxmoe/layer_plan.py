@@ -121,7 +121,7 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
         n1 = counters_needed(config.stage1, 1, shape.inter, shape.hidden, b1, tokens)
         n2 = counters_needed(config.stage2, 2, shape.hidden, shape.inter, b2, tokens)
     zero = v2 and finishes_atomic_in_kernel(config.stage2, shape.inter)
-    if runs_direct(config, tokens, shape.topk):
+    if runs_direct(config, tokens, shape.topk, shape.inter):
         return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=0, counters2=n2,
                          zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,

@@ -27,8 +27,9 @@ LONG_K = MoEShape("long-k", 6, 2, 96, 320, Activation.SWIGLU_OAI, bias=True)
 
 @pytest.fixture
 def direct_on(monkeypatch):
-    """The direct layer at its built size (rules.DIRECT_MAX_PAIRS says why the default may differ)."""
+    """The direct layer at its built size, at any inter (the shipped rule also caps inter: rules.DIRECT_MAX_INTER)."""
     monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
+    monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 1 << 20)
     layer_plan.cache_clear()
     yield
     monkeypatch.undo()
@@ -43,6 +44,7 @@ def _cfg(split1: int, split2: int, block_k: int = 64) -> MoEConfig:
 def _both(p, path, cfg, monkeypatch, *, poison=False):
     """(sorted layer, direct layer) outputs of one problem and config."""
     outs = []
+    monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 1 << 20)
     for limit in (0, 1 << 20):
         monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", limit)
         layer_plan.cache_clear()
@@ -65,15 +67,20 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
 
 
 def test_direct_plan_rule(monkeypatch):
-    """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs."""
-    monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
+    """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs and an inter
+    of DIRECT_MAX_INTER; the shipped constants take it at the TP8 decode points where it measured faster."""
     shape = MODELS["deepseek-v3-tp8"]
     cfg = default_config(shape, Path.A16W4, 1)
-    assert rules.runs_direct(cfg, 1, 8) and rules.runs_direct(cfg, 2, 8)
-    assert not rules.runs_direct(cfg, 3, 8)  # 24 pairs
-    assert not rules.runs_direct(MoEConfig(cfg.stage1, cfg.stage2.replace(combine=Combine.ATOMIC)), 1, 8)
-    assert not rules.runs_direct(MoEConfig(cfg.stage1.replace(block_m=32), cfg.stage2), 1, 8)
-    assert not rules.runs_direct(default_config(shape, Path.A16W4, 1, kernels="v1"), 1, 8)
+    assert rules.runs_direct(cfg, 1, 9, 256)  # deepseek-v3-tp8 / kimi-k2-tp8 T=1 on the shipped constants
+    assert not rules.runs_direct(cfg, 1, 7, 512)  # deepseek-v4-tp8: inter 512 lost
+    monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
+    monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 256)
+    assert rules.runs_direct(cfg, 1, 8, 256) and rules.runs_direct(cfg, 2, 8, 256)
+    assert not rules.runs_direct(cfg, 3, 8, 256)  # 24 pairs
+    assert not rules.runs_direct(cfg, 1, 8, 320)
+    assert not rules.runs_direct(MoEConfig(cfg.stage1, cfg.stage2.replace(combine=Combine.ATOMIC)), 1, 8, 256)
+    assert not rules.runs_direct(MoEConfig(cfg.stage1.replace(block_m=32), cfg.stage2), 1, 8, 256)
+    assert not rules.runs_direct(default_config(shape, Path.A16W4, 1, kernels="v1"), 1, 8, 256)
 
 
 def test_direct_pieces_replayed_are_what_moe_runs(direct_on):

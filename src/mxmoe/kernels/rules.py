@@ -63,10 +63,15 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 
 
 # The direct decode layer (kernels/decode.py: two kernels, no alignment) runs a v2 config whose stages both take
-# BLOCK_M 16 and whose stage 2 combines by slots, up to this many (token, slot) pairs. Off (0) until a device run
-# has checked it against the oracle and timed it against the sorted layer (built and interpreter-tested at 2026-12-06
-# without a GPU; 16 is the size it was built for: `benchmarks/rule_ab.py ... --variant on:DIRECT_MAX_PAIRS=16`).
-DIRECT_MAX_PAIRS = 0
+# BLOCK_M 16 and whose stage 2 combines by slots, up to DIRECT_MAX_PAIRS (token, slot) pairs and an inter of at
+# most DIRECT_MAX_INTER. H100, whole layer, CUDA-graph replay, L2 flushed, direct (16 pairs) / sorted us at 63b1ec1
+# (results/h100/2026-12-06_direct_ab_63b1ec1.log): deepseek-v3-tp8 T=1 30.6 / 33.0 (1.08x), kimi-k2-tp8 T=1
+# 28.1 / 29.9 (1.06x), deepseek-v3-tp8 a8w4 33.2 / 35.0 (1.06x), a4w4 34.4 / 34.3 (tie); but deepseek-v4-tp8
+# (inter 512) 44.1 / 42.4 (0.96x) and gpt-oss-120b (inter 2880) 57.0 / 47.3 (0.83x): its stage 2 rebuilds h from
+# the split partials in every N tile, which costs more as inter grows. 32 pairs (deepseek-v3-tp8 T=2, 18 pairs)
+# tied (49.3 / 49.7), so the cap stays at the 16 it was built for.
+DIRECT_MAX_PAIRS = 16
+DIRECT_MAX_INTER = 256
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
@@ -76,8 +81,8 @@ def direct_preload(steps: int) -> int:
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
 
 
-def runs_direct(config, tokens: int, topk: int) -> bool:
+def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
     """Whether the layer of `config` at `tokens` runs the direct decode layer (see the constants)."""
     s1, s2 = config.stage1, config.stage2
     return (s1.mma.v2 and s2.mma.v2 and s1.block_m == 16 and s2.block_m == 16 and s2.combine is Combine.SLOTS
-            and tokens * topk <= DIRECT_MAX_PAIRS)
+            and tokens * topk <= DIRECT_MAX_PAIRS and inter <= DIRECT_MAX_INTER)
