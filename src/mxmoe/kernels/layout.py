@@ -70,8 +70,9 @@ class SwizzledMX(Blocks):
     """One MXFP4 weight matrix per expert in the v2 kernel layout (module docstring).
 
     data [E, K64 * N16 * 512] uint8, scales [E, K64 * N16 * 32] uint8; `rows` N and `cols` K are the logical
-    sizes. `fold` says every scale byte is <= 128 or NaN (255): the kernel then folds the decode's 2**126 into the
-    scale, one bf16 multiply per value instead of two (a larger scale would overflow the folded bf16 factor).
+    sizes. `fold` says every scale byte is <= 128 (no NaN, 255): the kernel then folds the decode's 2**126 into the
+    scale, one bf16 multiply per value instead of two (a larger scale would overflow the folded bf16 factor),
+    and builds the factor without a NaN test (a layout with NaN scales takes the unfolded decode, which has it).
     """
 
     data: torch.Tensor
@@ -131,8 +132,7 @@ def swizzle(data: torch.Tensor, scales: torch.Tensor) -> SwizzledMX:
         sw_data[e0 : e0 + c] = byte.to(torch.uint8).reshape(c, -1)
     sc = pad_to(scales, 16 * n16, 2 * k64, SCALE_PAD)
     sc = sc.view(e, n16, 2, 8, k64, 2).permute(0, 4, 1, 3, 2, 5)  # [E, K64, N16, g, h, k32]
-    real = scales[scales != 255]
-    fold = bool(real.numel() == 0 or int(real.max()) <= 128)
+    fold = bool(scales.numel() == 0 or int(scales.max()) <= 128)
     return SwizzledMX(sw_data, sc.reshape(e, -1).contiguous(), n, k, fold)
 
 
