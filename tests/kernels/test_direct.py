@@ -66,6 +66,15 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
 
 
+@pytest.mark.parametrize("shape,tokens", [(MODELS["tiny"], 2), (LONG_K, 1)], ids=["tiny-T2", "longk-T1"])
+def test_direct_staged_input_tile_is_the_sorted_layer(shape, tokens, monkeypatch):
+    """a16w4 stage 1 with the staged [BM, BK] input tile (rules.DIRECT_ROW_INPUT = 0) instead of the row."""
+    monkeypatch.setattr(rules, "DIRECT_ROW_INPUT", 0)
+    p = make_problem(shape, Path.A16W4, tokens, seed=tokens)
+    sorted_out, direct_out = _both(p, Path.A16W4, _cfg(2, 1), monkeypatch)
+    assert torch.equal(sorted_out, direct_out)
+
+
 def test_direct_plan_rule(monkeypatch):
     """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs and an inter
     of DIRECT_MAX_INTER; the shipped constants take it at the TP8 decode points where it measured faster."""

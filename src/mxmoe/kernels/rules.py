@@ -72,6 +72,9 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 # tied (49.3 / 49.7), so the cap stays at the 16 it was built for.
 DIRECT_MAX_PAIRS = 16
 DIRECT_MAX_INTER = 256
+# Whether its a16w4 stage 1 loads the token's input row and broadcasts it (1) or loads the [16, BK] tile with 15
+# rows masked through the pipeline (0); the MX paths always take the row (kernels/decode.py `_qdq_row`).
+DIRECT_ROW_INPUT = 1
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
