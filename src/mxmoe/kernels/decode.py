@@ -269,6 +269,12 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
     return part
 
 
+def _register_cap() -> dict[str, int]:
+    """The stage-2 launch's register cap (rules.DIRECT_S2_MAXNREG; none under the interpreter or when 0)."""
+    cap = rules.DIRECT_S2_MAXNREG
+    return {"maxnreg": cap} if cap and not interpreting() else {}
+
+
 def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: torch.Tensor, cfg: TileConfig,
                   path, num_tokens: int, *, poison: bool = False) -> torch.Tensor:
     """Stage 2 of the direct layer: stage 1's partial sums -> bf16 [T, H] (NaN-filled first if `poison`, as is the
@@ -296,6 +302,6 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
         SPLIT_K=cfg.split_k, PRE=direct_preload(steps), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(),
     )
     return y

@@ -75,6 +75,10 @@ DIRECT_MAX_INTER = 256
 # Whether its a16w4 stage 1 loads the token's input row and broadcasts it (1) or loads the [16, BK] tile with 15
 # rows masked through the pipeline (0); the MX paths always take the row (kernels/decode.py `_qdq_row`).
 DIRECT_ROW_INPUT = 1
+# A register cap for its stage 2 (0: none). At 155 registers (deepseek-v3-tp8 T=1, 4 warps, sm_90 CPU compile) 3 CTAs
+# share an SM, so its 504 CTAs take 1.27 waves; 128 (24 bytes of stack, loop 461 -> 478 instructions) fits 4, one
+# wave. To be timed.
+DIRECT_S2_MAXNREG = 0
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
