@@ -70,6 +70,11 @@ SPLIT_K_MAX = 8
 # together; the tuned tables are for that.
 SPLIT_K_MIN_ITERS = 7
 SPLIT_K_MAX_CTAS = 2304
+# A decode of at most SPLIT_K_FEW_PAIRS (token, slot) pairs splits stage 1 by `few_pairs_split` instead, when
+# SPLIT_K_FEW_CTAS is set (0: off, to be timed): any split count up to 16 that keeps the grid at most that many CTAs
+# and every split non-empty with at least 4 K steps.
+SPLIT_K_FEW_PAIRS = 16
+SPLIT_K_FEW_CTAS = 0
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
 # rows (T x A): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3 us
 # (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16 (128
@@ -117,6 +122,18 @@ def v2_split(ctas: int, k: int, block_k: int) -> int:
     return split
 
 
+def few_pairs_split(ctas: int, k: int, block_k: int) -> int:
+    """The largest split (any count up to 16) with at most SPLIT_K_FEW_CTAS CTAs, at least 4 K steps a split and
+    none empty (k_range gives each split cdiv(K blocks, split) blocks)."""
+    k_blocks = -(-k // block_k)
+    best = 1
+    for split in range(2, 17):
+        per = -(-k_blocks // split)
+        if ctas * split <= SPLIT_K_FEW_CTAS and per >= 4 and per * (split - 1) < k_blocks:
+            best = split
+    return best
+
+
 def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int, stage: int) -> TileConfig:
     """One v2 stage: 8 warps (two warpgroups) from BLOCK_M 128 where N is at least 512, else 4; BLOCK_N is the
     preferred rows per warp times the warps, at most N rounded up to a power of two (the last tile is masked,
@@ -147,7 +164,10 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
-        s1 = s1.replace(split_k=v2_split(hit * -(-shape.inter // s1.block_n), shape.hidden, s1.block_k))
+        ctas = hit * -(-shape.inter // s1.block_n)
+        few = SPLIT_K_FEW_CTAS and tokens * shape.topk <= SPLIT_K_FEW_PAIRS
+        split = few_pairs_split(ctas, shape.hidden, s1.block_k) if few else v2_split(ctas, shape.hidden, s1.block_k)
+        s1 = s1.replace(split_k=split)
         if tokens * shape.topk <= SLOTS_MAX_ROWS:  # stage 2 never splits: see SLOTS_MAX_ROWS
             s2 = s2.replace(combine=Combine.SLOTS)
     return MoEConfig(s1, s2)

@@ -93,15 +93,19 @@ def _pair_expert(ids_ptr, pair, E):
 
 
 @triton.jit
-def _qdq_row(x_ptr, token, row_ok, k0, H, stride_xt, PATH: tl.constexpr, INTERP: tl.constexpr,
-             BM: tl.constexpr, BK: tl.constexpr):
-    """Stage 1's B operand [BM, BK]: the token's input row at [k0, k0 + BK), on an MX path on its grid (as the
-    quantization kernel rounds it), in the rows `row_ok` lets through. Loaded and rounded on the one row [1, BK] and
-    broadcast: on the [BM, BK] tile 15 masked rows were rounded too. sm_90 SASS of the deepseek-v3-tp8 T=1 K step
-    (CPU compile, c249f98): a8w4 640 -> 449 instructions; a16w4 (rules.DIRECT_ROW_INPUT, against act_tile's staged
-    [BM, BK] load) 467 -> 418, 110 -> 85 registers, 46 -> 34 KB shared memory."""
+def _x_row(x_ptr, token, k0, H, stride_xt, BK: tl.constexpr):
+    """The token's input row [1, BK] at [k0, k0 + BK) (columns from H on read as 0)."""
     offs_k = k0 + tl.arange(0, BK)
-    x = tl.load(x_ptr + token.to(tl.int64) * stride_xt + offs_k[None, :], mask=(offs_k < H)[None, :], other=0.0)
+    return tl.load(x_ptr + token.to(tl.int64) * stride_xt + offs_k[None, :], mask=(offs_k < H)[None, :], other=0.0)
+
+
+@triton.jit
+def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """Stage 1's B operand [BM, BK] from the input row `x` [1, BK]: on an MX path on its grid (as the quantization
+    kernel rounds it), in the rows `row_ok` lets through. Rounded on the one row and broadcast: on the [BM, BK]
+    tile 15 masked rows were rounded too. sm_90 SASS of the deepseek-v3-tp8 T=1 K step (CPU compile, c249f98):
+    a8w4 640 -> 449 instructions; a16w4 (rules.DIRECT_ROW_INPUT, against act_tile's staged [BM, BK] load) 467 ->
+    418, 110 -> 85 registers, 46 -> 34 KB shared memory."""
     if PATH != A16W4:
         a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
         if not INTERP:
@@ -135,12 +139,16 @@ def _direct1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    for kk in range(0, k_len, BK):
+    STAGED: tl.constexpr = PATH == A16W4 and not ROW_INPUT
+    k_end = tl.minimum(k_first + k_len, H)
+    x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)  # one K step ahead: a load in the loop
+    for kk in range(0, k_len, BK):                                      # that feeds no dot is not pipelined
         k0 = k_first + kk
-        if PATH == A16W4 and not ROW_INPUT:
+        if STAGED:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
         else:
-            a = _qdq_row(x_ptr, pair // TOPK, row_ok, k0, H, stride_xt, PATH, INTERP, BM, BK)
+            a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
+            x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc_g = mma_wt(acc_g, wg, a, INTERP)
         wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
