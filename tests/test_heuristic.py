@@ -6,19 +6,31 @@ Oracle: the rules as the module docstring states them (hand-computed grids), and
 import pytest
 
 from mxmoe import legality
-from mxmoe.heuristic import SLOTS_MAX_ROWS, SPLIT_K_MAX, SPLIT_K_MAX_CTAS, SPLIT_K_MIN_ITERS, default_config
+from mxmoe.heuristic import (
+    SLOTS_MAX_ROWS,
+    SPLIT_K_FEW_CTAS,
+    SPLIT_K_FEW_PAIRS,
+    SPLIT_K_MAX,
+    SPLIT_K_MAX_CTAS,
+    SPLIT_K_MIN_ITERS,
+    default_config,
+    few_pairs_split,
+)
 from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
 
 
 @pytest.mark.parametrize(("model", "tokens", "stage1_split", "stage2_split"), [
     # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128; K steps of 128: 7168 -> 56, 2880 -> 23, 2048 -> 16, 256 -> 2
-    ("deepseek-v3-tp8", 1, 8, 1),  # stage 1: 56 / 8 = 7 steps, 9 x 4 = 36 CTAs -> 288; stage 2: 2 steps, no split
+    ("deepseek-v3-tp8", 1, 10, 1),  # 9 pairs: 36 CTAs x 10 = 360 (few_pairs_split); stage 2: 2 steps, no split
+    ("kimi-k2-tp8", 1, 10, 1),  # 32 x 11 = 352 would leave an empty split (6 steps x 10 covers 56)
+    ("deepseek-v4-tp8", 1, 6, 1),  # 7 x 8 = 56 CTAs x 6 = 336
+    ("deepseek-v3-tp8", 2, 8, 1),  # 18 pairs: v2_split, 56 / 8 = 7 steps
     ("deepseek-v3-tp8", 4, 8, 1),  # 36 x 4 = 144 -> 1152
     ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576 -> 2304: x 8 would pass 2304 CTAs
     ("deepseek-v3-tp8", 64, 2, 1),  # 257 x 4 = 1028 -> 2056
-    ("gpt-oss-20b", 1, 2, 1),  # 23 / 2 = 11 steps (23 / 4 = 5 < 7); stage 2 never splits
+    ("gpt-oss-20b", 1, 2, 1),  # 4 pairs: 4 x 45 = 180 CTAs x 2 = 360; stage 2 never splits
     ("gpt-oss-20b", 16, 1, 1),  # 32 x 45 = 1440: x 2 would pass 2304
-    ("deepseek-v3", 1, 8, 1),
+    ("deepseek-v3", 1, 1, 1),  # 9 x 32 = 288 CTAs: x 2 passes SPLIT_K_FEW_CTAS (sk1 was its best at 826b8ef)
 ])
 def test_decode_splits_k_where_the_grid_is_small(model, tokens, stage1_split, stage2_split):
     cfg = default_config(get_shape(model), Path.A16W4, tokens)
@@ -31,12 +43,28 @@ def test_split_k_stops_at_the_k_blocks_and_the_cap():
     for name, shape in MODELS.items():
         for t in TOKEN_GRID:
             cfg = default_config(shape, Path.A16W4, t)
+            few = t * shape.topk <= SPLIT_K_FEW_PAIRS
             for tile in (cfg.stage1, cfg.stage2):
-                assert tile.split_k <= SPLIT_K_MAX, (name, t)
+                assert tile.split_k <= (16 if few else SPLIT_K_MAX), (name, t)
                 assert tile.split_k == 1 or tile.block_m == 16, (name, t)  # prefill never splits
                 k = shape.hidden if tile is cfg.stage1 else shape.inter
-                assert tile.split_k == 1 or -(-k // tile.block_k) // tile.split_k >= SPLIT_K_MIN_ITERS, (name, t)
+                steps = -(-k // tile.block_k)
+                if few:
+                    assert tile.split_k == 1 or -(-steps // tile.split_k) >= 4, (name, t)
+                else:
+                    assert tile.split_k == 1 or steps // tile.split_k >= SPLIT_K_MIN_ITERS, (name, t)
     assert SPLIT_K_MAX_CTAS >= 4 * 132  # a split never starves the H100's SMs
+
+
+def test_few_pairs_split_fills_the_cta_budget_without_empty_splits():
+    assert SPLIT_K_FEW_CTAS >= 2 * 132  # at least two CTAs an SM of the H100
+    assert few_pairs_split(36, 7168, 128) == SPLIT_K_FEW_CTAS // 36  # 56 steps: 10 splits of 6 (the last 2)
+    assert few_pairs_split(32, 7168, 128) == 10  # 11 splits of 6 steps would cover 66: the last one empty
+    assert few_pairs_split(36, 512, 128) == 1  # 4 steps: a split would leave under 4
+    assert few_pairs_split(SPLIT_K_FEW_CTAS + 1, 7168, 128) == 1
+    for ctas in range(1, 200):
+        split = few_pairs_split(ctas, 7168, 128)
+        assert split == 1 or (ctas * split <= SPLIT_K_FEW_CTAS and -(-56 // split) * (split - 1) < 56)
 
 
 def test_slots_combine_only_where_the_finish_is_small():

@@ -65,16 +65,18 @@ SPLIT_K_MAX = 8
 # T=64 sk2 314 against sk1 330 and sk8 328; gpt-oss-120b T=1 sk2 (12 steps) 47.0 against sk4 (6 steps) 54.1. The cap
 # stops splits that lost where the grid was already large: 4096 -> 2304 took gpt-oss-20b T=16 / 32 / 64 from 180 /
 # 191 / 196 to 174 / 187 / 189 us and deepseek-v3 T=2 from 170 to 165 (results/h100/2026-12-06_decode_splitcap_ab.log).
-# Not fitted: full deepseek-v3 / kimi-k2 T=1 (256 CTAs) measured sk8 105.3 / 108.2 against their best 95.8 (sk1) /
-# 99.7 (sk4) at 826b8ef, and deepseek-v3-tp8 T=4 sk8 74.8 against sk4 69.5: no CTA-count rule fits those and T=16
-# together; the tuned tables are for that.
+# Full deepseek-v3 / kimi-k2 T=1 (256-288 CTAs) measured sk8 105.3 / 108.2 against their best 95.8 (sk1) / 99.7
+# (sk4) at 826b8ef: the few-pairs rule below now gives them sk1. Not fitted: deepseek-v3-tp8 T=4 sk8 74.8 against
+# sk4 69.5; no CTA-count rule fits it and T=16 together; the tuned tables are for that.
 SPLIT_K_MIN_ITERS = 7
 SPLIT_K_MAX_CTAS = 2304
-# A decode of at most SPLIT_K_FEW_PAIRS (token, slot) pairs splits stage 1 by `few_pairs_split` instead, when
-# SPLIT_K_FEW_CTAS is set (0: off, to be timed): any split count up to 16 that keeps the grid at most that many CTAs
-# and every split non-empty with at least 4 K steps.
+# A decode of at most SPLIT_K_FEW_PAIRS (token, slot) pairs (the direct layer's, kernels/decode.py) splits stage 1 by
+# `few_pairs_split` instead: any split count up to 16 that keeps the grid at most SPLIT_K_FEW_CTAS CTAs (about 2.7 an
+# SM) and every split non-empty with at least 4 K steps. H100 at 5bc3221, deepseek-v3-tp8 T=1 (36 CTAs unsplit, 56 K
+# steps), whole layer us, direct: a16w4 sk12 25.1, sk10 25.8, sk14 28.6, sk8 (v2_split) 31.0, sk6 32.8, sk4 36.9;
+# a8w4 sk10 26.7, sk12 29.1, sk14 29.5, sk8 32.6 (results/h100/2026-12-06_split_scan_5bc3221.log).
 SPLIT_K_FEW_PAIRS = 16
-SPLIT_K_FEW_CTAS = 0
+SPLIT_K_FEW_CTAS = 360
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
 # rows (T x A): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3 us
 # (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16 (128

@@ -73,12 +73,15 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 DIRECT_MAX_PAIRS = 16
 DIRECT_MAX_INTER = 256
 # Whether its a16w4 stage 1 loads the token's input row and broadcasts it (1) or loads the [16, BK] tile with 15
-# rows masked through the pipeline (0); the MX paths always take the row (kernels/decode.py `_qdq_row`).
-DIRECT_ROW_INPUT = 1
+# rows masked through the pipeline (0); the MX paths always take the row (kernels/decode.py `_row_operand`). H100
+# at 5bc3221 (row loaded in the K step that uses it): deepseek-v3-tp8 T=1 26.2 us staged against 27.5 with the row
+# (and the stage-2 cap), kimi-k2-tp8 24.0 / 25.8 (results/h100/2026-12-06_direct_levers_ab_5bc3221.log).
+DIRECT_ROW_INPUT = 0
 # A register cap for its stage 2 (0: none). At 155 registers (deepseek-v3-tp8 T=1, 4 warps, sm_90 CPU compile) 3 CTAs
 # share an SM, so its 504 CTAs take 1.27 waves; 128 (24 bytes of stack, loop 461 -> 478 instructions) fits 4, one
-# wave. To be timed.
-DIRECT_S2_MAXNREG = 0
+# wave. H100 at 5bc3221, whole layer us: deepseek-v3-tp8 T=1 a8w4 31.4 -> 28.1, a4w4 31.9 -> 28.1
+# (results/h100/2026-12-06_direct_levers_ab_5bc3221.log).
+DIRECT_S2_MAXNREG = 128
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
