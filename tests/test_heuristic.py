@@ -21,14 +21,15 @@ from mxmoe.shapes import MODELS, TOKEN_GRID, Path, get_shape
 
 @pytest.mark.parametrize(("model", "tokens", "stage1_split", "stage2_split"), [
     # v2 tiles: stage 1 N 64 (gate + up), stage 2 N 128; K steps of 128: 7168 -> 56, 2880 -> 23, 2048 -> 16, 256 -> 2
-    ("deepseek-v3-tp8", 1, 10, 1),  # 9 pairs: 36 CTAs x 10 = 360 (few_pairs_split); stage 2: 2 steps, no split
-    ("kimi-k2-tp8", 1, 10, 1),  # 32 x 11 = 352 would leave an empty split (6 steps x 10 covers 56)
-    ("deepseek-v4-tp8", 1, 6, 1),  # 7 x 8 = 56 CTAs x 6 = 336
-    ("deepseek-v3-tp8", 2, 8, 1),  # 18 pairs: v2_split, 56 / 8 = 7 steps
+    ("deepseek-v3-tp8", 1, 12, 1),  # 9 pairs: 36 CTAs x 12 = 432 (few_pairs_split); stage 2: 2 steps, no split
+    ("kimi-k2-tp8", 1, 12, 1),  # 32 x 13 = 416 would leave an empty split (5 steps x 12 covers 56)
+    ("deepseek-v4-tp8", 1, 7, 1),  # 7 x 8 = 56 CTAs x 7 = 392
+    ("deepseek-v3-tp8", 2, 6, 1),  # 18 pairs: 72 x 6 = 432
+    ("deepseek-v4-tp8", 4, 1, 1),  # 28 pairs: 224 x 2 passes 432
     ("deepseek-v3-tp8", 4, 8, 1),  # 36 x 4 = 144 -> 1152
     ("deepseek-v3-tp8", 16, 4, 1),  # 144 x 4 = 576 -> 2304: x 8 would pass 2304 CTAs
     ("deepseek-v3-tp8", 64, 2, 1),  # 257 x 4 = 1028 -> 2056
-    ("gpt-oss-20b", 1, 2, 1),  # 4 pairs: 4 x 45 = 180 CTAs x 2 = 360; stage 2 never splits
+    ("gpt-oss-20b", 1, 2, 1),  # 4 pairs: 4 x 45 = 180 CTAs x 2 = 360 (x 3 passes 432); stage 2 never splits
     ("gpt-oss-20b", 16, 1, 1),  # 32 x 45 = 1440: x 2 would pass 2304
     ("deepseek-v3", 1, 1, 1),  # 9 x 32 = 288 CTAs: x 2 passes SPLIT_K_FEW_CTAS (sk1 was its best at 826b8ef)
 ])
@@ -58,8 +59,8 @@ def test_split_k_stops_at_the_k_blocks_and_the_cap():
 
 def test_few_pairs_split_fills_the_cta_budget_without_empty_splits():
     assert SPLIT_K_FEW_CTAS >= 2 * 132  # at least two CTAs an SM of the H100
-    assert few_pairs_split(36, 7168, 128) == SPLIT_K_FEW_CTAS // 36  # 56 steps: 10 splits of 6 (the last 2)
-    assert few_pairs_split(32, 7168, 128) == 10  # 11 splits of 6 steps would cover 66: the last one empty
+    assert few_pairs_split(36, 7168, 128) == SPLIT_K_FEW_CTAS // 36 == 12  # 56 steps: 12 splits of 5 (the last 1)
+    assert few_pairs_split(32, 7168, 128) == 12  # 13 splits of 5 steps would cover 65: the last one empty
     assert few_pairs_split(36, 512, 128) == 1  # 4 steps: a split would leave under 4
     assert few_pairs_split(SPLIT_K_FEW_CTAS + 1, 7168, 128) == 1
     for ctas in range(1, 200):

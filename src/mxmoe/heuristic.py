@@ -71,12 +71,17 @@ SPLIT_K_MAX = 8
 SPLIT_K_MIN_ITERS = 7
 SPLIT_K_MAX_CTAS = 2304
 # A decode of at most SPLIT_K_FEW_PAIRS (token, slot) pairs (the direct layer's, kernels/decode.py) splits stage 1 by
-# `few_pairs_split` instead: any split count up to 16 that keeps the grid at most SPLIT_K_FEW_CTAS CTAs (about 2.7 an
-# SM) and every split non-empty with at least 4 K steps. H100 at 5bc3221, deepseek-v3-tp8 T=1 (36 CTAs unsplit, 56 K
-# steps), whole layer us, direct: a16w4 sk12 25.1, sk10 25.8, sk14 28.6, sk8 (v2_split) 31.0, sk6 32.8, sk4 36.9;
-# a8w4 sk10 26.7, sk12 29.1, sk14 29.5, sk8 32.6 (results/h100/2026-12-06_split_scan_5bc3221.log).
-SPLIT_K_FEW_PAIRS = 16
-SPLIT_K_FEW_CTAS = 360
+# `few_pairs_split` instead: any split count up to 16 that keeps the grid at most SPLIT_K_FEW_CTAS CTAs (about 3.3
+# an SM) and every split non-empty with at least 4 K steps. H100, whole layer us: at 5bc3221, deepseek-v3-tp8 T=1
+# (36 CTAs unsplit, 56 K steps), direct: a16w4 sk12 25.1, sk10 25.8, sk14 28.6, sk8 (v2_split) 31.0, sk6 32.8;
+# a8w4 sk10 26.7, sk12 29.1, sk8 32.6 (results/h100/2026-12-06_split_scan_5bc3221.log). At 9ffc544 (the final
+# direct kernels), 432 CTAs against 360 / off: deepseek-v3-tp8 T=1 22.4 / 23.3 / 24.8, kimi-k2-tp8 21.5 / 22.6 /
+# 22.5, deepseek-v4-tp8 37.7 / 38.5 / 39.5 (sorted then), deepseek-v3 T=1 (sk1) 94.7 / 95.2 / 100.7 (sk8); 560 and
+# 300 lost at deepseek-v3-tp8 T=1 (23.3, 24.8); at 28-32 pairs, 900 won deepseek-v4-tp8 T=4 (83.4 against 86.1) but
+# lost kimi-k2-tp8 T=4 (61.2 against 57.0) (results/h100/2026-12-06_*_ab_9ffc544.*: decode_levers, direct_pairs,
+# few_split_t4).
+SPLIT_K_FEW_PAIRS = 32
+SPLIT_K_FEW_CTAS = 432
 # v2 decode stage 2 takes the slots combine while the last CTA of each N column sums at most this many fp32 slot
 # rows (T x A): no zero fill, no cast kernel (kernels/sync.py). Same scan: T=1 slots beat atomic by 1.7-2.3 us
 # (deepseek-v3-tp8 35.3 / 37.2, kimi-k2-tp8 31.6 / 33.3, gpt-oss-120b sk2 48.8 / 50.7); at deepseek-v3-tp8 T=16 (128

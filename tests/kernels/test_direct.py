@@ -66,22 +66,14 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
 
 
-@pytest.mark.parametrize("shape,tokens", [(MODELS["tiny"], 2), (LONG_K, 1)], ids=["tiny-T2", "longk-T1"])
-def test_direct_staged_input_tile_is_the_sorted_layer(shape, tokens, monkeypatch):
-    """a16w4 stage 1 with the staged [BM, BK] input tile (rules.DIRECT_ROW_INPUT = 0) instead of the row."""
-    monkeypatch.setattr(rules, "DIRECT_ROW_INPUT", 0)
-    p = make_problem(shape, Path.A16W4, tokens, seed=tokens)
-    sorted_out, direct_out = _both(p, Path.A16W4, _cfg(2, 1), monkeypatch)
-    assert torch.equal(sorted_out, direct_out)
-
-
 def test_direct_plan_rule(monkeypatch):
     """Direct where both stages take BM 16 and stage 2 the slots combine, up to DIRECT_MAX_PAIRS pairs and an inter
     of DIRECT_MAX_INTER; the shipped constants take it at the TP8 decode points where it measured faster."""
     shape = MODELS["deepseek-v3-tp8"]
     cfg = default_config(shape, Path.A16W4, 1)
-    assert rules.runs_direct(cfg, 1, 9, 256)  # deepseek-v3-tp8 / kimi-k2-tp8 T=1 on the shipped constants
-    assert not rules.runs_direct(cfg, 1, 7, 512)  # deepseek-v4-tp8: inter 512 lost
+    assert rules.runs_direct(cfg, 1, 9, 256) and rules.runs_direct(cfg, 3, 9, 256)  # up to 27 pairs: faster
+    assert rules.runs_direct(cfg, 1, 7, 512)  # deepseek-v4-tp8
+    assert not rules.runs_direct(cfg, 1, 4, 2880)  # gpt-oss: inter 2880 lost
     monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
     monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 256)
     assert rules.runs_direct(cfg, 1, 8, 256) and rules.runs_direct(cfg, 2, 8, 256)
@@ -154,7 +146,6 @@ def test_direct_layer_replays_new_inputs_in_a_cuda_graph(direct_on):
 
 
 
-MAX_CAPPED_STACK = 96  # bytes; at 68dd25e (deepseek-v3-tp8 T=1, 128 registers) a16w4 8, a4w4 72 (a4w4 1.13x faster)
 _SM90_TASK = """
 import json, sys, torch
 from mxmoe.heuristic import default_config
@@ -193,9 +184,7 @@ def test_direct_kernels_compile_for_sm90_without_spills(path):
     """The tuning harness's compile check compiles the sorted stage kernels per stage; the direct ones are checked
     here: the heuristic's deepseek-v3-tp8 T=1 launch, recorded from the real wrappers, compiles for sm_90 on the
     CPU (a fresh interpreter without TRITON_INTERPRET, as a GPU would get it) with no register spills (a4w4 carries
-    the most: its input and h rounding in registers), but for stage 2 under its register cap
-    (rules.DIRECT_S2_MAXNREG), where a few words of stack (MAX_CAPPED_STACK) bought 4 CTAs an SM and measured
-    faster; a larger spill would mean the kernel grew and the cap needs measuring again."""
+    the most: its h rounding in registers)."""
     import json
     import os
     import subprocess
@@ -205,8 +194,5 @@ def test_direct_kernels_compile_for_sm90_without_spills(path):
     proc = subprocess.run([sys.executable, "-c", _SM90_TASK, path.value], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    stage1, stage2 = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not stage1["interp"] and stage1["stack"] == 0 and stage1["local"] == 0, stage1
-    cap = rules.DIRECT_S2_MAXNREG
-    assert not stage2["interp"] and stage2["local"] == 0, stage2
-    assert stage2["stack"] <= (MAX_CAPPED_STACK if cap else 0) and stage2["regs"] <= (cap or 255), stage2
+    for usage in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert not usage["interp"] and usage["stack"] == 0 and usage["local"] == 0, usage

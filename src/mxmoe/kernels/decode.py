@@ -18,9 +18,9 @@ without it: block p is pair p, its expert the caller's topk_ids[p]. The layer be
     epilogue did (bit for bit the sorted layer's h), then the MMA, the routing weight, and the slots combine.
 Stage 1 zeroes stage 2's arrival counters (one per N column). Ids out of range (validate=False) give an unspecified
 result but no access out of bounds: such a pair reads expert 0 and stores nothing.
-The layer plan takes it where `rules.runs_direct` (up to 16 pairs, inter at most 256: there it beat the sorted
-layer by 6-8% on the H100, and lost where inter is larger; rules.py has the numbers). GPU twins in
-tests/kernels/test_direct.py (29 passed on the H100 at 63b1ec1 with test_moe_gpu's tp8 and graph tests).
+The layer plan takes it where `rules.runs_direct` (up to 32 pairs, inter at most 512: there it beat the sorted
+layer by 1.1-1.3x on the H100, and lost at gpt-oss's inter 2880; rules.py has the numbers). GPU twins in
+tests/kernels/test_direct.py (65 passed on the H100 at 9ffc544 with test_moe_gpu's tp8 and graph tests).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 from mxmoe.config import TileConfig
-from mxmoe.kernels import rules
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -101,17 +100,14 @@ def _x_row(x_ptr, token, k0, H, stride_xt, BK: tl.constexpr):
 
 @triton.jit
 def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """Stage 1's B operand [BM, BK] from the input row `x` [1, BK]: on an MX path on its grid (as the quantization
-    kernel rounds it), in the rows `row_ok` lets through. Rounded on the one row and broadcast: on the [BM, BK]
-    tile 15 masked rows were rounded too. sm_90 SASS of the deepseek-v3-tp8 T=1 K step (CPU compile, c249f98):
-    a8w4 640 -> 449 instructions; a16w4 (rules.DIRECT_ROW_INPUT, against act_tile's staged [BM, BK] load) 467 ->
-    418, 110 -> 85 registers, 46 -> 34 KB shared memory."""
-    if PATH != A16W4:
-        a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
-        if not INTERP:
-            a = a.to(tl.bfloat16)
-    else:
-        a = x.to(tl.float32) if INTERP else x
+    """An MX path's stage-1 B operand [BM, BK] from the input row `x` [1, BK]: on the path's grid (as the
+    quantization kernel rounds it), in the rows `row_ok` lets through. Rounded on the one row and broadcast: on the
+    [BM, BK] tile 15 masked rows were rounded too (sm_90 SASS of the deepseek-v3-tp8 T=1 a8w4 K step, CPU compile
+    at c249f98: 640 -> 449 instructions; H100 whole layer 35.0 -> 33.2 us at 5bc3221). a16w4 keeps the staged
+    tile: the row measured 24.0 us against 23.3 there (9ffc544), its load feeding no dot, so not pipelined."""
+    a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
+    if not INTERP:
+        a = a.to(tl.bfloat16)
     return tl.where(row_ok[:, None], a, tl.zeros([BM, BK], a.dtype))
 
 
@@ -120,7 +116,7 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, ROW_INPUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
@@ -139,12 +135,11 @@ def _direct1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    STAGED: tl.constexpr = PATH == A16W4 and not ROW_INPUT
     k_end = tl.minimum(k_first + k_len, H)
     x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)  # one K step ahead: a load in the loop
     for kk in range(0, k_len, BK):                                      # that feeds no dot is not pipelined
         k0 = k_first + kk
-        if STAGED:
+        if PATH == A16W4:  # the staged [BM, BK] tile: 23.3 us against 24.0 with the row (see _row_operand)
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
         else:
             a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
@@ -271,16 +266,10 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, ROW_INPUT=bool(rules.DIRECT_ROW_INPUT), BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **launch_options(),
     )
     return part
-
-
-def _register_cap() -> dict[str, int]:
-    """The stage-2 launch's register cap (rules.DIRECT_S2_MAXNREG; none under the interpreter or when 0)."""
-    cap = rules.DIRECT_S2_MAXNREG
-    return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
 def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: torch.Tensor, cfg: TileConfig,
@@ -310,6 +299,6 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
         SPLIT_K=cfg.split_k, PRE=direct_preload(steps), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return y

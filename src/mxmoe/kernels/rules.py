@@ -64,24 +64,14 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 
 # The direct decode layer (kernels/decode.py: two kernels, no alignment) runs a v2 config whose stages both take
 # BLOCK_M 16 and whose stage 2 combines by slots, up to DIRECT_MAX_PAIRS (token, slot) pairs and an inter of at
-# most DIRECT_MAX_INTER. H100, whole layer, CUDA-graph replay, L2 flushed, direct (16 pairs) / sorted us at 63b1ec1
-# (results/h100/2026-12-06_direct_ab_63b1ec1.log): deepseek-v3-tp8 T=1 30.6 / 33.0 (1.08x), kimi-k2-tp8 T=1
-# 28.1 / 29.9 (1.06x), deepseek-v3-tp8 a8w4 33.2 / 35.0 (1.06x), a4w4 34.4 / 34.3 (tie); but deepseek-v4-tp8
-# (inter 512) 44.1 / 42.4 (0.96x) and gpt-oss-120b (inter 2880) 57.0 / 47.3 (0.83x): its stage 2 rebuilds h from
-# the split partials in every N tile, which costs more as inter grows. 32 pairs (deepseek-v3-tp8 T=2, 18 pairs)
-# tied (49.3 / 49.7), so the cap stays at the 16 it was built for.
-DIRECT_MAX_PAIRS = 16
-DIRECT_MAX_INTER = 256
-# Whether its a16w4 stage 1 loads the token's input row and broadcasts it (1) or loads the [16, BK] tile with 15
-# rows masked through the pipeline (0); the MX paths always take the row (kernels/decode.py `_row_operand`). H100
-# at 5bc3221 (row loaded in the K step that uses it): deepseek-v3-tp8 T=1 26.2 us staged against 27.5 with the row
-# (and the stage-2 cap), kimi-k2-tp8 24.0 / 25.8 (results/h100/2026-12-06_direct_levers_ab_5bc3221.log).
-DIRECT_ROW_INPUT = 0
-# A register cap for its stage 2 (0: none). At 155 registers (deepseek-v3-tp8 T=1, 4 warps, sm_90 CPU compile) 3 CTAs
-# share an SM, so its 504 CTAs take 1.27 waves; 128 (24 bytes of stack, loop 461 -> 478 instructions) fits 4, one
-# wave. H100 at 5bc3221, whole layer us: deepseek-v3-tp8 T=1 a8w4 31.4 -> 28.1, a4w4 31.9 -> 28.1
-# (results/h100/2026-12-06_direct_levers_ab_5bc3221.log).
-DIRECT_S2_MAXNREG = 128
+# most DIRECT_MAX_INTER. H100, whole layer, CUDA-graph replay, L2 flushed, direct / sorted us at 9ffc544 (with the
+# few-pairs split, heuristic.py; results/h100/2026-12-06_direct_{inter,pairs}_ab_9ffc544.csv): deepseek-v4-tp8
+# (inter 512) T=1 32.8 / 37.3, a8w4 34.7 / 38.8, T=2 51.0 / 57.4; deepseek-v3-tp8 T=2 (18 pairs) 39.0 / 48.5, T=3
+# (27 pairs) 52.7 / 59.4; gpt-oss-120b (inter 2880) T=1 46.1 / 45.5 and gpt-oss-20b 46.1 / 45.7 (lost: its stage 2
+# rebuilds h from the split partials in each of 23 N tiles). The slots combine caps the pairs at 32 anyway.
+# History: at 63b1ec1, before stage 2 built h on one row, it lost at inter 512 (0.96x) and tied at 18 pairs.
+DIRECT_MAX_PAIRS = 32
+DIRECT_MAX_INTER = 512
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
 
