@@ -135,15 +135,17 @@ def _direct1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
+    ROW: tl.constexpr = PATH != A16W4  # an MX path rounds the token's row (_row_operand says why a16w4 does not)
     k_end = tl.minimum(k_first + k_len, H)
-    x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)  # one K step ahead: a load in the loop
-    for kk in range(0, k_len, BK):                                      # that feeds no dot is not pipelined
+    if ROW:  # loaded one K step ahead: a load that feeds no dot is not pipelined
+        x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)
+    for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        if PATH == A16W4:  # the staged [BM, BK] tile: 23.3 us against 24.0 with the row (see _row_operand)
-            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-        else:
+        if ROW:
             a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
+        else:
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
         wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc_g = mma_wt(acc_g, wg, a, INTERP)
         wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
