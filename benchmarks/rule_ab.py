@@ -6,8 +6,8 @@
 Each variant sets the named constants (integers) before the calls and restores them after. Every point runs its
 default config, chosen under each variant's constants (a `heuristic.` constant changes it), in `--rounds` rounds
 of A B C ... order (CUDA-graph replay, L2 flushed before every replay, median), and each variant's output is
-checked against the first's. Prints a table of us per variant and the ratio to the first; never asserts. Needs a
-GPU.
+checked against the first's; an untimed series of the first variant warms the clocks up first. Prints a table
+of us per variant and the ratio to the first; never asserts. Needs a GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def _time_point(p, path, t: int, variants, rounds: int, flush):
     config it ran (the default config chosen under its constants)."""
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     ref, errs, cfgs = None, {}, {}
+    # One untimed replay series of the first variant: the first timing of a process ran 2-7% slow on the H100
+    # (clocks ramping up from idle; results/h100/2026-12-06_decode_levers_ab_9ffc544.log, "warm" against "base").
+    with _constants(variants[0][1]):
+        graph_median_us(layer_call(p, path, default_config(p.shape, path, t)), flush)
     for _ in range(rounds):
         for name, sets in variants:
             with _constants(sets):
