@@ -161,8 +161,9 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
     rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
-    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `v2_split`; stage 2 does not split and
-    combines by slots while T x A is at most SLOTS_MAX_ROWS.
+    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
+    (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
+    SLOTS_MAX_ROWS.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
