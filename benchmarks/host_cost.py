@@ -4,9 +4,11 @@ Issue 22's goal: at most 10 us per call. Measured three ways, each as the median
 `--calls` calls (per-call microseconds, after a warm-up call that resolves the table and fills the caches):
 
   choose_config   dispatch alone for config=None (override, resolution lookup, bisect or cached heuristic)
-  moe(None)       the whole moe() call with config=None, the launches (quantize_input, align, stage1, stage2)
-                  replaced by no-ops, so what is left is the host work a real call pays before its first launch:
-                  argument checks, shape key, dispatch, the bf16 cast / contiguity and the weights' float cast
+  moe(None)       the whole moe() call with config=None, the launches (layer_plan's quantize_input, align, stage1,
+                  stage2, direct_stage1, direct_stage2) replaced by no-ops, so what is left is the host work a real
+                  call pays before its first launch: argument checks, shape key, dispatch, the layer plan lookup,
+                  the bf16 cast / contiguity (and at a direct-layer point its routing plan: the ids flattened,
+                  stage 2's counters allocated)
   moe(config)     the same with an explicit MoEConfig (its legality verdict cached after the first call)
 
 each with and without a tuned table (written into a temporary MXMOE_CONFIG_DIR for the running device, the
@@ -52,14 +54,14 @@ def per_call_us(fn, calls: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu (interpreter) or cuda")
     ap.add_argument("--tokens", type=int, default=4, help="T of the call (host work does not depend on it)")
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
 
@@ -82,16 +84,18 @@ def main() -> int:
     explicit = default_config(shape, path, t)
 
     out = torch.empty(t, shape.hidden, dtype=torch.bfloat16, device=device)
+    plan_module = sys.modules["mxmoe.layer_plan"]  # the launches live in the layer plan (moe() calls plan.run)
     stubs = {"quantize_input": lambda h, p, bf16: h, "align": lambda *a, **k: None,
-             "stage1": lambda *a, **k: None, "stage2": lambda *a, **k: out}
-    real = {name: getattr(moe_module, name) for name in stubs}
+             "stage1": lambda *a, **k: None, "stage2": lambda *a, **k: out,
+             "direct_stage1": lambda *a, **k: None, "direct_stage2": lambda *a, **k: out}
+    real = {name: getattr(plan_module, name) for name in stubs}
 
     def run_all() -> dict[str, float]:
         dispatch.clear_cache()
         res = {"choose_config": per_call_us(lambda: dispatch.choose_config(moe_module.shape_of(weights, shape.topk),
                                                                           path, t), args.calls, args.repeats)}
         for name, fn in stubs.items():
-            setattr(moe_module, name, fn)
+            setattr(plan_module, name, fn)
         try:
             res["moe(None)"] = per_call_us(lambda: moe_module.moe(x, weights, ids, w, path), args.calls,
                                            args.repeats)
@@ -101,7 +105,7 @@ def main() -> int:
                                              args.calls, args.repeats)
         finally:
             for name, fn in real.items():
-                setattr(moe_module, name, fn)
+                setattr(plan_module, name, fn)
         return res
 
     results = {"heuristic": run_all()}
