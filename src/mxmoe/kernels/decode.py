@@ -103,8 +103,10 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
     """An MX path's stage-1 B operand [BM, BK] from the input row `x` [1, BK]: on the path's grid (as the
     quantization kernel rounds it), in the rows `row_ok` lets through. Rounded on the one row and broadcast: on the
     [BM, BK] tile 15 masked rows were rounded too (sm_90 SASS of the deepseek-v3-tp8 T=1 a8w4 K step, CPU compile
-    at c249f98: 640 -> 449 instructions; H100 whole layer 35.0 -> 33.2 us at 5bc3221). a16w4 keeps the staged
-    tile: the row measured 24.0 us against 23.3 there (9ffc544), its load feeding no dot, so not pipelined."""
+    at c249f98: 640 -> 449 instructions; H100 deepseek-v3-tp8 T=1 a8w4 layer 35.0 -> 33.2 us at 5bc3221, together
+    with stage 2's one-row h and the fold change, results/h100/2026-12-06_direct_levers_ab_5bc3221.log). a16w4
+    keeps the staged tile: the row measured 24.0 us against 23.3 (9ffc544), its load feeding no dot, so not
+    pipelined."""
     a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
     if not INTERP:
         a = a.to(tl.bfloat16)
