@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 
 import torch
 
 GROUP_ALIGN = 16
 E4M3_MAX = 448.0
-FLUSH_BYTES = 256 << 20
 
 
 def expert_groups(topk_ids: torch.Tensor, experts: int, align: int = GROUP_ALIGN) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,15 +64,6 @@ def grouped_gemms(shape, topk_ids: torch.Tensor, device: str = "cuda"):
     return run, rows
 
 
-def _median_us(fn, reps: int) -> float:
-    from mxmoe.tuning.timing.clocks import CudaEventClock
-
-    clock = CudaEventClock()
-    replay = clock.capture([fn])[0]
-    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    return statistics.median(clock.time_batch(lambda _: replay(), range(reps), before=lambda _: flush.zero_()))
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deepseek-v3", help="comma list of mxmoe.shapes.MODELS names")
@@ -85,11 +74,14 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("fp8_ceiling needs a GPU with FP8 grouped GEMMs (sm_90); nothing to time here")
+    from scan_v2 import FLUSH_BYTES, graph_median_us  # the benchmarks' graph clock (benchmarks/ is on sys.path)
+
     from mxmoe.problem import make_routing
     from mxmoe.shapes import get_shape, parse_tokens
     from mxmoe.spec import flops
     from mxmoe.tuning.timing.bench import measure_floors
 
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     floors = measure_floors(interpreter=False)
     print(f"dense bf16 rate (measured now): {floors.rate / 1e12:.0f} TFLOP/s", flush=True)
     rows = []
@@ -99,7 +91,7 @@ def main(argv: list[str]) -> int:
             ids, _ = make_routing(shape, t, seed=args.seed, device="cuda")
             try:
                 run, padded = grouped_gemms(shape, ids)
-                us = _median_us(run, args.reps)
+                us = graph_median_us(run, flush, args.reps)
             except Exception as exc:  # an unsupported size or torch build: say so, go on
                 print(f"{name} T={t}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
