@@ -90,6 +90,8 @@ SPLIT_K_FEW_CTAS = 432
 # slots 109.0 unsplit against 113.1-121.0 split; deepseek-v3 T=1 100.3 against 100.7-112.4; deepseek-v3-tp8 T=4 73.8
 # against 77.9-86.0; the exception, gpt-oss-120b T=1, 51.0 against 48.8 at sk2).
 SLOTS_MAX_ROWS = 32
+# Stage 2's grid order from BLOCK_M 64 (grid_swizzle's GROUP_M): M blocks that share each N tile while it is in L2.
+STAGE2_GROUP_M = 8
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -170,6 +172,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= 64 else 128
     s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16, 1)
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
+    if s2.group_m > 1:
+        s2 = s2.replace(group_m=STAGE2_GROUP_M)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         ctas = hit * -(-shape.inter // s1.block_n)
