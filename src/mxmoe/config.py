@@ -41,6 +41,9 @@ class Combine(str, Enum):
 
     ATOMIC = "atomic"  # fp32 atomic add into [T, H], then one cast to bf16
     SLOTS = "slots"  # write [T*A, H] weighted rows, then a reduction over A
+    # v2 only: each pair's weighted row rounded to bf16 into [T*A, H], then a combine kernel sums a token's top-k
+    # rows in slot order (kernels/combine.py): half the bytes of fp32 rows and no atomics, deterministic
+    ROWS = "rows"
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,9 @@ SPLIT_K_FEW_CTAS = 432
 SLOTS_MAX_ROWS = 32
 # Stage 2's grid order from BLOCK_M 64 (grid_swizzle's GROUP_M): M blocks that share each N tile while it is in L2.
 STAGE2_GROUP_M = 8
+# Stage 2 combines by bf16 rows and a combine kernel (kernels/combine.py) from this many (token, slot) pairs
+# instead of fp32 atomics (0: never).
+ROWS_MIN_PAIRS = 0
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -174,6 +177,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if s2.group_m > 1:
         s2 = s2.replace(group_m=STAGE2_GROUP_M)
+    if ROWS_MIN_PAIRS and tokens * shape.topk >= ROWS_MIN_PAIRS:
+        s2 = s2.replace(combine=Combine.ROWS)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         ctas = hit * -(-shape.inter // s1.block_n)

@@ -34,10 +34,12 @@ def cfg(block_m=16, block_n=32, block_k=64, **kw) -> MoEConfig:
 def run(p, config=None):
     return moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, p.path, config)
 
+V1_COMBINES = [c for c in Combine if c is not Combine.ROWS]  # rows is a v2 combine (tests/kernels/test_wgmma.py)
+
 
 @pytest.mark.parametrize("shape", [TINY, TINY_OAI], ids=lambda s: s.name)
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("combine", list(Combine), ids=lambda c: c.value)
+@pytest.mark.parametrize("combine", V1_COMBINES, ids=lambda c: c.value)
 @pytest.mark.parametrize("tokens", [1, 3, 17, 64])
 def test_layer_matches_reference(shape, path, combine, tokens):
     p = make_problem(shape, path, tokens, seed=tokens)
@@ -60,7 +62,7 @@ def test_levers(name, config):
 
 
 @pytest.mark.parametrize("path", [Path.A16W4, Path.A4W4], ids=lambda p: p.value)
-@pytest.mark.parametrize("combine", list(Combine), ids=lambda c: c.value)
+@pytest.mark.parametrize("combine", V1_COMBINES, ids=lambda c: c.value)
 def test_poisoned_buffers_change_nothing_when_every_tile_is_written(path, combine):
     """moe(poison=True) NaN-fills the intermediate and the combine buffer first (the sweep's check): a correct
     launch overwrites every element it reads, so the answer is bit-identical to the plain call."""

@@ -63,6 +63,15 @@ def test_slots_combine_and_routings_gpu(routing):
         assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name=f"{routing}/{combine.value}")
 
 
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+def test_rows_combine_tp8_prefill_gpu(problems, path):
+    """The bf16 rows combine where it is meant to run: 9 slots of H = 7168 per token at prefill."""
+    p = problems("deepseek-v3-tp8", path, 2048)
+    cfg = _with(default_config(p.shape, path, 2048), Mma.WGMMA, Combine.ROWS)
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg)
+    assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"rows/{path.value}")
+
+
 def test_cuda_graph_capture_replays_new_inputs():
     """moe(validate=False) is capturable: capture once, change inputs in place, replay, compare."""
     p = make_problem(MODELS["deepseek-v3-tp8"], Path.A8W4, 4, seed=1, device="cuda")

@@ -83,7 +83,7 @@ def test_weight_tile_decodes_the_dequantized_weights(scale_bytes, bn, bk, n16_0,
 def _v2(block_m=16, block_n=64, block_k=64, split_k=1, combine=Combine.ATOMIC, num_warps=4) -> MoEConfig:
     s1 = TileConfig(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=num_warps, mma=Mma.WGMMA,
                     split_k=split_k)
-    return MoEConfig(s1, s1.replace(combine=combine))
+    return MoEConfig(s1, s1.replace(combine=combine, split_k=1 if combine is Combine.ROWS else split_k))
 
 
 @pytest.mark.parametrize("shape", [MODELS["tiny"], MODELS["tiny-oai"]], ids=lambda s: s.name)
@@ -119,14 +119,16 @@ def test_layer_masked_last_n_tile(path, split_k):
     assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"{path.value}/sk{split_k}")
 
 
+@pytest.mark.parametrize("combine", [Combine.SLOTS, Combine.ROWS], ids=lambda c: c.value)
 @pytest.mark.parametrize("split_k", [1, 3])
-def test_split_and_slots_finish_in_kernel_deterministically(split_k):
-    """The last-arrival finishes (stage 1's split-K epilogue, stage 2's slots combine over splits and top-k) write
-    every output: poisoned scratch (NaN) never reaches the result, and two runs agree bit for bit (the parts are
-    summed in a fixed order, not by atomics). Split 3 over K = 192 / 64: three K blocks, one per split."""
+def test_split_and_slots_finish_in_kernel_deterministically(split_k, combine):
+    """The last-arrival finishes (stage 1's split-K epilogue, stage 2's slots combine over splits and top-k) and
+    the rows combine write every output: poisoned scratch (NaN) never reaches the result, and two runs agree bit
+    for bit (the parts are summed in a fixed order, not by atomics). Split 3 over K = 192 / 64: three K blocks, one
+    per split (stage 2 of the rows combine does not split)."""
     shape = MoEShape("splits", 6, 3, 192, 128, Activation.SILU)
     p = make_problem(shape, Path.A16W4, 21, seed=5)
-    cfg = _v2(block_m=16, split_k=split_k, combine=Combine.SLOTS)
+    cfg = _v2(block_m=16, split_k=split_k, combine=combine)
     runs = [moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, cfg, poison=True) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
     assert_close(runs[0].float(), p.reference(), path=Path.A16W4, stage="layer", name=f"sk{split_k}")

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.config import Combine, TileConfig
+from mxmoe.kernels.combine import combine_rows
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -202,8 +203,8 @@ def _stage2_kernel(
     h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
     num_pairs, T, H, I, max_blocks, N16, K64,
     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
-    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, CAST: tl.constexpr,
-    INTERP: tl.constexpr,
+    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
+    CAST: tl.constexpr, INTERP: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     enter(INTERP)
@@ -227,7 +228,10 @@ def _stage2_kernel(
     n_ok = offs_n < H
     acc = weighted_rows(acc, b_ptr + expert * stride_be, tl.load(rw_ptr + rows, mask=row_ok, other=0.0), offs_n, n_ok,
                         pid_k, HAS_BIAS)
-    if SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
+    if ROWS:  # the pair's row in bf16 (unsplit); kernels/combine.py sums each token's rows
+        tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], to_bf16_rne(acc, INTERP),
+                 mask=row_ok[:, None] & n_ok[None, :])
+    elif SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
         tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
                  mask=row_ok[:, None] & n_ok[None, :])
         if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
@@ -318,26 +322,29 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`) and the kernel adds into
     it; where `finishes_atomic_in_kernel` the last arrival of each token and N column rounds the row slice into the
     result, else one cast after the launch. slots: `out` (fp32 [split_k, P, H], poisoned with NaN when `poison`)
-    takes every slot row of every split and the last CTA of each N column sums them into the result.
+    takes every slot row of every split and the last CTA of each N column sums them into the result. rows: `out`
+    (bf16 [P, H], poisoned likewise) takes every pair's row and `combine.combine_rows` sums them.
     `counters` are `counters_needed(cfg, 2, H, I, ...)` int32 zeros, allocated here if not given.
     """
     hidden, dev = weights.hidden, h.data.device
-    slots = cfg.combine is Combine.SLOTS
-    shape = (cfg.split_k, plan.num_pairs, hidden) if slots else (num_tokens, hidden)
-    if out is None and slots:  # every slot row a live block covers is written: no fill kernel unless poisoned
-        out = torch.empty(shape, dtype=torch.float32, device=dev)
+    slots, by_rows = cfg.combine is Combine.SLOTS, cfg.combine is Combine.ROWS
+    shape = ((cfg.split_k, plan.num_pairs, hidden) if slots else (plan.num_pairs, hidden) if by_rows
+             else (num_tokens, hidden))
+    dtype = torch.bfloat16 if by_rows else torch.float32
+    if out is None and (slots or by_rows):  # every row a live block covers is written: no fill unless poisoned
+        out = torch.empty(shape, dtype=dtype, device=dev)
         if poison:
             out.fill_(float("nan"))
     elif out is None:
-        out = torch.zeros(shape, dtype=torch.float32, device=dev)
-    elif tuple(out.shape) != shape or out.dtype != torch.float32:
-        raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be fp32 {shape}, "
+        out = torch.zeros(shape, dtype=dtype, device=dev)
+    elif tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be {dtype} {shape}, "
                          f"got {out.dtype} {tuple(out.shape)}")
-    elif not (slots or zeroed):
+    elif not (slots or by_rows or zeroed):
         out.zero_()
     if plan.max_blocks == 0:
         return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
-    cast = not slots and finishes_atomic_in_kernel(cfg, weights.inter)
+    cast = cfg.combine is Combine.ATOMIC and finishes_atomic_in_kernel(cfg, weights.inter)
     y = out  # the kernel writes no bf16 result: a dummy pointer, the cast follows the launch
     if slots or cast:
         y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
@@ -354,8 +361,10 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
         h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0),
-        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, CAST=cast,
+        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, ROWS=by_rows, CAST=cast,
         INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
+    if by_rows:
+        return combine_rows(out, plan.topk)
     return y if slots or cast else out.to(torch.bfloat16)

@@ -204,7 +204,8 @@ def run_wrapper(stage: int, x, weights, plan, topk_weights, cfg: TileConfig, t: 
 
 
 def stage_buffer(path: Path, stage: int, cfg: TileConfig, weights, plan, x, t: int):
-    """What the stage writes: stage 1's h [P, I] at the path's width, stage 2's fp32 rows (slots: P rows, else T)."""
+    """What the stage writes: stage 1's h [P, I] at the path's width, stage 2's fp32 rows (slots: P rows, else T;
+    rows: bf16 [P, H])."""
     import torch
 
     from mxmoe.kernels.common import KernelInput
@@ -214,7 +215,9 @@ def stage_buffer(path: Path, stage: int, cfg: TileConfig, weights, plan, x, t: i
             return KernelInput(torch.empty(plan.num_pairs, weights.inter, dtype=torch.bfloat16, device=x.data.device),
                                None, path)
         return KernelInput.empty(path, plan.num_pairs, weights.inter, x.data.device)
-    rows = plan.num_pairs if cfg.combine.value == "slots" else t
+    rows = plan.num_pairs if cfg.combine.value in ("slots", "rows") else t
+    if cfg.combine.value == "rows":  # v2 only: one bf16 row per pair
+        return torch.empty(rows, weights.hidden, dtype=torch.bfloat16, device=x.data.device)
     v2_slots = cfg.mma.v2 and cfg.combine.value == "slots"  # the v2 slots combine stores per split
     return torch.zeros((cfg.split_k, rows, weights.hidden) if v2_slots else (rows, weights.hidden), dtype=torch.float32,
                        device=x.data.device)
