@@ -25,7 +25,7 @@ from mxmoe.config import MoEConfig
 from mxmoe.kernels.align import align
 from mxmoe.kernels.common import KernelInput
 from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_stage2
-from mxmoe.kernels.quant import quantize_input
+from mxmoe.kernels.quant import quantize_input, quantize_token_e4m3
 from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, runs_direct
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
@@ -56,6 +56,8 @@ class LayerPlan:
         stage 1 takes it unrounded and rounds it itself)."""
         if self.direct:
             return KernelInput(hidden.to(torch.bfloat16).contiguous(), None, self.path)
+        if self.config.stage1.mma.e4m3:
+            return KernelInput(*quantize_token_e4m3(hidden.to(torch.bfloat16).contiguous()), self.path)
         return quantize_input(hidden.to(torch.bfloat16).contiguous(), self.path, bf16=self.config.stage1.mma.v2)
 
     def route(self, topk_ids: torch.Tensor, *, validate: bool = False,

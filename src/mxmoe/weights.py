@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mxmoe.fp8_rebase import rebase_weights
 from mxmoe.kernels.layout import SwizzledMX, swizzle
+from mxmoe.kernels.layout_e4m3 import SwizzledE4M3, swizzle_e4m3
 from mxmoe.mx import MXFormat, MXTensor, dequantize, quantize_mxfp4
 from mxmoe.shapes import Activation, MoEShape
 
@@ -53,12 +55,17 @@ class MoEWeights:
     b13: torch.Tensor | None
     b2: torch.Tensor | None
     activation: Activation
+    e4m3: bool = False
     w13_sw: SwizzledMX = field(init=False, repr=False, compare=False)
     w2_sw: SwizzledMX = field(init=False, repr=False, compare=False)
+    w13_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "w13_sw", swizzle(self.w13.data, self.w13.scales))
         object.__setattr__(self, "w2_sw", swizzle(self.w2.data, self.w2.scales))
+        # e4m3=True: W13 also rebased into the e4m3 layout for stage 1 on e4m3 wgmma (Mma.WGMMA_E4M3); opt-in
+        # because it adds W13's size again
+        object.__setattr__(self, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)) if self.e4m3 else None)
 
     @property
     def num_experts(self) -> int:
@@ -79,7 +86,12 @@ class MoEWeights:
     def to(self, device: torch.device | str) -> MoEWeights:
         """The same weights on `device` (the kernel layout is rebuilt there, a few seconds for a full model)."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return MoEWeights(self.w13.to(device), self.w2.to(device), mv(self.b13), mv(self.b2), self.activation)
+        return MoEWeights(self.w13.to(device), self.w2.to(device), mv(self.b13), mv(self.b2), self.activation,
+                          self.e4m3)
+
+    def with_e4m3(self) -> MoEWeights:
+        """The same weights with the e4m3 layout of W13 built too (Mma.WGMMA_E4M3's stage 1)."""
+        return self if self.e4m3 else MoEWeights(self.w13, self.w2, self.b13, self.b2, self.activation, True)
 
     @classmethod
     def from_float(

@@ -72,6 +72,16 @@ def test_rows_combine_tp8_prefill_gpu(problems, path):
     assert_close(out.float(), p.reference(), path=path, stage="layer", name=f"rows/{path.value}")
 
 
+@pytest.mark.parametrize("model,tokens", [("deepseek-v3", 1024), ("gpt-oss-120b", 128), ("deepseek-v3-tp8", 2048)])
+def test_e4m3_stage1_gpu(model, tokens):
+    """Stage 1 of a8w4 on e4m3 wgmma (QGMMA, the prmt decode, the epilogue scales) at real sizes."""
+    p = make_problem(MODELS[model], Path.A8W4, tokens, seed=tokens, device="cuda")
+    base = default_config(p.shape, Path.A8W4, tokens)
+    cfg = MoEConfig(base.stage1.replace(mma=Mma.WGMMA_E4M3), base.stage2)
+    out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4, cfg)
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer", name=f"e4m3/{model}/T={tokens}")
+
+
 def test_cuda_graph_capture_replays_new_inputs():
     """moe(validate=False) is capturable: capture once, change inputs in place, replay, compare."""
     p = make_problem(MODELS["deepseek-v3-tp8"], Path.A8W4, 4, seed=1, device="cuda")

@@ -77,10 +77,9 @@ def quantize_tile_mxfp4(x, R: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
-def _e4m3_codes(x, R: tl.constexpr, C: tl.constexpr):
-    """f32 [R, C] -> (int32 [R, C // 32, 32] e4m3fn codes, int32 [R, C // 32] shared exponents)."""
-    xg, shared, inv = _shared_exponent(x, R, C, 8)
-    v = xg * inv[:, :, None]
+def e4m3_code(v):
+    """f32 -> int32 e4m3fn code, round to nearest even, magnitudes clamped to 448 (finite inputs), in integer and
+    exact fp32 arithmetic: the interpreter's stand-in for the GPU's cvt.rn.satfinite."""
     a = tl.minimum(tl.abs(v), 448.0)
     # Subnormals (a < 2**-6): quantum 2**-9; (y + 2**23) - 2**23 rounds y half to even in fp32.
     m = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
@@ -88,7 +87,14 @@ def _e4m3_codes(x, R: tl.constexpr, C: tl.constexpr):
     r = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # RNE to 3 mantissa bits (mask 0xFFF00000)
     normal = ((((r >> 23) & 0xFF) - 120) << 3) | ((r >> 20) & 7)
     code = tl.where(a < 0.015625, m, normal)
-    return code | ((v < 0).to(tl.int32) << 7), shared
+    return code | ((v < 0).to(tl.int32) << 7)
+
+
+@triton.jit
+def _e4m3_codes(x, R: tl.constexpr, C: tl.constexpr):
+    """f32 [R, C] -> (int32 [R, C // 32, 32] e4m3fn codes, int32 [R, C // 32] shared exponents)."""
+    xg, shared, inv = _shared_exponent(x, R, C, 8)
+    return e4m3_code(xg * inv[:, :, None]), shared
 
 
 @triton.jit

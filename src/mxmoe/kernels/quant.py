@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import KernelInput, interpreting, require_executable
-from mxmoe.kernels.mx_tile import qdq_tile, quantize_tile_mxfp4, quantize_tile_mxfp8
+from mxmoe.kernels.mx_tile import e4m3_code, qdq_tile, quantize_tile_mxfp4, quantize_tile_mxfp8
 from mxmoe.kernels.sync import enter, launch_options
 from mxmoe.shapes import Path
 
@@ -69,3 +69,53 @@ def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False, out: Kern
                         FP4=path is Path.A4W4, QDQ=bf16, INTERP=interpreting(), BLOCK_R=_ROWS, BLOCK_C=block_c,
                         **launch_options())
     return out
+
+
+@triton.jit
+def _token_e4m3_kernel(x_ptr, q_ptr, s_ptr, T, H, stride_x, stride_q, INTERP: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """Two passes over each row: its amax gives the top MXFP8 scale, the token's base b (the exponent MXFP8 gives
+    the token's largest group); then each element's MXFP8 value times 2**(127 - b), rounded to e4m3 (exact but
+    where it falls under e4m3's 2**-9 step: docs/fp8.md section 2). NaN / Inf elements become e4m3 NaN."""
+    enter(INTERP)
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    mask = (rows < T)[:, None]
+    amax = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for c0 in range(0, H, BLOCK_C):
+        x = tl.load(x_ptr + rows[:, None] * stride_x + (c0 + tl.arange(0, BLOCK_C))[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        a = tl.abs(x)
+        amax = tl.maximum(amax, tl.max(tl.where(a <= 3.4028234663852886e38, a, 0.0), axis=1))
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    base = tl.minimum(tl.maximum(e - 8 + 127, 1), 254)  # MXFP8's shared exponent floor(log2 amax) - 8, biased
+    base = tl.where(amax == 0.0, 127, base)  # no finite nonzero element: scale 1
+    tl.store(s_ptr + rows, (base << 23).to(tl.float32, bitcast=True), mask=rows < T)
+    inv = ((254 - base) << 23).to(tl.float32, bitcast=True)  # 2**(127 - b); b <= 246 for a finite amax
+    for c0 in range(0, H, BLOCK_C):
+        offs = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        v = qdq_tile(x, False, INTERP, BLOCK_R, BLOCK_C) * inv[:, None]
+        if INTERP:  # noqa: SIM108 -- a constexpr branch: the GPU's fp8 cast must not be traced by the interpreter
+            code = e4m3_code(v)
+        else:
+            code = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        code = tl.where(tl.abs(x) <= 3.4028234663852886e38, code, 0x7F | ((x < 0).to(tl.int32) << 7))
+        tl.store(q_ptr + rows[:, None] * stride_q + offs[None, :], code.to(tl.uint8), mask=mask)
+
+
+def quantize_token_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a8w4 on e4m3 MMA: x [T, H] bf16 (H a multiple of 32) -> (e4m3fn bytes [T, H] as uint8, f32 [T] token scales):
+    the MXFP8 values of x rebased to one power-of-two scale per token, as `fp8_rebase.rebase_mxfp8` of
+    `mx.quantize_mxfp8(x)` (bit for bit; the scale is 2**(base - 127))."""
+    require_executable(x)
+    if x.dim() != 2 or x.shape[1] % 32 or x.stride(1) != 1:
+        raise ValueError(f"quantize_token_e4m3: need [T, H] with H a multiple of 32 and unit column stride, "
+                         f"got {tuple(x.shape)} strides {x.stride()}")
+    t, h = x.shape
+    q = torch.empty(t, h, dtype=torch.uint8, device=x.device)
+    s = torch.empty(t, dtype=torch.float32, device=x.device)
+    if t:
+        block_c = next(c for c in (256, 128, 64, 32) if h % c == 0)
+        _token_e4m3_kernel[(triton.cdiv(t, _ROWS),)](x, q, s, t, h, x.stride(0), q.stride(0), INTERP=interpreting(),
+                                                     BLOCK_R=_ROWS, BLOCK_C=block_c, **launch_options())
+    return q, s

@@ -84,5 +84,5 @@ def direct_preload(steps: int) -> int:
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
     """Whether the layer of `config` at `tokens` runs the direct decode layer (see the constants)."""
     s1, s2 = config.stage1, config.stage2
-    return (s1.mma.v2 and s2.mma.v2 and s1.block_m == 16 and s2.block_m == 16 and s2.combine is Combine.SLOTS
-            and tokens * topk <= DIRECT_MAX_PAIRS and inter <= DIRECT_MAX_INTER)
+    return (s1.mma.v2 and s2.mma.v2 and not s1.mma.e4m3 and s1.block_m == 16 and s2.block_m == 16
+            and s2.combine is Combine.SLOTS and tokens * topk <= DIRECT_MAX_PAIRS and inter <= DIRECT_MAX_INTER)

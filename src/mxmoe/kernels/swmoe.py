@@ -25,11 +25,14 @@ no memset and no cast kernel.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from mxmoe.config import Combine, TileConfig
+from mxmoe.fp8_rebase import table_words
 from mxmoe.kernels.combine import combine_rows
 from mxmoe.kernels.common import (
     A4W4,
@@ -48,6 +51,7 @@ from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.rules import counters_needed, defers_rounding, finishes_atomic_in_kernel
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
+from mxmoe.kernels.wtile_e4m3 import act_tile_e4m3, e4m3_operand, weight_tile_e4m3
 
 COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
 ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per step for the atomic combine
@@ -117,12 +121,15 @@ def zero_strips(ptr, n):
 @triton.jit
 def _stage1_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    cnt_ptr, zero_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
-    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp,
+    cnt_ptr, zero_ptr, lut_ptr, rs_ptr, ts_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
+    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, BM: tl.constexpr,
-    BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, E4M3: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
+    affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
+    sums before the bias (exact: powers of two)."""
     enter(INTERP)
     if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
         zero_strips(zero_ptr, zero_n)
@@ -141,15 +148,28 @@ def _stage1_kernel(
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-        wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_g = mma_wt(acc_g, wg, a, INTERP)
-        wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_u = mma_wt(acc_u, wu, a, INTERP)
-    acc_g = tl.trans(acc_g)
-    acc_u = tl.trans(acc_u)
+        if E4M3:
+            a = act_tile_e4m3(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
+            wg = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+            acc_g = mma_wt(acc_g, e4m3_operand(wg, INTERP), a, INTERP)
+            wu = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN,
+                                  BK)
+            acc_u = mma_wt(acc_u, e4m3_operand(wu, INTERP), a, INTERP)
+        else:
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
+            wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+            acc_g = mma_wt(acc_g, wg, a, INTERP)
+            wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+            acc_u = mma_wt(acc_u, wu, a, INTERP)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < I
+    if E4M3:  # the weights' row scales (gate, up), then the tokens' scales
+        ts = tl.load(ts_ptr + token, mask=row_ok, other=0.0)[None, :]
+        rs_e = rs_ptr + expert * stride_rse
+        acc_g = acc_g * tl.load(rs_e + offs_n, mask=n_ok, other=0.0)[:, None] * ts
+        acc_u = acc_u * tl.load(rs_e + I + offs_n, mask=n_ok, other=0.0)[:, None] * ts
+    acc_g = tl.trans(acc_g)
+    acc_u = tl.trans(acc_u)
     if HAS_BIAS and (SPLIT_K == 1 or pid_k == 0):  # split-K: split 0 carries the bias
         acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
         acc_u += tl.load(b_ptr + expert * stride_be + I + offs_n, mask=n_ok, other=0.0)[None, :]
@@ -263,6 +283,12 @@ def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torc
     return torch.zeros(n, dtype=torch.int32, device=dummy.device)
 
 
+@functools.lru_cache(maxsize=8)
+def _table_words(device: torch.device) -> torch.Tensor:
+    """The e4m3 decode's table words on `device`, built once (a launch inside a CUDA graph copies nothing)."""
+    return table_words(device)
+
+
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
                  poison: bool = False, counters: torch.Tensor | None = None,
                  zero: torch.Tensor | None = None) -> KernelInput:
@@ -273,7 +299,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     not given. Where `defers_rounding`, the kernel writes fp32 h and `quantize_input` rounds it (into `out`).
     `zero`, a contiguous fp32 tensor, is zeroed by the kernel's programs (stage 2's atomic sums, `moe`).
     """
-    w = weights.w13_sw
+    e4m3 = cfg.mma.e4m3
+    w = weights.w13_e4m3 if e4m3 else weights.w13_sw
     i, h = weights.inter, weights.hidden
     pairs = plan.num_pairs
     dev = x.data.device
@@ -297,17 +324,21 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
     cnt = zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan.num_padded)
-    b = weights.b13 if weights.b13 is not None else w.scales  # dummy pointer when HAS_BIAS is off
+    ws = w.dcode if e4m3 else w.scales
+    b = weights.b13 if weights.b13 is not None else ws  # dummy pointer when HAS_BIAS is off
+    # e4m3: the table words (read unless the tables are affine), the weights' row scales, the tokens' scales
+    lut = _table_words(dev) if e4m3 and not w.affine else x.data
+    rs, ts = (w.row_scale, x.scales) if e4m3 else (x.data, x.data)
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
-        x.data, w.data, w.scales, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        cnt, dst if zero is None else zero, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        x.data, w.data, ws, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
+        cnt, dst if zero is None else zero, lut, rs, ts, pairs, h, i, plan.max_blocks, w.n16, w.k64,
         0 if zero is None else zero.numel(),
-        x.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), dst.stride(0), part.stride(0),
-        part.stride(1),
+        x.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), dst.stride(0), part.stride(0),
+        part.stride(1), rs.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
-        FOLD=w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k, ZERO=zero is not None,
-        BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **launch_options(),
+        FOLD=w.affine if e4m3 else w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
+        ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     if defer:
         quantize_input(dst, x.path, bf16=True, out=out)

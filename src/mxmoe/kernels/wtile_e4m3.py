@@ -18,6 +18,7 @@ semantics, so only the hardware's own reading of it is left to a GPU run.
 import triton
 import triton.language as tl
 
+from mxmoe.kernels.mx_tile import e4m3_to_f32
 from mxmoe.kernels.wtile import split4, tile_bytes
 
 # $0, $1: a(h, v=0), a(h, v=1), four e4m3 each; $2: the word (four packed bytes); $3 / $7: T0 / T1 (pack=4 hands
@@ -82,3 +83,29 @@ def weight_tile_e4m3(w_ptr, d_ptr, lut_ptr, n16_0, n16_end, k64_0, N16, K64, AFF
     w = tl.reshape(w, [KB, NB, 8, 4, 2, 2, 4, 2])  # [i, jn, g, t, h, kk, j, v]
     w = tl.permute(w, (1, 4, 2, 0, 5, 7, 3, 6))  # [jn, h, g, i, kk, v, t, j]
     return tl.reshape(w, [BN, BK])
+
+
+@triton.jit
+def _e4m3_f32(code):
+    """int32 e4m3fn bytes -> f32, the NaN codes (0x7F / 0xFF) included: the interpreter's operand (no fp8 dot)."""
+    v = e4m3_to_f32(code)
+    return tl.where((code & 0x7F) == 0x7F, float("nan"), v)
+
+
+@triton.jit
+def e4m3_operand(w, INTERP: tl.constexpr):
+    """A float8e4nv tile as the MMA takes it: itself on the GPU, its exact f32 values under the interpreter."""
+    if INTERP:
+        return _e4m3_f32(w.to(tl.uint8, bitcast=True).to(tl.int32))
+    return w
+
+
+@triton.jit
+def act_tile_e4m3(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """Rows `rows` x [k0, k0 + BK) of e4m3 activation bytes (columns past K read as 0) as the MMA's B operand."""
+    offs_k = k0 + tl.arange(0, BK)
+    a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
+                other=0)
+    if INTERP:
+        return _e4m3_f32(a.to(tl.int32))
+    return a.to(tl.float8e4nv, bitcast=True)

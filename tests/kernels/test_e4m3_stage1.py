@@ -1,0 +1,71 @@
+"""Stage 1 of a8w4 on e4m3 wgmma (Mma.WGMMA_E4M3, issue 23) on the interpreter, and its input quantizer.
+
+Oracles: `fp8_rebase.rebase_mxfp8(mx.quantize_mxfp8(x))` for the quantizer (bit for bit: QUANT_TOL 0, the same
+rounding rule, docs/fp8.md section 2), and the fp32 reference for the layer at a8w4's layer tolerance
+(tolerance.py). With quantizer-made weights and inputs every rebased value is exact, so the e4m3 layer must also
+equal the bf16-carrier layer bit for bit here (products are exact in f32 and the sums differ only by powers of two).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mxmoe import fp8_rebase as fr
+from mxmoe import mx
+from mxmoe.config import Mma, MoEConfig, TileConfig
+from mxmoe.kernels.quant import quantize_token_e4m3
+from mxmoe.legality import H100, Reason, check
+from mxmoe.moe import moe
+from mxmoe.problem import make_problem
+from mxmoe.shapes import MODELS, Activation, MoEShape, Path
+from mxmoe.tolerance import assert_close
+
+QUANT_TOL = 0  # bytes and scales equal: see the module docstring
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("spread", [0, 8, 40], ids=lambda s: f"spread{s}")
+def test_token_quantizer_is_the_rebase_twin(spread, device):
+    """Rows whose group scales span `spread` binades (rebased groups far below the top round to e4m3 subnormals
+    or zero), a zero row, a row of zero groups, and non-finite elements (e4m3 NaN, sign kept)."""
+    g = torch.Generator().manual_seed(spread)
+    x = torch.randn(21, 320, generator=g)
+    x *= torch.pow(2.0, torch.randint(-spread, 1, (21, 10), generator=g).float()).repeat_interleave(32, dim=1)
+    x[3] = 0
+    x[4, :96] = 0
+    x[5, 7] = float("inf")
+    x[6, 40] = float("-nan")
+    x = x.to(torch.bfloat16)
+    q, s = (v.cpu() for v in quantize_token_e4m3(x.to(device)))
+    fin = torch.isfinite(x.float()).all(dim=1)
+    want = fr.rebase_mxfp8(mx.quantize_mxfp8(x.float()[fin]))
+    assert (q[fin].int() - want.data.int()).abs().max().item() <= QUANT_TOL
+    assert torch.equal(s[fin], fr.pow2(want.base - 127).float())
+    assert q[5, 7].item() == 0x7F and q[6, 40].item() & 0x7F == 0x7F
+
+
+@pytest.mark.parametrize("shape", [MODELS["tiny"], MODELS["tiny-oai"],
+                                   MoEShape("k-tail", 4, 2, 192, 128, Activation.SWIGLU_OAI, bias=True)],
+                         ids=lambda s: s.name)
+@pytest.mark.parametrize("tokens,split_k,block_m", [(1, 1, 16), (3, 2, 16), (17, 1, 32)])
+def test_e4m3_stage1_matches_reference_and_bf16_carriers(shape, tokens, split_k, block_m):
+    p = make_problem(shape, Path.A8W4, tokens, seed=tokens)
+    w = p.weights.with_e4m3()
+    s1 = TileConfig(block_m=block_m, block_n=64, block_k=128, mma=Mma.WGMMA_E4M3, split_k=split_k)
+    s2 = TileConfig(block_m=block_m, block_n=64, block_k=64, mma=Mma.WGMMA)
+    out = moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1, s2))
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer", name=f"{shape.name}/T={tokens}")
+    bf16 = moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1.replace(mma=Mma.WGMMA), s2))
+    assert torch.equal(out, bf16)
+
+
+def test_e4m3_needs_its_weights_path_and_stage():
+    p = make_problem(MODELS["tiny"], Path.A8W4, 3, seed=1)
+    s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3)
+    s2 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA)
+    with pytest.raises(ValueError, match="e4m3=True"):
+        moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1, s2))
+    assert check(p.shape, Path.A16W4, 1, s1, H100).reason is Reason.PATH_UNSUPPORTED
+    assert check(p.shape, Path.A8W4, 2, s1, H100).reason is Reason.PATH_UNSUPPORTED
+    assert check(p.shape, Path.A8W4, 1, s1, H100).legal
