@@ -1,4 +1,5 @@
-"""The rows combine (Combine.ROWS): y[t] = bf16(sum over slots a of rows[t * A + a]), the slots summed in f32 in
+"""The top-k combines that finish stage 2: the slots finish (`combine_slots`, run inside stage 2) and the rows combine
+(Combine.ROWS): y[t] = bf16(sum over slots a of rows[t * A + a]), the slots summed in f32 in
 slot order, so the result is deterministic.
 
 Why a second kernel: at prefill the atomic combine adds every pair's fp32 row into the token's fp32 row of [T, H];
@@ -24,6 +25,24 @@ from mxmoe.kernels.sync import enter, launch_options
 ROWS_TOKENS = 8
 ROWS_COLS = 1024
 ROWS_WARPS = 4
+COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
+
+
+@triton.jit
+def combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y, TOPK: tl.constexpr,
+                   SPLIT_K: tl.constexpr, INTERP: tl.constexpr, BN: tl.constexpr):
+    """y[:, offs_n] = the sum over splits and top-k slots of every token's slot rows, in bf16 (the finish of the
+    slots combine, run by the last CTA of an N column)."""
+    n_ok = offs_n < H
+    for t0 in range(0, T, COMBINE_ROWS):
+        tok = (t0 + tl.arange(0, COMBINE_ROWS)).to(tl.int64)
+        mask = (tok < T)[:, None] & n_ok[None, :]
+        acc = tl.zeros([COMBINE_ROWS, BN], dtype=tl.float32)
+        for s in range(SPLIT_K):
+            for a in tl.static_range(TOPK):
+                acc += tl.load(slots_ptr + s * stride_ss + (tok * TOPK + a)[:, None] * stride_sr + offs_n[None, :],
+                               mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=mask)
 
 
 @triton.jit

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from mxmoe.config import Combine, TileConfig
 from mxmoe.fp8_rebase import table_words
-from mxmoe.kernels.combine import combine_rows
+from mxmoe.kernels.combine import combine_rows, combine_slots
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -53,7 +53,6 @@ from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import act_tile_e4m3, e4m3_operand, weight_tile_e4m3
 
-COMBINE_ROWS = tl.constexpr(16)  # tokens per step of the slots combine's finish
 ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per step for the atomic combine
 
 
@@ -188,23 +187,6 @@ def _stage1_kernel(
                 acc_g += tl.load(part + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
                 acc_u += tl.load(part + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
             _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, DEFER, BM, BN)
-
-
-@triton.jit
-def combine_slots(slots_ptr, y_ptr, T, H, offs_n, stride_ss, stride_sr, stride_y, TOPK: tl.constexpr,
-                   SPLIT_K: tl.constexpr, INTERP: tl.constexpr, BN: tl.constexpr):
-    """y[:, offs_n] = the sum over splits and top-k slots of every token's slot rows, in bf16 (the finish of the
-    slots combine, run by the last CTA of an N column)."""
-    n_ok = offs_n < H
-    for t0 in range(0, T, COMBINE_ROWS):
-        tok = (t0 + tl.arange(0, COMBINE_ROWS)).to(tl.int64)
-        mask = (tok < T)[:, None] & n_ok[None, :]
-        acc = tl.zeros([COMBINE_ROWS, BN], dtype=tl.float32)
-        for s in range(SPLIT_K):
-            for a in tl.static_range(TOPK):
-                acc += tl.load(slots_ptr + s * stride_ss + (tok * TOPK + a)[:, None] * stride_sr + offs_n[None, :],
-                               mask=mask, other=0.0, cache_modifier=".cg")
-        tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=mask)
 
 
 @triton.jit
