@@ -280,8 +280,8 @@ def test_register_model_counts_two_accumulators_in_stage_1():
 # candidate spaces
 
 
-@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 384),
-                                                     (1, "wide", 7680), (2, "wide", 9600)])
+@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 512),
+                                                     (1, "wide", 7680), (2, "wide", 11520)])
 def test_space_sizes_order_and_uniqueness(stage, name, size):
     space = candidate_space(stage, Path.A8W4, name)
     assert len(space) == size

@@ -67,7 +67,7 @@ RANGES: dict[str, SpaceRanges] = {
         num_stages=(3, 4),
         mma=_MMAS,
         stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 4)),
-        stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ATOMIC, 4)),
+        stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ROWS, 1), (Combine.ATOMIC, 4)),
     ),
     "wide": SpaceRanges(
         block_m=(16, 32, 64, 128, 256),
@@ -80,6 +80,7 @@ RANGES: dict[str, SpaceRanges] = {
         stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8)),
         stage2_combine_split=(
             (Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8), (Combine.SLOTS, 1),
+            (Combine.ROWS, 1),
         ),
     ),
 }
