@@ -124,25 +124,29 @@ import json, sys
 from mxmoe.config import Mma, TileConfig
 from mxmoe.tuning.sweep.compile_check.cpu import run_task_cpu
 from mxmoe.tuning.sweep.compile_check.sample import Task
-cfg = TileConfig(block_m=16, block_n=64, block_k=64, num_warps=int(sys.argv[1]), num_stages=2, mma=Mma.WGMMA)
-row = run_task_cpu(Task("gpt-oss-120b", "a8w4", 1, cfg.to_json(), "legal", "", "", 0), timeout_s=300, launch=False)
+cfg = TileConfig(block_m=16, block_n=64, block_k=64, num_warps=int(sys.argv[1]), num_stages=2, mma=Mma.WGMMA,
+                 combine=sys.argv[3])
+row = run_task_cpu(Task("gpt-oss-120b", "a8w4", int(sys.argv[2]), cfg.to_json(), "legal", "", "", 0), timeout_s=300,
+                   launch=False)
 print(json.dumps(row))
 """
 
 
-@pytest.mark.parametrize("warps,want", [(4, "ok"), (2, "wrapper")])
-def test_cpu_compile_of_a_v2_config_is_the_wrappers_launch(warps, want):
+@pytest.mark.parametrize("warps,stage,combine,want", [(4, 1, "atomic", "ok"), (2, 1, "atomic", "wrapper"),
+                                                      (4, 2, "rows", "ok")])
+def test_cpu_compile_of_a_v2_config_is_the_wrappers_launch(warps, stage, combine, want):
     """A v2 (mma=wgmma) config is compiled for sm_90 from the launch the real wrapper records (bf16 carriers, the
     swmoe kernel), not from the v1 mirrors (which have no wgmma code): a legal tile compiles with its registers
     read back; one the wrapper refuses (2 warps: no warpgroup) is a `wrapper` outcome with nothing compiled. In a
     fresh interpreter without TRITON_INTERPRET, as the --cpu-compile worker runs (kernels decorated under the
-    interpreter cannot compile)."""
+    interpreter cannot compile). Stage 2 with the rows combine compiles stage 2's kernel, not the combine's."""
     import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _V2_TASK, str(warps)], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-c", _V2_TASK, str(warps), str(stage), combine], capture_output=True,
+                          text=True, env=env,
                           timeout=600, check=True)
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["outcome"] == want, row.get("error")
