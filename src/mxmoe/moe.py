@@ -7,11 +7,12 @@ Axis legend: T tokens, A topk, E experts, H hidden, I inter.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import nn
 
-from mxmoe.config import MoEConfig
+from mxmoe.config import Mma, MoEConfig
 from mxmoe.dispatch import check_explicit, choose_config
 from mxmoe.layer_plan import layer_plan
 from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
@@ -80,6 +81,11 @@ def moe(
     t, a = topk_ids.shape
     if config is None:
         config = choose_config(shape_of(weights, a), path, t)
+        if config.stage1.mma.e4m3 and weights.w13_e4m3 is None:  # a table's e4m3 tile, on weights built without it
+            warnings.warn("the tuned config runs stage 1 on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 "
+                          "layout: running the same tile on bf16 carriers; build them with MoEWeights(..., "
+                          "e4m3=True) or weights.with_e4m3()", stacklevel=2)
+            config = MoEConfig(config.stage1.replace(mma=Mma.WGMMA), config.stage2)
     else:
         check_explicit(shape_of(weights, a), path, config)
     plan = layer_plan(shape_of(weights, a), path, config, t)

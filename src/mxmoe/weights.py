@@ -16,6 +16,7 @@ gate tile and one up tile, and `w13_model_layout` puts them back for the referen
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -91,7 +92,12 @@ class MoEWeights:
 
     def with_e4m3(self) -> MoEWeights:
         """The same weights with the e4m3 layout of W13 built too (Mma.WGMMA_E4M3's stage 1)."""
-        return self if self.e4m3 else MoEWeights(self.w13, self.w2, self.b13, self.b2, self.activation, True)
+        if self.e4m3:
+            return self
+        new = copy.copy(self)  # the bf16 layouts are shared, not rebuilt
+        object.__setattr__(new, "e4m3", True)
+        object.__setattr__(new, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)))
+        return new
 
     @classmethod
     def from_float(

@@ -69,3 +69,28 @@ def test_e4m3_needs_its_weights_path_and_stage():
     assert check(p.shape, Path.A16W4, 1, s1, H100).reason is Reason.PATH_UNSUPPORTED
     assert check(p.shape, Path.A8W4, 2, s1, H100).reason is Reason.PATH_UNSUPPORTED
     assert check(p.shape, Path.A8W4, 1, s1, H100).legal
+
+
+def test_a8w4_stage1_space_takes_every_tile_on_e4m3_too():
+    from mxmoe.space import candidate_space
+
+    bf16 = candidate_space(1, Path.A16W4)
+    a8 = candidate_space(1, Path.A8W4)
+    assert len(a8) == 2 * len(bf16) and sum(c.mma.e4m3 for c in a8) == len(bf16)
+    assert not any(c.mma.e4m3 for c in candidate_space(2, Path.A8W4))
+
+
+def test_dispatched_e4m3_tile_runs_on_bf16_carriers_without_the_e4m3_layout(monkeypatch):
+    """A tuned table may name an e4m3 stage 1; weights built without the e4m3 layout run the same tile on bf16
+    carriers, with a warning, instead of failing the call."""
+    import sys
+
+    moe_mod = sys.modules["mxmoe.moe"]  # the module (the package exports the function under the same name)
+    p = make_problem(MODELS["tiny"], Path.A8W4, 5, seed=2)
+    s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3)
+    cfg = MoEConfig(s1, s1.replace(mma=Mma.WGMMA))
+    monkeypatch.setattr(moe_mod, "choose_config", lambda *a: cfg)
+    with pytest.warns(UserWarning, match="no e4m3 layout"):
+        out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4)
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+    assert torch.equal(out, moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4))
