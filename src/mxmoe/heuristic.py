@@ -92,9 +92,16 @@ SPLIT_K_FEW_CTAS = 432
 SLOTS_MAX_ROWS = 32
 # Stage 2's grid order from BLOCK_M 64 (grid_swizzle's GROUP_M): M blocks that share each N tile while it is in L2.
 STAGE2_GROUP_M = 8
-# Stage 2 combines by bf16 rows and a combine kernel (kernels/combine.py) from this many (token, slot) pairs
-# instead of fp32 atomics (0: never).
-ROWS_MIN_PAIRS = 0
+# Stage 2 combines by bf16 rows and a combine kernel (kernels/combine.py) instead of fp32 atomics from BLOCK_M
+# ROWS_MIN_BLOCK_M where inter is at most ROWS_MAX_INTER: there the [P, H] output dwarfs stage 2's K, and the atomic
+# adds into a [T, H] fp32 target far larger than L2 go to DRAM. H100, whole layer, rows against atomic (rule_ab,
+# graph replay, L2 flushed, 41f31dc; results/h100/2026-12-06_rows_ab_41f31dc.csv): deepseek-v3-tp8 T=512 / 1024 /
+# 2048 / 4096 / 32768 1.028 / 1.011 / 1.101 / 1.176 / 1.368x, kimi-k2-tp8 T=8192 1.250x, deepseek-v4-tp8 T=1024 /
+# 8192 1.051 / 1.232x; at BLOCK_M 16 it lost (deepseek-v3-tp8 T=128 0.949x, T=16 a8w4 0.940x), at 32 tied (T=256
+# 0.999x, kimi-k2-tp8 T=512 1.012x). The full shapes gained 1.7-5% (kimi-k2 T=4096 1.050x, gpt-oss-20b T=8192
+# 1.039x, deepseek-v3 T=4096 1.027x) but deepseek-v3 T=16384 lost (0.934x): not taken there.
+ROWS_MIN_BLOCK_M = 64
+ROWS_MAX_INTER = 512
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -168,7 +175,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
     to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
-    SLOTS_MAX_ROWS.
+    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER).
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -177,7 +184,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if s2.group_m > 1:
         s2 = s2.replace(group_m=STAGE2_GROUP_M)
-    if ROWS_MIN_PAIRS and tokens * shape.topk >= ROWS_MIN_PAIRS:
+    if block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER:
         s2 = s2.replace(combine=Combine.ROWS)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
