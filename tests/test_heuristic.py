@@ -87,3 +87,18 @@ def test_every_default_config_is_legal_on_the_h100(path):
             for stage, tile in ((1, cfg.stage1), (2, cfg.stage2)):
                 v = legality.check(shape, path, stage, tile, legality.H100, tokens=t)
                 assert v.legal, (name, path.value, t, stage, tile.short(), v)
+
+
+def test_rows_combine_rule():
+    """Stage 2 combines by bf16 rows from BLOCK_M 64 at inter <= 512 (heuristic.ROWS_*, measured there), by fp32
+    atomics on the full-expert shapes and by slots or atomics at decode."""
+    from mxmoe.config import Combine
+    from mxmoe.heuristic import ROWS_MAX_INTER, ROWS_MIN_BLOCK_M, v2_config
+    from mxmoe.shapes import MODELS, Path
+
+    for model, t in (("deepseek-v3-tp8", 512), ("kimi-k2-tp8", 32768), ("deepseek-v4-tp8", 8192)):
+        s2 = v2_config(MODELS[model], Path.A16W4, t).stage2
+        assert s2.block_m >= ROWS_MIN_BLOCK_M and MODELS[model].inter <= ROWS_MAX_INTER
+        assert s2.combine is Combine.ROWS and s2.split_k == 1
+    assert v2_config(MODELS["deepseek-v3-tp8"], Path.A16W4, 128).stage2.combine is Combine.ATOMIC  # BLOCK_M 16
+    assert v2_config(MODELS["deepseek-v3"], Path.A8W4, 16384).stage2.combine is Combine.ATOMIC  # inter 2048

@@ -90,8 +90,6 @@ SPLIT_K_FEW_CTAS = 432
 # slots 109.0 unsplit against 113.1-121.0 split; deepseek-v3 T=1 100.3 against 100.7-112.4; deepseek-v3-tp8 T=4 73.8
 # against 77.9-86.0; the exception, gpt-oss-120b T=1, 51.0 against 48.8 at sk2).
 SLOTS_MAX_ROWS = 32
-# Stage 2's grid order from BLOCK_M 64 (grid_swizzle's GROUP_M): M blocks that share each N tile while it is in L2.
-STAGE2_GROUP_M = 8
 # Stage 2 combines by bf16 rows and a combine kernel (kernels/combine.py) instead of fp32 atomics from BLOCK_M
 # ROWS_MIN_BLOCK_M where inter is at most ROWS_MAX_INTER: there the [P, H] output dwarfs stage 2's K, and the atomic
 # adds into a [T, H] fp32 target far larger than L2 go to DRAM. H100, whole layer, rows against atomic (rule_ab,
@@ -182,8 +180,6 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= 64 else 128
     s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16, 1)
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
-    if s2.group_m > 1:
-        s2 = s2.replace(group_m=STAGE2_GROUP_M)
     if block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER:
         s2 = s2.replace(combine=Combine.ROWS)
     if block_m == 16:
