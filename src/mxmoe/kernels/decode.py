@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.config import TileConfig
+from mxmoe.kernels.combine import combine_slots
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -47,7 +48,7 @@ from mxmoe.kernels.rules import direct_preload
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
-    combine_slots,
+    gate_up_mma,
     mma_wt,
     weighted_rows,
     zero_strips,
@@ -148,10 +149,7 @@ def _direct1_kernel(
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         else:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-        wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_g = mma_wt(acc_g, wg, a, INTERP)
-        wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc_u = mma_wt(acc_u, wu, a, INTERP)
+        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD, INTERP, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask = row_ok[:, None] & (offs_n < I)[None, :]
     rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)

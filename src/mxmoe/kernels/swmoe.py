@@ -86,6 +86,17 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 
 
 @triton.jit
+def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
+                BN: tl.constexpr, BK: tl.constexpr):
+    """One stage-1 K step on bf16 carriers: the gate and the up weight tiles (W13 rows n16_g / n16_u on) against
+    the activation operand `a`."""
+    wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+    acc_g = mma_wt(acc_g, wg, a, INTERP)
+    wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+    return acc_g, mma_wt(acc_u, wu, a, INTERP)
+
+
+@triton.jit
 def carried_h(h, PATH: tl.constexpr, INTERP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
     """fp32 h [R, C] (after the activation) -> the bf16 carrier stage 2 reads: on a8w4 / a4w4 rounded to the MXFP8 /
     MXFP4 grid first (per 32 along C). One owner, so the direct layer's h (kernels/decode.py) is this one's bits."""
@@ -158,10 +169,8 @@ def _stage1_kernel(
             acc_u += mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(wu, INTERP), a, INTERP)
         else:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-            wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-            acc_g = mma_wt(acc_g, wg, a, INTERP)
-            wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-            acc_u = mma_wt(acc_u, wu, a, INTERP)
+            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD, INTERP, BN,
+                                       BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < I
     if E4M3:  # the weights' row scales (gate, up), then the tokens' scales
