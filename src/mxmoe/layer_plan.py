@@ -94,6 +94,8 @@ class LayerPlan:
         if self.direct:
             return direct_stage2(h, weights, plan2, topk_weights, self.config.stage2, self.path, self.tokens,
                                  poison=poison)
+        if self.config.stage2.mma.e4m3:  # h (on the MXFP8 grid) rebased to e4m3 with one scale per pair
+            h = KernelInput(*quantize_token_e4m3(h.data), self.path)
         counters = None
         if self.counters2 and plan1.counters is not None:
             counters = plan1.counters[self.counters1 : self.counters1 + self.counters2]

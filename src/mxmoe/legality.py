@@ -152,8 +152,6 @@ def _check_levers(stage: int, cfg: TileConfig, interpreter: bool) -> Illegal | N
     if cfg.split_k > 1 and cfg.combine is not Combine.ATOMIC and not cfg.mma.v2:
         return Illegal(Reason.PATH_UNSUPPORTED, f"split_k={cfg.split_k} needs combine=atomic on the v1 kernels, "
                        f"got {cfg.combine.value}")
-    if cfg.mma.e4m3 and stage != 1:
-        return Illegal(Reason.PATH_UNSUPPORTED, "mma=wgmma_e4m3 is a stage-1 lever (stage 2 reads bf16 h)")
     if cfg.combine is Combine.ROWS and not (cfg.mma.v2 and cfg.split_k == 1):
         return Illegal(Reason.PATH_UNSUPPORTED, f"combine=rows needs the v2 kernels unsplit, got mma={cfg.mma.value} "
                        f"split_k={cfg.split_k}")

@@ -81,11 +81,11 @@ def moe(
     t, a = topk_ids.shape
     if config is None:
         config = choose_config(shape_of(weights, a), path, t)
-        if config.stage1.mma.e4m3 and weights.w13_e4m3 is None:  # a table's e4m3 tile, on weights built without it
-            warnings.warn("the tuned config runs stage 1 on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 "
-                          "layout: running the same tile on bf16 carriers; build them with MoEWeights(..., "
-                          "e4m3=True) or weights.with_e4m3()", stacklevel=2)
-            config = MoEConfig(config.stage1.replace(mma=Mma.WGMMA), config.stage2)
+        if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
+            warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
+                          "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
+                          "weights.with_e4m3()", stacklevel=2)
+            config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
     else:
         check_explicit(shape_of(weights, a), path, config)
     plan = layer_plan(shape_of(weights, a), path, config, t)

@@ -178,13 +178,18 @@ def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: 
 
 
 def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:
-    """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (bf16 upcast tiles), `total`."""
+    """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (the decoded weight tiles, and on
+    e4m3 the promotion's K-step accumulator), `total`. sm_90 compiles of the e4m3 stages (CPU, 2026-12-06): stage 1
+    M128N128 w8 (acc 128 + 96 modelled) spilled 26 words, stage 2 M128N256 w8 (128 + 144, over 255) 132."""
     path = Path(path)
     n_acc = 2 if stage == 1 else 1
     threads = 32 * cfg.num_warps
     acc = math.ceil(n_acc * cfg.block_m * cfg.block_n / threads)
-    operand_bytes = cfg.block_n * cfg.block_k * 2 * (n_acc if cfg.mma.v2 else 1)  # v2: gate and up tiles live
+    width = 1 if cfg.mma.e4m3 else 2  # bytes per decoded weight value
+    operand_bytes = cfg.block_n * cfg.block_k * width * (n_acc if cfg.mma.v2 else 1)  # v2: gate and up tiles live
     if not _act_direct(path, cfg) and not cfg.mma.v2:  # v2 reads its activation from shared memory
         operand_bytes += cfg.block_m * cfg.block_k * 2
+    if cfg.mma.e4m3:  # each K step sums into a fresh accumulator before the f32 sums (promotion), one at a time
+        operand_bytes += cfg.block_m * cfg.block_n * 4
     operand = math.ceil(operand_bytes / 4 / threads)
     return {"acc": acc, "operand": operand, "total": acc + operand}

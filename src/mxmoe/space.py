@@ -113,14 +113,14 @@ def _build(stage: int, name: str) -> tuple[TileConfig, ...]:
 def candidate_space(stage: int, path: Path | str, name: str = "default") -> tuple[TileConfig, ...]:
     """Every candidate TileConfig of one stage, sorted by `space_sort_key`, without duplicates.
 
-    The ranges are the same for every path, but a8w4's stage 1 takes every tile twice: on bf16 carriers and on
-    e4m3 wgmma (the tuning harness builds a8w4 weights with their e4m3 layout).
+    The ranges are the same for every path, but a8w4 takes every tile twice: on bf16 carriers and on e4m3 wgmma
+    (the tuning harness builds a8w4 weights with their e4m3 layouts).
     """
     _check_stage(stage)
     path = Path(path)  # validates: ValueError names the bad value
     if name not in RANGES:
         raise ValueError(f"unknown space {name!r}; known: {', '.join(SPACE_NAMES)}")
-    if stage == 1 and path is Path.A8W4:  # and every tile again on e4m3 wgmma (Mma.WGMMA_E4M3)
+    if path is Path.A8W4:  # and every tile again on e4m3 wgmma (Mma.WGMMA_E4M3)
         return _with_e4m3(_build(stage, name))
     return _build(stage, name)
 

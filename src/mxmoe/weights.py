@@ -60,13 +60,15 @@ class MoEWeights:
     w13_sw: SwizzledMX = field(init=False, repr=False, compare=False)
     w2_sw: SwizzledMX = field(init=False, repr=False, compare=False)
     w13_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
+    w2_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "w13_sw", swizzle(self.w13.data, self.w13.scales))
         object.__setattr__(self, "w2_sw", swizzle(self.w2.data, self.w2.scales))
-        # e4m3=True: W13 also rebased into the e4m3 layout for stage 1 on e4m3 wgmma (Mma.WGMMA_E4M3); opt-in
-        # because it adds W13's size again
+        # e4m3=True: W13 and W2 also rebased into the e4m3 layout for the stages on e4m3 wgmma (Mma.WGMMA_E4M3);
+        # opt-in because it adds the weights' size again
         object.__setattr__(self, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)) if self.e4m3 else None)
+        object.__setattr__(self, "w2_e4m3", swizzle_e4m3(rebase_weights(self.w2)) if self.e4m3 else None)
 
     @property
     def num_experts(self) -> int:
@@ -91,12 +93,13 @@ class MoEWeights:
                           self.e4m3)
 
     def with_e4m3(self) -> MoEWeights:
-        """The same weights with the e4m3 layout of W13 built too (Mma.WGMMA_E4M3's stage 1)."""
+        """The same weights with the e4m3 layouts of W13 and W2 built too (Mma.WGMMA_E4M3)."""
         if self.e4m3:
             return self
         new = copy.copy(self)  # the bf16 layouts are shared, not rebuilt
         object.__setattr__(new, "e4m3", True)
         object.__setattr__(new, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)))
+        object.__setattr__(new, "w2_e4m3", swizzle_e4m3(rebase_weights(self.w2)))
         return new
 
     @classmethod

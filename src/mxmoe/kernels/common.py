@@ -124,7 +124,7 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
     if cfg.mma.e4m3 and not x.token_e4m3:
         raise ValueError(f"stage {stage}: mma=wgmma_e4m3 takes e4m3 bytes with per-token f32 scales "
                          "(quant.quantize_token_e4m3)")
-    if cfg.mma.e4m3 and weights.w13_e4m3 is None:
+    if cfg.mma.e4m3 and (weights.w13_e4m3 if stage == 1 else weights.w2_e4m3) is None:
         raise ValueError(f"stage {stage}: mma=wgmma_e4m3 needs the e4m3 weight layout: MoEWeights(..., e4m3=True) "
                          "or weights.with_e4m3()")
     if cfg.mma.v2 and not cfg.mma.e4m3 and not x.bf16:

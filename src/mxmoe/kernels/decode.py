@@ -50,10 +50,10 @@ from mxmoe.kernels.swmoe import (
     carried_h,
     gate_up_mma,
     mma_wt,
-    weighted_rows,
     zero_strips,
     zeros_or,
 )
+from mxmoe.kernels.swmoe_stage2 import weighted_rows
 from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids

@@ -26,7 +26,7 @@ from mxmoe.kernels.common import (
     mma_tile,
     split_k_range,
 )
-from mxmoe.kernels.swmoe import stage2_wgmma
+from mxmoe.kernels.swmoe_stage2 import stage2_wgmma
 
 
 @triton.jit

@@ -9,8 +9,8 @@ Each program computes acc^T [BN, BM] = W_tile [BN, BK] @ X_tile^T [BK, BM] over 
   - the activation tile [BM, BK] bf16 is gathered by token (stage 1) or pair (stage 2) rows, cp.async-staged
     and read by wgmma from shared memory as its B operand;
   - decode blocks (BM = 16) are wgmma's N = 16 instead of padding an M of 64.
-Stage 1 holds a gate and an up tile (rows n and I + n of W13), the activation fused in the epilogue; stage 2
-multiplies by the routing weight and adds into the token's fp32 row (atomics) or its slot row.
+Stage 1 (here) holds a gate and an up tile (rows n and I + n of W13), the activation fused in the epilogue;
+stage 2 (kernels/swmoe_stage2.py) multiplies by the routing weight and combines the top-k slots.
 
 a8w4 / a4w4 carry their activations as bf16 values on the MXFP8 / MXFP4 grid (exact: `mx_tile.qdq_tile`), so
 the three paths share one MMA; the quantization the path names happens on the input (kernels/quant.py) and in
@@ -31,9 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mxmoe.config import Combine, TileConfig
+from mxmoe.config import TileConfig
 from mxmoe.fp8_rebase import table_words
-from mxmoe.kernels.combine import combine_rows, combine_slots
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -48,7 +47,7 @@ from mxmoe.kernels.common import (
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import counters_needed, defers_rounding, finishes_atomic_in_kernel
+from mxmoe.kernels.rules import counters_needed, defers_rounding
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import act_tile_e4m3, e4m3_operand, weight_tile_e4m3
@@ -68,8 +67,8 @@ def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.
 
 
 @triton.jit
-def _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs, stride_we, stride_wse,
-           BM: tl.constexpr):
+def expert_block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs, stride_we, stride_wse,
+                 BM: tl.constexpr):
     """Block pid_m's expert, its BM pair ids and which are real, and the expert's value / scale bases."""
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
@@ -149,8 +148,8 @@ def _stage1_kernel(
     pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
     if pid_m * BM >= tl.load(num_padded_ptr):
         return
-    expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
-                                             stride_we, stride_wse, BM)
+    expert, pair, row_ok, w_e, ws_e = expert_block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m,
+                                                   num_pairs, stride_we, stride_wse, BM)
     token = (pair // TOPK).to(tl.int64)
     pid_k = tl.program_id(1)
     n16_g = pid_n * (BN // 16)
@@ -200,69 +199,6 @@ def _stage1_kernel(
             _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, DEFER, BM, BN)
 
 
-@triton.jit
-def weighted_rows(acc, b_ptr, rw, offs_n, n_ok, pid_k, HAS_BIAS: tl.constexpr):
-    """Stage 2's acc^T [BN, BM] -> [BM, BN] rows plus the bias at `b_ptr` (split 0 carries it), times each row's
-    routing weight `rw` [BM]."""
-    acc = tl.trans(acc)
-    if HAS_BIAS:  # noqa: SIM102 -- HAS_BIAS is a constexpr, pid_k a runtime value
-        if pid_k == 0:
-            acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    return acc * rw[:, None]
-
-
-@triton.jit
-def _stage2_kernel(
-    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    num_pairs, T, H, I, max_blocks, N16, K64,
-    stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y,
-    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
-    CAST: tl.constexpr, INTERP: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    enter(INTERP)
-    num_n = tl.cdiv(H, BN)
-    pid_k = tl.program_id(1)
-    pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
-    num_padded = tl.load(num_padded_ptr)
-    if pid_m * BM >= num_padded:
-        return
-    expert, pair, row_ok, w_e, ws_e = _block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs,
-                                             stride_we, stride_wse, BM)
-    rows = pair.to(tl.int64)
-    k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
-    acc = tl.zeros([BN, BM], dtype=tl.float32)
-    for kk in range(0, k_len, BK):
-        k0 = k_first + kk
-        a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
-        w = weight_tile(w_e, ws_e, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc = mma_wt(acc, w, a, INTERP)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    n_ok = offs_n < H
-    acc = weighted_rows(acc, b_ptr + expert * stride_be, tl.load(rw_ptr + rows, mask=row_ok, other=0.0), offs_n, n_ok,
-                        pid_k, HAS_BIAS)
-    if ROWS:  # the pair's row in bf16 (unsplit); kernels/combine.py sums each token's rows
-        tl.store(out_ptr + rows[:, None] * stride_or + offs_n[None, :], to_bf16_rne(acc, INTERP),
-                 mask=row_ok[:, None] & n_ok[None, :])
-    elif SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
-        tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
-                 mask=row_ok[:, None] & n_ok[None, :])
-        if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
-            combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
-    else:  # add into the token's fp32 row; with CAST the last of its TOPK x SPLIT_K arrivals here rounds it
-        tok = rows // TOPK
-        mask = row_ok[:, None] & n_ok[None, :]
-        sums = out_ptr + tok[:, None] * stride_or + offs_n[None, :]
-        tl.atomic_add(sums, acc, mask=mask, sem="relaxed")
-        if CAST:
-            tl.debug_barrier()  # every thread's adds, then each row's acq_rel arrival (kernels/sync.py)
-            arrived = tl.atomic_add(cnt_ptr + tok * num_n + pid_n, 1, mask=row_ok, sem="acq_rel", scope="gpu")
-            last = (row_ok & (arrived == TOPK * SPLIT_K - 1))[:, None] & mask
-            tl.debug_barrier()  # the rows' acquires before any thread's loads
-            acc = tl.load(sums, mask=last, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
-
-
 def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torch.Tensor:
     """`counters` (zeros from the align kernel, or the ones the direct stage 1 zeroes) when given, else a zeroed
     allocation of n on `dummy`'s device; when the launch takes no counters (n = 0), `dummy` itself as the pointer
@@ -277,7 +213,7 @@ def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torc
 
 
 @functools.lru_cache(maxsize=8)
-def _table_words(device: torch.device) -> torch.Tensor:
+def table_words_on(device: torch.device) -> torch.Tensor:
     """The e4m3 decode's table words on `device`, built once (a launch inside a CUDA graph copies nothing)."""
     return table_words(device)
 
@@ -320,7 +256,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     ws = w.dcode if e4m3 else w.scales
     b = weights.b13 if weights.b13 is not None else ws  # dummy pointer when HAS_BIAS is off
     # e4m3: the table words (read unless the tables are affine), the weights' row scales, the tokens' scales
-    lut = _table_words(dev) if e4m3 and not w.affine else x.data
+    lut = table_words_on(dev) if e4m3 and not w.affine else x.data
     rs, ts = (w.row_scale, x.scales) if e4m3 else (x.data, x.data)
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, ws, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
@@ -336,59 +272,3 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     if defer:
         quantize_input(dst, x.path, bf16=True, out=out)
     return out
-
-
-def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
-                 out: torch.Tensor | None = None, poison: bool = False, counters: torch.Tensor | None = None,
-                 zeroed: bool = False) -> torch.Tensor:
-    """Stage 2 on the v2 kernels; returns bf16 [T, H] (when the kernel writes it, NaN-filled first if `poison`).
-
-    atomic: `out` (fp32 [T, H]) is zeroed here unless `zeroed` (stage 1 zeroed it: `moe`) and the kernel adds into
-    it; where `finishes_atomic_in_kernel` the last arrival of each token and N column rounds the row slice into the
-    result, else one cast after the launch. slots: `out` (fp32 [split_k, P, H], poisoned with NaN when `poison`)
-    takes every slot row of every split and the last CTA of each N column sums them into the result. rows: `out`
-    (bf16 [P, H], poisoned likewise) takes every pair's row and `combine.combine_rows` sums them.
-    `counters` are `counters_needed(cfg, 2, H, I, ...)` int32 zeros, allocated here if not given.
-    """
-    hidden, dev = weights.hidden, h.data.device
-    slots, by_rows = cfg.combine is Combine.SLOTS, cfg.combine is Combine.ROWS
-    shape = ((cfg.split_k, plan.num_pairs, hidden) if slots else (plan.num_pairs, hidden) if by_rows
-             else (num_tokens, hidden))
-    dtype = torch.bfloat16 if by_rows else torch.float32
-    if out is None and (slots or by_rows):  # every row a live block covers is written: no fill unless poisoned
-        out = torch.empty(shape, dtype=dtype, device=dev)
-        if poison:
-            out.fill_(float("nan"))
-    elif out is None:
-        out = torch.zeros(shape, dtype=dtype, device=dev)
-    elif tuple(out.shape) != shape or out.dtype != dtype:
-        raise ValueError(f"stage 2 ({cfg.combine.value}, split_k={cfg.split_k}): out must be {dtype} {shape}, "
-                         f"got {out.dtype} {tuple(out.shape)}")
-    elif not (slots or by_rows or zeroed):
-        out.zero_()
-    if plan.max_blocks == 0:
-        return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
-    cast = cfg.combine is Combine.ATOMIC and finishes_atomic_in_kernel(cfg, weights.inter)
-    y = out  # the kernel writes no bf16 result: a dummy pointer, the cast follows the launch
-    if slots or cast:
-        y = torch.empty(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
-        if poison:
-            y.fill_(float("nan"))
-    w = weights.w2_sw
-    rw = topk_weights.to(torch.float32).contiguous().view(-1)
-    b = weights.b2 if weights.b2 is not None else rw
-    cnt = zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens),
-                   plan.num_padded)
-    out3 = out if slots else out[None]
-    _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
-        h.data, w.data, w.scales, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
-        h.data.stride(0), w.data.stride(0), w.scales.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
-        y.stride(0),
-        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.fold, SLOTS=slots, ROWS=by_rows, CAST=cast,
-        INTERP=interpreting(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
-    )
-    if by_rows:
-        return combine_rows(out, plan.topk)
-    return y if slots or cast else out.to(torch.bfloat16)

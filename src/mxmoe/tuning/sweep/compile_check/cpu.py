@@ -48,9 +48,11 @@ def init_cpu_worker() -> None:
 
 
 @functools.cache
-def _cpu_weights(shape: MoEShape):
+def _cpu_weights(shape: MoEShape, e4m3: bool = False):
     """The GPU mode's min(E, 8) experts with the shape's hidden and inter, as uninitialised CPU tensors: only
-    their shapes, strides and dtypes reach the compiler (never launched; untouched pages cost no memory)."""
+    their shapes, strides and dtypes reach the compiler (never launched; untouched pages cost no memory). With
+    `e4m3` zeros instead, so the e4m3 layouts' rebase reads defined bytes (and takes the affine tables, as
+    quantizer-made weights do)."""
     import torch
 
     from mxmoe.mx import MXFormat, MXTensor
@@ -58,13 +60,15 @@ def _cpu_weights(shape: MoEShape):
 
     e, h, i = min(shape.experts, LAUNCH_EXPERTS), shape.hidden, shape.inter
 
+    new = torch.zeros if e4m3 else torch.empty
+
     def mx(rows: int, k: int) -> MXTensor:
-        return MXTensor(torch.empty(e, rows, k // 2, dtype=torch.uint8), torch.empty(e, rows, k // 32,
-                        dtype=torch.uint8), MXFormat.E2M1, axis=2, shape=(e, rows, k))
+        return MXTensor(new(e, rows, k // 2, dtype=torch.uint8), new(e, rows, k // 32, dtype=torch.uint8),
+                        MXFormat.E2M1, axis=2, shape=(e, rows, k))
 
     b13 = torch.zeros(e, 2 * i) if shape.bias else None
     b2 = torch.zeros(e, h) if shape.bias else None
-    return MoEWeights(mx(2 * i, h), mx(h, i), b13, b2, shape.activation)
+    return MoEWeights(mx(2 * i, h), mx(h, i), b13, b2, shape.activation, e4m3)
 
 
 class _LaunchRecorder:
@@ -85,16 +89,17 @@ def _wrappers_record_launches():
     import mxmoe.kernels.stage1 as s1
     import mxmoe.kernels.stage2 as s2
     import mxmoe.kernels.swmoe as sw
+    import mxmoe.kernels.swmoe_stage2 as sw2
 
     targets = ((common, "require_executable"), (s1, "_stage1_kernel"), (s1, "_stage1_finish_kernel"),
-               (s2, "_stage2_kernel"), (sw, "_stage1_kernel"), (sw, "_stage2_kernel"), (sw, "quantize_input"),
-               (sw, "combine_rows"))
+               (s2, "_stage2_kernel"), (sw, "_stage1_kernel"), (sw2, "_stage2_kernel"), (sw, "quantize_input"),
+               (sw2, "combine_rows"))
     saved = [getattr(m, name) for m, name in targets]
     recorder = _LaunchRecorder()
     common.require_executable = lambda t: None
-    s1._stage1_kernel = s1._stage1_finish_kernel = s2._stage2_kernel = sw._stage1_kernel = sw._stage2_kernel = recorder
+    s1._stage1_kernel = s1._stage1_finish_kernel = s2._stage2_kernel = sw._stage1_kernel = sw2._stage2_kernel = recorder
     sw.quantize_input = lambda *a, **k: None  # v2 stage 1's deferred rounding pass: not this config's kernel
-    sw.combine_rows = lambda *a, **k: None  # the rows combine's own kernel: not this config's either
+    sw2.combine_rows = lambda *a, **k: None  # the rows combine's own kernel: not this config's either
     try:
         yield recorder
     finally:
@@ -140,9 +145,9 @@ def run_task_cpu(task: Task, timeout_s: int, launch: bool) -> dict:  # noqa: ARG
 def _prepare(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, out: dict, notes: list[str]):
     """(kernel, args, meta, accepted): the mirrored kernel call on CPU tensors, after the launch wrapper's own
     verdict on the config (wrapper_ok in `out`; refusals and a launch that specializes differently in `notes`)."""
-    weights = _cpu_weights(shape)
+    weights = _cpu_weights(shape, cfg.mma.e4m3)
     plan, topk_weights = launch_routing(shape, cfg.block_m, "cpu")
-    x, t = launch_input(shape, path, stage, "cpu", cfg.mma.v2), LAUNCH_TOKENS
+    x, t = launch_input(shape, path, stage, "cpu", cfg.mma.v2, cfg.mma.e4m3), LAUNCH_TOKENS
     buf = stage_buffer(path, stage, cfg, weights, plan, x, t)
     if cfg.mma.v2:
         return _prepare_v2(stage, cfg, (x, weights, plan, topk_weights, t, buf), out, notes)
@@ -165,6 +170,7 @@ def _prepare_v2(stage: int, cfg: TileConfig, inputs: tuple, out: dict, notes: li
     """A v2 config: the launch the real wrapper records is what gets compiled (no hand mirror to keep in step), so a
     config the wrapper refuses has nothing to compile (kernel None, the refusal in `notes`)."""
     import mxmoe.kernels.swmoe as sw
+    import mxmoe.kernels.swmoe_stage2 as sw2
 
     x, weights, plan, topk_weights, t, buf = inputs
     accepted, refusal, recorded = _wrapper_check(stage, x, weights, plan, topk_weights, cfg, t, buf)
@@ -173,7 +179,7 @@ def _prepare_v2(stage: int, cfg: TileConfig, inputs: tuple, out: dict, notes: li
         notes.append("launch wrapper refused: " + refusal if not accepted else "the launch wrapper launched nothing")
         return None, None, None, False
     _, args, meta = recorded
-    return (sw._stage1_kernel if stage == 1 else sw._stage2_kernel), args, meta, accepted
+    return (sw._stage1_kernel if stage == 1 else sw2._stage2_kernel), args, meta, accepted
 
 
 def _compile(kernel, args: tuple, meta: dict, timeout_s: int, out: dict, notes: list[str]):

@@ -85,15 +85,19 @@ def launch_routing(shape: MoEShape, block_m: int, device: str):
 
 
 @functools.cache
-def launch_input(shape: MoEShape, path: Path, stage: int, device: str, v2: bool = False):
+def launch_input(shape: MoEShape, path: Path, stage: int, device: str, v2: bool = False, e4m3: bool = False):
     """The stage's activation at the path's width: x [T, H] (stage 1) or h [T*A, I] (stage 2); with `v2` every path
-    is carried as bf16 (the v2 kernels' carriers: the MX values are exact in bf16)."""
+    is carried as bf16 (the v2 kernels' carriers: the MX values are exact in bf16); with `e4m3` as e4m3 bytes and
+    one f32 scale per row (Mma.WGMMA_E4M3's input)."""
     import torch
 
     from mxmoe.kernels.common import KernelInput
 
     t, a = LAUNCH_TOKENS, min(shape.topk, shape.experts, LAUNCH_EXPERTS)
     rows, cols = (t, shape.hidden) if stage == 1 else (t * a, shape.inter)
+    if e4m3:
+        codes = torch.randint(0, 0x70, (rows, cols), device=device, dtype=torch.uint8)  # no e4m3 NaN codes
+        return KernelInput(codes, torch.ones(rows, device=device), path)
     if v2:
         return KernelInput((torch.randn(rows, cols, device=device) * 0.1).to(torch.bfloat16), None, path)
     x = KernelInput.empty(path, rows, cols, torch.device(device))
