@@ -24,19 +24,21 @@ class Mma(str, Enum):
     # layout (kernels/layout.py) and decoded in 9 integer ops per 8 values; bf16 activation carriers on every path.
     # Runs on the GPU and, bit for bit the same layout and decode, under the interpreter.
     WGMMA = "wgmma"
-    # Stage 1 of a8w4 on e4m3 wgmma (issue 23, docs/fp8.md): the weights rebased into the e4m3 layout
-    # (kernels/layout_e4m3.py, MoEWeights(e4m3=True)), the input rebased to one scale per token
-    # (quant.quantize_token_e4m3), both scales in the epilogue. Experimental: only an explicit config takes it.
+    # a8w4 on e4m3 wgmma, either stage (issue 23, docs/fp8.md): the weights rebased into the e4m3 layout
+    # (kernels/layout_e4m3.py, MoEWeights(e4m3=True)), the stage's input rebased to one scale per row
+    # (quant.quantize_token_e4m3), both scales in the epilogue. Explicit configs and a8w4's candidate spaces take it;
+    # no default does yet.
     WGMMA_E4M3 = "wgmma_e4m3"
 
     @property
     def v2(self) -> bool:
-        """The v2 kernels (kernels/swmoe.py): swizzled weights; bf16 activation carriers but on e4m3."""
+        """The v2 kernels (kernels/swmoe.py, swmoe_stage2.py): swizzled weights; bf16 activation carriers, or e4m3
+        ones with WGMMA_E4M3."""
         return self in (Mma.WGMMA, Mma.WGMMA_E4M3)
 
     @property
     def e4m3(self) -> bool:
-        """e4m3 operands on both sides of the MMA (stage 1 of a8w4 only)."""
+        """e4m3 operands on both sides of the MMA (a8w4 only)."""
         return self is Mma.WGMMA_E4M3
 
     @property
