@@ -168,10 +168,12 @@ def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: 
     take BN*BK/8 bytes (the 4-byte scale word is loaded by each of the 4 lanes sharing it). The decoded weights stay
     in registers; the stage-2 epilogue's conversion reuses the main loop's space. On the H100, M128N256K128 s5
     (245760 B by this model) failed to launch with "Required: 245760" (results/h100/2026-12-06_scan_v2_e04bff9.log).
+    mma=wgmma_e4m3 stages one byte per activation value and the same bytes of weights and dcodes: stage 1
+    M128N128K128 w8 s3 90112 B and M128N64K128 w4 s3 69632 B compiled, as modelled.
     """
     del stage, model
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
-    act = (base + 1) * bm * bk * 2
+    act = (base + 1) * bm * bk * (1 if cfg.mma.e4m3 else 2)
     weights = geo.weight_streams * base * (bn * bk // 2 + bn * bk // 8)
     return {"act": act, "weights": weights, "upcast": 0, "mainloop": act + weights, "epilogue": 0, "fixed": 0,
             "total": act + weights}

@@ -109,3 +109,14 @@ def test_dispatched_e4m3_tile_runs_on_bf16_carriers_without_the_e4m3_layout(monk
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4)
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
     assert torch.equal(out, moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4))
+
+
+@pytest.mark.parametrize("model,bn,warps,compiled", [("deepseek-v3", 128, 8, 90112), ("deepseek-v3-tp8", 64, 4, 69632)])
+def test_e4m3_shared_memory_model_is_the_compile(model, bn, warps, compiled):
+    """Stage 1 M128 K128 s3 on e4m3: Triton 3.6's sm_90 compile (metadata.shared, CPU, 2026-12-06) took `compiled`
+    bytes, one byte per staged activation value where the bf16 carriers take two (139264 / 118784)."""
+    from mxmoe.resources import smem_breakdown
+
+    cfg = TileConfig(block_m=128, block_n=bn, block_k=128, num_warps=warps, num_stages=3, group_m=8,
+                     mma=Mma.WGMMA_E4M3)
+    assert smem_breakdown(MODELS[model], Path.A8W4, 1, cfg)["total"] == compiled
