@@ -179,16 +179,24 @@ def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: 
             "total": act + weights}
 
 
+V2_LIVE_K = 128
+
+
 def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:
     """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (the decoded weight tiles, and on
     e4m3 the promotion's K-step accumulator), `total`. sm_90 compiles of the e4m3 stages (CPU, 2026-12-06): stage 1
-    M128N128 w8 (acc 128 + 96 modelled) spilled 26 words, stage 2 M128N256 w8 (128 + 144, over 255) 132."""
+    M128N128 w8 (acc 128 + 80 modelled) spilled 26 words, stage 2 M128N256 w8 (128 + 144, over 255) 132."""
     path = Path(path)
     n_acc = 2 if stage == 1 else 1
     threads = 32 * cfg.num_warps
     acc = math.ceil(n_acc * cfg.block_m * cfg.block_n / threads)
     width = 1 if cfg.mma.e4m3 else 2  # bytes per decoded weight value
-    operand_bytes = cfg.block_n * cfg.block_k * width * (n_acc if cfg.mma.v2 else 1)  # v2: gate and up tiles live
+    # v2: the compiler decodes a weight tile and feeds it to wgmma a K block at a time, the gate tile before the up
+    # tile, so one tile of at most V2_LIVE_K columns counts (sm_90 stage 1, w4: M16N64K512 compiled to 193 registers
+    # and M16N256K128 to 210, no spill, M16N128K256 to 255 with 2 spilled words, where both whole tiles would model
+    # 272, 320 and 288; results/cpu/2026-12-06_sm90_compile_a8w4_e4m3_sample.csv)
+    k_live = min(cfg.block_k, V2_LIVE_K) if cfg.mma.v2 else cfg.block_k
+    operand_bytes = cfg.block_n * k_live * width
     if not _act_direct(path, cfg) and not cfg.mma.v2:  # v2 reads its activation from shared memory
         operand_bytes += cfg.block_m * cfg.block_k * 2
     if cfg.mma.e4m3:  # each K step sums into a fresh accumulator before the f32 sums (promotion), one at a time
