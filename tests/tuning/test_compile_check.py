@@ -32,7 +32,7 @@ def test_sample_is_the_scripts_dry_run():
     kept, groups, tasks = select_tasks(**SMALL, limit=6)
     assert kept == []
     assert [dict(Counter(t.reason or "legal" for t in g)) for g in groups] == [
-        {"legal": 2, "smem_overflow": 1, "warp_layout": 1}, {"legal": 2, "warp_layout": 1, "degenerate": 1}]
+        {"legal": 2, "warp_layout": 1, "degenerate": 1}, {"legal": 2, "warp_layout": 1, "degenerate": 1}]
     assert len(tasks) == 6
     assert [t.predicted for t in tasks] == ["legal"] * 4 + ["illegal"] * 2  # predicted-legal first
     assert [t.stage for t in tasks] == [1, 2, 1, 2, 1, 2]  # round robin over (shape, path, stage)
