@@ -120,3 +120,17 @@ def test_e4m3_shared_memory_model_is_the_compile(model, bn, warps, compiled):
     cfg = TileConfig(block_m=128, block_n=bn, block_k=128, num_warps=warps, num_stages=3, group_m=8,
                      mma=Mma.WGMMA_E4M3)
     assert smem_breakdown(MODELS[model], Path.A8W4, 1, cfg)["total"] == compiled
+
+
+def test_e4m3_decode_takes_the_sorted_layer():
+    """The direct decode layer has no e4m3 variant: a config with either stage on e4m3 runs the sorted layer."""
+    from mxmoe.kernels.rules import runs_direct
+
+    s = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA, combine="slots")
+    assert runs_direct(MoEConfig(s, s), 1, 8, 256)
+    for cfg in (MoEConfig(s.replace(mma=Mma.WGMMA_E4M3), s), MoEConfig(s, s.replace(mma=Mma.WGMMA_E4M3))):
+        assert not runs_direct(cfg, 1, 8, 256)
+    p = make_problem(MODELS["tiny"], Path.A8W4, 2, seed=4)
+    out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4,
+              MoEConfig(s.replace(combine="atomic"), s.replace(mma=Mma.WGMMA_E4M3)))
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")

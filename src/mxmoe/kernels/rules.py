@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import triton
 
-from mxmoe.config import Combine, TileConfig
+from mxmoe.config import Combine, Mma, TileConfig
 from mxmoe.shapes import Path
 
 # See defers_rounding. H100, whole layer us, fused -> deferred (results/h100/2026-12-06_mx_defer_ab_0b53aba.log):
@@ -84,5 +84,5 @@ def direct_preload(steps: int) -> int:
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
     """Whether the layer of `config` at `tokens` runs the direct decode layer (see the constants)."""
     s1, s2 = config.stage1, config.stage2
-    return (s1.mma.v2 and s2.mma.v2 and not s1.mma.e4m3 and s1.block_m == 16 and s2.block_m == 16
+    return (s1.mma is s2.mma is Mma.WGMMA and s1.block_m == 16 and s2.block_m == 16
             and s2.combine is Combine.SLOTS and tokens * topk <= DIRECT_MAX_PAIRS and inter <= DIRECT_MAX_INTER)
