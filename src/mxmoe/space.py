@@ -120,9 +120,15 @@ def candidate_space(stage: int, path: Path | str, name: str = "default") -> tupl
     path = Path(path)  # validates: ValueError names the bad value
     if name not in RANGES:
         raise ValueError(f"unknown space {name!r}; known: {', '.join(SPACE_NAMES)}")
-    if path is Path.A8W4:  # and every tile again on e4m3 wgmma (Mma.WGMMA_E4M3)
+    if takes_e4m3(path):  # and every tile again on e4m3 wgmma (Mma.WGMMA_E4M3)
         return _with_e4m3(_build(stage, name))
     return _build(stage, name)
+
+
+def takes_e4m3(path: Path | str) -> bool:
+    """Whether `path`'s spaces hold e4m3 tiles (a8w4): a problem that may run them (a sweep's candidates, a tuned
+    table's choice) needs its weights' e4m3 layouts (MoEWeights.with_e4m3)."""
+    return Path(path) is Path.A8W4
 
 
 @cache

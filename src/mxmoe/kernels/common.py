@@ -119,15 +119,16 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
         raise ValueError(f"stage {stage} {cfg.short()}: {verdict.reason.value}: {verdict.detail}")
     if cfg.block_m != plan.block_m:
         raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
-    if cfg.mma.e4m3 and x.path is not Path.A8W4:
-        raise ValueError(f"stage {stage}: mma=wgmma_e4m3 runs a8w4 only, got {x.path.value}")
-    if cfg.mma.e4m3 and not x.token_e4m3:
-        raise ValueError(f"stage {stage}: mma=wgmma_e4m3 takes e4m3 bytes with per-token f32 scales "
-                         "(quant.quantize_token_e4m3)")
-    if cfg.mma.e4m3 and (weights.w13_e4m3 if stage == 1 else weights.w2_e4m3) is None:
-        raise ValueError(f"stage {stage}: mma=wgmma_e4m3 needs the e4m3 weight layout: MoEWeights(..., e4m3=True) "
-                         "or weights.with_e4m3()")
-    if cfg.mma.v2 and not cfg.mma.e4m3 and not x.bf16:
+    if cfg.mma.e4m3:
+        if x.path is not Path.A8W4:
+            raise ValueError(f"stage {stage}: mma=wgmma_e4m3 runs a8w4 only, got {x.path.value}")
+        if not x.token_e4m3:
+            raise ValueError(f"stage {stage}: mma=wgmma_e4m3 takes e4m3 bytes with per-token f32 scales "
+                             "(quant.quantize_token_e4m3)")
+        if (weights.w13_e4m3 if stage == 1 else weights.w2_e4m3) is None:
+            raise ValueError(f"stage {stage}: mma=wgmma_e4m3 needs the e4m3 weight layout: MoEWeights(..., "
+                             "e4m3=True) or weights.with_e4m3()")
+    elif cfg.mma.v2 and not x.bf16:
         raise ValueError(f"stage {stage}: mma=wgmma takes bf16 activations (quantize_input(..., bf16=True))")
     if not cfg.mma.v2 and x.bf16 and x.path is not Path.A16W4:
         raise ValueError(f"stage {stage}: mma={cfg.mma.value} reads {x.path.value} activations as MX bytes; "

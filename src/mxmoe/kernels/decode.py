@@ -148,8 +148,9 @@ def _direct1_kernel(
             a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         else:
-            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD, INTERP, BN, BK)
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
+        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False, INTERP,
+                                   BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask = row_ok[:, None] & (offs_n < I)[None, :]
     rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)

@@ -50,18 +50,22 @@ from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.rules import counters_needed, defers_rounding
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
-from mxmoe.kernels.wtile_e4m3 import act_tile_e4m3, e4m3_operand, weight_tile_e4m3
+from mxmoe.kernels.wtile_e4m3 import e4m3_bytes_operand, e4m3_operand, weight_tile_e4m3
 
 ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per step for the atomic combine
 
 
 @triton.jit
-def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """Rows `rows` x [k0, k0 + BK) of a bf16 activation (columns past K read as 0), as the MMA's B operand."""
+def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr,
+             BK: tl.constexpr):
+    """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or of e4m3 bytes with E4M3 (columns past K read as 0), as
+    the MMA's B operand."""
     offs_k = k0 + tl.arange(0, BK)
     a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
-                other=0.0)
-    if INTERP:
+                other=0)
+    if E4M3:
+        a = e4m3_bytes_operand(a, INTERP)
+    elif INTERP:
         a = a.to(tl.float32)  # the 3.6 interpreter's bf16 tl.dot is wrong; the values are exact in f32
     return a
 
@@ -85,14 +89,31 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 
 
 @triton.jit
-def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
-                BN: tl.constexpr, BK: tl.constexpr):
-    """One stage-1 K step on bf16 carriers: the gate and the up weight tiles (W13 rows n16_g / n16_u on) against
-    the activation operand `a`."""
-    wg = weight_tile(w_e, ws_e, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-    acc_g = mma_wt(acc_g, wg, a, INTERP)
-    wu = weight_tile(w_e, ws_e, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-    return acc_g, mma_wt(acc_u, wu, a, INTERP)
+def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: tl.constexpr, E4M3: tl.constexpr,
+               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """acc^T [BN, BM] += the weight tile of rows 16 n16_0 .. (rows from n16_end on read as 0) at K step k0 @ a^T. On
+    bf16 carriers (`weight_tile`), or with E4M3 from the e4m3 layout (`weight_tile_e4m3`; FOLD: its affine tables,
+    `lut_ptr` the table words otherwise) into a fresh accumulator added to the f32 sums: the e4m3 wgmma
+    accumulator keeps fewer bits than f32, and summing all of K = 7168 in it put deepseek-v3-tp8 T=2048 at
+    rms_rel 1.15e-2 against the oracle (a8w4's limit 1e-2; H100, 41f31dc), so each K step (128) is promoted, as
+    DeepSeek-V3's report does."""
+    if E4M3:
+        w = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc = acc + mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(w, INTERP), a, INTERP)
+    else:
+        w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        acc = mma_wt(acc, w, a, INTERP)
+    return acc
+
+
+@triton.jit
+def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD: tl.constexpr,
+                E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One stage-1 K step: the gate and the up weight tiles (W13 rows n16_g / n16_u on) against `a`."""
+    acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK)
+    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN,
+                       BK)
+    return acc_g, acc_u
 
 
 @triton.jit
@@ -138,9 +159,7 @@ def _stage1_kernel(
 ):
     """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
     affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
-    sums before the bias (exact: powers of two). The e4m3 wgmma accumulator keeps fewer bits than f32: summing all
-    of K = 7168 in it put deepseek-v3-tp8 T=2048 at rms_rel 1.15e-2 against the oracle (a8w4's limit 1e-2; H100,
-    41f31dc), so each K step (128) is promoted into the f32 sums, as DeepSeek-V3's report does."""
+    sums before the bias (exact: powers of two); each K step is promoted into the f32 sums (`weight_mma`)."""
     enter(INTERP)
     if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
         zero_strips(zero_ptr, zero_n)
@@ -159,17 +178,9 @@ def _stage1_kernel(
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        if E4M3:  # each K step's sums go into a fresh accumulator, then into the f32 sums (see the docstring)
-            a = act_tile_e4m3(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-            wg = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_g, I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-            acc_g += mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(wg, INTERP), a, INTERP)
-            wu = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0 // 64, N16, K64, FOLD, INTERP, BN,
-                                  BK)
-            acc_u += mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(wu, INTERP), a, INTERP)
-        else:
-            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, INTERP, BM, BK)
-            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, n16_g, n16_u, k0, I, N16, K64, FOLD, INTERP, BN,
-                                       BK)
+        a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, E4M3, INTERP, BM, BK)
+        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD, E4M3,
+                                   INTERP, BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < I
     if E4M3:  # the weights' row scales (gate, up), then the tokens' scales
@@ -213,9 +224,19 @@ def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torc
 
 
 @functools.lru_cache(maxsize=8)
-def table_words_on(device: torch.device) -> torch.Tensor:
+def _table_words_on(device: torch.device) -> torch.Tensor:
     """The e4m3 decode's table words on `device`, built once (a launch inside a CUDA graph copies nothing)."""
     return table_words(device)
+
+
+def weight_args(w, x: KernelInput, e4m3: bool, dummy: torch.Tensor) -> tuple:
+    """What a v2 stage's launch takes of its weight layout `w` beside the values: (scales, FOLD, table words, row
+    scales, input scales). The bf16 layout: its scales and `fold`, `dummy` for the three pointers the kernel does
+    not read. The e4m3 layout: its dcodes and `affine`, the table words (read unless affine), its per-row scales and
+    the input's per-row scales."""
+    if not e4m3:
+        return w.scales, w.fold, dummy, dummy, dummy
+    return w.dcode, w.affine, dummy if w.affine else _table_words_on(w.data.device), w.row_scale, x.scales
 
 
 def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelInput | None = None,
@@ -253,11 +274,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     split = cfg.split_k > 1
     part = torch.empty(cfg.split_k, pairs, 2 * i, dtype=torch.float32, device=dev) if split else dst[None]
     cnt = zeros_or(counters, counters_needed(cfg, 1, i, h, plan.max_blocks, 0), plan.num_padded)
-    ws = w.dcode if e4m3 else w.scales
+    ws, fold, lut, rs, ts = weight_args(w, x, e4m3, x.data)
     b = weights.b13 if weights.b13 is not None else ws  # dummy pointer when HAS_BIAS is off
-    # e4m3: the table words (read unless the tables are affine), the weights' row scales, the tokens' scales
-    lut = table_words_on(dev) if e4m3 and not w.affine else x.data
-    rs, ts = (w.row_scale, x.scales) if e4m3 else (x.data, x.data)
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, ws, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
         cnt, dst if zero is None else zero, lut, rs, ts, pairs, h, i, plan.max_blocks, w.n16, w.k64,
@@ -265,7 +283,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         x.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), dst.stride(0), part.stride(0),
         part.stride(1), rs.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
-        FOLD=w.affine if e4m3 else w.fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
+        FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )

@@ -22,10 +22,8 @@ from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.combine import combine_rows, combine_slots
 from mxmoe.kernels.common import KernelInput, grid_swizzle, interpreting, k_range, to_bf16_rne
 from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
-from mxmoe.kernels.swmoe import act_tile, expert_block, mma_wt, table_words_on, zeros_or
+from mxmoe.kernels.swmoe import act_tile, expert_block, weight_args, weight_mma, zeros_or
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
-from mxmoe.kernels.wtile import weight_tile
-from mxmoe.kernels.wtile_e4m3 import act_tile_e4m3, e4m3_operand, weight_tile_e4m3
 
 
 @triton.jit
@@ -49,7 +47,8 @@ def _stage2_kernel(
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """E4M3 as in stage 1 (swmoe._stage1_kernel): h as e4m3 bytes with per-pair scales `ts_ptr`, W2 in the e4m3
-    layout with per-row scales `rs_ptr`, each K step promoted into the f32 sums, both scales before the bias."""
+    layout with per-row scales `rs_ptr`, each K step promoted into the f32 sums (swmoe.weight_mma), both scales
+    before the bias."""
     enter(INTERP)
     num_n = tl.cdiv(H, BN)
     pid_k = tl.program_id(1)
@@ -64,15 +63,9 @@ def _stage2_kernel(
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for kk in range(0, k_len, BK):
         k0 = k_first + kk
-        if E4M3:
-            a = act_tile_e4m3(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
-            w = weight_tile_e4m3(w_e, ws_e, lut_ptr, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN,
-                                 BK)
-            acc += mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(w, INTERP), a, INTERP)
-        else:
-            a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, INTERP, BM, BK)
-            w = weight_tile(w_e, ws_e, pid_n * (BN // 16), N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-            acc = mma_wt(acc, w, a, INTERP)
+        a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, E4M3, INTERP, BM, BK)
+        acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, pid_n * (BN // 16), N16, k0, N16, K64, FOLD, E4M3, INTERP, BM,
+                         BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
     if E4M3:  # W2's row scales, then the pairs' scales
@@ -140,11 +133,9 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
             y.fill_(float("nan"))
     e4m3 = cfg.mma.e4m3
     w = weights.w2_e4m3 if e4m3 else weights.w2_sw
-    ws = w.dcode if e4m3 else w.scales
     rw = topk_weights.to(torch.float32).contiguous().view(-1)
+    ws, fold, lut, rs, ts = weight_args(w, h, e4m3, rw)
     b = weights.b2 if weights.b2 is not None else rw
-    lut = table_words_on(dev) if e4m3 and not w.affine else rw  # e4m3: as in stage 1 (swmoe.stage1_wgmma)
-    rs, ts = (w.row_scale, h.scales) if e4m3 else (rw, rw)
     cnt = zeros_or(counters, counters_needed(cfg, 2, hidden, weights.inter, plan.max_blocks, num_tokens),
                    plan.num_padded)
     out3 = out if slots else out[None]
@@ -153,7 +144,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         lut, rs, ts, plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
         h.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0), rs.stride(0),
-        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=w.affine if e4m3 else w.fold, SLOTS=slots,
+        TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=fold, SLOTS=slots,
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(),

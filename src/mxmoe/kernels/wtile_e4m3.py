@@ -101,11 +101,9 @@ def e4m3_operand(w, INTERP: tl.constexpr):
 
 
 @triton.jit
-def act_tile_e4m3(x_ptr, rows, row_ok, k0, K, stride_x, INTERP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """Rows `rows` x [k0, k0 + BK) of e4m3 activation bytes (columns past K read as 0) as the MMA's B operand."""
-    offs_k = k0 + tl.arange(0, BK)
-    a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
-                other=0)
+def e4m3_bytes_operand(a, INTERP: tl.constexpr):
+    """A uint8 tile of e4m3 bytes (the activations of swmoe.act_tile) as the MMA takes it: float8e4nv on the GPU,
+    its exact f32 values under the interpreter."""
     if INTERP:
         return _e4m3_f32(a.to(tl.int32))
     return a.to(tl.float8e4nv, bitcast=True)

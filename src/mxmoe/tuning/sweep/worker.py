@@ -221,6 +221,7 @@ class TrialRunner:
         import dataclasses
 
         from mxmoe.problem import make_problem
+        from mxmoe.space import takes_e4m3
 
         if any(t != tokens for t, _ in self._problems):
             self._problems.clear()
@@ -229,7 +230,7 @@ class TrialRunner:
                              device=self.device)
             if self._problems:  # same seed, same weights: keep one copy on the device
                 p = dataclasses.replace(p, weights=next(iter(self._problems.values()))[0].weights)
-            elif self.path.value == "a8w4":  # a8w4's stage-1 space has e4m3 tiles (space.candidate_space)
+            elif takes_e4m3(self.path):
                 p = dataclasses.replace(p, weights=p.weights.with_e4m3())
             self._problems[(tokens, routing)] = (p, p.reference())
         return self._problems[(tokens, routing)]

@@ -237,10 +237,11 @@ def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     from mxmoe.moe import moe
     from mxmoe.problem import make_problem
     from mxmoe.routing import experts_hit
+    from mxmoe.space import takes_e4m3
 
     shape, path = pt.shape, pt.path
     p = make_problem(shape, path, t, seed=pt.seed, routing=pt.routing, device=pt.device)
-    if p.path.value == "a8w4":  # a table may run a8w4's stage 1 on e4m3 (Mma.WGMMA_E4M3): give it its layout
+    if takes_e4m3(path):  # the table may have picked an e4m3 tile
         p = dataclasses.replace(p, weights=p.weights.with_e4m3())
     cfg = choose_config(shape, path, t)
     key, e = cfg.key(), shape.experts
