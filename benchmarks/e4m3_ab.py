@@ -3,15 +3,17 @@ the yardstick, at prefill points (issue 23).
 
     PYTHONPATH=src python3 benchmarks/e4m3_ab.py deepseek-v3:4096 deepseek-v3:16384 --csv e4m3_ab.csv
 
-Each point: the heuristic's a8w4 config, then the same with stage 1 on e4m3 (weights built with e4m3=True), and
-a16w4's default, timed in `--rounds` rounds of A B C order (CUDA-graph replay, L2 flushed before each replay, median
-of 15); the e4m3 output is checked against the a8w4 one (max relative difference over the tensor max; the two
-differ only in the accumulation order of the MMA). Prints us and ratios; never asserts. Needs a GPU.
+Each point: the heuristic's a8w4 config, then the same with stage 1 on e4m3 (weights built with e4m3=True), both
+stages on e4m3, stage 1 on e4m3 with each `--tile` change, and a16w4's default, timed in `--rounds` rounds in
+that order (CUDA-graph replay, L2 flushed before each replay, median of 15). Each e4m3 output is checked against
+the a8w4 one (max relative difference over the tensor max; they differ in the MMA's accumulation order, and with
+stage 2 on e4m3 in h's rounding to e4m3 per token). Prints us and ratios; never asserts. Needs a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 
@@ -25,37 +27,62 @@ from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Path
 
 
-def _point(spec: str, rounds: int, flush: torch.Tensor) -> dict:
+def _point(spec: str, rounds: int, flush: torch.Tensor, tiles: list[str]) -> dict:
     model, t = spec.split(":")
     t = int(t)
     p = make_problem(MODELS[model], Path.A8W4, t, seed=t, device="cuda")
     w = p.weights.with_e4m3()
     base = default_config(p.shape, Path.A8W4, t)
     e4 = MoEConfig(base.stage1.replace(mma=Mma.WGMMA_E4M3), base.stage2)
+    configs = {"a8w4": base, "a8w4_e4m3": e4,
+               "a8w4_e4m3_12": MoEConfig(e4.stage1, base.stage2.replace(mma=Mma.WGMMA_E4M3))}
+    for tile in tiles:
+        configs[f"a8w4_e4m3_{tile}"] = MoEConfig(e4.stage1.replace(**_tile(tile)), base.stage2)
     a16 = default_config(p.shape, Path.A16W4, t)
-    calls = {
-        "a8w4": lambda: moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4, base, validate=False),
-        "a8w4_e4m3": lambda: moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4, e4, validate=False),
-        "a16w4": lambda: moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A16W4, a16, validate=False),
-    }
-    ref, got = calls["a8w4"]().float(), calls["a8w4_e4m3"]().float()
-    diff = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+    def call(path: Path, cfg: MoEConfig):
+        return lambda: moe(p.hidden, w, p.topk_ids, p.topk_weights, path, cfg, validate=False)
+
+    calls = {k: call(Path.A8W4, c) for k, c in configs.items()}
+    calls["a16w4"] = call(Path.A16W4, a16)
+    ref = calls["a8w4"]().float()
+    scale = ref.abs().max().clamp_min(1e-30)
+    diffs = {}
+    for k in list(configs)[1:]:
+        try:
+            diffs[k] = ((calls[k]().float() - ref).abs().max() / scale).item()
+        except Exception as e:  # a --tile that check_launch or the compiler refuses: say so, time the rest
+            print(f"{spec} {k} {configs[k].stage1.short()}: {type(e).__name__}: {e}", flush=True)
+            del calls[k]
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for k, fn in calls.items():
             times[k].append(graph_median_us(fn, flush))
     us = {k: statistics.median(v) for k, v in times.items()}
-    row = {"point": spec, "config": e4.stage1.short(), "max_rel_diff": f"{diff:.2e}"}
+    row = {"point": spec, "config": e4.stage1.short(), "stage2": base.stage2.short()}
     row.update({f"{k}_us": f"{v:.1f}" for k, v in us.items()})
-    row["e4m3_speedup"] = f"{us['a8w4'] / us['a8w4_e4m3']:.3f}"
-    row["e4m3_vs_a16w4"] = f"{us['a16w4'] / us['a8w4_e4m3']:.3f}"
+    for k in diffs:
+        row[f"{k}_speedup"] = f"{us['a8w4'] / us[k]:.3f}"
+        row[f"{k}_vs_a16w4"] = f"{us['a16w4'] / us[k]:.3f}"
+        row[f"{k}_max_rel_diff"] = f"{diffs[k]:.2e}"
     return row
+
+
+def _tile(spec: str) -> dict:
+    """'M128N128K64w8s4' -> TileConfig fields (any subset of M, N, K, w, s)."""
+    names = {"M": "block_m", "N": "block_n", "K": "block_k", "w": "num_warps", "s": "num_stages", "G": "group_m"}
+    fields = {names[k]: int(v) for k, v in re.findall(r"([MNKwsG])(\d+)", spec)}
+    if not fields:
+        raise SystemExit(f"--tile {spec!r}: expected e.g. M128N128K64w8s4")
+    return fields
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("points", nargs="+", help="model:T (a8w4)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--tile", action="append", default=[],
+                    help="also time stage 1 e4m3 with these tile fields changed, e.g. M128N128K64w8s4 (repeatable)")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -63,7 +90,7 @@ def main(argv: list[str]) -> None:
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     rows = []
     for spec in args.points:
-        row = _point(spec, args.rounds, flush)
+        row = _point(spec, args.rounds, flush, args.tile)
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)
     write_csv(args.csv, rows)
