@@ -54,6 +54,7 @@ and why:
 
 from __future__ import annotations
 
+from mxmoe import legality
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.shapes import MoEShape, Path
 
@@ -191,6 +192,24 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
         if tokens * shape.topk <= SLOTS_MAX_ROWS:  # stage 2 never splits: see SLOTS_MAX_ROWS
             s2 = s2.replace(combine=Combine.SLOTS)
     return MoEConfig(s1, s2)
+
+
+REG_PRESSURE = legality.Reason.REG_PRESSURE
+
+
+def on_e4m3(shape: MoEShape, stage: int, tile: TileConfig) -> TileConfig:
+    """`tile` as an a8w4 stage on e4m3 wgmma (Mma.WGMMA_E4M3). Its two accumulator chains (swmoe.weight_mma) double
+    the accumulators, so BLOCK_M halves (then BLOCK_N) until legality's register rule passes: the prefill tile
+    M128N128 w8 becomes M64N128 w8 (sm_90: 245 registers, no spill, where M128N128 spilled 160 words)."""
+    cfg = tile.replace(mma=Mma.WGMMA_E4M3)
+    while getattr(legality.check(shape, Path.A8W4, stage, cfg, legality.H100), "reason", None) is REG_PRESSURE:
+        if cfg.block_m > 16:
+            cfg = cfg.replace(block_m=cfg.block_m // 2)
+        elif cfg.block_n > 16:
+            cfg = cfg.replace(block_n=cfg.block_n // 2)
+        else:
+            break
+    return cfg
 
 
 def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False,

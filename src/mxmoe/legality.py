@@ -237,7 +237,7 @@ def _check_resources(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, l
             Reason.SMEM_OVERFLOW, f"modelled shared memory {smem} B (+{SMEM_SAFETY_BYTES} B headroom) > "
             f"{limits.smem_optin_bytes} B opt-in limit of {limits.name}", smem)
     if regs["acc"] > ACC_REG_BUDGET:
-        n_acc = 2 if stage == 1 else 1
+        n_acc = (2 if stage == 1 else 1) * (2 if cfg.mma.e4m3 else 1)  # e4m3: two chains of each
         return smem, regs["acc"], Illegal(
             Reason.REG_PRESSURE, f"{regs['acc']} fp32 accumulator registers/thread > {ACC_REG_BUDGET} ({n_acc} x "
             f"{cfg.block_m}x{cfg.block_n} over {cfg.num_warps} warps)", smem)

@@ -168,13 +168,15 @@ def _smem_v2(geo: StageGeometry, stage: int, cfg: TileConfig, base: int, model: 
     take BN*BK/8 bytes (the 4-byte scale word is loaded by each of the 4 lanes sharing it). The decoded weights stay
     in registers; the stage-2 epilogue's conversion reuses the main loop's space. On the H100, M128N256K128 s5
     (245760 B by this model) failed to launch with "Required: 245760" (results/h100/2026-12-06_scan_v2_e04bff9.log).
-    mma=wgmma_e4m3 stages one byte per activation value and the same bytes of weights and dcodes: stage 1
-    M128N128K128 w8 s3 90112 B and M128N64K128 w4 s3 69632 B compiled, as modelled.
+    mma=wgmma_e4m3 stages one byte per activation value and the same bytes of weights and dcodes, for the two K
+    steps each loop iteration takes (two accumulator chains, swmoe.weight_mma): stage 1 M64N128K128 w8 s3 131072 B
+    and M128N64K128 w8 s3 139264 B compiled, as modelled (sm_90, CPU, 2026-12-06).
     """
     del stage, model
     bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
-    act = (base + 1) * bm * bk * (1 if cfg.mma.e4m3 else 2)
-    weights = geo.weight_streams * base * (bn * bk // 2 + bn * bk // 8)
+    steps = 2 if cfg.mma.e4m3 else 1
+    act = steps * (base + 1) * bm * bk * (1 if cfg.mma.e4m3 else 2)
+    weights = steps * geo.weight_streams * base * (bn * bk // 2 + bn * bk // 8)
     return {"act": act, "weights": weights, "upcast": 0, "mainloop": act + weights, "epilogue": 0, "fixed": 0,
             "total": act + weights}
 
@@ -183,11 +185,12 @@ V2_LIVE_K = 128
 
 
 def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, int]:
-    """Modelled 32-bit registers per thread: `acc` (fp32 accumulators), `operand` (the decoded weight tiles, and on
-    e4m3 the promotion's K-step accumulator), `total`. sm_90 compiles of the e4m3 stages (CPU, 2026-12-06): stage 1
-    M128N128 w8 (acc 128 + 80 modelled) spilled 26 words, stage 2 M128N256 w8 (128 + 144, over 255) 132."""
+    """Modelled 32-bit registers per thread: `acc` (fp32 accumulators; e4m3 keeps two chains of each, even and odd
+    K steps: swmoe.weight_mma), `operand` (the decoded weight tiles), `total`. sm_90 compiles of stage 1 e4m3 (CPU,
+    2026-12-06, deepseek-v3): M64N128K128 w8 (acc 128) 245 registers, M128N64K128 w8 (128) 251, no spill;
+    M128N128K128 w8 (256) spilled 160 words."""
     path = Path(path)
-    n_acc = 2 if stage == 1 else 1
+    n_acc = (2 if stage == 1 else 1) * (2 if cfg.mma.e4m3 else 1)
     threads = 32 * cfg.num_warps
     acc = math.ceil(n_acc * cfg.block_m * cfg.block_n / threads)
     width = 1 if cfg.mma.e4m3 else 2  # bytes per decoded weight value
@@ -199,7 +202,5 @@ def register_model(path: Path | str, stage: int, cfg: TileConfig) -> dict[str, i
     operand_bytes = cfg.block_n * k_live * width
     if not _act_direct(path, cfg) and not cfg.mma.v2:  # v2 reads its activation from shared memory
         operand_bytes += cfg.block_m * cfg.block_k * 2
-    if cfg.mma.e4m3:  # each K step sums into a fresh accumulator before the f32 sums (promotion), one at a time
-        operand_bytes += cfg.block_m * cfg.block_n * 4
     operand = math.ceil(operand_bytes / 4 / threads)
     return {"acc": acc, "operand": operand, "total": acc + operand}

@@ -62,6 +62,19 @@ def test_e4m3_stage1_matches_reference_and_bf16_carriers(shape, tokens, split_k,
     assert torch.equal(out, bf16)
 
 
+@pytest.mark.parametrize("split_k", [1, 2, 3])
+def test_e4m3_chains_take_every_k_step_once(split_k):
+    """The e4m3 stages sum even and odd K steps in two chains, two steps a loop iteration: an odd step count (K 576
+    = 9 x 64 in stage 1, 320 = 5 x 64 in stage 2) and splits whose second step passes their range (masked, not
+    the next split's) must still take each step once; one step lost or doubled moves the sums by about 1/9 of
+    their size, far past the layer tolerance."""
+    shape = MoEShape("k-odd", 4, 2, 576, 320, Activation.SILU)
+    p = make_problem(shape, Path.A8W4, 9, seed=split_k)
+    s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3, split_k=split_k)
+    out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1, s1))
+    assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer", name=f"split_k={split_k}")
+
+
 def test_e4m3_needs_its_weights_path_and_stage():
     p = make_problem(MODELS["tiny"], Path.A8W4, 3, seed=1)
     s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3)
@@ -111,10 +124,12 @@ def test_dispatched_e4m3_tile_runs_on_bf16_carriers_without_the_e4m3_layout(monk
     assert torch.equal(out, moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4))
 
 
-@pytest.mark.parametrize("model,bn,warps,compiled", [("deepseek-v3", 128, 8, 90112), ("deepseek-v3-tp8", 64, 4, 69632)])
+@pytest.mark.parametrize("model,bn,warps,compiled",
+                         [("deepseek-v3", 128, 8, 180224), ("deepseek-v3-tp8", 64, 4, 139264)])
 def test_e4m3_shared_memory_model_is_the_compile(model, bn, warps, compiled):
     """Stage 1 M128 K128 s3 on e4m3: Triton 3.6's sm_90 compile (metadata.shared, CPU, 2026-12-06) took `compiled`
-    bytes, one byte per staged activation value where the bf16 carriers take two (139264 / 118784)."""
+    bytes: one byte per staged activation value where the bf16 carriers take two (139264 / 118784), for the two K
+    steps a loop iteration takes (the two accumulator chains; one step a iteration compiled to 90112 / 69632)."""
     from mxmoe.resources import smem_breakdown
 
     cfg = TileConfig(block_m=128, block_n=bn, block_k=128, num_warps=warps, num_stages=3, group_m=8,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mxmoe.config import Combine, Mma, MoEConfig
-from mxmoe.heuristic import default_config
+from mxmoe.heuristic import default_config, on_e4m3
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem
 from mxmoe.shapes import FULL_MODELS, MODELS, Path
@@ -76,15 +76,15 @@ def test_rows_combine_tp8_prefill_gpu(problems, path):
 @pytest.mark.parametrize("stages", ["1", "2", "12"])
 @pytest.mark.parametrize("model,tokens", [("deepseek-v3", 1024), ("gpt-oss-120b", 128), ("deepseek-v3-tp8", 2048)])
 def test_e4m3_stage1_gpu(model, tokens, stages):
-    """a8w4 on e4m3 wgmma (QGMMA, the prmt decode, the K-step promotion, the epilogue scales) at real sizes, on
-    stage 1, stage 2 or both (stage 2 tiles M128N256 w8 would spill with the promotion: N 128 there)."""
+    """a8w4 on e4m3 wgmma (QGMMA, the prmt decode, the two accumulator chains, the epilogue scales) at real sizes,
+    on stage 1, stage 2 or both, the heuristic's tiles as `on_e4m3` fits them to the chains' registers."""
     p = make_problem(MODELS[model], Path.A8W4, tokens, seed=tokens, device="cuda")
     base = default_config(p.shape, Path.A8W4, tokens)
     s1, s2 = base.stage1, base.stage2
     if "1" in stages:
-        s1 = s1.replace(mma=Mma.WGMMA_E4M3)
+        s1 = on_e4m3(p.shape, 1, s1)
     if "2" in stages:
-        s2 = s2.replace(mma=Mma.WGMMA_E4M3, block_n=min(s2.block_n, 128))
+        s2 = on_e4m3(p.shape, 2, s2)
     out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1, s2))
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer", name=f"e4m3/{model}/T={tokens}/{stages}")
 

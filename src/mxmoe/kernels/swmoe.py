@@ -59,10 +59,14 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr,
              BK: tl.constexpr):
     """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or of e4m3 bytes with E4M3 (columns past K read as 0), as
-    the MMA's B operand."""
+    the MMA's B operand. The e4m3 bytes are loaded through a float8e4nv pointer: loaded as uint8 and bitcast, the
+    tile went shared -> registers -> a second shared buffer every K step (sm_90 TTGIR: local_load, bitcast,
+    local_alloc), and that single buffer made each wgmma wait for completion."""
     offs_k = k0 + tl.arange(0, BK)
+    if E4M3 and not INTERP:
+        x_ptr = x_ptr.to(tl.pointer_type(tl.float8e4nv))
     a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
-                other=0)
+                other=0.0)
     if E4M3:
         a = e4m3_bytes_operand(a, INTERP)
     elif INTERP:
@@ -91,15 +95,19 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 @triton.jit
 def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: tl.constexpr, E4M3: tl.constexpr,
                INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """acc^T [BN, BM] += the weight tile of rows 16 n16_0 .. (rows from n16_end on read as 0) at K step k0 @ a^T. On
-    bf16 carriers (`weight_tile`), or with E4M3 from the e4m3 layout (`weight_tile_e4m3`; FOLD: its affine tables,
-    `lut_ptr` the table words otherwise) into a fresh accumulator added to the f32 sums: the e4m3 wgmma
-    accumulator keeps fewer bits than f32, and summing all of K = 7168 in it put deepseek-v3-tp8 T=2048 at
-    rms_rel 1.15e-2 against the oracle (a8w4's limit 1e-2; H100, 41f31dc), so each K step (128) is promoted, as
-    DeepSeek-V3's report does."""
+    """acc^T [BN, BM] += the weight tile of rows 16 n16_0 .. (rows from n16_end on read as 0) at K step k0 @ a^T, on
+    bf16 carriers (`weight_tile`) or with E4M3 from the e4m3 layout (`weight_tile_e4m3`; FOLD: its affine tables,
+    `lut_ptr` the table words otherwise).
+
+    CHAINS_WHY: the e4m3 stages sum even and odd K steps into two accumulators, added once after the loop. The fp8
+    wgmma accumulator keeps fewer bits than f32: all of K = 7168 in one chain put deepseek-v3-tp8 T=2048 at rms_rel
+    1.15e-2 against the oracle (a8w4's limit 1e-2; H100, 41f31dc). Promoting each K step into f32 sums by hand
+    (`acc += dot(w, a)`) made every wgmma wait for completion (sm_90 SASS: WARPGROUP.DEPBAR gsb0 0x0 after each,
+    Triton 3.6 keeps a wgmma asynchronous only inside a loop-carried accumulator chain) and spilled M128N128 w8;
+    two chains stay asynchronous (DEPBAR 0x7) and halve the steps each chain accumulates."""
     if E4M3:
         w = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
-        acc = acc + mma_wt(tl.zeros([BN, BM], dtype=tl.float32), e4m3_operand(w, INTERP), a, INTERP)
+        acc = mma_wt(acc, e4m3_operand(w, INTERP), a, INTERP)
     else:
         w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, w, a, INTERP)
@@ -159,7 +167,7 @@ def _stage1_kernel(
 ):
     """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
     affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
-    sums before the bias (exact: powers of two); each K step is promoted into the f32 sums (`weight_mma`)."""
+    sums before the bias (exact: powers of two); even and odd K steps sum in two chains (`weight_mma`: CHAINS_WHY)."""
     enter(INTERP)
     if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
         zero_strips(zero_ptr, zero_n)
@@ -176,11 +184,26 @@ def _stage1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    for kk in range(0, k_len, BK):
-        k0 = k_first + kk
-        a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, E4M3, INTERP, BM, BK)
-        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD, E4M3,
-                                   INTERP, BM, BN, BK)
+    if E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
+        acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
+        acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
+        k_end = tl.minimum(k_first + k_len, H)  # a split's second step may pass its range: masked, not the next
+        for kk in range(0, k_len, 2 * BK):
+            k0 = k_first + kk
+            a = act_tile(x_ptr, token, row_ok, k0, k_end, stride_xt, E4M3, INTERP, BM, BK)
+            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16,
+                                       tl.cdiv(k_end, 64), FOLD, E4M3, INTERP, BM, BN, BK)
+            a = act_tile(x_ptr, token, row_ok, k0 + BK, k_end, stride_xt, E4M3, INTERP, BM, BK)
+            acc_g2, acc_u2 = gate_up_mma(acc_g2, acc_u2, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0 + BK, I, N16,
+                                         tl.cdiv(k_end, 64), FOLD, E4M3, INTERP, BM, BN, BK)
+        acc_g += acc_g2
+        acc_u += acc_u2
+    else:
+        for kk in range(0, k_len, BK):
+            k0 = k_first + kk
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, E4M3, INTERP, BM, BK)
+            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD,
+                                       E4M3, INTERP, BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < I
     if E4M3:  # the weights' row scales (gate, up), then the tokens' scales

@@ -47,8 +47,8 @@ def _stage2_kernel(
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """E4M3 as in stage 1 (swmoe._stage1_kernel): h as e4m3 bytes with per-pair scales `ts_ptr`, W2 in the e4m3
-    layout with per-row scales `rs_ptr`, each K step promoted into the f32 sums (swmoe.weight_mma), both scales
-    before the bias."""
+    layout with per-row scales `rs_ptr`, even and odd K steps in two chains (swmoe.weight_mma: CHAINS_WHY),
+    both scales before the bias."""
     enter(INTERP)
     num_n = tl.cdiv(H, BN)
     pid_k = tl.program_id(1)
@@ -61,11 +61,24 @@ def _stage2_kernel(
     rows = pair.to(tl.int64)
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
-    for kk in range(0, k_len, BK):
-        k0 = k_first + kk
-        a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, E4M3, INTERP, BM, BK)
-        acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, pid_n * (BN // 16), N16, k0, N16, K64, FOLD, E4M3, INTERP, BM,
-                         BN, BK)
+    n16_0 = pid_n * (BN // 16)
+    if E4M3:  # two accumulator chains, even and odd K steps (swmoe.CHAINS_WHY)
+        acc2 = tl.zeros([BN, BM], dtype=tl.float32)
+        k_end = tl.minimum(k_first + k_len, I)
+        for kk in range(0, k_len, 2 * BK):
+            k0 = k_first + kk
+            a = act_tile(h_ptr, rows, row_ok, k0, k_end, stride_hp, E4M3, INTERP, BM, BK)
+            acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, tl.cdiv(k_end, 64), FOLD, E4M3,
+                             INTERP, BM, BN, BK)
+            a = act_tile(h_ptr, rows, row_ok, k0 + BK, k_end, stride_hp, E4M3, INTERP, BM, BK)
+            acc2 = weight_mma(acc2, a, w_e, ws_e, lut_ptr, n16_0, N16, k0 + BK, N16, tl.cdiv(k_end, 64), FOLD, E4M3,
+                              INTERP, BM, BN, BK)
+        acc += acc2
+    else:
+        for kk in range(0, k_len, BK):
+            k0 = k_first + kk
+            a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, E4M3, INTERP, BM, BK)
+            acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
     if E4M3:  # W2's row scales, then the pairs' scales

@@ -106,4 +106,4 @@ def e4m3_bytes_operand(a, INTERP: tl.constexpr):
     its exact f32 values under the interpreter."""
     if INTERP:
         return _e4m3_f32(a.to(tl.int32))
-    return a.to(tl.float8e4nv, bitcast=True)
+    return a
