@@ -23,7 +23,7 @@ import torch
 
 from mxmoe.config import MoEConfig
 from mxmoe.kernels.align import align
-from mxmoe.kernels.common import KernelInput
+from mxmoe.kernels.common import KernelInput, require_executable
 from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.quant import quantize_input, quantize_token_e4m3
 from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, runs_direct
@@ -54,7 +54,8 @@ class LayerPlan:
     def quantize(self, hidden: torch.Tensor) -> KernelInput:
         """The layer input at the path's width (bf16 carriers on the MX grid for the v2 kernels; the direct layer's
         stage 1 takes it unrounded and rounds it itself)."""
-        if self.direct:
+        if self.direct:  # no quantize or align kernel checks the tensors here: the direct stages take them as given
+            require_executable(hidden)
             return KernelInput(hidden.to(torch.bfloat16).contiguous(), None, self.path)
         if self.config.stage1.mma.e4m3:
             return KernelInput(*quantize_token_e4m3(hidden.to(torch.bfloat16).contiguous()), self.path)

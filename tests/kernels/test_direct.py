@@ -110,6 +110,16 @@ def test_direct_layer_refuses_out_of_range_ids_when_validating(direct_on):
         moe(p.hidden, p.weights, ids, p.topk_weights, Path.A16W4)
 
 
+def test_direct_layer_refuses_cpu_tensors_without_the_interpreter(direct_on, monkeypatch):
+    """The direct layer launches no quantize or align kernel (which check their tensors in the sorted layer), so
+    its plan checks: CPU tensors with TRITON_INTERPRET unset get the clear error, not Triton's own (seen on the
+    H100 at 4dfdb12, where a T=3 tiny call takes the direct layer)."""
+    p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4, _cfg(1, 1))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
 @pytest.mark.parametrize("model,tokens", [("deepseek-v3-tp8", 1), ("deepseek-v4-tp8", 2), ("gpt-oss-120b", 1)])
