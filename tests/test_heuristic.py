@@ -78,15 +78,70 @@ def test_slots_combine_only_where_the_finish_is_small():
             assert (s2.combine.value == "slots") == small, (name, t)
 
 
+@pytest.mark.parametrize("e4m3", [False, True], ids=["bf16-layout", "e4m3-layout"])
 @pytest.mark.parametrize("path", list(Path))
-def test_every_default_config_is_legal_on_the_h100(path):
-    """A sweep measures the heuristic's config as the baseline, so it must pass the filter at every point."""
+def test_every_default_config_is_legal_on_the_h100(path, e4m3):
+    """A sweep measures the heuristic's config as the baseline, so it must pass the filter at every point, with
+    the weights' e4m3 layout too (the e4m3 stage 1 tile of `on_e4m3`)."""
     for name, shape in MODELS.items():
         for t in TOKEN_GRID:
-            cfg = default_config(shape, path, t)
+            cfg = default_config(shape, path, t, e4m3=e4m3)
             for stage, tile in ((1, cfg.stage1), (2, cfg.stage2)):
                 v = legality.check(shape, path, stage, tile, legality.H100, tokens=t)
                 assert v.legal, (name, path.value, t, stage, tile.short(), v)
+
+
+def test_e4m3_stage1_rule():
+    """a8w4 takes the e4m3 stage 1 only when the weights carry its layout, from BLOCK_M 128 at hidden >= 4096
+    (heuristic.E4M3_*, measured there); the tile is the bf16 one fitted to the two accumulator chains."""
+    from mxmoe.config import Mma
+    from mxmoe.heuristic import E4M3_MIN_HIDDEN
+
+    for model, t in (("deepseek-v3-tp8", 8192), ("kimi-k2-tp8", 8192), ("deepseek-v3", 4096)):
+        shape = MODELS[model]
+        bf16, e4 = default_config(shape, Path.A8W4, t), default_config(shape, Path.A8W4, t, e4m3=True)
+        assert bf16.stage1.block_m == 128 and shape.hidden >= E4M3_MIN_HIDDEN
+        assert e4.stage1 == bf16.stage1.replace(mma=Mma.WGMMA_E4M3, block_m=64) and e4.stage2 == bf16.stage2
+    for model, path, t in (("gpt-oss-120b", Path.A8W4, 16384), ("deepseek-v3", Path.A16W4, 4096),
+                           ("deepseek-v3", Path.A4W4, 4096), ("deepseek-v3-tp8", Path.A8W4, 512)):
+        cfg = default_config(MODELS[model], path, t, e4m3=True)
+        assert cfg == default_config(MODELS[model], path, t) and not cfg.stage1.mma.e4m3, (model, path, t)
+
+
+def test_moe_takes_the_e4m3_rule_with_the_e4m3_layout(monkeypatch):
+    """moe(config=None) asks dispatch with the weights' layout: the same shape and T launch the e4m3 stage 1
+    with an e4m3 layout and the bf16 one without (heuristic cache keyed by both)."""
+    import sys
+
+    from mxmoe.dispatch import clear_cache
+    from mxmoe.heuristic import v2_config
+    from mxmoe.moe import moe
+    from mxmoe.problem import make_problem
+
+    moe_mod = sys.modules["mxmoe.moe"]
+    p = make_problem(MODELS["tiny"], Path.A8W4, 3, seed=1)
+    seen = []
+    monkeypatch.setattr(moe_mod, "layer_plan", lambda shape, path, cfg, t: seen.append(cfg) or _Stop())
+    monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_HIDDEN", 0)
+    monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_BLOCK_M", 16)
+    clear_cache()  # dispatch caches the heuristic's answers per shape: none from before the patch, none kept after
+    try:
+        for w in (p.weights, p.weights.with_e4m3(), p.weights):
+            with pytest.raises(_Stopped):
+                moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4)
+    finally:
+        clear_cache()
+    assert [c.stage1.mma.e4m3 for c in seen] == [False, True, False]
+    assert seen[0] == v2_config(p.shape, Path.A8W4, 3)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Stop:
+    def run(self, *a, **kw):
+        raise _Stopped
 
 
 def test_rows_combine_rule():

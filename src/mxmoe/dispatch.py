@@ -217,11 +217,12 @@ class ResolvedTable:
 @dataclass(slots=True)
 class Resolution:
     """What dispatch decided for one (shape, path, device, folders): the usable tables in lookup order, the
-    problems found on the way (one sentence per refused file or entry), and the heuristic's answers per T."""
+    problems found on the way (one sentence per refused file or entry), and the heuristic's answers per (T, whether
+    the weights carry the e4m3 layout)."""
 
     tables: tuple[ResolvedTable, ...]
     problems: tuple[str, ...]
-    heuristic: dict[int, MoEConfig]
+    heuristic: dict[tuple[int, bool], MoEConfig]
 
 
 def resolve_table(file: str | os.PathLike[str], shape: MoEShape, path: Path | str, limits: legality.DeviceLimits,
@@ -308,8 +309,9 @@ def _tuned_entry(res: Resolution, tokens: int) -> MoEConfig | None:
     return None
 
 
-def choose_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
-    """The config a moe() call with config=None launches: after the first call, a dict lookup and a bisect."""
+def choose_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = False) -> MoEConfig:
+    """The config a moe() call with config=None launches: after the first call, a dict lookup and a bisect.
+    `e4m3`: the weights carry the e4m3 layout (the heuristic may then take the e4m3 stage 1)."""
     forced = _OVERRIDE.get()
     if forced is not None:
         return forced
@@ -317,11 +319,11 @@ def choose_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     cfg = _tuned_entry(res, tokens)
     if cfg is not None:
         return cfg
-    cfg = res.heuristic.get(tokens)
+    cfg = res.heuristic.get((tokens, e4m3))
     if cfg is None:
-        cfg = default_config(shape, path, tokens, interpreter=interpreter_active())
+        cfg = default_config(shape, path, tokens, interpreter=interpreter_active(), e4m3=e4m3)
         if len(res.heuristic) < _HEURISTIC_CACHE_MAX:
-            res.heuristic[tokens] = cfg
+            res.heuristic[(tokens, e4m3)] = cfg
     return cfg
 
 

@@ -101,6 +101,14 @@ SLOTS_MAX_ROWS = 32
 # 1.039x, deepseek-v3 T=4096 1.027x) but deepseek-v3 T=16384 lost (0.934x): not taken there.
 ROWS_MIN_BLOCK_M = 64
 ROWS_MAX_INTER = 512
+# e4m3 stage 1 (a8w4, weights with the e4m3 layout: heuristic.on_e4m3's tile, two accumulator chains) against the
+# bf16 carriers, whole layer, H100 at 761a48a (results/h100/2026-12-06_e4m3_chains_ab_761a48a.csv): deepseek-v3-tp8
+# T=2048 / 8192 / 32768 1.249 / 1.185 / 1.133x, kimi-k2-tp8 T=8192 1.228x, deepseek-v4-tp8 T=8192 1.062x,
+# deepseek-v3 T=4096 / 16384 / 32768 1.142 / 1.056 (0.991 in a second run) / 1.033x; gpt-oss-120b (hidden 2880)
+# T=16384 0.987x, hence the hidden floor. All at the heuristic's BLOCK_M 128 (64 after on_e4m3); smaller blocks
+# are not measured. Stage 2 on e4m3 as well lost at the TP8 points (1.072 against 1.185x at deepseek-v3-tp8 8192).
+E4M3_MIN_BLOCK_M = 128
+E4M3_MIN_HIDDEN = 4096
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -166,7 +174,7 @@ def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int, stage: int) 
                       num_warps=warps, num_stages=4 if block_m <= 64 else 3, mma=Mma.WGMMA)
 
 
-def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
+def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = False) -> MoEConfig:
     """The v2 kernels' baseline (mma=wgmma, GPU and interpreter alike).
 
     BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
@@ -174,7 +182,9 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
     to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
-    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER).
+    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER). `e4m3` (the
+    weights carry the e4m3 layout): a8w4 stage 1 on e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >=
+    E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -191,6 +201,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int) -> MoEConfig:
         s1 = s1.replace(split_k=split)
         if tokens * shape.topk <= SLOTS_MAX_ROWS:  # stage 2 never splits: see SLOTS_MAX_ROWS
             s2 = s2.replace(combine=Combine.SLOTS)
+    if e4m3 and Path(path) is Path.A8W4 and block_m >= E4M3_MIN_BLOCK_M and shape.hidden >= E4M3_MIN_HIDDEN:
+        s1 = on_e4m3(shape, 1, s1)
     return MoEConfig(s1, s2)
 
 
@@ -213,11 +225,12 @@ def on_e4m3(shape: MoEShape, stage: int, tile: TileConfig) -> TileConfig:
 
 
 def default_config(shape: MoEShape, path: Path | str, tokens: int, *, interpreter: bool = False,
-                   kernels: str = "v2") -> MoEConfig:
+                   kernels: str = "v2", e4m3: bool = False) -> MoEConfig:
     """The baseline MoEConfig for one launch of `shape` on `path` at `tokens` tokens: the v2 kernels' rule, or
-    with kernels="v1" the rule of the v1 levers (kept while the two are measured side by side)."""
+    with kernels="v1" the rule of the v1 levers (kept while the two are measured side by side). `e4m3`: the
+    weights carry the e4m3 layout (MoEWeights.e4m3), which lets a8w4 take the e4m3 stage 1 (v2_config)."""
     if kernels == "v2":
-        return v2_config(shape, path, tokens)
+        return v2_config(shape, path, tokens, e4m3=e4m3)
     if kernels != "v1":
         raise ValueError(f"kernels={kernels!r}: expected 'v2' or 'v1'")
     Path(path)  # validates

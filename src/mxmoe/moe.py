@@ -80,7 +80,7 @@ def moe(
     _check_inputs(hidden, weights, topk_ids, topk_weights)
     t, a = topk_ids.shape
     if config is None:
-        config = choose_config(shape_of(weights, a), path, t)
+        config = choose_config(shape_of(weights, a), path, t, e4m3=weights.e4m3)
         if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
             warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
                           "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "

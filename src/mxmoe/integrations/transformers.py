@@ -153,7 +153,8 @@ class MXFP4Experts(nn.Module):
         if self.backend is Backend.REFERENCE:
             out = moe_reference_from_weights(x, self.weights, ids, w, self.path, dtype=torch.bfloat16)
         else:
-            cfg = self.moe_config or choose_config(shape_of(self.weights, ids.shape[1]), self.path, t)
+            cfg = self.moe_config or choose_config(shape_of(self.weights, ids.shape[1]), self.path, t,
+                                                       e4m3=self.weights.e4m3)
             self.launched[cfg.key()] = cfg
             validate = not self.ids_checked or os.environ.get(DEBUG_ENV) == "1"
             out = moe(x, self.weights, ids, w, self.path, cfg, validate=validate)

@@ -243,7 +243,7 @@ def _bench_point(pt: _Point, t: int, time_it: Timer) -> BenchRow:
     p = make_problem(shape, path, t, seed=pt.seed, routing=pt.routing, device=pt.device)
     if takes_e4m3(path):  # the table may have picked an e4m3 tile
         p = dataclasses.replace(p, weights=p.weights.with_e4m3())
-    cfg = choose_config(shape, path, t)
+    cfg = choose_config(shape, path, t, e4m3=p.weights.e4m3)
     key, e = cfg.key(), shape.experts
     lp = layer_plan(shape, path, cfg, t)  # each stage as moe() launches it; replayed, so no single-use counters
     x = lp.quantize(p.hidden)
