@@ -34,21 +34,27 @@ def _shape(experts: int, topk: int, hidden: int, inter: int, activation: Activat
 
 def _check_inputs(hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Tensor,
                   topk_weights: torch.Tensor) -> None:
+    """The argument checks every call pays: written for the host cost (benchmarks/host_cost.py), each tensor's
+    shape and device read once."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a 2-D tensor [T, H], got {getattr(hidden, 'shape', type(hidden))}")
     if hidden.dtype not in _FLOAT_INPUTS:
         raise TypeError(f"hidden must be bf16, fp16 or fp32, got {hidden.dtype}")
-    if hidden.shape[1] != weights.hidden:
-        raise ValueError(f"hidden has H={hidden.shape[1]} columns, the weights expect H={weights.hidden}")
-    if topk_ids.dim() != 2 or topk_ids.shape[0] != hidden.shape[0]:
-        raise ValueError(f"topk_ids must be [T={hidden.shape[0]}, A], got {tuple(topk_ids.shape)}")
-    if tuple(topk_weights.shape) != tuple(topk_ids.shape):
-        raise ValueError(f"topk_weights shape {tuple(topk_weights.shape)} != topk_ids shape {tuple(topk_ids.shape)}")
+    t, h = hidden.shape
+    if h != weights.hidden:
+        raise ValueError(f"hidden has H={h} columns, the weights expect H={weights.hidden}")
+    ids_shape = topk_ids.shape
+    if len(ids_shape) != 2 or ids_shape[0] != t:
+        raise ValueError(f"topk_ids must be [T={t}, A], got {tuple(ids_shape)}")
+    if topk_weights.shape != ids_shape:
+        raise ValueError(f"topk_weights shape {tuple(topk_weights.shape)} != topk_ids shape {tuple(ids_shape)}")
     if not topk_weights.is_floating_point():
         raise TypeError(f"topk_weights must be floating point, got {topk_weights.dtype}")
-    for name, t in (("hidden", hidden), ("topk_ids", topk_ids), ("topk_weights", topk_weights)):
-        if t.device != weights.device:
-            raise ValueError(f"{name} is on {t.device}, the weights on {weights.device}")
+    dev = weights.device
+    if hidden.device != dev or topk_ids.device != dev or topk_weights.device != dev:
+        for name, x in (("hidden", hidden), ("topk_ids", topk_ids), ("topk_weights", topk_weights)):
+            if x.device != dev:
+                raise ValueError(f"{name} is on {x.device}, the weights on {dev}")
 
 
 def moe(
@@ -79,16 +85,17 @@ def moe(
     path = path if type(path) is Path else Path(path)
     _check_inputs(hidden, weights, topk_ids, topk_weights)
     t, a = topk_ids.shape
+    shape = shape_of(weights, a)
     if config is None:
-        config = choose_config(shape_of(weights, a), path, t, e4m3=weights.e4m3)
+        config = choose_config(shape, path, t, e4m3=weights.e4m3)
         if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
             warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
                           "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
                           "weights.with_e4m3()", stacklevel=2)
             config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
     else:
-        check_explicit(shape_of(weights, a), path, config)
-    plan = layer_plan(shape_of(weights, a), path, config, t)
+        check_explicit(shape, path, config)
+    plan = layer_plan(shape, path, config, t)
     return plan.run(hidden, weights, topk_ids, topk_weights, validate=validate, poison=poison)
 
 

@@ -117,7 +117,7 @@ def test_dispatched_e4m3_tile_runs_on_bf16_carriers_without_the_e4m3_layout(monk
     p = make_problem(MODELS["tiny"], Path.A8W4, 5, seed=2)
     s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3)
     cfg = MoEConfig(s1, s1.replace(mma=Mma.WGMMA))
-    monkeypatch.setattr(moe_mod, "choose_config", lambda *a: cfg)
+    monkeypatch.setattr(moe_mod, "choose_config", lambda *a, **kw: cfg)
     with pytest.warns(UserWarning, match="no e4m3 layout"):
         out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A8W4)
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
