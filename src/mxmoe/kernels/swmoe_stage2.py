@@ -62,7 +62,7 @@ def _stage2_kernel(
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     n16_0 = pid_n * (BN // 16)
-    if E4M3:  # two accumulator chains, even and odd K steps (swmoe.CHAINS_WHY)
+    if E4M3:  # two accumulator chains, even and odd K steps (swmoe.weight_mma: CHAINS_WHY)
         acc2 = tl.zeros([BN, BM], dtype=tl.float32)
         k_end = tl.minimum(k_first + k_len, I)
         for kk in range(0, k_len, 2 * BK):

@@ -102,8 +102,9 @@ def e4m3_operand(w, INTERP: tl.constexpr):
 
 @triton.jit
 def e4m3_bytes_operand(a, INTERP: tl.constexpr):
-    """A uint8 tile of e4m3 bytes (the activations of swmoe.act_tile) as the MMA takes it: float8e4nv on the GPU,
-    its exact f32 values under the interpreter."""
+    """An e4m3 activation tile (swmoe.act_tile) as the MMA takes it: on the GPU it was loaded as float8e4nv already
+    (through a float8e4nv pointer, so the pipelined buffer feeds wgmma), under the interpreter it is uint8 bytes and
+    becomes their exact f32 values."""
     if INTERP:
         return _e4m3_f32(a.to(tl.int32))
     return a
