@@ -57,6 +57,19 @@ def _check_inputs(hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Ten
                 raise ValueError(f"{name} is on {x.device}, the weights on {dev}")
 
 
+def dispatched_config(shape: MoEShape, path: Path, tokens: int, weights: MoEWeights) -> MoEConfig:
+    """The config moe(config=None) launches for `weights`: dispatch's (a tuned table's entry or the heuristic, told
+    whether the weights carry the e4m3 layout), with a table's e4m3 tiles run on bf16 carriers, warned, when they
+    do not (the transformers patch takes it from here too, so both fall back alike)."""
+    config = choose_config(shape, path, tokens, e4m3=weights.e4m3)
+    if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
+        warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
+                      "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
+                      "weights.with_e4m3()", stacklevel=3)
+        config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
+    return config
+
+
 def moe(
     hidden: torch.Tensor,
     weights: MoEWeights,
@@ -87,12 +100,7 @@ def moe(
     t, a = topk_ids.shape
     shape = shape_of(weights, a)
     if config is None:
-        config = choose_config(shape, path, t, e4m3=weights.e4m3)
-        if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
-            warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
-                          "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
-                          "weights.with_e4m3()", stacklevel=2)
-            config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
+        config = dispatched_config(shape, path, t, weights)
     else:
         check_explicit(shape, path, config)
     plan = layer_plan(shape, path, config, t)

@@ -133,6 +133,19 @@ def test_launched_configs_record_forced_dispatch_and_override():
     assert set(launched_configs(model)) == {forced.key()}
 
 
+def test_dispatched_e4m3_tile_falls_back_as_moe_does():
+    """A dispatched e4m3 tile (a tuned table may name one; here the scoped override) on experts patched without the
+    e4m3 layout runs on bf16 carriers with moe()'s warning, where passing it on explicitly would be refused."""
+    model = tiny("deepseek-v3", layers=1)
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))
+    patch_model(model, "a8w4")
+    wgmma = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA)
+    e4m3 = MoEConfig(wgmma.replace(mma=Mma.WGMMA_E4M3), wgmma)
+    with torch.no_grad(), override(e4m3), pytest.warns(UserWarning, match="no e4m3 layout"):
+        model(input_ids=ids, use_cache=False)
+    assert set(launched_configs(model)) == {MoEConfig(wgmma, wgmma).key()}
+
+
 def test_use_backend_restores_backend_and_path():
     model = tiny("gpt-oss", layers=1)
     with pytest.raises(ValueError, match="patch_model first"), use_backend(model, Backend.REFERENCE):

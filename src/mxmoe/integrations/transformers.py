@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from mxmoe.config import MoEConfig
-from mxmoe.dispatch import choose_config
-from mxmoe.moe import moe, shape_of
+from mxmoe.moe import dispatched_config, moe, shape_of
 from mxmoe.reference import SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, moe_reference_from_weights
 from mxmoe.shapes import Activation, Path
 from mxmoe.weights import MoEWeights
@@ -153,8 +152,8 @@ class MXFP4Experts(nn.Module):
         if self.backend is Backend.REFERENCE:
             out = moe_reference_from_weights(x, self.weights, ids, w, self.path, dtype=torch.bfloat16)
         else:
-            cfg = self.moe_config or choose_config(shape_of(self.weights, ids.shape[1]), self.path, t,
-                                                       e4m3=self.weights.e4m3)
+            cfg = self.moe_config or dispatched_config(shape_of(self.weights, ids.shape[1]), self.path, t,
+                                                           self.weights)
             self.launched[cfg.key()] = cfg
             validate = not self.ids_checked or os.environ.get(DEBUG_ENV) == "1"
             out = moe(x, self.weights, ids, w, self.path, cfg, validate=validate)
