@@ -149,3 +149,49 @@ def test_e4m3_decode_takes_the_sorted_layer():
     out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4,
               MoEConfig(s.replace(combine="atomic"), s.replace(mma=Mma.WGMMA_E4M3)))
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer")
+
+
+_ASYNC_TASK = r"""
+import json, re, subprocess, sys, tempfile
+from pathlib import Path as FsPath
+from triton import knobs
+from mxmoe.config import TileConfig
+from mxmoe.shapes import Activation, MoEShape, Path
+from mxmoe.tuning.sweep.compile_check.cpu import _prepare
+from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, resource_usage
+
+stage, cfg = int(sys.argv[1]), TileConfig.from_json(sys.argv[2])
+kernel, args, meta, ok = _prepare(MoEShape("e4m3-async", 8, 2, 1024, 256, Activation.SILU), Path.A8W4, stage, cfg,
+                                  {}, [])
+c = compile_sm90(kernel, args, meta)
+with tempfile.TemporaryDirectory() as d:
+    FsPath(d, "k.cubin").write_bytes(c.asm["cubin"])
+    sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(FsPath(d, "k.cubin"))], capture_output=True,
+                          text=True, check=True).stdout
+waits = re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", sass)
+print(json.dumps(dict(resource_usage(c.asm["cubin"]), ok=ok, qgmma=sass.count("QGMMA"), waits=waits)))
+"""
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_e4m3_stages_keep_wgmma_asynchronous(stage):
+    """The sm_90 code of a prefill e4m3 stage (CPU compile in a fresh interpreter without TRITON_INTERPRET): its
+    wgmmas wait for completion once, after the loop (SASS `WARPGROUP.DEPBAR.LE gsb0, 0x0`), and otherwise leave
+    groups in flight. Both regressions it guards made every wgmma wait (docs/fp8.md section 6): an activation
+    tile loaded as uint8 and bitcast (copied into a single shared buffer each step: four waits, none in flight)
+    and a per-step f32 promotion."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = TileConfig(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=3, group_m=8,
+                     mma=Mma.WGMMA_E4M3)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _ASYNC_TASK, str(stage), cfg.to_json()], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ok"] and got["qgmma"] > 0 and got["stack"] == 0, got
+    assert got["waits"].count("0x0") == 1 and any(w != "0x0" for w in got["waits"]), got
+
