@@ -5,10 +5,11 @@ the yardstick, at prefill points (issue 23).
 
 Each point: the heuristic's a8w4 config, then stage 1 on e4m3 (weights built with e4m3=True; `heuristic.on_e4m3`
 fits the tile to the two accumulator chains), both stages on e4m3, stage 1 on e4m3 with each `--tile` change to
-the heuristic's tile, and a16w4's default, timed in `--rounds` rounds in
-that order (CUDA-graph replay, L2 flushed before each replay, median of 15). Each e4m3 output is checked against
-the a8w4 one (max relative difference over the tensor max; they differ in the MMA's accumulation order, and with
-stage 2 on e4m3 in h's rounding to e4m3 per token). Prints us and ratios; never asserts. Needs a GPU.
+the heuristic's tile, both stages with each `--tile2` change to stage 2's, and a16w4's default, timed in
+`--rounds` rounds in that order (CUDA-graph replay, L2 flushed before each replay, median of 15). Each e4m3 output
+is checked against the a8w4 one (max relative difference over the tensor max; they differ in the MMA's
+accumulation order, and with stage 2 on e4m3 in h's rounding to e4m3 per token). Prints us and ratios; never
+asserts. Needs a GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mxmoe.problem import make_problem
 from mxmoe.shapes import MODELS, Path
 
 
-def _point(spec: str, rounds: int, flush: torch.Tensor, tiles: list[str]) -> dict:
+def _point(spec: str, rounds: int, flush: torch.Tensor, tiles: list[str], tiles2: list[str]) -> dict:
     model, t = spec.split(":")
     t = int(t)
     p = make_problem(MODELS[model], Path.A8W4, t, seed=t, device="cuda")
@@ -38,6 +39,8 @@ def _point(spec: str, rounds: int, flush: torch.Tensor, tiles: list[str]) -> dic
     configs = {"a8w4": base, "a8w4_e4m3": e4, "a8w4_e4m3_12": MoEConfig(e4.stage1, on_e4m3(p.shape, 2, base.stage2))}
     for tile in tiles:
         configs[f"a8w4_e4m3_{tile}"] = MoEConfig(base.stage1.replace(mma=Mma.WGMMA_E4M3, **_tile(tile)), base.stage2)
+    for tile in tiles2:
+        configs[f"a8w4_e4m3_12_{tile}"] = MoEConfig(e4.stage1, base.stage2.replace(mma=Mma.WGMMA_E4M3, **_tile(tile)))
     a16 = default_config(p.shape, Path.A16W4, t)
 
     def call(path: Path, cfg: MoEConfig):
@@ -52,7 +55,7 @@ def _point(spec: str, rounds: int, flush: torch.Tensor, tiles: list[str]) -> dic
         try:
             diffs[k] = ((calls[k]().float() - ref).abs().max() / scale).item()
         except Exception as e:  # a --tile that check_launch or the compiler refuses: say so, time the rest
-            print(f"{spec} {k} {configs[k].stage1.short()}: {type(e).__name__}: {e}", flush=True)
+            print(f"{spec} {k} {configs[k].key()}: {type(e).__name__}: {e}", flush=True)
             del calls[k]
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -83,6 +86,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tile", action="append", default=[],
                     help="also time stage 1 e4m3 with these tile fields changed, e.g. M128N128K64w8s4 (repeatable)")
+    ap.add_argument("--tile2", action="append", default=[],
+                    help="also time both stages on e4m3, stage 2 with these tile fields changed (repeatable)")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -90,7 +95,7 @@ def main(argv: list[str]) -> None:
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     rows = []
     for spec in args.points:
-        row = _point(spec, args.rounds, flush, args.tile)
+        row = _point(spec, args.rounds, flush, args.tile, args.tile2)
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)
     write_csv(args.csv, rows)
