@@ -107,13 +107,19 @@ def _layer_verdict(shape: MoEShape, path: Path, cfg: MoEConfig, h: MoEConfig, li
     return None
 
 
+def _baseline(shape: MoEShape, path: Path, tokens: int, interpreter: bool) -> MoEConfig:
+    """The heuristic's config a sweep measures as its baseline: what moe(config=None) runs on the sweep's weights,
+    which carry the e4m3 layouts where the path's space has e4m3 tiles (space.takes_e4m3)."""
+    return default_config(shape, path, tokens, interpreter=interpreter, e4m3=takes_e4m3(path))
+
+
 def regime_neighbours(shape: MoEShape, path: Path, tokens: int, limits: legality.DeviceLimits,
                       interpreter: bool) -> list[MoEConfig]:
     """The heuristic's configs at the other grid points that are legal at `tokens`, nearest T first, each once."""
-    h = default_config(shape, path, tokens, interpreter=interpreter, e4m3=takes_e4m3(path))
+    h = _baseline(shape, path, tokens, interpreter)
     out: dict[str, MoEConfig] = {}
     for t in sorted(TOKEN_GRID, key=lambda g: (abs(math.log2(g / tokens)), g)):
-        c = default_config(shape, path, t, interpreter=interpreter, e4m3=takes_e4m3(path))
+        c = _baseline(shape, path, t, interpreter)
         legal = all(_verdict(shape, path, s, tile, limits, tokens, False) is None
                     for s, tile in ((1, c.stage1), (2, c.stage2)))
         if c != h and c.key() not in out and legal:
@@ -123,7 +129,7 @@ def regime_neighbours(shape: MoEShape, path: Path, tokens: int, limits: legality
 
 def _at_t(shape: MoEShape, path: Path, t: int, stage: str, limits: legality.DeviceLimits, interpreter: bool,
           limit: int, spaces: Mapping[int, Sequence[TileConfig]]) -> list[Candidate]:
-    h = default_config(shape, path, t, interpreter=interpreter, e4m3=takes_e4m3(path))
+    h = _baseline(shape, path, t, interpreter)
     legal1, bad1 = _verdicts(shape, path, 1, spaces[1], h.stage1, limits, t)
     legal2, bad2 = _verdicts(shape, path, 2, spaces[2], h.stage2, limits, t)
     out = [Candidate("1", t, MoEConfig(c, h.stage2), v) for c, v in bad1 if stage in ("1", "both", "layer")]
@@ -179,7 +185,7 @@ def plan(
     out: list[Candidate] = []
     for t in tokens:
         if baseline_only:
-            h = default_config(shape, path, t, interpreter=interpreter, e4m3=takes_e4m3(path))
+            h = _baseline(shape, path, t, interpreter)
             out.append(Candidate("layer", t, h, _layer_verdict(shape, path, h, h, limits, t)))
             continue
         sp = spaces if spaces is not None else {1: candidate_space(1, path, space), 2: candidate_space(2, path, space)}
