@@ -195,14 +195,7 @@ def test_direct_kernels_compile_for_sm90_without_spills(path):
     here: the heuristic's deepseek-v3-tp8 T=1 launch, recorded from the real wrappers, compiles for sm_90 on the
     CPU (a fresh interpreter without TRITON_INTERPRET, as a GPU would get it) with no register spills (a4w4 carries
     the most: its h rounding in registers)."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from fresh_interpreter import last_json, run_without_interpreter
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_TASK, path.value], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for usage in json.loads(proc.stdout.strip().splitlines()[-1]):
+    for usage in last_json(run_without_interpreter("-c", _SM90_TASK, path.value)):
         assert not usage["interp"] and usage["stack"] == 0 and usage["local"] == 0, usage

@@ -180,18 +180,11 @@ def test_e4m3_stages_keep_wgmma_asynchronous(stage):
     groups in flight. Both regressions it guards made every wgmma wait (docs/fp8.md section 6): an activation
     tile loaded as uint8 and bitcast (copied into a single shared buffer each step: four waits, none in flight)
     and a per-step f32 promotion."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from fresh_interpreter import last_json, run_without_interpreter
 
     cfg = TileConfig(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=3, group_m=8,
                      mma=Mma.WGMMA_E4M3)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _ASYNC_TASK, str(stage), cfg.to_json()], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = last_json(run_without_interpreter("-c", _ASYNC_TASK, str(stage), cfg.to_json()))
     assert got["ok"] and got["qgmma"] > 0 and got["stack"] == 0, got
     assert got["waits"].count("0x0") == 1 and any(w != "0x0" for w in got["waits"]), got
 

@@ -11,9 +11,6 @@ PTX's documented semantics against the same twin (the hardware's reading of it n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path as FsPath
 
 import pytest
@@ -122,12 +119,10 @@ def test_sm90_compile_feeds_e4m3_wgmma_from_registers_without_a_layout_conversio
     """Both table paths compile for sm_90 to m64nNk32 e4m3 x e4m3 wgmma with the decoded weights as the register A
     operand, and the main loop has no shared-memory store or shuffle (the decode lands in the fragment layout), no
     spills. In a fresh interpreter without TRITON_INTERPRET, as the --cpu-compile worker runs."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    src = str(FsPath(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, str(PROBE), "--variants", "affine,table", "--json"], capture_output=True,
-                          text=True, env=env, timeout=600, check=True)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    from fresh_interpreter import run_without_interpreter
+
+    out = run_without_interpreter(str(PROBE), "--variants", "affine,table", "--json")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["variant"] for r in rows] == ["affine", "table"]
     for r in rows:
         assert r["wgmma"] == ["wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3"], r

@@ -140,15 +140,9 @@ def test_cpu_compile_of_a_v2_config_is_the_wrappers_launch(warps, stage, combine
     read back; one the wrapper refuses (2 warps: no warpgroup) is a `wrapper` outcome with nothing compiled. In a
     fresh interpreter without TRITON_INTERPRET, as the --cpu-compile worker runs (kernels decorated under the
     interpreter cannot compile). Stage 2 with the rows combine compiles stage 2's kernel, not the combine's."""
-    import json
-    import subprocess
-    import sys
+    from fresh_interpreter import last_json, run_without_interpreter
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _V2_TASK, str(warps), str(stage), combine], capture_output=True,
-                          text=True, env=env,
-                          timeout=600, check=True)
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = last_json(run_without_interpreter("-c", _V2_TASK, str(warps), str(stage), combine))
     assert row["outcome"] == want, row.get("error")
     if want == "ok":
         assert row["compile_ok"] == 1 and row["wrapper_ok"] == 1 and row["n_regs"] > 0 and row["n_spills"] == 0
