@@ -188,14 +188,15 @@ def _stage1_kernel(
         acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
         acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
         k_end = tl.minimum(k_first + k_len, H)  # a split's second step may pass its range: masked, not the next
+        k64_end = tl.cdiv(k_end, 64)
         for kk in range(0, k_len, 2 * BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, k_end, stride_xt, E4M3, INTERP, BM, BK)
-            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16,
-                                       tl.cdiv(k_end, 64), FOLD, E4M3, INTERP, BM, BN, BK)
+            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, k64_end, FOLD,
+                                       E4M3, INTERP, BM, BN, BK)
             a = act_tile(x_ptr, token, row_ok, k0 + BK, k_end, stride_xt, E4M3, INTERP, BM, BK)
             acc_g2, acc_u2 = gate_up_mma(acc_g2, acc_u2, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0 + BK, I, N16,
-                                         tl.cdiv(k_end, 64), FOLD, E4M3, INTERP, BM, BN, BK)
+                                         k64_end, FOLD, E4M3, INTERP, BM, BN, BK)
         acc_g += acc_g2
         acc_u += acc_u2
     else:

@@ -65,14 +65,14 @@ def _stage2_kernel(
     if E4M3:  # two accumulator chains, even and odd K steps (swmoe.weight_mma: CHAINS_WHY)
         acc2 = tl.zeros([BN, BM], dtype=tl.float32)
         k_end = tl.minimum(k_first + k_len, I)
+        k64_end = tl.cdiv(k_end, 64)
         for kk in range(0, k_len, 2 * BK):
             k0 = k_first + kk
             a = act_tile(h_ptr, rows, row_ok, k0, k_end, stride_hp, E4M3, INTERP, BM, BK)
-            acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, tl.cdiv(k_end, 64), FOLD, E4M3,
-                             INTERP, BM, BN, BK)
+            acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, k64_end, FOLD, E4M3, INTERP, BM, BN, BK)
             a = act_tile(h_ptr, rows, row_ok, k0 + BK, k_end, stride_hp, E4M3, INTERP, BM, BK)
-            acc2 = weight_mma(acc2, a, w_e, ws_e, lut_ptr, n16_0, N16, k0 + BK, N16, tl.cdiv(k_end, 64), FOLD, E4M3,
-                              INTERP, BM, BN, BK)
+            acc2 = weight_mma(acc2, a, w_e, ws_e, lut_ptr, n16_0, N16, k0 + BK, N16, k64_end, FOLD, E4M3, INTERP, BM,
+                              BN, BK)
         acc += acc2
     else:
         for kk in range(0, k_len, BK):
