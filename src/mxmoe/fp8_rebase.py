@@ -84,14 +84,18 @@ def affine_words(dcode: torch.Tensor) -> torch.Tensor:
     return torch.stack([dd * 0x01010100 + 0x0C080000, dd * 0x01010101 + 0x1C181410], dim=-1)
 
 
+def _nonzero_groups(codes: torch.Tensor) -> torch.Tensor:
+    """bool [..., K // BLOCK]: the K groups of packed e2m1 pairs `codes` [..., K // 2] with a nonzero magnitude in
+    either nibble of one of their 16 bytes. Read packed, a few leading rows at a time, so a full model's W13 never
+    needs an unpacked copy (deepseek-v3: 7.5 G values; unpacked whole it asked the H100 for 28 GiB, 7de9e8b)."""
+    return torch.cat([(c & 0x77).ne(0).unflatten(-1, (-1, BLOCK // 2)).any(dim=-1) for c in codes.split(8)])
+
+
 def tables_are_affine(r: RebasedWeights) -> bool:
     """Whether the kernel may compute every group's table with `affine_words` (its AFFINE path): no NaN group, and
     every group holding a nonzero code has d >= D_AFFINE (a group of zeros decodes to zeros under any table)."""
-    for codes, dcode in zip(r.codes.unbind(0), r.dcode.unbind(0), strict=True):  # one expert at a time: unpacked,
-        live = (unpack_e2m1(codes) & 7).ne(0).view(*dcode.shape, BLOCK).any(dim=-1)  # deepseek-v3's W13 is 28 GiB
-        if bool(((dcode == DCODE_NAN) | (live & (dcode < D_AFFINE - D_FLUSH))).any()):
-            return False
-    return True
+    bad = (r.dcode == DCODE_NAN) | (_nonzero_groups(r.codes) & (r.dcode < D_AFFINE - D_FLUSH))
+    return not bool(bad.any())
 
 
 def _check_mx(x: MXTensor, fmt: MXFormat) -> None:
@@ -154,10 +158,7 @@ def rebase_weights(w: MXTensor) -> RebasedWeights:
     """Rebase MXFP4 weights ([..., N, K], quantized along K) to e4m3 form: base b = top live scale - D_MAX per row
     (so the largest group lands at the top of the exact range), d = s - b per group, NaN groups coded NaN."""
     _check_mx(w, MXFormat.E2M1)
-    # a group is live when one of its 16 bytes has a nonzero magnitude in either nibble; a few leading rows at a
-    # time, so a full model's W13 never needs an unpacked copy (deepseek-v3: 7.5 G values)
-    live = torch.cat([(c & 0x77).ne(0).unflatten(-1, (-1, BLOCK // 2)).any(dim=-1) for c in w.data.split(8)])
-    live &= w.scales.ne(255)
+    live = _nonzero_groups(w.data) & w.scales.ne(255)
     base = _base(w.scales, live, D_MAX)
     d = (w.scales.to(torch.int32) - base.unsqueeze(-1)).clamp(D_FLUSH, D_MAX)
     dcode = torch.where(w.scales == 255, DCODE_NAN, d - D_FLUSH).to(torch.uint8)
