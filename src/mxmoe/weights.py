@@ -65,10 +65,16 @@ class MoEWeights:
     def __post_init__(self) -> None:
         object.__setattr__(self, "w13_sw", swizzle(self.w13.data, self.w13.scales))
         object.__setattr__(self, "w2_sw", swizzle(self.w2.data, self.w2.scales))
-        # e4m3=True: W13 and W2 also rebased into the e4m3 layout for the stages on e4m3 wgmma (Mma.WGMMA_E4M3);
-        # opt-in because it adds the weights' size again
-        object.__setattr__(self, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)) if self.e4m3 else None)
-        object.__setattr__(self, "w2_e4m3", swizzle_e4m3(rebase_weights(self.w2)) if self.e4m3 else None)
+        object.__setattr__(self, "w13_e4m3", None)
+        object.__setattr__(self, "w2_e4m3", None)
+        if self.e4m3:
+            self._build_e4m3()
+
+    def _build_e4m3(self) -> None:
+        """W13 and W2 rebased into the e4m3 layout too, for the stages on e4m3 wgmma (Mma.WGMMA_E4M3); opt-in
+        (e4m3=True or with_e4m3) because it adds the weights' size again."""
+        object.__setattr__(self, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)))
+        object.__setattr__(self, "w2_e4m3", swizzle_e4m3(rebase_weights(self.w2)))
 
     @property
     def num_experts(self) -> int:
@@ -98,8 +104,7 @@ class MoEWeights:
             return self
         new = copy.copy(self)  # the bf16 layouts are shared, not rebuilt
         object.__setattr__(new, "e4m3", True)
-        object.__setattr__(new, "w13_e4m3", swizzle_e4m3(rebase_weights(self.w13)))
-        object.__setattr__(new, "w2_e4m3", swizzle_e4m3(rebase_weights(self.w2)))
+        new._build_e4m3()
         return new
 
     @classmethod
