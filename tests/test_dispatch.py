@@ -178,6 +178,17 @@ def test_an_unreadable_table_warns_and_falls_back(user_dir):
     assert out == [heuristic(1)] and "unreadable" in str(warned[0].message)
 
 
+def test_the_environment_is_read_once_until_clear_cache(user_dir, monkeypatch):
+    """$MXMOE_CONFIG_DIR is read at the first lookup, not per call (about 1 us a read against a 10 us host budget,
+    issue 22): a folder named afterwards is taken after clear_cache(), as the module docstring says."""
+    write_table(user_dir / "other", {16: A})
+    assert choose_config(TINY, Path.A16W4, 16) == heuristic(16)
+    monkeypatch.setenv(dispatch.CONFIG_DIR_ENV, str(user_dir / "other"))
+    assert choose_config(TINY, Path.A16W4, 16) == heuristic(16)  # the snapshot still names user/
+    dispatch.clear_cache()
+    assert choose_config(TINY, Path.A16W4, 16) == A
+
+
 def test_without_a_gpu_or_interpreter_there_is_no_device(user_dir, monkeypatch):
     write_table(user_dir / "user", {1: A})
     monkeypatch.delenv("TRITON_INTERPRET")

@@ -137,3 +137,29 @@ def test_the_transformers_patch_checks_ids_once_then_only_under_debug(problem, m
     monkeypatch.setenv(tf.DEBUG_ENV, "1")
     experts(x, ids, tw)
     assert seen[-1] is True
+
+
+def test_a_repeated_call_plans_once_and_sees_override_and_clear_cache(problem, monkeypatch):
+    """moe(config=None) keeps its layer plan per call key (issue 22's host budget): the second call asks dispatch
+    nothing, an override block is honoured (and not kept), and clear_cache() makes the next call plan afresh."""
+    from mxmoe import moe as _  # noqa: F401
+    moe_module = sys.modules["mxmoe.moe"]
+    x, w, ids, tw = problem
+    plans = []
+    monkeypatch.setattr(moe_module.LayerPlan, "run", lambda self, *a, **k: plans.append(self.config) or x)
+    asked = []
+    real_choose = moe_module.choose_config
+    monkeypatch.setattr(moe_module, "choose_config", lambda *a, **k: asked.append(a) or real_choose(*a, **k))
+    dispatch.clear_cache()
+    moe(x, w, ids, tw)
+    n = len(asked)
+    moe(x, w, ids, tw)
+    assert n >= 1 and len(asked) == n and plans[0] == plans[1] == legal()  # the second call asked nothing
+    other = MoEConfig(legal().stage1.replace(num_stages=2), legal().stage2)
+    with dispatch.override(other):
+        moe(x, w, ids, tw)
+    moe(x, w, ids, tw)
+    assert plans[2:] == [other, legal()]  # the override block's config, then the kept plan again
+    dispatch.clear_cache()
+    moe(x, w, ids, tw)
+    assert len(asked) > n + 1 and plans[-1] == legal()  # planned afresh after clear_cache

@@ -20,8 +20,9 @@ file once, checks its metadata and every entry's legality, and keeps the result 
 a sorted tuple of T buckets and their configs). Every later call is a dict lookup and a bisect, with no
 file access and no legality check. A file edited afterwards is seen after `clear_cache()` (parsed files
 stay cached by (path, mtime), so an unchanged file is not parsed again). The heuristic's answer is cached
-per T as well. `$MXMOE_CONFIG_DIR` and `TRITON_INTERPRET` are read on every call, so a new folder or mode is
-resolved afresh.
+per T as well. `$MXMOE_CONFIG_DIR` and `TRITON_INTERPRET` are read once (`environment()`), at the first lookup and
+after `clear_cache()`: a process that changes either afterwards calls `clear_cache()` (the guardrail's config-dir
+block does), as Triton itself fixes interpretation when the kernels are decorated.
 
 Legality in one place: `launchable` is `legality.refusal` on both stages, which does not let DEGENERATE refuse a
 launch the runtime was asked for (legality calls it "legal, but only wastes work": a measured best entry read at
@@ -79,9 +80,31 @@ def override(config: MoEConfig) -> Iterator[MoEConfig]:
         _OVERRIDE.reset(token)
 
 
+def forced() -> MoEConfig | None:
+    """The config a `with mxmoe.override(cfg):` block in force forces, or None."""
+    return _OVERRIDE.get()
+
+
 def interpreter_active() -> bool:
     """Exactly Triton's own test (`TRITON_INTERPRET == "1"`), so rows are tagged as the kernels really ran."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True, eq=False)
+class Environment:
+    """What dispatch read from the environment (`$MXMOE_CONFIG_DIR`, `TRITON_INTERPRET`), once: at the first lookup
+    and again after `clear_cache()`. Why not every call: the two reads cost about 1 us each, a fifth of a moe()
+    call's host budget (issue 22), and Triton fixes interpretation when the kernels are decorated anyway. Compared
+    by identity (eq=False): moe()'s per-call plan cache keys on it, so a cleared cache's entries are never hit."""
+
+    config_dir: str | None
+    interpreter: bool
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> Environment:
+    """The environment snapshot dispatch answers under (taken on first use; `clear_cache()` retakes it)."""
+    return Environment(os.environ.get(CONFIG_DIR_ENV), interpreter_active())
 
 
 
@@ -111,7 +134,7 @@ def _gpu_name(index: int) -> str:
 
 def running_device() -> str | None:
     """The name tables are filed under: the CUDA device's name, `interpreter`, or None (no GPU)."""
-    if interpreter_active():
+    if environment().interpreter:
         return INTERPRETER_DEVICE
     if not _cuda_available():
         return None
@@ -140,7 +163,7 @@ def _gpu_limits(device: str) -> legality.DeviceLimits:
 
 def config_dirs() -> tuple[FsPath, ...]:
     """Where tables are looked up, in order: $MXMOE_CONFIG_DIR, then the packaged tuned/."""
-    user = os.environ.get(CONFIG_DIR_ENV)
+    user = environment().config_dir
     return (FsPath(user), TUNED_DIR) if user else (TUNED_DIR,)
 
 
@@ -269,12 +292,11 @@ _RESOLVED: dict[tuple[Any, ...], Resolution] = {}
 
 
 def resolution(shape: MoEShape, path: Path | str, device: str | None = None) -> Resolution:
-    """The cached resolution for (shape, path, device) under the current $MXMOE_CONFIG_DIR."""
+    """The cached resolution for (shape, path, device) under the environment snapshot's $MXMOE_CONFIG_DIR."""
     path = path if type(path) is Path else Path(path)
     if device is None:
         device = running_device()
-    key = (shape.experts, shape.inter, shape.hidden, shape.topk, shape.activation, path, device,
-           os.environ.get(CONFIG_DIR_ENV))
+    key = (shape.experts, shape.inter, shape.hidden, shape.topk, shape.activation, path, device)
     res = _RESOLVED.get(key)
     if res is None:
         res = _RESOLVED[key] = _resolve(shape, path, device)
@@ -282,8 +304,10 @@ def resolution(shape: MoEShape, path: Path | str, device: str | None = None) -> 
 
 
 def clear_cache() -> None:
-    """Forget every resolution, parsed table, explicit-config verdict and running version: the next call
-    starts over as a fresh process would (for tests, and after editing a table in a running process)."""
+    """Forget every resolution, parsed table, explicit-config verdict, running version and the environment
+    snapshot: the next call starts over as a fresh process would (for tests, after editing a table in a running
+    process, and after changing $MXMOE_CONFIG_DIR or TRITON_INTERPRET in one)."""
+    environment.cache_clear()
     _RESOLVED.clear()
     _EXPLICIT.clear()
     clear_parsed()
@@ -321,7 +345,7 @@ def choose_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool 
         return cfg
     cfg = res.heuristic.get((tokens, e4m3))
     if cfg is None:
-        cfg = default_config(shape, path, tokens, interpreter=interpreter_active(), e4m3=e4m3)
+        cfg = default_config(shape, path, tokens, interpreter=environment().interpreter, e4m3=e4m3)
         if len(res.heuristic) < _HEURISTIC_CACHE_MAX:
             res.heuristic[(tokens, e4m3)] = cfg
     return cfg

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mxmoe.config import Mma, MoEConfig
-from mxmoe.dispatch import check_explicit, choose_config
-from mxmoe.layer_plan import layer_plan
+from mxmoe.dispatch import check_explicit, choose_config, environment, forced
+from mxmoe.layer_plan import LayerPlan, layer_plan
 from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
@@ -57,17 +57,47 @@ def _check_inputs(hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Ten
                 raise ValueError(f"{name} is on {x.device}, the weights on {dev}")
 
 
+def _carrier_fallback(config: MoEConfig, weights: MoEWeights) -> bool:
+    """Whether `config` (a table's entry) runs a stage on e4m3 for weights without the e4m3 layout."""
+    return (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3
+
+
 def dispatched_config(shape: MoEShape, path: Path, tokens: int, weights: MoEWeights) -> MoEConfig:
     """The config moe(config=None) launches for `weights`: dispatch's (a tuned table's entry or the heuristic, told
     whether the weights carry the e4m3 layout), with a table's e4m3 tiles run on bf16 carriers, warned, when they
     do not (the transformers patch takes it from here too, so both fall back alike)."""
     config = choose_config(shape, path, tokens, e4m3=weights.e4m3)
-    if (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3:  # a table's e4m3 tiles
+    if _carrier_fallback(config, weights):
         warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
                       "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
                       "weights.with_e4m3()", stacklevel=3)
         config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
     return config
+
+
+_AUTO_PLANS: dict[tuple, LayerPlan] = {}  # moe(config=None)'s plans, keyed by call (see auto_plan)
+_AUTO_PLANS_MAX = 4096
+
+
+def auto_plan(weights: MoEWeights, topk: int, tokens: int, path: Path) -> LayerPlan:
+    """The layer plan moe(config=None) runs: `layer_plan(shape, path, dispatched_config(...), T)`, kept per
+    (weights' call_key, A, T, path, dispatch's environment snapshot), so a repeated call is one dict lookup (issue
+    22's host budget: shape key, dispatch and plan lookups were about 3.5 us of a 10 us call). Not kept: a call
+    under `mxmoe.override` (the block's config, asked each call) and a table's e4m3 fallback (warned each call).
+    `dispatch.clear_cache()` retakes the snapshot, so no entry made before it is hit after it."""
+    if forced() is None:
+        key = (weights.call_key, topk, tokens, path, environment())
+        plan = _AUTO_PLANS.get(key)
+        if plan is not None:
+            return plan
+    shape = shape_of(weights, topk)
+    config = dispatched_config(shape, path, tokens, weights)
+    plan = layer_plan(shape, path, config, tokens)
+    if forced() is None and not _carrier_fallback(choose_config(shape, path, tokens, e4m3=weights.e4m3), weights):
+        if len(_AUTO_PLANS) >= _AUTO_PLANS_MAX:
+            _AUTO_PLANS.clear()
+        _AUTO_PLANS[key] = plan
+    return plan
 
 
 def moe(
@@ -98,12 +128,12 @@ def moe(
     path = path if type(path) is Path else Path(path)
     _check_inputs(hidden, weights, topk_ids, topk_weights)
     t, a = topk_ids.shape
-    shape = shape_of(weights, a)
     if config is None:
-        config = dispatched_config(shape, path, t, weights)
+        plan = auto_plan(weights, a, t, path)
     else:
+        shape = shape_of(weights, a)
         check_explicit(shape, path, config)
-    plan = layer_plan(shape, path, config, t)
+        plan = layer_plan(shape, path, config, t)
     return plan.run(hidden, weights, topk_ids, topk_weights, validate=validate, poison=poison)
 
 

@@ -61,6 +61,7 @@ class MoEWeights:
     w2_sw: SwizzledMX = field(init=False, repr=False, compare=False)
     w13_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
     w2_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
+    call_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "w13_sw", swizzle(self.w13.data, self.w13.scales))
@@ -69,6 +70,13 @@ class MoEWeights:
         object.__setattr__(self, "w2_e4m3", None)
         if self.e4m3:
             self._build_e4m3()
+        self._set_call_key()
+
+    def _set_call_key(self) -> None:
+        """What moe(config=None) decides from the weights, read once: (E, H, I, activation, bias, e4m3 layout,
+        device). Its per-call plan cache keys on it (one attribute read instead of a property per field)."""
+        object.__setattr__(self, "call_key", (self.num_experts, self.hidden, self.inter, self.activation,
+                                              self.b13 is not None, self.e4m3, self.device))
 
     def _build_e4m3(self) -> None:
         """W13 and W2 rebased into the e4m3 layout too, for the stages on e4m3 wgmma (Mma.WGMMA_E4M3); opt-in
@@ -105,6 +113,7 @@ class MoEWeights:
         new = copy.copy(self)  # the bf16 layouts are shared, not rebuilt
         object.__setattr__(new, "e4m3", True)
         new._build_e4m3()
+        new._set_call_key()
         return new
 
     @classmethod

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from mxmoe.config import MoEConfig, TileConfig
-from mxmoe.dispatch import choose_config, running_versions, table_filename
+from mxmoe.dispatch import choose_config, clear_cache, running_versions, table_filename
 from mxmoe.shapes import MODELS, Path
 from mxmoe.tuning.judge.export import ExportError, export_tables
 from mxmoe.tuning.ledger.records import Attempt, Status
@@ -150,9 +150,13 @@ def test_sweep_export_dispatch_round_trip(tmp_path, monkeypatch):
                 for t in (1, 16)}
     assert table.file.name == table_filename(MODELS["tiny"], Path.A16W4, "interpreter")
     monkeypatch.setenv("MXMOE_CONFIG_DIR", str(tmp_path / "tuned"))
-    running_versions.cache_clear()  # kernels/ may have been edited since this process first hashed it
-    for live, bucket in ((1, 1), (2, 16), (16, 16), (500, 16)):
-        assert choose_config(MODELS["tiny"], Path.A16W4, live).to_dict() == best[bucket].config
+    clear_cache()  # dispatch reads the variable once; kernels/ may have been edited since this process hashed it
+    try:
+        for live, bucket in ((1, 1), (2, 16), (16, 16), (500, 16)):
+            assert choose_config(MODELS["tiny"], Path.A16W4, live).to_dict() == best[bucket].config
+    finally:
+        monkeypatch.undo()
+        clear_cache()  # later tests in this process see the folder gone
 
 
 def test_only_exports_the_named_model_path_pairs(ledger, tmp_path):

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mxmoe import dispatch
 from mxmoe.config import MoEConfig
 from mxmoe.dispatch import choose_config, interpreter_active
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
@@ -110,19 +111,22 @@ def _fp32_matmuls() -> Iterator[None]:
 
 @contextmanager
 def _config_dir(path: str | os.PathLike[str] | None) -> Iterator[None]:
-    """MXMOE_CONFIG_DIR for the block only: dispatch reads the tuned tables from there."""
+    """MXMOE_CONFIG_DIR for the block only: dispatch reads the tuned tables from there (its environment snapshot
+    is retaken on the way in and out: dispatch reads the variable once, not per call)."""
     if path is None:
         yield
         return
-    old = os.environ.get("MXMOE_CONFIG_DIR")
-    os.environ["MXMOE_CONFIG_DIR"] = os.fspath(path)
+    old = os.environ.get(dispatch.CONFIG_DIR_ENV)
+    os.environ[dispatch.CONFIG_DIR_ENV] = os.fspath(path)
+    dispatch.clear_cache()
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("MXMOE_CONFIG_DIR")
+            os.environ.pop(dispatch.CONFIG_DIR_ENV)
         else:
-            os.environ["MXMOE_CONFIG_DIR"] = old
+            os.environ[dispatch.CONFIG_DIR_ENV] = old
+        dispatch.clear_cache()
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
