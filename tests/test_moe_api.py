@@ -140,8 +140,9 @@ def test_the_transformers_patch_checks_ids_once_then_only_under_debug(problem, m
 
 
 def test_a_repeated_call_plans_once_and_sees_override_and_clear_cache(problem, monkeypatch):
-    """moe(config=None) keeps its layer plan per call key (issue 22's host budget): the second call asks dispatch
-    nothing, an override block is honoured (and not kept), and clear_cache() makes the next call plan afresh."""
+    """moe() keeps its layer plan per call key (issue 22's host budget): a second config=None call asks dispatch
+    nothing, an override block is honoured (and not kept), clear_cache() makes the next call plan afresh, and an
+    explicit config is checked once."""
     from mxmoe import moe as _  # noqa: F401
     moe_module = sys.modules["mxmoe.moe"]
     x, w, ids, tw = problem
@@ -163,3 +164,9 @@ def test_a_repeated_call_plans_once_and_sees_override_and_clear_cache(problem, m
     dispatch.clear_cache()
     moe(x, w, ids, tw)
     assert len(asked) > n + 1 and plans[-1] == legal()  # planned afresh after clear_cache
+    checked = []
+    real_check = moe_module.check_explicit
+    monkeypatch.setattr(moe_module, "check_explicit", lambda *a: checked.append(a) or real_check(*a))
+    moe(x, w, ids, tw, config=other)
+    moe(x, w, ids, tw, config=other)
+    assert len(checked) == 1 and plans[-2:] == [other, other]  # an explicit config is checked once

@@ -75,28 +75,37 @@ def dispatched_config(shape: MoEShape, path: Path, tokens: int, weights: MoEWeig
     return config
 
 
-_AUTO_PLANS: dict[tuple, LayerPlan] = {}  # moe(config=None)'s plans, keyed by call (see auto_plan)
-_AUTO_PLANS_MAX = 4096
+_PLANS: dict[tuple, LayerPlan] = {}  # moe()'s layer plans, keyed by call (see call_plan)
+_PLANS_MAX = 4096
 
 
-def auto_plan(weights: MoEWeights, topk: int, tokens: int, path: Path) -> LayerPlan:
-    """The layer plan moe(config=None) runs: `layer_plan(shape, path, dispatched_config(...), T)`, kept per
-    (weights' call_key, A, T, path, dispatch's environment snapshot), so a repeated call is one dict lookup (issue
-    22's host budget: shape key, dispatch and plan lookups were about 3.5 us of a 10 us call). Not kept: a call
-    under `mxmoe.override` (the block's config, asked each call) and a table's e4m3 fallback (warned each call).
-    `dispatch.clear_cache()` retakes the snapshot, so no entry made before it is hit after it."""
-    if forced() is None:
-        key = (weights.call_key, topk, tokens, path, environment())
-        plan = _AUTO_PLANS.get(key)
+def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: MoEConfig | None = None) -> LayerPlan:
+    """The layer plan a moe() call runs: `layer_plan(shape, path, config, T)` with `config` checked
+    (`check_explicit`) or, for None, dispatched (`dispatched_config`). Kept per (weights' call_key, A, T, path,
+    config, dispatch's environment snapshot), so a repeated call is one dict lookup: the shape key, dispatch, the
+    explicit check and the plan lookup were about 3.5 us of a 10 us host budget (issue 22). Not kept: a
+    config=None call under `mxmoe.override` (the block's config is asked each call) and a table's e4m3 tile on
+    weights without the layout (warned each call). `dispatch.clear_cache()` retakes the snapshot, so no entry made
+    before it is hit after it."""
+    if config is not None and type(config) is not MoEConfig:
+        check_explicit(shape_of(weights, topk), path, config)  # the TypeError that names the fix
+    keep = config is not None or forced() is None
+    if keep:
+        key = (weights.call_key, topk, tokens, path, config, environment())
+        plan = _PLANS.get(key)
         if plan is not None:
             return plan
     shape = shape_of(weights, topk)
-    config = dispatched_config(shape, path, tokens, weights)
+    if config is None:
+        config = dispatched_config(shape, path, tokens, weights)
+        keep = keep and not _carrier_fallback(choose_config(shape, path, tokens, e4m3=weights.e4m3), weights)
+    else:
+        check_explicit(shape, path, config)
     plan = layer_plan(shape, path, config, tokens)
-    if forced() is None and not _carrier_fallback(choose_config(shape, path, tokens, e4m3=weights.e4m3), weights):
-        if len(_AUTO_PLANS) >= _AUTO_PLANS_MAX:
-            _AUTO_PLANS.clear()
-        _AUTO_PLANS[key] = plan
+    if keep:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
     return plan
 
 
@@ -128,12 +137,7 @@ def moe(
     path = path if type(path) is Path else Path(path)
     _check_inputs(hidden, weights, topk_ids, topk_weights)
     t, a = topk_ids.shape
-    if config is None:
-        plan = auto_plan(weights, a, t, path)
-    else:
-        shape = shape_of(weights, a)
-        check_explicit(shape, path, config)
-        plan = layer_plan(shape, path, config, t)
+    plan = call_plan(weights, a, t, path, config)
     return plan.run(hidden, weights, topk_ids, topk_weights, validate=validate, poison=poison)
 
 
