@@ -7,7 +7,8 @@ only when plots are drawn, so `headline_markdown` and `bars.bars_markdown` work 
 Sections of the page (`SECTIONS`, in this order): the `claimable_win` verdict under both profiles,
 campaign-wide and per (model, path) (the claim each shipped table rests on), and the headline table; the
 performance bars of issues 9 and 13, so a reader sees how far the campaign is from its targets and not only from
-its baseline; latency vs T against the memory and compute floors; roofline fraction; speedup over the baseline;
+its baseline; latency vs T against the memory and compute floors (and, where the rows carry the e4m3 rate, the
+FP8 compute floor as a line: the ceiling of the a8w4 e4m3 path); roofline fraction; speedup over the baseline;
 the #708 workload, only when the campaign measured a #708 shape, because #708 is judged on its own shapes and
 routings rather than averaged into the rest; rejections per status / reason code; provenance. A banner heads
 the page when any row ran on the Triton interpreter or a fake clock. The bars and the #708 view live in
@@ -49,6 +50,7 @@ from mxmoe.tuning.report.data import (
     panel_label,
     row_experts_hit,
     row_floors,
+    row_fp8_rate,
     row_shape,
     status_counts,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "panel_label",
     "row_experts_hit",
     "row_floors",
+    "row_fp8_rate",
     "row_shape",
     "status_counts",
 ]

@@ -17,6 +17,10 @@ the sweep's own run, and the experts the routing hit. Per row, looked up in this
   writes it (what tuning/worker.py stores today);
 - else `build_report(bandwidth=, rate=)`, labelled "given";
 - else the nominal H100 numbers of tuning/bench.py (3.0e12 B/s, 7.9e14 FLOP/s), labelled "nominal".
+The FP8 compute floor (FLOPs at the dense e4m3 rate of the same run) is drawn beside them only where a row
+carries that rate: provenance `fp8_rate_flops` beside the flat keys, or `floors["fp8_rate"]`; never from the
+arguments or a nominal fallback, so rows without it (older ledgers, GPUs without FP8 tensor cores) draw no FP8
+line. It never enters the roofline fraction, which stays judged against the bf16 floor.
 Experts hit: provenance `experts_hit`, else shape `experts_hit`, else `spec.expected_experts_hit`
 (uniform routing), labelled "expected". A row's own `roofline_fraction` wins over a recomputed one.
 """
@@ -78,6 +82,7 @@ class BestPoint:
     floors_source: str
     hits_source: str  # "routed" (the row's experts_hit) or "expected" (uniform routing)
     key: str
+    fp8_floor_us: float | None = None  # FLOPs at the row's e4m3 rate: a line on the plot, never in the fraction
 
     @property
     def panel(self) -> PanelKey:
@@ -156,6 +161,20 @@ def row_floors(row: Attempt, bandwidth: float | None = None, rate: float | None 
     return bandwidth or NOMINAL_BANDWIDTH, rate or NOMINAL_RATE, src
 
 
+def row_fp8_rate(row: Attempt) -> float | None:
+    """The dense e4m3 rate (FLOP/s) a row's provenance stores beside its floors, read where `row_floors` reads
+    them; None where it stores none (rows from before the rate existed, GPUs without FP8 tensor cores)."""
+    prov = row.provenance
+    nested = prov.get("floors")
+    if "bandwidth_Bps" in prov and "bf16_rate_flops" in prov:
+        rate = prov.get("fp8_rate_flops")
+    elif isinstance(nested, dict) and "bandwidth" in nested and "rate" in nested:
+        rate = nested.get("fp8_rate")
+    else:
+        rate = None
+    return None if rate is None else _positive("fp8_rate", float(rate))
+
+
 def row_shape(row: Attempt) -> MoEShape:
     """The MoEShape a row was measured on, rebuilt from its stored `shape` dict."""
     names = {f.name for f in fields(MoEShape)}
@@ -183,11 +202,12 @@ def best_point(row: Attempt, bandwidth: float | None = None, rate: float | None 
     hit, hits_source = row_experts_hit(row, shape)
     mem = memory_floor_us(layer_bytes(shape, Path(row.path), row.tokens, hit), bw)
     comp = compute_floor_us(flops(shape, row.tokens), fl)
+    fp8 = row_fp8_rate(row)
     frac = row.roofline_fraction
     if frac is None:
         frac = roofline_fraction(timing.median_us, mem, comp)
     return BestPoint(row.model, row.path, row.routing, row.tokens, timing, row.claimable, mem, comp, frac, source,
-                     hits_source, row.key)
+                     hits_source, row.key, None if fp8 is None else compute_floor_us(flops(shape, row.tokens), fp8))
 
 
 def best_layer_rows(

@@ -35,7 +35,7 @@ from mxmoe.tuning.report.markup import (
     scoped_verdict_text,
     speedup_text,
 )
-from mxmoe.tuning.timing.bench import NOMINAL_BANDWIDTH, NOMINAL_RATE
+from mxmoe.tuning.timing.bench import NOMINAL_BANDWIDTH, NOMINAL_FP8_RATE, NOMINAL_RATE
 
 
 def _tally(values: Iterable[object]) -> str:
@@ -154,6 +154,20 @@ def _above_roofline(data: ReportData) -> str:
         f"{esc(items)}</p>"
 
 
+def _fp8_note(data: ReportData) -> str:
+    """The FP8 line's one sentence, only where a drawn point carries it (rows with an e4m3 rate)."""
+    pts = [p for side in (data.cand_best, data.base_best) for ps in side.values() for p in ps
+           if p.fp8_floor_us is not None]
+    if not pts:
+        return ""
+    nominal = (f" Rows with nominal floors carry the nominal H100 e4m3 rate ({NOMINAL_FP8_RATE / 1e12:.0f} TFLOP/s, "
+               f"{NOT_A_MEASUREMENT})."
+               if any(p.floors_source == "nominal" for p in pts) else "")
+    return ("<p>Dash-dot line, FP8 compute floor: the layer's FLOPs at the dense e4m3 tensor-core rate measured in "
+            "the same run, the ceiling an a8w4 layer on the e4m3 path can approach; bf16-carrier kernels cannot "
+            "pass the bf16 compute floor, which the roofline fraction stays judged against." + nominal + "</p>")
+
+
 def _provenance_section(data: ReportData) -> str:
     sides = {data.campaign: provenance_summary(data.cand_rows)}
     if data.baseline is not None:
@@ -180,7 +194,7 @@ def page(data: ReportData, pngs: dict[str, bytes]) -> str:
         f"{len(data.base_rows)} baseline rows. Built from the ledger only; nothing re-measured.</p>",
         _verdict_section(data),
         bars.bars_section(data),
-        html_section(SECTIONS[2], nominal, html_img("latency.png", pngs)),
+        html_section(SECTIONS[2], nominal, _fp8_note(data), html_img("latency.png", pngs)),
         html_section(SECTIONS[3], "<p>Candidate's best layer row per point: max(memory floor, compute floor) / median "
                  "(the row's own roofline_fraction where the sweep stored one).</p>", html_img("roofline.png", pngs),
                  _above_roofline(data)),

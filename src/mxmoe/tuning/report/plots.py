@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 OUTCOME_COLOURS = {Outcome.WIN: "#2a9d3f", Outcome.REGRESSION: "#d62728", Outcome.NEUTRAL: "#7f7f7f"}
 FAKE_OUTCOMES = {Outcome.WIN: "faster", Outcome.REGRESSION: "slower", Outcome.NEUTRAL: "within noise"}
 SIDE_COLOURS = {"baseline": "#1f77b4", "candidate": "#ff7f0e"}
+FP8_FLOOR_LABEL, FP8_COLOUR = "FP8 compute floor", "#9467bd"  # dash-dot purple: apart from the bf16 floors' greys
 PLOT_CAVEAT = f"{NOT_A_MEASUREMENT.upper()}: Triton interpreter / fake clock times"
 PANEL_W, PANEL_H, MAX_COLS = 5.0, 3.6, 3
 
@@ -70,6 +71,10 @@ def _floors(ax, pts: Sequence[BestPoint]) -> None:
     ax.plot(ts, [p.memory_floor_us for p in pts], "--", color="#555555",
             label=f"memory floor ({sources}; {hits} experts hit)")
     ax.plot(ts, [p.compute_floor_us for p in pts], ":", color="#000000", label=f"compute floor ({sources})")
+    fp8 = [p for p in pts if p.fp8_floor_us is not None]
+    if fp8:  # only where the rows carry an e4m3 rate: the a8w4 e4m3 path's ceiling, below the bf16 floor
+        ax.plot([p.tokens for p in fp8], [p.fp8_floor_us for p in fp8], "-.", color=FP8_COLOUR,
+                label=f"{FP8_FLOOR_LABEL} ({', '.join(sorted({p.floors_source for p in fp8}))})")
 
 
 def latency_figure(cand: dict[PanelKey, tuple[BestPoint, ...]], base: dict[PanelKey, tuple[BestPoint, ...]],

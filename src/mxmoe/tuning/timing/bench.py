@@ -8,6 +8,9 @@ device copy bandwidth of a 1 GiB copy counting read and write; the compute floor
 the rate of an 8192^3 bf16 matmul. On the Triton interpreter nothing is timed for real: each piece
 runs once (so the path is exercised), the timings come from a FakeClock, the floors are the nominal
 H100 numbers below, and every row says so (non-claimable, `floors_source="nominal"`).
+Beside the bf16 rate, `Floors.fp8_rate` is the dense e4m3 rate of the same-size `torch._scaled_mm` (None on a
+GPU without FP8 tensor cores, or where it fails): the yardstick of the a8w4 e4m3 path, drawn by the report as
+a line only; the roofline fraction stays judged against the bf16 floor.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from mxmoe.shapes import MoEShape, Path
 from mxmoe.spec import compute_floor_us, flops, layer_bytes, memory_floor_us, mfu, roofline_fraction, vendor_peak
 
 COPY_BYTES = 2**30  # the copy whose read + write bytes give the bandwidth
-MATMUL_N = 8192  # the square bf16 matmul whose rate gives the compute floor
+MATMUL_N = 8192  # the square bf16 (and e4m3) matmul whose rate gives the compute floor (and the FP8 one)
+FP8_CAPABILITY = (8, 9)  # sm_89 (Ada) and sm_90 (Hopper) have e4m3 tensor cores
 FLOOR_WARMUP, FLOOR_ITERS = 3, 20
 # Nominal H100 SXM numbers, used only where nothing can be measured (the interpreter): about what
 # the 1 GiB copy (3.0 TB/s of 3.35 peak) and the 8192^3 bf16 matmul (790 of 989 TFLOP/s) reach.
 NOMINAL_BANDWIDTH = 3.0e12
 NOMINAL_RATE = 7.9e14
+# Nominal too (not a measurement): about what the 8192^3 e4m3 x e4m3 -> bf16 _scaled_mm reaches, 2x the bf16
+# rate above (of a 1979 TFLOP/s dense FP8 peak).
+NOMINAL_FP8_RATE = 1.58e15
 # Fake-clock timings (interpreter): a base plus a per-token cost, scaled per (config, T) by a
 # deterministic factor in [0.7, 1.3), so a sweep on the interpreter is reproducible run to run.
 FAKE_BASE_US, FAKE_PER_TOKEN_US = 4.0, 0.02
@@ -40,11 +47,15 @@ FAKE_MEASURE = {"warmup_s": 0.0, "warmup_min_iters": 1, "min_iters": 30, "max_it
 
 @dataclass(frozen=True, slots=True)
 class Floors:
-    """Device copy bandwidth (bytes/s, read + write) and dense bf16 matmul rate (FLOP/s)."""
+    """Device copy bandwidth (bytes/s, read + write), dense bf16 matmul rate and dense e4m3 rate (FLOP/s).
+
+    `fp8_rate` is optional (None where unknown: no FP8 tensor cores, a failed probe, or a ledger row written
+    before it existed), so a dict without it still reads back."""
 
     bandwidth: float
     rate: float
     source: str  # "measured" (this run, this GPU) or "nominal" (interpreter: not a measurement)
+    fp8_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +65,11 @@ class Floors:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown Floors fields {sorted(unknown)}")
-        return cls(float(d["bandwidth"]), float(d["rate"]), str(d["source"]))
+        fp8 = d.get("fp8_rate")
+        return cls(float(d["bandwidth"]), float(d["rate"]), str(d["source"]), None if fp8 is None else float(fp8))
 
 
-NOMINAL_FLOORS = Floors(NOMINAL_BANDWIDTH, NOMINAL_RATE, "nominal")
+NOMINAL_FLOORS = Floors(NOMINAL_BANDWIDTH, NOMINAL_RATE, "nominal", NOMINAL_FP8_RATE)
 
 
 def fake_median_us(config_key: str, tokens: int, scale: float = 1.0) -> float:
@@ -97,12 +109,36 @@ def _matmul_us(device: Any) -> float:
     return _median_us(lambda i: a @ b, FLOOR_ITERS, a.device)
 
 
+def _fp8_matmul_us(device: Any) -> float | None:
+    """The e4m3 x e4m3 -> bf16 `torch._scaled_mm` of `_matmul_us`'s size, timed the same way; None on a GPU
+    without FP8 tensor cores or on any failure (an optional yardstick must never fail the sweep)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+        if not hasattr(torch, "_scaled_mm") or torch.cuda.get_device_capability(dev) < FP8_CAPABILITY:
+            return None
+        a = torch.randn(MATMUL_N, MATMUL_N, dtype=torch.bfloat16, device=dev).to(torch.float8_e4m3fn)
+        b = torch.randn(MATMUL_N, MATMUL_N, dtype=torch.bfloat16, device=dev).to(torch.float8_e4m3fn)  # [N, K]
+        bt, one = b.t(), torch.tensor(1.0, device=dev)  # _scaled_mm takes its second operand column-major
+        return _median_us(lambda i: torch._scaled_mm(a, bt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16),
+                          FLOOR_ITERS, a.device)
+    except Exception:
+        return None
+
+
+def _matmul_rate(us: float) -> float:
+    return 2.0 * MATMUL_N**3 / (us * 1e-6)
+
+
 def measure_floors(*, interpreter: bool, device: Any = "cuda") -> Floors:
-    """Copy bandwidth and matmul rate of this GPU, measured now; NOMINAL_FLOORS on the interpreter."""
+    """Copy bandwidth, bf16 and (where the GPU has FP8 tensor cores) e4m3 matmul rates of this GPU, measured now;
+    NOMINAL_FLOORS on the interpreter."""
     if interpreter:
         return NOMINAL_FLOORS
-    copy_us, mm_us = _copy_us(device), _matmul_us(device)
-    return Floors(2 * COPY_BYTES / (copy_us * 1e-6), 2.0 * MATMUL_N**3 / (mm_us * 1e-6), "measured")
+    copy_us, mm_us, fp8_us = _copy_us(device), _matmul_us(device), _fp8_matmul_us(device)
+    return Floors(2 * COPY_BYTES / (copy_us * 1e-6), _matmul_rate(mm_us), "measured",
+                  None if fp8_us is None else _matmul_rate(fp8_us))
 
 
 @dataclass(frozen=True, slots=True)
