@@ -121,14 +121,15 @@ def test_moe_takes_the_e4m3_rule_with_the_e4m3_layout(monkeypatch):
     moe_mod = sys.modules["mxmoe.moe"]
     p = make_problem(MODELS["tiny"], Path.A8W4, 3, seed=1)
     seen = []
-    monkeypatch.setattr(moe_mod, "layer_plan", lambda shape, path, cfg, t: seen.append(cfg) or _Stop())
+    monkeypatch.setattr(moe_mod, "layer_plan", lambda shape, path, cfg, t: _Stop(cfg))
     monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_HIDDEN", 0)
     monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_BLOCK_M", 16)
     clear_cache()  # dispatch caches the heuristic's answers per shape: none from before the patch, none kept after
     try:
         for w in (p.weights, p.weights.with_e4m3(), p.weights):
-            with pytest.raises(_Stopped):
+            with pytest.raises(_Stopped) as stopped:  # the third call takes the first one's kept plan
                 moe(p.hidden, w, p.topk_ids, p.topk_weights, Path.A8W4)
+            seen.append(stopped.value.args[0])
     finally:
         clear_cache()
     assert [c.stage1.mma.e4m3 for c in seen] == [False, True, False]
@@ -140,8 +141,11 @@ class _Stopped(Exception):
 
 
 class _Stop:
+    def __init__(self, config):
+        self.config = config
+
     def run(self, *a, **kw):
-        raise _Stopped
+        raise _Stopped(self.config)
 
 
 def test_rows_combine_rule():
