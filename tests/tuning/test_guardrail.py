@@ -84,6 +84,24 @@ def test_forced_config_is_the_one_recorded():
     assert r.passed and r.config_keys == (CFG.key(),)
 
 
+@pytest.mark.parametrize("family", ["gpt-oss", "deepseek-v3"])
+def test_e4m3_forced_runs_both_stages_on_e4m3_and_passes(family):
+    """Issue 23's guardrail with the e4m3 path forced: both stages of a8w4 on e4m3 wgmma (the patched weights
+    built with their e4m3 layout), judged against the a8w4 oracle under the same limits as every path."""
+    r = g.run_guardrail(family, "a8w4", device="cpu", e4m3=True)
+    assert r.outcome is g.Outcome.PASSED, r.detail
+    shape = MODELS[r.model]
+    forced = g.e4m3_forced(shape, choose_config(shape, Path.A8W4, g.BATCH * g.SEQ))
+    assert forced.stage1.mma is forced.stage2.mma is Mma.WGMMA_E4M3
+    assert r.config_keys == (forced.key(),)  # what every layer launched (a missing e4m3 layout would have raised)
+    assert all(e.rms_rel <= 1e-2 and e.moe_rms_rel <= 1e-2 for e in r.layers)
+
+
+def test_e4m3_forcing_is_a8w4_only():
+    with pytest.raises(ValueError, match="a8w4 only"):
+        g.run_guardrail("gpt-oss", "a16w4", device="cpu", e4m3=True)
+
+
 def test_config_dir_forces_the_tables_entry_for_the_shape(tmp_path):
     from mxmoe import dispatch
 
@@ -268,3 +286,12 @@ def test_cli_exits_non_zero_on_failure(monkeypatch):
     app.command("noop")(lambda: None)
     run = CliRunner().invoke(app, ["guardrail", "--model", "deepseek-v3", "--layers", "1"])
     assert run.exit_code == 1 and "correctness" in run.output
+
+
+def test_cli_e4m3_needs_a8w4_and_no_campaign():
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    for args in (["--e4m3"], ["--e4m3", "--path", "a8w4", "--campaign", "c"]):
+        run = CliRunner().invoke(app, ["guardrail", "--model", "gpt-oss", *args])
+        assert run.exit_code == 2 and "--e4m3" in run.output, run.output

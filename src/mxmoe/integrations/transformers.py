@@ -221,22 +221,27 @@ def family_of(model: nn.Module) -> str:
     return _find_experts(model)[0][2].name
 
 
-def patch_model(model: nn.Module, path: Path | str = Path.A16W4, config: MoEConfig | None = None) -> PatchReport:
+def patch_model(model: nn.Module, path: Path | str = Path.A16W4, config: MoEConfig | None = None, *,
+                e4m3: bool = False) -> PatchReport:
     """Replace every experts module of a transformers GPT-OSS / DeepSeek-V3 model by MXFP4Experts, in place.
 
     Expert weights are quantized to MXFP4 from the model's current float weights; routers and shared
     experts are kept. `config=None` lets mxmoe's dispatch choose per call (tuned table or heuristic, and
-    `mxmoe.dispatch.override` applies); a MoEConfig forces it for every layer.
+    `mxmoe.dispatch.override` applies); a MoEConfig forces it for every layer. `e4m3=True` also builds the
+    weights' e4m3 layout (`MoEWeights.with_e4m3`, the weights' size again), so a8w4's prefill may run on FP8
+    tensor cores (docs/fp8.md); a forced config with a stage on e4m3 builds it whatever `e4m3` says.
     """
     path = Path(path)
     if config is not None and not isinstance(config, MoEConfig):
         raise TypeError(f"config must be a MoEConfig or None, got {type(config).__name__}")
+    e4m3 = e4m3 or (config is not None and (config.stage1.mma.e4m3 or config.stage2.mma.e4m3))
     found = _find_experts(model)
     blocks = []
     for name, module, family in found:
         _check_constants(name, module, family)
         block = _block(name, module, family)
         weights = MoEWeights.from_float(*_float_weights(module, family), activation=family.activation)
+        weights = weights.with_e4m3() if e4m3 else weights
         model.set_submodule(name, MXFP4Experts(weights, path=path, config=config, block=block))
         blocks.append(block)
     return PatchReport(found[0][2].name, type(model).__name__, path, None if config is None else config.key(),

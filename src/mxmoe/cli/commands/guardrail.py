@@ -43,11 +43,14 @@ def guardrail(
     small: Annotated[bool | None, typer.Option("--small/--full", help="Tiny attention and vocab "
                                                                       "(default: only without a GPU).")] = None,
     max_experts: Annotated[int, typer.Option(help="Routed experts kept per layer.")] = 32,
+    e4m3: Annotated[bool, typer.Option("--e4m3", help="a8w4 only: force both stages onto FP8 (e4m3) tensor cores, "
+                                                     "the weights built with their e4m3 layout; not with "
+                                                     "--campaign.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
     any failure. With --campaign, one run per winning config, recorded in the ledger."""
-    _check_options(campaign, ledger, baseline, config_dir)
+    _check_options(campaign, ledger, baseline, config_dir, e4m3, path)
     use_interpreter_without_gpu()
     from mxmoe.tuning.guardrail import run as g
 
@@ -56,7 +59,7 @@ def guardrail(
     opts: dict[str, Any] = dict(layers=layers, seed=seed, small=small, max_experts=max_experts)
     rows: list[dict[str, Any]] = []
     if campaign is None:
-        report = g.run_guardrail(model, path, config=config_dir, shape=shape, **opts)
+        report = g.run_guardrail(model, path, config=config_dir, shape=shape, e4m3=e4m3, **opts)
         rows.append(report.to_dict() | {"recorded": False})
     else:
         from mxmoe.tuning.ledger.store import Ledger
@@ -85,8 +88,10 @@ def guardrail(
 
 
 def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | None,
-                   config_dir: FsPath | None) -> None:
+                   config_dir: FsPath | None, e4m3: bool, path: Path) -> None:
     """The options that only make sense together (or apart), refused before anything is built or run."""
+    if e4m3 and (campaign is not None or path is not Path.A8W4):
+        raise typer.BadParameter("--e4m3 forces a8w4's stages onto e4m3: it needs --path a8w4 and no --campaign")
     if campaign is not None and config_dir is not None:
         raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
     if campaign is None and baseline is not None:

@@ -38,6 +38,7 @@ from torch import nn
 from mxmoe import dispatch
 from mxmoe.config import MoEConfig
 from mxmoe.dispatch import choose_config, interpreter_active
+from mxmoe.heuristic import on_e4m3
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
 from mxmoe.spec import E2E_LOGITS_DIFF_MAX
 from mxmoe.tolerance import Tolerance, compare
@@ -143,13 +144,18 @@ def run_guardrail(
     seed: int = 0,
     device: torch.device | str | None = None,
     max_experts: int = MAX_EXPERTS,
+    e4m3: bool = False,
 ) -> GuardrailReport:
     """Run the guardrail once (module docstring). `config`: a MoEConfig forced on every layer; a tuned-table
     directory, whose entry for `shape` at T = B*S (dispatch's lookup under MXMOE_CONFIG_DIR) is forced; or
     None for dispatch's own choice on the graph's (capped) shape. `small` (default: on CPU)
     takes tiny attention and vocab; `shape` (default SMALL_SHAPES / FULL_SHAPES) gives the MoE dims and the
-    recorded model name. Failures come back as the report's `outcome`, never as an exception."""
+    recorded model name. `e4m3` (a8w4 only) forces both stages of the config so chosen onto FP8 tensor cores
+    (`e4m3_forced`), the weights built with their e4m3 layout: issue 23's guardrail with the e4m3 path forced.
+    Failures come back as the report's `outcome`, never as an exception."""
     path = Path(path)
+    if e4m3 and path is not Path.A8W4:
+        raise ValueError(f"e4m3=True forces the e4m3 stages, which run a8w4 only (got path {path.value})")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     small = device.type == "cpu" if small is None else small
     shape = resolve_shape(family, shape, small)
@@ -162,6 +168,8 @@ def run_guardrail(
         intended = forced or choose_config(shape, path, BATCH * SEQ)
         if table is not None:  # the table's entry for the shape at T = B*S, forced on the (capped) graph
             forced = intended
+        if e4m3:
+            intended = forced = e4m3_forced(shape, intended)
         base = dict(family=family, model=shape.name, path=path, device=str(device), seed=seed,
                     interpreter=interpreter_active(), config_keys=(intended.key(),))
         runs: dict[str, Any] = {}
@@ -175,6 +183,12 @@ def run_guardrail(
                                    fidelity=_fidelity(runs), seconds=time.perf_counter() - t0, **base)
     base["config_keys"] = _launched(runs["model"])
     return _judge(runs, time.perf_counter() - t0, base)
+
+
+def e4m3_forced(shape: MoEShape, config: MoEConfig) -> MoEConfig:
+    """`config` with both stages on e4m3 wgmma, each tile fitted to the two accumulator chains
+    (`heuristic.on_e4m3`); patch_model builds the e4m3 weight layout a forced e4m3 config needs."""
+    return MoEConfig(on_e4m3(shape, 1, config.stage1), on_e4m3(shape, 2, config.stage2))
 
 
 def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, forced: MoEConfig | None,
