@@ -87,8 +87,15 @@ class KernelInput:
         return self
 
 
+# Triton fixes interpretation when a kernel is decorated (`triton.jit` reads TRITON_INTERPRET then), which happens
+# as mxmoe's kernel modules are imported, together with this one: so the INTERP constexpr is read once, here (an
+# environment read is about 0.4 us, and a moe() call launches two to four kernels).
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether the kernels run on the Triton interpreter (as decorated: see _INTERPRETED)."""
+    return _INTERPRETED
 
 
 def require_executable(t: torch.Tensor) -> None:
