@@ -107,7 +107,6 @@ def environment() -> Environment:
     return Environment(os.environ.get(CONFIG_DIR_ENV), interpreter_active())
 
 
-
 @functools.lru_cache(maxsize=1)
 def running_versions() -> tuple[str | None, str]:
     """(triton version, kernel source hash) of this process: what a table's metadata must name."""
