@@ -137,3 +137,8 @@ class MoEConfig:
 
     def key(self) -> str:
         return hashlib.sha256(f"{self.stage1.key()}:{self.stage2.key()}".encode()).hexdigest()[:16]
+
+    @property
+    def e4m3(self) -> bool:
+        """A stage runs on e4m3 wgmma (it needs the weights' e4m3 layout, MoEWeights.e4m3)."""
+        return self.stage1.mma.e4m3 or self.stage2.mma.e4m3

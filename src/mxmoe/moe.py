@@ -57,22 +57,23 @@ def _check_inputs(hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Ten
                 raise ValueError(f"{name} is on {x.device}, the weights on {dev}")
 
 
-def _carrier_fallback(config: MoEConfig, weights: MoEWeights) -> bool:
-    """Whether `config` (a table's entry) runs a stage on e4m3 for weights without the e4m3 layout."""
-    return (config.stage1.mma.e4m3 or config.stage2.mma.e4m3) and not weights.e4m3
+def _dispatch(shape: MoEShape, path: Path, tokens: int, weights: MoEWeights) -> tuple[MoEConfig, bool]:
+    """dispatch's config for `weights` (a tuned table's entry or the heuristic, told whether the weights carry the
+    e4m3 layout) and whether it fell back: a table's e4m3 tiles on weights without the layout run on bf16
+    carriers, warned (at the caller of moe() or of dispatched_config)."""
+    config = choose_config(shape, path, tokens, e4m3=weights.e4m3)
+    if not config.e4m3 or weights.e4m3:
+        return config, False
+    warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
+                  "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
+                  "weights.with_e4m3()", stacklevel=4)
+    return MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2))), True
 
 
 def dispatched_config(shape: MoEShape, path: Path, tokens: int, weights: MoEWeights) -> MoEConfig:
-    """The config moe(config=None) launches for `weights`: dispatch's (a tuned table's entry or the heuristic, told
-    whether the weights carry the e4m3 layout), with a table's e4m3 tiles run on bf16 carriers, warned, when they
-    do not (the transformers patch takes it from here too, so both fall back alike)."""
-    config = choose_config(shape, path, tokens, e4m3=weights.e4m3)
-    if _carrier_fallback(config, weights):
-        warnings.warn("the tuned config runs on e4m3 (mma=wgmma_e4m3) but these weights have no e4m3 layout: "
-                      "running the same tiles on bf16 carriers; build them with MoEWeights(..., e4m3=True) or "
-                      "weights.with_e4m3()", stacklevel=3)
-        config = MoEConfig(*(s.replace(mma=Mma.WGMMA) if s.mma.e4m3 else s for s in (config.stage1, config.stage2)))
-    return config
+    """The config moe(config=None) launches for `weights` (`_dispatch`; the transformers patch takes it from here,
+    so both fall back alike)."""
+    return _dispatch(shape, path, tokens, weights)[0]
 
 
 _PLANS: dict[tuple, LayerPlan] = {}  # moe()'s layer plans, keyed by call (see call_plan)
@@ -81,7 +82,7 @@ _PLANS_MAX = 4096
 
 def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: MoEConfig | None = None) -> LayerPlan:
     """The layer plan a moe() call runs: `layer_plan(shape, path, config, T)` with `config` checked
-    (`check_explicit`) or, for None, dispatched (`dispatched_config`). Kept per (weights' call_key, A, T, path,
+    (`check_explicit`) or, for None, dispatched (`_dispatch`). Kept per (weights' call_key, A, T, path,
     config, dispatch's environment snapshot), so a repeated call is one dict lookup: the shape key, dispatch, the
     explicit check and the plan lookup were about 3.5 us of a 10 us host budget (issue 22). Not kept: a
     config=None call under `mxmoe.override` (the block's config is asked each call) and a table's e4m3 tile on
@@ -97,8 +98,8 @@ def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: M
             return plan
     shape = shape_of(weights, topk)
     if config is None:
-        config = dispatched_config(shape, path, tokens, weights)
-        keep = keep and not _carrier_fallback(choose_config(shape, path, tokens, e4m3=weights.e4m3), weights)
+        config, fell_back = _dispatch(shape, path, tokens, weights)
+        keep = keep and not fell_back
     else:
         check_explicit(shape, path, config)
     plan = layer_plan(shape, path, config, tokens)

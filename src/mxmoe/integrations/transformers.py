@@ -234,7 +234,7 @@ def patch_model(model: nn.Module, path: Path | str = Path.A16W4, config: MoEConf
     path = Path(path)
     if config is not None and not isinstance(config, MoEConfig):
         raise TypeError(f"config must be a MoEConfig or None, got {type(config).__name__}")
-    e4m3 = e4m3 or (config is not None and (config.stage1.mma.e4m3 or config.stage2.mma.e4m3))
+    e4m3 = e4m3 or (config is not None and config.e4m3)
     found = _find_experts(model)
     blocks = []
     for name, module, family in found:

@@ -31,6 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.spec import (
@@ -145,14 +146,25 @@ def _positive(name: str, value: float | None) -> float | None:
     return value
 
 
-def row_floors(row: Attempt, bandwidth: float | None = None, rate: float | None = None) -> tuple[float, float, str]:
-    """(copy bandwidth B/s, bf16 rate FLOP/s, source label) for a row: see the module docstring."""
+def _stored_floors(row: Attempt) -> tuple[float, float, str, Any] | None:
+    """(bandwidth, bf16 rate, source, e4m3 rate or None) as a row's provenance stores them, flat keys first, then
+    the nested `floors` dict (`Floors.to_dict()`); None where it stores neither."""
     prov = row.provenance
     if "bandwidth_Bps" in prov and "bf16_rate_flops" in prov:
-        return float(prov["bandwidth_Bps"]), float(prov["bf16_rate_flops"]), str(prov.get("floors_source", "measured"))
+        return (float(prov["bandwidth_Bps"]), float(prov["bf16_rate_flops"]),
+                str(prov.get("floors_source", "measured")), prov.get("fp8_rate_flops"))
     nested = prov.get("floors")
     if isinstance(nested, dict) and "bandwidth" in nested and "rate" in nested:
-        return float(nested["bandwidth"]), float(nested["rate"]), str(nested.get("source", "measured"))
+        return (float(nested["bandwidth"]), float(nested["rate"]), str(nested.get("source", "measured")),
+                nested.get("fp8_rate"))
+    return None
+
+
+def row_floors(row: Attempt, bandwidth: float | None = None, rate: float | None = None) -> tuple[float, float, str]:
+    """(copy bandwidth B/s, bf16 rate FLOP/s, source label) for a row: see the module docstring."""
+    stored = _stored_floors(row)
+    if stored is not None:
+        return stored[:3]
     if bandwidth is not None and rate is not None:
         return bandwidth, rate, "given"
     if bandwidth is None and rate is None:
@@ -162,16 +174,10 @@ def row_floors(row: Attempt, bandwidth: float | None = None, rate: float | None 
 
 
 def row_fp8_rate(row: Attempt) -> float | None:
-    """The dense e4m3 rate (FLOP/s) a row's provenance stores beside its floors, read where `row_floors` reads
-    them; None where it stores none (rows from before the rate existed, GPUs without FP8 tensor cores)."""
-    prov = row.provenance
-    nested = prov.get("floors")
-    if "bandwidth_Bps" in prov and "bf16_rate_flops" in prov:
-        rate = prov.get("fp8_rate_flops")
-    elif isinstance(nested, dict) and "bandwidth" in nested and "rate" in nested:
-        rate = nested.get("fp8_rate")
-    else:
-        rate = None
+    """The dense e4m3 rate (FLOP/s) a row's provenance stores beside its floors (`_stored_floors`); None where it
+    stores none (rows from before the rate existed, GPUs without FP8 tensor cores)."""
+    stored = _stored_floors(row)
+    rate = None if stored is None else stored[3]
     return None if rate is None else _positive("fp8_rate", float(rate))
 
 
@@ -201,13 +207,14 @@ def best_point(row: Attempt, bandwidth: float | None = None, rate: float | None 
     bw, fl, source = row_floors(row, bandwidth, rate)
     hit, hits_source = row_experts_hit(row, shape)
     mem = memory_floor_us(layer_bytes(shape, Path(row.path), row.tokens, hit), bw)
-    comp = compute_floor_us(flops(shape, row.tokens), fl)
+    work = flops(shape, row.tokens)
+    comp = compute_floor_us(work, fl)
     fp8 = row_fp8_rate(row)
     frac = row.roofline_fraction
     if frac is None:
         frac = roofline_fraction(timing.median_us, mem, comp)
     return BestPoint(row.model, row.path, row.routing, row.tokens, timing, row.claimable, mem, comp, frac, source,
-                     hits_source, row.key, None if fp8 is None else compute_floor_us(flops(shape, row.tokens), fp8))
+                     hits_source, row.key, None if fp8 is None else compute_floor_us(work, fp8))
 
 
 def best_layer_rows(
