@@ -280,8 +280,10 @@ def test_register_model_counts_two_accumulators_in_stage_1():
 # candidate spaces
 
 
-@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 512),
-                                                     (1, "wide", 7680), (2, "wide", 11520)])
+# Tail tiles: the default space's stage 2 takes tail_m 64 at BLOCK_M 128 (a quarter of its 512 tiles: +128); the wide
+# space takes 32 and 64 wherever they are below BLOCK_M (none, none, one, two, two extra at BLOCK_M 16-256: x2).
+@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 640),
+                                                     (1, "wide", 15360), (2, "wide", 23040)])
 def test_space_sizes_order_and_uniqueness(stage, name, size):
     space = candidate_space(stage, Path.A16W4, name)  # a8w4's stage 1 doubles it (tests/kernels/test_e4m3_stage1.py)
     assert len(space) == size
@@ -296,6 +298,8 @@ def test_space_sizes_order_and_uniqueness(stage, name, size):
         assert all(c.split_k == 1 for c in space if c.combine is Combine.SLOTS)
     for field in ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages"):
         assert {getattr(c, field) for c in space} == set(getattr(r, field)), field
+    assert {c.tail_m for c in space} == set(r.stage2_tail if stage == 2 else r.stage1_tail)
+    assert all(c.tail_m < c.block_m for c in space)
 
 
 def test_space_rejects_unknown_names():

@@ -59,7 +59,12 @@ class Combine(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class TileConfig:
-    """One stage's launch parameters. `combine` only means something in stage 2; `split_k` in both."""
+    """One stage's launch parameters. `combine` only means something in stage 2; `split_k` in both.
+
+    `tail_m` (0: off; v2 stages, a divisor of BLOCK_M below it): the stage's routing plan is aligned to `tail_m`
+    rows instead of BLOCK_M, whole BLOCK_M runs of an expert's rows take BLOCK_M tiles and a remainder of one
+    `tail_m` block takes a `tail_m`-row tile, so an expert with n rows pads to a multiple of `tail_m` in its last
+    tile instead of BLOCK_M (kernels/swmoe.py: TAIL_WHY). Left out of `to_dict` (and the key) while 0."""
 
     block_m: int = 16
     block_n: int = 64
@@ -70,19 +75,29 @@ class TileConfig:
     mma: Mma = Mma.UPCAST
     combine: Combine = Combine.ATOMIC
     split_k: int = 1
+    tail_m: int = 0
 
     def __post_init__(self) -> None:
         for f in ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages", "split_k"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TileConfig.{f} must be a positive int, got {v!r}")
+        if not isinstance(self.tail_m, int) or isinstance(self.tail_m, bool) or self.tail_m < 0:
+            raise ValueError(f"TileConfig.tail_m must be a non-negative int (0: off), got {self.tail_m!r}")
         object.__setattr__(self, "mma", Mma(self.mma))
         object.__setattr__(self, "combine", Combine(self.combine))
+
+    @property
+    def plan_rows(self) -> int:
+        """The row granularity of the routing plan this stage reads: `tail_m` when set, else BLOCK_M."""
+        return self.tail_m or self.block_m
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mma"] = self.mma.value
         d["combine"] = self.combine.value
+        if not self.tail_m:  # configs from before the lever keep their keys, ledgers and tables
+            del d["tail_m"]
         return d
 
     def to_json(self) -> str:
@@ -115,6 +130,8 @@ class TileConfig:
         )
         if self.split_k > 1:
             s += f"-sk{self.split_k}"
+        if self.tail_m:
+            s += f"-t{self.tail_m}"
         return s + ("" if self.combine is Combine.ATOMIC else f"-{self.combine.value}")
 
 

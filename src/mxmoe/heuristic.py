@@ -109,6 +109,15 @@ ROWS_MAX_INTER = 512
 # are not measured. Stage 2 on e4m3 as well lost at the TP8 points (1.072 against 1.185x at deepseek-v3-tp8 8192).
 E4M3_MIN_BLOCK_M = 128
 E4M3_MIN_HIDDEN = 4096
+# Stage 2's tail tiles (TileConfig.tail_m; kernels/swmoe.py TAIL_WHY) at BLOCK_M TAIL_BLOCK_M with the atomic
+# combine: its plan aligned to 64 rows, an expert's one-block remainder on a 64-row tile. H100, stage 2 alone
+# (graph replay, its own plan, prototype at 1aafe28; results/h100/2026-12-07_session16_1aafe28.log): deepseek-v3
+# T=4096 / 8192 / 32768 1.080 / 1.114 / 1.051x, kimi-k2 T=4096 1.063x, gpt-oss-120b T=4096 1.081x. Stage 1 lost
+# with the same tiles (0.93-0.99x but deepseek-v3 T=4096 1.065x): it keeps BLOCK_M's plan, so the layer aligns
+# twice (a second align launch, ~20 us at these T against 2.6-19 ms of stage 2). Not measured as a whole layer,
+# nor with the rows combine (the TP8 shapes) or BLOCK_M 64.
+TAIL_BLOCK_M = 128
+TAIL_M = 64
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -182,7 +191,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
     to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
-    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER). `e4m3` (the
+    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER), else with
+    tail tiles at BLOCK_M 128 (TAIL_BLOCK_M, TAIL_M). `e4m3` (the
     weights carry the e4m3 layout): a8w4 stage 1 on e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >=
     E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`.
     """
@@ -193,6 +203,8 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     if block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER:
         s2 = s2.replace(combine=Combine.ROWS)
+    elif block_m == TAIL_BLOCK_M:
+        s2 = s2.replace(tail_m=TAIL_M)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         ctas = hit * -(-shape.inter // s1.block_n)
@@ -215,8 +227,9 @@ def on_e4m3(shape: MoEShape, stage: int, tile: TileConfig) -> TileConfig:
     M128N128 w8 becomes M64N128 w8 (sm_90: 245 registers, no spill, where M128N128 spilled 160 words)."""
     cfg = tile.replace(mma=Mma.WGMMA_E4M3)
     while getattr(legality.check(shape, Path.A8W4, stage, cfg, legality.H100), "reason", None) is REG_PRESSURE:
-        if cfg.block_m > 16:
-            cfg = cfg.replace(block_m=cfg.block_m // 2)
+        if cfg.block_m > 16:  # a tail tile halves with the block, or goes where it would be below the MMA tile
+            tail = cfg.tail_m // 2 if cfg.tail_m // 2 >= 16 else 0
+            cfg = cfg.replace(block_m=cfg.block_m // 2, tail_m=tail)
         elif cfg.block_n > 16:
             cfg = cfg.replace(block_n=cfg.block_n // 2)
         else:

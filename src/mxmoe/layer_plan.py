@@ -66,15 +66,15 @@ class LayerPlan:
 
     def route(self, topk_ids: torch.Tensor, *, validate: bool = False,
               counters: bool = True) -> tuple[RoutingPlan, RoutingPlan] | tuple[DirectPlan, DirectPlan]:
-        """The routing plans of stage 1 and stage 2 (one plan when their BLOCK_M agree); with `counters`, the
-        first carries both stages' zeroed arrival counters (single-use: one `run`)."""
+        """The routing plans of stage 1 and stage 2 (one plan when their rows, `TileConfig.plan_rows`, agree); with
+        `counters`, the first carries both stages' zeroed arrival counters (single-use: one `run`)."""
         if self.direct:
             plan = direct_plan(topk_ids, self.shape.experts, self.counters2 if counters else 0, validate=validate)
             return plan, plan
         e, (s1, s2) = self.shape.experts, (self.config.stage1, self.config.stage2)
         n = self.counters1 + self.counters2 if counters else 0
-        plan1 = align(topk_ids, e, s1.block_m, validate=validate, counters=n)
-        plan2 = plan1 if s2.block_m == s1.block_m else align(topk_ids, e, s2.block_m, validate=False)
+        plan1 = align(topk_ids, e, s1.plan_rows, validate=validate, counters=n)
+        plan2 = plan1 if s2.plan_rows == s1.plan_rows else align(topk_ids, e, s2.plan_rows, validate=False)
         return plan1, plan2
 
     def sums(self, device: torch.device) -> torch.Tensor | None:
@@ -125,7 +125,7 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
     n1 = n2 = 0
     if v2:  # the v1 kernels take no arrival counters
         pairs, stages = tokens * shape.topk, (config.stage1, config.stage2)
-        b1, b2 = (max_padded_pairs(pairs, shape.experts, c.block_m) // c.block_m for c in stages)
+        b1, b2 = (max_padded_pairs(pairs, shape.experts, c.plan_rows) // c.plan_rows for c in stages)
         n1 = counters_needed(config.stage1, 1, shape.inter, shape.hidden, b1, tokens)
         n2 = counters_needed(config.stage2, 2, shape.hidden, shape.inter, b2, tokens)
     zero = v2 and finishes_atomic_in_kernel(config.stage2, shape.inter)

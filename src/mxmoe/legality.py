@@ -158,6 +158,23 @@ def _check_levers(stage: int, cfg: TileConfig, interpreter: bool) -> Illegal | N
     if interpreter and cfg.mma.needs_dot_scaled:
         return Illegal(Reason.PATH_UNSUPPORTED, f"mma={cfg.mma.value} is not implemented by the Triton 3.6 "
                        "interpreter")
+    return _check_tail(cfg)
+
+
+def _check_tail(cfg: TileConfig) -> Illegal | None:
+    """tail_m (TileConfig): the v2 kernels' tail tiles, a divisor of BLOCK_M below it and at least the MMA tile;
+    not with the slots combine, whose last-arrival count is the plan's BLOCK_M blocks."""
+    if not cfg.tail_m:
+        return None
+    if not cfg.mma.v2:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"tail_m={cfg.tail_m} needs the v2 kernels, got mma={cfg.mma.value}")
+    if cfg.combine is Combine.SLOTS:
+        return Illegal(Reason.PATH_UNSUPPORTED, f"tail_m={cfg.tail_m} with combine=slots")
+    if cfg.tail_m < MIN_BLOCK_MN or cfg.tail_m >= cfg.block_m or cfg.block_m % cfg.tail_m:
+        return Illegal(Reason.DIVISIBILITY, f"tail_m={cfg.tail_m} must divide BLOCK_M={cfg.block_m}, below it and "
+                       f">= {MIN_BLOCK_MN} (the MMA tile)")
+    if cfg.tail_m & (cfg.tail_m - 1):
+        return Illegal(Reason.TILE_TOO_LARGE, f"tail_m={cfg.tail_m} is not a power of two (tl.arange)")
     return None
 
 

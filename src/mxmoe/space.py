@@ -15,15 +15,18 @@ decides what a given problem can launch and records why the rest cannot.
 | mma         | wgmma             | wgmma                         |
 | stage 1 (combine, split_k) | (atomic, 1), (atomic, 4) | (atomic, 1/2/4/8) |
 | stage 2 (combine, split_k) | (atomic, 1), (slots, 1), (atomic, 4) | (atomic, 1/2/4/8), (slots, 1) |
+| tail_m (stage 1 / stage 2) | 0 / 0, 64      | 0, 32, 64 / 0, 32, 64         |
 
 Stage 1 has only the atomic combine value: its output is one row per pair, and its split-K partial sums meet
 (in the last split to arrive) before the fused activation. Here split_k > 1 only pairs with the atomic combine:
 the v2 kernels also take slots with split_k > 1 (a slot row per split), which measured slower at decode
 (heuristic.SLOTS_MAX_ROWS). The baseline (`heuristic.default_config`) is not guaranteed to
-be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it.
+be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it. A tail_m is
+only paired with a BLOCK_M above it (TileConfig.tail_m; the default space's stage 2 takes 64, where the H100
+measured it, heuristic.TAIL_M), and legality drops it beside the slots combine.
 
 Order: sorted by `space_sort_key` (block_m, block_n, block_k, group_m, num_warps, num_stages,
-mma value, combine value, split_k), so a space is identical across processes and releases.
+mma value, combine value, split_k, tail_m), so a space is identical across processes and releases.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class SpaceRanges:
     mma: tuple[Mma, ...]
     stage1_combine_split: tuple[tuple[Combine, int], ...]
     stage2_combine_split: tuple[tuple[Combine, int], ...]
+    stage1_tail: tuple[int, ...] = (0,)
+    stage2_tail: tuple[int, ...] = (0,)
 
 
 # The v2 kernels only: they beat the v1 levers at every point measured (1.33-3.00x on the H100,
@@ -68,6 +73,7 @@ RANGES: dict[str, SpaceRanges] = {
         mma=_MMAS,
         stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 4)),
         stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ROWS, 1), (Combine.ATOMIC, 4)),
+        stage2_tail=(0, 64),
     ),
     "wide": SpaceRanges(
         block_m=(16, 32, 64, 128, 256),
@@ -82,6 +88,8 @@ RANGES: dict[str, SpaceRanges] = {
             (Combine.ATOMIC, 1), (Combine.ATOMIC, 2), (Combine.ATOMIC, 4), (Combine.ATOMIC, 8), (Combine.SLOTS, 1),
             (Combine.ROWS, 1),
         ),
+        stage1_tail=(0, 32, 64),
+        stage2_tail=(0, 32, 64),
     ),
 }
 
@@ -89,7 +97,7 @@ RANGES: dict[str, SpaceRanges] = {
 def space_sort_key(cfg: TileConfig) -> tuple:
     """The documented order of every space: tile sizes first, then schedule, then levers."""
     return (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages,
-            cfg.mma.value, cfg.combine.value, cfg.split_k)
+            cfg.mma.value, cfg.combine.value, cfg.split_k, cfg.tail_m)
 
 
 def _check_stage(stage: int) -> None:
@@ -101,11 +109,13 @@ def _check_stage(stage: int) -> None:
 def _build(stage: int, name: str) -> tuple[TileConfig, ...]:
     r = RANGES[name]
     levers = r.stage2_combine_split if stage == 2 else r.stage1_combine_split
+    tails = r.stage2_tail if stage == 2 else r.stage1_tail
     configs = {
         TileConfig(block_m=bm, block_n=bn, block_k=bk, group_m=gm, num_warps=nw, num_stages=ns, mma=mma,
-                   combine=comb, split_k=sk)
-        for bm, bn, bk, gm, nw, ns, mma, (comb, sk) in itertools.product(
-            r.block_m, r.block_n, r.block_k, r.group_m, r.num_warps, r.num_stages, r.mma, levers)
+                   combine=comb, split_k=sk, tail_m=tail)
+        for bm, bn, bk, gm, nw, ns, mma, (comb, sk), tail in itertools.product(
+            r.block_m, r.block_n, r.block_k, r.group_m, r.num_warps, r.num_stages, r.mma, levers, tails)
+        if tail < bm
     }
     return tuple(sorted(configs, key=space_sort_key))
 

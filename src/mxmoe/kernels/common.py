@@ -124,8 +124,9 @@ def check_launch(x: KernelInput, k: int, weights, plan, cfg: TileConfig, *, stag
     verdict = launch_rules(stage, cfg, n, k, interpreter=interpreting())
     if verdict is not None:
         raise ValueError(f"stage {stage} {cfg.short()}: {verdict.reason.value}: {verdict.detail}")
-    if cfg.block_m != plan.block_m:
-        raise ValueError(f"stage {stage}: BLOCK_M={cfg.block_m} but the routing plan was aligned to {plan.block_m}")
+    if cfg.plan_rows != plan.block_m:
+        what = f"TAIL_M={cfg.tail_m}" if cfg.tail_m else f"BLOCK_M={cfg.block_m}"
+        raise ValueError(f"stage {stage}: {what} but the routing plan was aligned to {plan.block_m}")
     if cfg.mma.e4m3:
         if x.path is not Path.A8W4:
             raise ValueError(f"stage {stage}: mma=wgmma_e4m3 runs a8w4 only, got {x.path.value}")

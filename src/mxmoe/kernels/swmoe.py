@@ -75,12 +75,44 @@ def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: t
 
 
 @triton.jit
-def expert_block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m, num_pairs, stride_we, stride_wse,
-                 BM: tl.constexpr):
-    """Block pid_m's expert, its BM pair ids and which are real, and the expert's value / scale bases."""
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    pair = tl.load(sorted_ids_ptr + pid_m * BM + tl.arange(0, BM))
-    return expert, pair, pair < num_pairs, w_ptr + expert * stride_we, ws_ptr + expert * stride_wse
+def tile_rows(sorted_ids_ptr, w_ptr, ws_ptr, expert, row0, n_rows, num_pairs, stride_we, stride_wse,
+              BM: tl.constexpr):
+    """A tile's BM pair ids from sorted_ids[row0:] (those from `n_rows` on read as the sentinel), which are real,
+    and expert `expert`'s value / scale bases."""
+    offs = tl.arange(0, BM)
+    pair = tl.load(sorted_ids_ptr + row0 + offs, mask=offs < n_rows, other=num_pairs)
+    return pair, pair < num_pairs, w_ptr + expert * stride_we, ws_ptr + expert * stride_wse
+
+
+@triton.jit
+def tile_of(eo_ptr, expert, pid_m, BM: tl.constexpr, TAIL: tl.constexpr):
+    """TAIL_WHY: with TAIL (the plan aligned to TAIL rows, `eo_ptr` its expert offsets) block pid_m of expert
+    `expert` opens a tile when it is the first of a whole BM run (R = BM / TAIL blocks), the expert's only remainder
+    block (a TAIL-row tile), or the first of a longer remainder (a BM tile, the rows past the expert masked); other
+    blocks open none. Returns (kind, rows of the expert in the tile): kind 0 none, 1 a BM tile, 2 a TAIL tile.
+    Why: an expert with n rows costs ceil(n / BM) BM tiles on a BM-aligned plan, and at 128 rows per expert
+    (deepseek-v3 T = 4096) a third of the rows computed are padding (benchmarks/padding_bound.py); a TAIL tile
+    decodes the same weights for fewer rows, so only a one-block remainder takes it. H100, 1aafe28 prototype
+    (results/h100/2026-12-07_session16_1aafe28.log): stage 2 with TAIL 64 1.05-1.11x at T = 4096-32768 on
+    deepseek-v3 / kimi-k2 / gpt-oss-120b; stage 1 0.93-1.07x (its CTAs cost nearly as much at fewer rows); every
+    remainder block on its own TAIL tile was 0.65x at kimi-k2 T = 4096 (three 32-row CTAs per expert)."""
+    R: tl.constexpr = BM // TAIL
+    first = tl.load(eo_ptr + expert) // TAIL
+    nb = tl.load(eo_ptr + expert + 1) // TAIL - first
+    local = pid_m - first
+    whole = nb // R * R
+    kind = local * 0
+    rows = local * 0 + BM
+    if local < whole:
+        if local % R == 0:
+            kind = 1
+    elif nb - whole == 1:
+        kind = 2
+        rows = TAIL
+    elif local == whole:
+        kind = 1
+        rows = (nb - whole) * TAIL
+    return kind, rows
 
 
 @triton.jit
@@ -157,26 +189,18 @@ def zero_strips(ptr, n):
 
 
 @triton.jit
-def _stage1_kernel(
-    x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    cnt_ptr, zero_ptr, lut_ptr, rs_ptr, ts_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
-    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
+def _stage1_rows(
+    x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr, expert, row0,
+    n_rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we, stride_wse, stride_be, stride_op,
+    stride_ps, stride_pp, stride_rse,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
-    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, E4M3: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, E4M3: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
-    affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
-    sums before the bias (exact: powers of two); even and odd K steps sum in two chains (`weight_mma`: CHAINS_WHY)."""
-    enter(INTERP)
-    if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
-        zero_strips(zero_ptr, zero_n)
-    num_n = tl.cdiv(I, BN)
-    pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
-    if pid_m * BM >= tl.load(num_padded_ptr):
-        return
-    expert, pair, row_ok, w_e, ws_e = expert_block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m,
-                                                   num_pairs, stride_we, stride_wse, BM)
+    """One program's tile: BM pair rows of sorted_ids from row0 x BN columns, the first `n_rows` of them expert
+    `expert`'s (the rest read as the sentinel: masked)."""
+    pair, row_ok, w_e, ws_e = tile_rows(sorted_ids_ptr, w_ptr, ws_ptr, expert, row0, n_rows, num_pairs, stride_we,
+                                        stride_wse, BM)
     token = (pair // TOPK).to(tl.int64)
     pid_k = tl.program_id(1)
     n16_g = pid_n * (BN // 16)
@@ -232,6 +256,47 @@ def _stage1_kernel(
                 acc_g += tl.load(part + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
                 acc_u += tl.load(part + s * stride_ps + I, mask=mask, other=0.0, cache_modifier=".cg")
             _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, I, out_ptr, stride_op, PATH, ACT, INTERP, DEFER, BM, BN)
+
+
+@triton.jit
+def _stage1_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+    cnt_ptr, zero_ptr, lut_ptr, rs_ptr, ts_ptr, eo_ptr, num_pairs, H, I, max_blocks, N16, K64, zero_n,
+    stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
+    TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
+    INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, E4M3: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TAIL: tl.constexpr,
+):
+    """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
+    affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
+    sums before the bias (exact: powers of two); even and odd K steps sum in two chains (`weight_mma`: CHAINS_WHY).
+    TAIL (0: off): the plan is aligned to TAIL rows, `eo_ptr` its expert offsets, and the tiles are `tile_of`'s."""
+    enter(INTERP)
+    if ZERO:  # stage 2's atomic sums (every program, the ones without a block too)
+        zero_strips(zero_ptr, zero_n)
+    num_n = tl.cdiv(I, BN)
+    pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
+    G: tl.constexpr = BM if TAIL == 0 else TAIL
+    if pid_m * G >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if TAIL == 0:
+        _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
+                     expert, pid_m * BM, BM, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,
+                     stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH, ACT, HAS_BIAS,
+                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK)
+    else:
+        kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
+        if kind == 1:
+            _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
+                         ts_ptr, expert, pid_m * TAIL, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt,
+                         stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH,
+                         ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK)
+        elif kind == 2:
+            _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
+                         ts_ptr, expert, pid_m * TAIL, TAIL, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64,
+                         stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
+                         TOPK, PATH, ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, TAIL, BN, BK)
 
 
 def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torch.Tensor:
@@ -302,14 +367,15 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     b = weights.b13 if weights.b13 is not None else ws  # dummy pointer when HAS_BIAS is off
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, ws, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        cnt, dst if zero is None else zero, lut, rs, ts, pairs, h, i, plan.max_blocks, w.n16, w.k64,
+        cnt, dst if zero is None else zero, lut, rs, ts, plan.expert_offsets, pairs, h, i, plan.max_blocks, w.n16,
+        w.k64,
         0 if zero is None else zero.numel(),
         x.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), dst.stride(0), part.stride(0),
         part.stride(1), rs.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        TAIL=cfg.tail_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     if defer:
         quantize_input(dst, x.path, bf16=True, out=out)

@@ -22,7 +22,7 @@ from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.combine import combine_rows, combine_slots
 from mxmoe.kernels.common import KernelInput, grid_swizzle, interpreting, k_range, to_bf16_rne
 from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
-from mxmoe.kernels.swmoe import act_tile, expert_block, weight_args, weight_mma, zeros_or
+from mxmoe.kernels.swmoe import act_tile, tile_of, tile_rows, weight_args, weight_mma, zeros_or
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 
 
@@ -38,26 +38,19 @@ def weighted_rows(acc, b_ptr, rw, offs_n, n_ok, pid_k, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def _stage2_kernel(
-    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-    lut_ptr, rs_ptr, ts_ptr, num_pairs, T, H, I, max_blocks, N16, K64,
-    stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse,
+def _stage2_rows(
+    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr, ts_ptr, expert,
+    row0, n_rows, pid_n, num_n, num_live, num_pairs, T, H, I, N16, K64, stride_hp, stride_we, stride_wse, stride_be,
+    stride_os, stride_or, stride_y, stride_rse,
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
-    CAST: tl.constexpr, INTERP: tl.constexpr, E4M3: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    CAST: tl.constexpr, INTERP: tl.constexpr, E4M3: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """E4M3 as in stage 1 (swmoe._stage1_kernel): h as e4m3 bytes with per-pair scales `ts_ptr`, W2 in the e4m3
-    layout with per-row scales `rs_ptr`, even and odd K steps in two chains (swmoe.weight_mma: CHAINS_WHY),
-    both scales before the bias."""
-    enter(INTERP)
-    num_n = tl.cdiv(H, BN)
+    """One program's tile: BM pair rows of sorted_ids from row0 x BN columns, the first `n_rows` of them expert
+    `expert`'s; `num_live` the live programs of an N column (the slots combine's arrival count)."""
+    pair, row_ok, w_e, ws_e = tile_rows(sorted_ids_ptr, w_ptr, ws_ptr, expert, row0, n_rows, num_pairs, stride_we,
+                                        stride_wse, BM)
     pid_k = tl.program_id(1)
-    pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
-    num_padded = tl.load(num_padded_ptr)
-    if pid_m * BM >= num_padded:
-        return
-    expert, pair, row_ok, w_e, ws_e = expert_block(block_expert_ptr, sorted_ids_ptr, w_ptr, ws_ptr, pid_m,
-                                                   num_pairs, stride_we, stride_wse, BM)
     rows = pair.to(tl.int64)
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
@@ -92,7 +85,7 @@ def _stage2_kernel(
     elif SLOTS:  # the slot rows of this split; the last CTA of the N column (live blocks x splits) combines them
         tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_or + offs_n[None, :], acc,
                  mask=row_ok[:, None] & n_ok[None, :])
-        if last_arrival(cnt_ptr + pid_n, num_padded // BM * SPLIT_K):
+        if last_arrival(cnt_ptr + pid_n, num_live * SPLIT_K):
             combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
     else:  # add into the token's fp32 row; with CAST the last of its TOPK x SPLIT_K arrivals here rounds it
         tok = rows // TOPK
@@ -106,6 +99,47 @@ def _stage2_kernel(
             tl.debug_barrier()  # the rows' acquires before any thread's loads
             acc = tl.load(sums, mask=last, other=0.0, cache_modifier=".cg")
             tl.store(y_ptr + tok[:, None] * stride_y + offs_n[None, :], to_bf16_rne(acc, INTERP), mask=last)
+
+
+@triton.jit
+def _stage2_kernel(
+    h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+    lut_ptr, rs_ptr, ts_ptr, eo_ptr, num_pairs, T, H, I, max_blocks, N16, K64,
+    stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse,
+    TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
+    CAST: tl.constexpr, INTERP: tl.constexpr, E4M3: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    TAIL: tl.constexpr,
+):
+    """E4M3 as in stage 1 (swmoe._stage1_kernel): h as e4m3 bytes with per-pair scales `ts_ptr`, W2 in the e4m3
+    layout with per-row scales `rs_ptr`, even and odd K steps in two chains (swmoe.weight_mma: CHAINS_WHY),
+    both scales before the bias. TAIL as in stage 1 (swmoe.tile_of; never with SLOTS, whose arrival count is the
+    plan's BM blocks)."""
+    enter(INTERP)
+    num_n = tl.cdiv(H, BN)
+    pid_m, pid_n = grid_swizzle(tl.program_id(0), max_blocks, num_n, GROUP_M)
+    G: tl.constexpr = BM if TAIL == 0 else TAIL
+    num_padded = tl.load(num_padded_ptr)
+    if pid_m * G >= num_padded:
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    if TAIL == 0:
+        _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
+                     ts_ptr, expert, pid_m * BM, BM, pid_n, num_n, num_padded // BM, num_pairs, T, H, I, N16, K64,
+                     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK,
+                     HAS_BIAS, FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK)
+    else:
+        kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
+        if kind == 1:
+            _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
+                         ts_ptr, expert, pid_m * TAIL, rows, pid_n, num_n, 0, num_pairs, T, H, I, N16, K64, stride_hp,
+                         stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK, HAS_BIAS,
+                         FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK)
+        elif kind == 2:
+            _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
+                         ts_ptr, expert, pid_m * TAIL, TAIL, pid_n, num_n, 0, num_pairs, T, H, I, N16, K64, stride_hp,
+                         stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK, HAS_BIAS,
+                         FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, TAIL, BN, BK)
 
 
 def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
@@ -154,13 +188,14 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
     out3 = out if slots else out[None]
     _stage2_kernel[(plan.max_blocks * triton.cdiv(hidden, cfg.block_n), cfg.split_k)](
         h.data, w.data, ws, b, rw, out3, y, cnt, plan.sorted_ids, plan.block_expert, plan.num_padded,
-        lut, rs, ts, plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16, w.k64,
+        lut, rs, ts, plan.expert_offsets, plan.num_pairs, num_tokens, hidden, weights.inter, plan.max_blocks, w.n16,
+        w.k64,
         h.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), out3.stride(0), out3.stride(1),
         y.stride(0), rs.stride(0),
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=fold, SLOTS=slots,
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
-        BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(),
+        BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, TAIL=cfg.tail_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     if by_rows:
         return combine_rows(out, plan.topk)

@@ -146,7 +146,7 @@ def _prepare(shape: MoEShape, path: Path, stage: int, cfg: TileConfig, out: dict
     """(kernel, args, meta, accepted): the mirrored kernel call on CPU tensors, after the launch wrapper's own
     verdict on the config (wrapper_ok in `out`; refusals and a launch that specializes differently in `notes`)."""
     weights = _cpu_weights(shape, cfg.mma.e4m3)
-    plan, topk_weights = launch_routing(shape, cfg.block_m, "cpu")
+    plan, topk_weights = launch_routing(shape, cfg.plan_rows, "cpu")
     x, t = launch_input(shape, path, stage, "cpu", cfg.mma.v2, cfg.mma.e4m3), LAUNCH_TOKENS
     buf = stage_buffer(path, stage, cfg, weights, plan, x, t)
     if cfg.mma.v2:

@@ -70,7 +70,7 @@ def run_task(task: Task, timeout_s: int, launch: bool) -> dict:
     cfg = TileConfig.from_json(task.config)
     out: dict = _device_fields() | {"compile_ok": 0, "launch_ok": ""}
     try:
-        weights, plan, x, topk_weights, t = launch_problem(shape, path, stage, cfg.block_m)
+        weights, plan, x, topk_weights, t = launch_problem(shape, path, stage, cfg.plan_rows)
         buf = stage_buffer(path, stage, cfg, weights, plan, x, t)
         kernel, grid, args, meta = stage_call(stage, x, weights, plan, topk_weights, cfg, buf)
     except Exception as exc:  # the harness could not build inputs: no evidence about the config (compile_ok blank)

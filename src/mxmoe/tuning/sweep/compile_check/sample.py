@@ -110,9 +110,11 @@ def interleave(groups: list[list[Task]]) -> list[Task]:
 
 
 def cfg_fields(r: dict) -> dict:
-    """The TileConfig fields of a CSV row (its text turned back into ints where the config has ints)."""
+    """The TileConfig fields of a CSV row (its text turned back into ints where the config has ints; tables from
+    before the tail_m column, or rows of a config without it, read tail_m 0)."""
     ints = ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages", "split_k")
-    return {k: int(r[k]) for k in ints} | {"mma": r["mma"], "combine": r["combine"]}
+    return ({k: int(r[k]) for k in ints} | {"mma": r["mma"], "combine": r["combine"]}
+            | {"tail_m": int(r.get("tail_m") or 0)})
 
 
 _WHERE = re.compile(r"(\w+)(!?=)(.*)")

@@ -18,7 +18,7 @@ from mxmoe.tuning.sweep.compile_check.sample import Task
 
 CSV_COLUMNS = (
     "shape", "path", "stage", "config_key", "block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages",
-    "mma", "combine", "split_k", "predicted", "reason", "detail", "modelled_smem", "compile_ok", "load_ok",
+    "mma", "combine", "split_k", "tail_m", "predicted", "reason", "detail", "modelled_smem", "compile_ok", "load_ok",
     "compiler_smem", "n_regs", "n_spills", "spill_source", "wrapper_ok", "launch_ok", "outcome", "error", "compile_s",
     "device", "smem_optin", "triton", "torch", "git_sha",
 )
