@@ -80,3 +80,26 @@ def test_tail_m_keeps_old_keys_and_round_trips():
     assert TileConfig.from_json(tail.to_json()) == tail and base.plan_rows == 64
     with pytest.raises(ValueError, match="tail_m"):
         TileConfig(tail_m=-16)
+
+
+GPU_COUNTS = (128, 140, 230, 40, 200, 0)  # at BLOCK_M 128: tail 32 and 64 both meet every kind of tile
+GPU_SHAPE = MoEShape("tail-gpu", len(GPU_COUNTS), 1, 1024, 512, Activation.SILU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
+@pytest.mark.parametrize("tails", [(32, 64), (64, 32)], ids=lambda t: f"t{t[0]}-t{t[1]}")
+def test_tail_tiles_gpu(path, tails):
+    """The GPU twin: the prefill tile (BLOCK_M 128, 8 warps) with tails on both stages, bit-equal to the same layer
+    without them (top-k 1: each token's one atomic add) and within the oracle's tolerance."""
+    p = make_problem(GPU_SHAPE, path, sum(GPU_COUNTS), seed=7, device="cuda")
+    ids = torch.repeat_interleave(torch.arange(len(GPU_COUNTS)), torch.tensor(GPU_COUNTS))
+    ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(2))]
+    p = dataclasses.replace(p, topk_ids=ids.view(-1, 1).to(torch.int32).cuda())
+    s = TileConfig(block_m=128, block_n=128, block_k=128, num_warps=8, group_m=8, mma=Mma.WGMMA)
+    run = lambda c1, c2: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, MoEConfig(c1, c2)).float()  # noqa: E731
+    want = run(s, s)
+    got = run(s.replace(tail_m=tails[0]), s.replace(tail_m=tails[1], block_k=64))
+    assert (got - run(s, s.replace(block_k=64))).abs().max().item() <= TAIL_TOL
+    assert_close(got, p.reference(), path=path, stage="layer", name=f"{path.value}/{tails}")
+    assert_close(want, p.reference(), path=path, stage="layer", name=f"{path.value}/no tails")
