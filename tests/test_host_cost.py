@@ -4,14 +4,11 @@ this catches the script going stale, as it did when the launches moved from moe.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "host_cost.py"
+from bench_script import load
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path (tensors on the CPU, interpreter dispatch)")
@@ -26,9 +23,7 @@ def test_host_cost_runs_and_reports_every_measurement(tokens, capsys, monkeypatc
     for name in ("quantize_input", "align", "stage1", "stage2", "direct_stage1", "direct_stage2"):
         monkeypatch.setattr(layer_plan, name, launched)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    spec = importlib.util.spec_from_file_location("host_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load("host_cost")
     assert module.main(["--calls", "5", "--repeats", "2", "--tokens", str(tokens), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["median_us"]) == {"heuristic", "tuned table"}

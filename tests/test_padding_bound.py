@@ -4,24 +4,14 @@ make_routing's ids, and the CLI on a small case (CPU only, as the script is)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "padding_bound.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("padding_bound", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_script import load
 
 
 def test_pad_eff_against_hand_counts():
-    pad_eff = _script().pad_eff
+    pad_eff = load("padding_bound").pad_eff
     counts = torch.tensor([128, 129, 0, 64])  # tiles at 128: 1 + 2 + 0 + 1 = 4 -> 512 rows computed
     assert pad_eff(counts, 128) == pytest.approx(321 / 512)
     assert pad_eff(counts, 64) == pytest.approx(321 / (128 + 192 + 64))
@@ -33,7 +23,7 @@ def test_expert_rows_count_every_pair_of_the_routing():
     from mxmoe.problem import make_routing
     from mxmoe.shapes import MODELS
 
-    rows = _script().expert_rows("deepseek-v3-tp8", 40)
+    rows = load("padding_bound").expert_rows("deepseek-v3-tp8", 40)
     ids, _ = make_routing(MODELS["deepseek-v3-tp8"], 40, "uniform", seed=40)
     assert rows.sum() == ids.numel() and rows.numel() == MODELS["deepseek-v3-tp8"].experts
     assert rows[-1] == 40  # the fused shared expert takes every token
@@ -47,7 +37,7 @@ def test_cli_prints_the_bound_and_the_csv_ratio(tmp_path, capsys):
         w.writeheader()
         w.writerow({"shape": "deepseek-v3", "T": 64, "path": "a16w4", "scope": "experts", "mxmoe_roofline": "0.5",
                     "memory_floor_us": "10", "compute_floor_us": "20"})
-    assert _script().main(["--model", "deepseek-v3", "--tokens", "64", "--csv", str(path)]) == 0
+    assert load("padding_bound").main(["--model", "deepseek-v3", "--tokens", "64", "--csv", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[-1] == "roof/pad"
     fields = out[1].split()
@@ -58,4 +48,4 @@ def test_cli_prints_the_bound_and_the_csv_ratio(tmp_path, capsys):
 
 def test_cli_refuses_an_unknown_model():
     with pytest.raises(SystemExit):
-        _script().main(["--model", "no-such-model", "--tokens", "4"])
+        load("padding_bound").main(["--model", "no-such-model", "--tokens", "4"])

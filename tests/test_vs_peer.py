@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_script import load
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_peer.py"
 REQUIRED = ("shape", "T", "path", "scope", "mxmoe_us", "peer_us", "ratio", "mxmoe_roofline", "peer_roofline",
             "memory_floor_us", "compute_floor_us", "config", "check", "note", "device", "torch", "triton", "commit")
 
 # With a GPU, main() runs the real benchmark over every model: far too long for the test suite.
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter path runs only without a GPU")
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("vs_peer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(folder: Path) -> tuple[Path, list[dict[str, str]]]:
@@ -32,7 +26,7 @@ def _rows(folder: Path) -> tuple[Path, list[dict[str, str]]]:
 
 
 def test_interpreter_csv(tmp_path, capsys):
-    assert _script().main(["--out-dir", str(tmp_path), "--path", "a16w4,a8w4"]) == 0
+    assert load("vs_peer").main(["--out-dir", str(tmp_path), "--path", "a16w4,a8w4"]) == 0
     found, rows = _rows(tmp_path)
     assert set(REQUIRED) <= set(rows[0])
     assert sorted((int(r["T"]), r["path"]) for r in rows) == [(1, "a16w4"), (1, "a8w4"), (3, "a16w4"), (3, "a8w4")]
@@ -48,13 +42,13 @@ def test_interpreter_csv(tmp_path, capsys):
 
 
 def test_deadline_lists_what_was_not_run(tmp_path, capsys):
-    assert _script().main(["--out-dir", str(tmp_path), "--deadline-s", "0"]) == 0
+    assert load("vs_peer").main(["--out-dir", str(tmp_path), "--deadline-s", "0"]) == 0
     _, rows = _rows(tmp_path)
     assert rows == []
     assert "deadline: 2 points not run: tiny/a16w4/experts/T=1, tiny/a16w4/experts/T=3" in capsys.readouterr().out
 
 
 def test_device_slug():
-    slug = _script()._device_slug
+    slug = load("vs_peer")._device_slug
     assert slug("NVIDIA H100 80GB HBM3") == "h100"
     assert slug("NVIDIA H200") == "h200"

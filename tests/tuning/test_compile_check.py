@@ -9,13 +9,13 @@ stratum), rows built and read back through the real CSV writer, and hand-counted
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import time
 from collections import Counter
 from pathlib import Path as FsPath
 
 import pytest
+from bench_script import load
 
 from mxmoe.tuning.sweep.compile_check.pool import run_all
 from mxmoe.tuning.sweep.compile_check.sample import Task, matches, select_tasks
@@ -23,7 +23,6 @@ from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, resource_usage
 from mxmoe.tuning.sweep.compile_check.summary import summarize_rows
 from mxmoe.tuning.sweep.compile_check.table import CSV_COLUMNS, make_row
 
-SCRIPT = FsPath(__file__).resolve().parents[2] / "benchmarks" / "validate_legality.py"
 SMALL = dict(shapes=["gpt-oss-120b"], paths=["a16w4"], stages=["1", "2"], space="wide", per_combo=4)
 
 
@@ -112,9 +111,7 @@ def test_pool_survives_a_dying_worker_and_stops_at_the_deadline():
 
 
 def test_the_script_keeps_the_old_names():
-    spec = importlib.util.spec_from_file_location("validate_legality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load("validate_legality")
     assert module._compile_sm90 is compile_sm90 and module._resource_usage is resource_usage
     assert callable(module.main)
 
