@@ -103,3 +103,16 @@ def test_tail_tiles_gpu(path, tails):
     assert (got - run(s, s.replace(block_k=64))).abs().max().item() <= TAIL_TOL
     assert_close(got, p.reference(), path=path, stage="layer", name=f"{path.value}/{tails}")
     assert_close(want, p.reference(), path=path, stage="layer", name=f"{path.value}/no tails")
+
+
+def test_the_heuristic_prefill_config_runs_with_tails():
+    """moe(config=None) at a prefill point of a shape with inter > 512: the heuristic's stage 2 takes tail_m 64 at
+    BLOCK_M 128 (heuristic.TAIL_M) on its own plan, stage 1 keeps BLOCK_M's; the layer meets the oracle."""
+    from mxmoe.moe import dispatched_config
+
+    shape = MoEShape("tail-heuristic", 4, 2, 64, 576, Activation.SILU)
+    p = make_problem(shape, Path.A16W4, 300, seed=9)
+    cfg = dispatched_config(shape, Path.A16W4, 300, p.weights)
+    assert cfg.stage2.tail_m == 64 and cfg.stage2.block_m == 128 and cfg.stage1.tail_m == 0
+    out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4)
+    assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name="heuristic with tails")
