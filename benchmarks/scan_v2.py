@@ -72,7 +72,8 @@ def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
                 out.append(c.replace(num_warps=w, block_n=bn))
     out += [c.replace(num_stages=s) for s in (2, 3, 4, 5)]
     out += [c.replace(block_k=k) for k in (64, 128, 256)]
-    out += [c.replace(block_m=m) for m in (16, 32, 64, 128) if m != c.block_m]
+    out += [c.replace(block_m=m, tail_m=c.tail_m if c.tail_m < m else 0) for m in (16, 32, 64, 128) if m != c.block_m]
+    out += [c.replace(tail_m=t) for t in (0, 32, 64) if t < c.block_m]  # tail tiles (TileConfig.tail_m)
     return list(dict.fromkeys(v for v in out if v != c))
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("points", nargs="+", help="model:T[:path]")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--levers", choices=("tiles", "finish", "none"), default="tiles",
-                    help="tiles: warps, BLOCK_N/K/M, stages; finish: split_k and combine; none: the base alone")
+                    help="tiles: warps, BLOCK_N/K/M, stages, tail_m; finish: split_k and combine; none: the base alone")
     ap.add_argument("--stage", type=int, choices=(1, 2), default=None, help="vary only this stage")
     args = ap.parse_args(argv)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
