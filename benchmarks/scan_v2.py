@@ -2,8 +2,8 @@
 
     PYTHONPATH=src python3 benchmarks/scan_v2.py gpt-oss-20b:4096 deepseek-v3:64 --csv out.csv
 
-Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M, tail_m (or with
-`--levers finish` split_k and the stage-2 combine; `--levers none` times the heuristic alone). Each
+Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M, tail_m
+(or with `--levers finish` split_k and the stage-2 combine; `--levers none` times the heuristic alone). Each
 variant's output is checked against the heuristic's (same numerics up to fp32 summation order). Prints the ranking
 per point; never asserts. Needs a GPU.
 """
