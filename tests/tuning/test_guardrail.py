@@ -102,6 +102,20 @@ def test_e4m3_forcing_is_a8w4_only():
         g.run_guardrail("gpt-oss", "a16w4", device="cpu", e4m3=True)
 
 
+def test_e4m3_forcing_one_stage_leaves_the_other_on_bf16_carriers():
+    """e4m3_stages (CLI --e4m3-stage) tells the stages' errors apart: stage 1 alone, stage 2 alone, then the run of
+    stage 2 alone launches exactly that config."""
+    shape = MODELS["tiny"]
+    base = choose_config(shape, Path.A8W4, g.BATCH * g.SEQ)
+    one, two = g.e4m3_forced(shape, base, (1,)), g.e4m3_forced(shape, base, (2,))
+    assert one.stage1.mma is Mma.WGMMA_E4M3 and one.stage2 == base.stage2
+    assert two.stage2.mma is Mma.WGMMA_E4M3 and two.stage1 == base.stage1
+    r = g.run_guardrail("deepseek-v3", "a8w4", device="cpu", e4m3=True, e4m3_stages=(2,))
+    assert r.outcome is g.Outcome.PASSED and r.config_keys == (two.key(),), r.detail
+    with pytest.raises(ValueError, match="e4m3_stages"):
+        g.run_guardrail("deepseek-v3", "a8w4", device="cpu", e4m3=True, e4m3_stages=(3,))
+
+
 def test_config_dir_forces_the_tables_entry_for_the_shape(tmp_path):
     from mxmoe import dispatch
 
@@ -292,6 +306,7 @@ def test_cli_e4m3_needs_a8w4_and_no_campaign():
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)
-    for args in (["--e4m3"], ["--e4m3", "--path", "a8w4", "--campaign", "c"]):
+    for args in (["--e4m3"], ["--e4m3", "--path", "a8w4", "--campaign", "c"], ["--path", "a8w4", "--e4m3-stage", "1"],
+                 ["--path", "a8w4", "--e4m3", "--e4m3-stage", "3"]):
         run = CliRunner().invoke(app, ["guardrail", "--model", "gpt-oss", *args])
         assert run.exit_code == 2 and "--e4m3" in run.output, run.output

@@ -46,11 +46,16 @@ def guardrail(
     e4m3: Annotated[bool, typer.Option("--e4m3", help="a8w4 only: force both stages onto FP8 (e4m3) tensor cores, "
                                                      "the weights built with their e4m3 layout; not with "
                                                      "--campaign.")] = False,
+    e4m3_stage: Annotated[int | None, typer.Option("--e4m3-stage", help="With --e4m3: force only this stage (1 or "
+                                                                        "2), to tell their errors apart.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
     any failure. With --campaign, one run per winning config, recorded in the ledger."""
     _check_options(campaign, ledger, baseline, config_dir, e4m3, path)
+    if e4m3_stage is not None and (not e4m3 or e4m3_stage not in (1, 2)):
+        raise typer.BadParameter(f"--e4m3-stage {e4m3_stage}: takes 1 or 2, with --e4m3")
+    stages = (1, 2) if e4m3_stage is None else (e4m3_stage,)
     use_interpreter_without_gpu()
     from mxmoe.tuning.guardrail import run as g
 
@@ -59,7 +64,7 @@ def guardrail(
     opts: dict[str, Any] = dict(layers=layers, seed=seed, small=small, max_experts=max_experts)
     rows: list[dict[str, Any]] = []
     if campaign is None:
-        report = g.run_guardrail(model, path, config=config_dir, shape=shape, e4m3=e4m3, **opts)
+        report = g.run_guardrail(model, path, config=config_dir, shape=shape, e4m3=e4m3, e4m3_stages=stages, **opts)
         rows.append(report.to_dict() | {"recorded": False})
     else:
         from mxmoe.tuning.ledger.store import Ledger

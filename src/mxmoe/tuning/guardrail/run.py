@@ -145,17 +145,21 @@ def run_guardrail(
     device: torch.device | str | None = None,
     max_experts: int = MAX_EXPERTS,
     e4m3: bool = False,
+    e4m3_stages: tuple[int, ...] = (1, 2),
 ) -> GuardrailReport:
     """Run the guardrail once (module docstring). `config`: a MoEConfig forced on every layer; a tuned-table
     directory, whose entry for `shape` at T = B*S (dispatch's lookup under MXMOE_CONFIG_DIR) is forced; or
     None for dispatch's own choice on the graph's (capped) shape. `small` (default: on CPU)
     takes tiny attention and vocab; `shape` (default SMALL_SHAPES / FULL_SHAPES) gives the MoE dims and the
     recorded model name. `e4m3` (a8w4 only) forces both stages of the config so chosen onto FP8 tensor cores
-    (`e4m3_forced`), the weights built with their e4m3 layout: issue 23's guardrail with the e4m3 path forced.
+    (`e4m3_forced`), the weights built with their e4m3 layout: issue 23's guardrail with the e4m3 path forced;
+    `e4m3_stages` (1, 2 or both) forces only those, which tells the stages' errors apart.
     Failures come back as the report's `outcome`, never as an exception."""
     path = Path(path)
     if e4m3 and path is not Path.A8W4:
         raise ValueError(f"e4m3=True forces the e4m3 stages, which run a8w4 only (got path {path.value})")
+    if not e4m3_stages or not set(e4m3_stages) <= {1, 2}:
+        raise ValueError(f"e4m3_stages={e4m3_stages!r}: expected stage 1, 2 or both")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     small = device.type == "cpu" if small is None else small
     shape = resolve_shape(family, shape, small)
@@ -169,7 +173,7 @@ def run_guardrail(
         if table is not None:  # the table's entry for the shape at T = B*S, forced on the (capped) graph
             forced = intended
         if e4m3:
-            intended = forced = e4m3_forced(shape, intended)
+            intended = forced = e4m3_forced(shape, intended, e4m3_stages)
         base = dict(family=family, model=shape.name, path=path, device=str(device), seed=seed,
                     interpreter=interpreter_active(), config_keys=(intended.key(),))
         runs: dict[str, Any] = {}
@@ -185,10 +189,12 @@ def run_guardrail(
     return _judge(runs, time.perf_counter() - t0, base)
 
 
-def e4m3_forced(shape: MoEShape, config: MoEConfig) -> MoEConfig:
-    """`config` with both stages on e4m3 wgmma, each tile fitted to the two accumulator chains
+def e4m3_forced(shape: MoEShape, config: MoEConfig, stages: tuple[int, ...] = (1, 2)) -> MoEConfig:
+    """`config` with `stages` on e4m3 wgmma, each tile fitted to the two accumulator chains
     (`heuristic.on_e4m3`); patch_model builds the e4m3 weight layout a forced e4m3 config needs."""
-    return MoEConfig(on_e4m3(shape, 1, config.stage1), on_e4m3(shape, 2, config.stage2))
+    s1 = on_e4m3(shape, 1, config.stage1) if 1 in stages else config.stage1
+    s2 = on_e4m3(shape, 2, config.stage2) if 2 in stages else config.stage2
+    return MoEConfig(s1, s2)
 
 
 def _run_graphs(runs: dict[str, Any], family: str, shape: MoEShape, path: Path, forced: MoEConfig | None,
