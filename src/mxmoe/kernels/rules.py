@@ -86,3 +86,19 @@ def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
     s1, s2 = config.stage1, config.stage2
     return (s1.mma is s2.mma is Mma.WGMMA and s1.block_m == 16 and s2.block_m == 16
             and s2.combine is Combine.SLOTS and tokens * topk <= DIRECT_MAX_PAIRS and inter <= DIRECT_MAX_INTER)
+
+
+# See e4m3_promote_steps. 0: the two accumulator chains (swmoe.weight_mma: CHAINS_WHY), measured on the H100
+# (761a48a) but failing the real-size guardrail with both stages forced (1aafe28: logits_diff 2.5e-2 / 4.3e-2 >
+# 1e-2, docs/fp8.md). N > 0: one chain per chunk of N K steps, added into f32 totals after each chunk (sm_90 CPU
+# compile at N = 4, stage 1 M64N128K128 w8: asynchronous inside each chunk, 242 registers, no spill, 64 KB of
+# shared memory; stage 2 M64N256K64 w8: 228 registers, 32 KB). Its speed and error are not measured: rule_ab
+# (rules.E4M3_PROMOTE_STEPS=4) and the guardrail with --e4m3 decide it. Legality's shared-memory model counts the
+# chains' two staged steps a loop iteration, so it overstates a promoted stage's (one step: half the bytes).
+E4M3_PROMOTE_STEPS = 0
+
+
+def e4m3_promote_steps(cfg: TileConfig) -> int:
+    """K steps an e4m3 stage sums in its fp8 accumulator before adding them into f32 (0: the two chains over the
+    whole K range); 0 for a stage on bf16 carriers, whose wgmma accumulates in f32."""
+    return E4M3_PROMOTE_STEPS if cfg.mma.e4m3 else 0

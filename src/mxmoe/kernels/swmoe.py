@@ -47,7 +47,7 @@ from mxmoe.kernels.common import (
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import counters_needed, defers_rounding
+from mxmoe.kernels.rules import counters_needed, defers_rounding, e4m3_promote_steps
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import e4m3_bytes_operand, e4m3_operand, weight_tile_e4m3
@@ -195,7 +195,7 @@ def _stage1_rows(
     stride_ps, stride_pp, stride_rse,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
     INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, E4M3: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PROMOTE: tl.constexpr,
 ):
     """One program's tile: BM pair rows of sorted_ids from row0 x BN columns, the first `n_rows` of them expert
     `expert`'s (the rest read as the sentinel: masked)."""
@@ -208,7 +208,19 @@ def _stage1_rows(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    if E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
+    if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
+        k_end = tl.minimum(k_first + k_len, H)
+        k64_end = tl.cdiv(k_end, 64)
+        for kc in range(0, k_len, PROMOTE * BK):
+            c_g = tl.zeros([BN, BM], dtype=tl.float32)
+            c_u = tl.zeros([BN, BM], dtype=tl.float32)
+            for kk in range(kc, tl.minimum(kc + PROMOTE * BK, k_len), BK):
+                a = act_tile(x_ptr, token, row_ok, k_first + kk, k_end, stride_xt, E4M3, INTERP, BM, BK)
+                c_g, c_u = gate_up_mma(c_g, c_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k_first + kk, I, N16, k64_end,
+                                       FOLD, E4M3, INTERP, BM, BN, BK)
+            acc_g += c_g
+            acc_u += c_u
+    elif E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
         acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
         acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
         k_end = tl.minimum(k_first + k_len, H)  # a split's second step may pass its range: masked, not the next
@@ -266,6 +278,7 @@ def _stage1_kernel(
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
     INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, E4M3: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TAIL: tl.constexpr,
+    PROMOTE: tl.constexpr,
 ):
     """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
     affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
@@ -284,19 +297,19 @@ def _stage1_kernel(
         _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
                      expert, pid_m * BM, BM, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,
                      stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH, ACT, HAS_BIAS,
-                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK)
+                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
     else:
         kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
         if kind == 1:
             _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt,
                          stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH,
-                         ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK)
+                         ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
         elif kind == 2:
             _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, TAIL, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64,
                          stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
-                         TOPK, PATH, ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, TAIL, BN, BK)
+                         TOPK, PATH, ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, TAIL, BN, BK, PROMOTE)
 
 
 def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torch.Tensor:
@@ -375,7 +388,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
-        TAIL=cfg.tail_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch_options(),
     )
     if defer:
         quantize_input(dst, x.path, bf16=True, out=out)
