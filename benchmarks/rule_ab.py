@@ -64,11 +64,11 @@ def _time_point(p, path, t: int, variants, rounds: int, flush):
     # One untimed replay series of the first variant: the first timing of a process ran 2-7% slow on the H100
     # (clocks ramping up from idle; results/h100/2026-12-06_decode_levers_ab_9ffc544.log, "warm" against "base").
     with _constants(variants[0][1]):
-        graph_median_us(layer_call(p, path, default_config(p.shape, path, t)), flush)
+        graph_median_us(layer_call(p, path, default_config(p.shape, path, t, e4m3=p.weights.e4m3)), flush)
     for _ in range(rounds):
         for name, sets in variants:
             with _constants(sets):
-                cfg = default_config(p.shape, path, t)
+                cfg = default_config(p.shape, path, t, e4m3=p.weights.e4m3)
                 fn = layer_call(p, path, cfg)
                 out = fn().float()
                 ref = out if ref is None else ref
@@ -80,7 +80,7 @@ def _time_point(p, path, t: int, variants, rounds: int, flush):
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("points", nargs="+", help="model:T[:path]")
+    ap.add_argument("points", nargs="+", help="model:T[:path[:e4m3]] (e4m3: a8w4 weights with their e4m3 layout)")
     ap.add_argument("--variant", action="append", required=True, help="name:CONST=int,CONST=int (empty: as is)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--csv", default=None)

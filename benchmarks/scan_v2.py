@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
 import sys
 
@@ -38,10 +39,16 @@ def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
 
 
 def point_problem(spec: str):
-    """"model:T[:path]" -> (model, T, path, its problem on the GPU, seeded by T)."""
+    """"model:T[:path[:e4m3]]" -> (model, T, path, its problem on the GPU, seeded by T); `e4m3` (a8w4) builds the
+    weights' e4m3 layout too, so the default config takes the e4m3 stage where the heuristic does."""
     model, t, *rest = spec.split(":")
     t, path = int(t), Path(rest[0] if rest else "a16w4")
-    return model, t, path, make_problem(MODELS[model], path, t, seed=t, device="cuda")
+    p = make_problem(MODELS[model], path, t, seed=t, device="cuda")
+    if rest[1:] == ["e4m3"]:
+        p = dataclasses.replace(p, weights=p.weights.with_e4m3())
+    elif rest[1:]:
+        raise SystemExit(f"point {spec!r}: expected model:T[:path[:e4m3]]")
+    return model, t, path, p
 
 
 def layer_call(p, path: Path, cfg: MoEConfig):
@@ -89,7 +96,7 @@ def main(argv: list[str]) -> None:
     rows = []
     for spec in args.points:
         model, t, path, p = point_problem(spec)
-        base = default_config(p.shape, path, t)
+        base = default_config(p.shape, path, t, e4m3=p.weights.e4m3)
         ref = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, base).float()
         cands = [("base", base)]
         if args.stage in (None, 1):
