@@ -52,10 +52,7 @@ def guardrail(
 ) -> None:
     """Run patched vs reference model graphs (GPT-OSS / DeepSeek-V3) and check logits_diff <= 0.01; exit 1 on
     any failure. With --campaign, one run per winning config, recorded in the ledger."""
-    _check_options(campaign, ledger, baseline, config_dir, e4m3, path)
-    if e4m3_stage is not None and (not e4m3 or e4m3_stage not in (1, 2)):
-        raise typer.BadParameter(f"--e4m3-stage {e4m3_stage}: takes 1 or 2, with --e4m3")
-    stages = (1, 2) if e4m3_stage is None else (e4m3_stage,)
+    stages = _check_options(campaign, ledger, baseline, config_dir, shape, e4m3, path, e4m3_stage)
     use_interpreter_without_gpu()
     from mxmoe.tuning.guardrail import run as g
 
@@ -69,8 +66,6 @@ def guardrail(
     else:
         from mxmoe.tuning.ledger.store import Ledger
 
-        if shape is not None:
-            raise typer.BadParameter("--shape and --campaign exclude each other: the sweep rows name the shape")
         with Ledger.open(ledger or DEFAULT_LEDGER) as led:
             known = {c.name for c in led.campaigns()}
             for name in (campaign, baseline):
@@ -92,11 +87,16 @@ def guardrail(
         raise typer.Exit(1)
 
 
-def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | None,
-                   config_dir: FsPath | None, e4m3: bool, path: Path) -> None:
-    """The options that only make sense together (or apart), refused before anything is built or run."""
+def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | None, config_dir: FsPath | None,
+                   shape: str | None, e4m3: bool, path: Path, e4m3_stage: int | None) -> tuple[int, ...]:
+    """The options that only make sense together (or apart), refused before anything is built or run; returns the
+    stages --e4m3 forces."""
+    if campaign is not None and shape is not None:
+        raise typer.BadParameter("--shape and --campaign exclude each other: the sweep rows name the shape")
     if e4m3 and (campaign is not None or path is not Path.A8W4):
         raise typer.BadParameter("--e4m3 forces a8w4's stages onto e4m3: it needs --path a8w4 and no --campaign")
+    if e4m3_stage is not None and (not e4m3 or e4m3_stage not in (1, 2)):
+        raise typer.BadParameter(f"--e4m3-stage {e4m3_stage}: takes 1 or 2, with --e4m3")
     if campaign is not None and config_dir is not None:
         raise typer.BadParameter("--config-dir and --campaign exclude each other: a campaign names its configs")
     if campaign is None and baseline is not None:
@@ -105,6 +105,8 @@ def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | 
         raise typer.BadParameter("--ledger needs --campaign (only campaign runs are recorded)")
     if config_dir is not None and not config_dir.is_dir():
         raise typer.BadParameter(f"--config-dir {config_dir} is not a directory")
+    return (1, 2) if e4m3_stage is None else (e4m3_stage,)
+
 
 
 def _fmt(v: Any) -> str:
