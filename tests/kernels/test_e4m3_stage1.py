@@ -78,21 +78,16 @@ def test_e4m3_chains_take_every_k_step_once(split_k):
 def test_e4m3_promoted_chunks_take_every_k_step_once(monkeypatch):
     """rules.E4M3_PROMOTE_STEPS > 0: one chain per chunk of that many K steps, added into f32 totals. Chunks of 4
     that do not divide a split's steps (9 and 5 steps of 64 over 2 splits) must take each step once: the layer meets
-    the oracle and, the interpreter summing the e4m3 products in f32, equals the two-chain layer up to summation
-    order (one step lost or doubled moves the sums by about 1/9)."""
+    the oracle (one step lost or doubled moves the sums by about 1/9 of their size, far past the tolerance)."""
     promote, split_k = 4, 2
     from mxmoe.kernels import rules
 
     shape = MoEShape("k-odd", 4, 2, 576, 320, Activation.SILU)
     p = make_problem(shape, Path.A8W4, 9, seed=split_k)
     s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3, split_k=split_k)
-    run = lambda: moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4,  # noqa: E731
-                      MoEConfig(s1, s1)).float()
-    chains = run()
     monkeypatch.setattr(rules, "E4M3_PROMOTE_STEPS", promote)
-    out = run()
+    out = moe(p.hidden, p.weights.with_e4m3(), p.topk_ids, p.topk_weights, Path.A8W4, MoEConfig(s1, s1)).float()
     assert_close(out, p.reference(), path=Path.A8W4, stage="layer", name=f"promote={promote}/split_k={split_k}")
-    assert (out - chains).abs().max().item() <= 1e-2 * chains.abs().max().item()  # one bf16 rounding of the max
 
 
 def test_e4m3_needs_its_weights_path_and_stage():

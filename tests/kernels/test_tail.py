@@ -40,9 +40,12 @@ def _config(tail1: int, tail2: int, combine: Combine, split_k: int = 1) -> MoECo
     return MoEConfig(s.replace(tail_m=tail1, split_k=split_k), s.replace(tail_m=tail2, combine=combine))
 
 
-@pytest.mark.parametrize("path", [Path.A16W4, Path.A8W4], ids=lambda p: p.value)
-@pytest.mark.parametrize("combine", [Combine.ATOMIC, Combine.ROWS], ids=lambda c: c.value)
-@pytest.mark.parametrize("tails", [(16, 16), (32, 0), (0, 32), (16, 32)], ids=lambda t: f"t{t[0]}-t{t[1]}")
+CASES = [(Path.A16W4, Combine.ATOMIC, (16, 16)), (Path.A16W4, Combine.ROWS, (16, 16)),
+         (Path.A16W4, Combine.ATOMIC, (32, 0)), (Path.A16W4, Combine.ATOMIC, (0, 32)),
+         (Path.A8W4, Combine.ATOMIC, (16, 32)), (Path.A8W4, Combine.ROWS, (32, 0))]
+
+
+@pytest.mark.parametrize("path,combine,tails", CASES, ids=[f"{p.value}-{c.value}-t{t[0]}-t{t[1]}" for p, c, t in CASES])
 def test_tail_tiles_compute_every_row_once(path, combine, tails):
     p = _problem(path)
     run = lambda cfg: moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg).float()  # noqa: E731
