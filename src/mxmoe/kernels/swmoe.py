@@ -208,9 +208,10 @@ def _stage1_rows(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
+    if E4M3:  # the e4m3 forms' K bound: a split's second step may pass its range: masked, not the next split's
         k_end = tl.minimum(k_first + k_len, H)
         k64_end = tl.cdiv(k_end, 64)
+    if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
         for kc in range(0, k_len, PROMOTE * BK):
             c_g = tl.zeros([BN, BM], dtype=tl.float32)
             c_u = tl.zeros([BN, BM], dtype=tl.float32)
@@ -223,8 +224,6 @@ def _stage1_rows(
     elif E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
         acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
         acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
-        k_end = tl.minimum(k_first + k_len, H)  # a split's second step may pass its range: masked, not the next
-        k64_end = tl.cdiv(k_end, 64)
         for kk in range(0, k_len, 2 * BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, k_end, stride_xt, E4M3, INTERP, BM, BK)
@@ -293,19 +292,17 @@ def _stage1_kernel(
     if pid_m * G >= tl.load(num_padded_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    if TAIL == 0:
-        _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
-                     expert, pid_m * BM, BM, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,
-                     stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH, ACT, HAS_BIAS,
-                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
+    if TAIL == 0:  # every block is one BM tile
+        kind, rows = 1, BM
     else:
         kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
-        if kind == 1:
-            _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
-                         ts_ptr, expert, pid_m * TAIL, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt,
-                         stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH,
-                         ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
-        elif kind == 2:
+    if kind == 1:
+        _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
+                     expert, pid_m * G, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,
+                     stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH, ACT, HAS_BIAS,
+                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
+    if TAIL > 0:  # noqa: SIM102 -- TAIL is a constexpr (no TAIL-row tile is built without it), kind a runtime value
+        if kind == 2:
             _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, TAIL, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64,
                          stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,

@@ -55,9 +55,10 @@ def _stage2_rows(
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     n16_0 = pid_n * (BN // 16)
-    if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
+    if E4M3:  # the e4m3 forms' K bound (as in stage 1)
         k_end = tl.minimum(k_first + k_len, I)
         k64_end = tl.cdiv(k_end, 64)
+    if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
         for kc in range(0, k_len, PROMOTE * BK):
             c = tl.zeros([BN, BM], dtype=tl.float32)
             for kk in range(kc, tl.minimum(kc + PROMOTE * BK, k_len), BK):
@@ -67,8 +68,6 @@ def _stage2_rows(
             acc += c
     elif E4M3:  # two accumulator chains, even and odd K steps (swmoe.weight_mma: CHAINS_WHY)
         acc2 = tl.zeros([BN, BM], dtype=tl.float32)
-        k_end = tl.minimum(k_first + k_len, I)
-        k64_end = tl.cdiv(k_end, 64)
         for kk in range(0, k_len, 2 * BK):
             k0 = k_first + kk
             a = act_tile(h_ptr, rows, row_ok, k0, k_end, stride_hp, E4M3, INTERP, BM, BK)
@@ -133,19 +132,17 @@ def _stage2_kernel(
     if pid_m * G >= num_padded:
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    if TAIL == 0:
-        _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
-                     ts_ptr, expert, pid_m * BM, BM, pid_n, num_n, num_padded // BM, num_pairs, T, H, I, N16, K64,
-                     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK,
-                     HAS_BIAS, FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK, PROMOTE)
+    if TAIL == 0:  # every block is one BM tile
+        kind, rows = 1, BM
     else:
         kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
-        if kind == 1:
-            _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
-                         ts_ptr, expert, pid_m * TAIL, rows, pid_n, num_n, 0, num_pairs, T, H, I, N16, K64, stride_hp,
-                         stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK, HAS_BIAS,
-                         FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK, PROMOTE)
-        elif kind == 2:
+    if kind == 1:
+        _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
+                     ts_ptr, expert, pid_m * G, rows, pid_n, num_n, num_padded // BM, num_pairs, T, H, I, N16, K64,
+                     stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK,
+                     HAS_BIAS, FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK, PROMOTE)
+    if TAIL > 0:  # noqa: SIM102 -- TAIL is a constexpr (no TAIL-row tile is built without it), kind a runtime value
+        if kind == 2:
             _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, TAIL, pid_n, num_n, 0, num_pairs, T, H, I, N16, K64, stride_hp,
                          stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK, HAS_BIAS,
