@@ -115,9 +115,16 @@ E4M3_MIN_HIDDEN = 4096
 # T=4096 / 8192 / 32768 1.080 / 1.114 / 1.051x, kimi-k2 T=4096 1.063x, gpt-oss-120b T=4096 1.081x. Stage 1 lost
 # with the same tiles (0.93-0.99x but deepseek-v3 T=4096 1.065x): it keeps BLOCK_M's plan, so the layer aligns
 # twice (a second align launch, ~20 us at these T against 2.6-19 ms of stage 2). Not measured as a whole layer,
-# nor with the rows combine (the TP8 shapes) or BLOCK_M 64.
+# nor with the rows combine (the TP8 shapes) or BLOCK_M 64. The tail is half the block (TAIL_M at BLOCK_M 128);
+# TAIL_STAGE1 (1: stage 1 takes the same tail, so both share one plan), TAIL_WITH_ROWS (1: beside the rows
+# combine too) and a lower TAIL_BLOCK_M are the levers the whole-layer A/B (benchmarks/rule_ab.py) flips.
 TAIL_BLOCK_M = 128
 TAIL_M = 64
+TAIL_STAGE1 = 0
+TAIL_WITH_ROWS = 0
+# BLOCK_M 64 up to this many rows per hit expert, then 128 (with its tail tiles, a 48-64-row expert runs one
+# 64-row tile where BLOCK_M 64 ran one or two).
+BM64_MAX_ROWS = 64
 
 
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
@@ -186,25 +193,29 @@ def _v2_stage(n: int, k: int, block_m: int, prefer_n_per_warp: int, stage: int) 
 def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = False) -> MoEConfig:
     """The v2 kernels' baseline (mma=wgmma, GPU and interpreter alike).
 
-    BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64, then 128): the token
-    rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per warp and
-    K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4 stages up
-    to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
+    BLOCK_M by rows per hit expert as the peer picks it (16 up to 8 rows, 32 to 16, 64 to 64 (BM64_MAX_ROWS), then
+    128): the token rows are the MMA's N side, so a decode block pads only to 16. Weight rows (the MMA's M): 16 per
+    warp and K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4
+    stages up to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
     SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER), else with
-    tail tiles at BLOCK_M 128 (TAIL_BLOCK_M, TAIL_M). `e4m3` (the
+    tail tiles from BLOCK_M 128 (TAIL_BLOCK_M, TAIL_M, TAIL_STAGE1, TAIL_WITH_ROWS). `e4m3` (the
     weights carry the e4m3 layout): a8w4 stage 1 on e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >=
     E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
-    block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= 64 else 128
+    block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= BM64_MAX_ROWS else 128
     s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16, 1)
     s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
-    if block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER:
+    rows_combine = block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER
+    if rows_combine:
         s2 = s2.replace(combine=Combine.ROWS)
-    elif block_m == TAIL_BLOCK_M:
-        s2 = s2.replace(tail_m=TAIL_M)
+    if block_m >= TAIL_BLOCK_M and (TAIL_WITH_ROWS or not rows_combine):
+        tail = TAIL_M * block_m // 128
+        s2 = s2.replace(tail_m=tail)
+        if TAIL_STAGE1:
+            s1 = s1.replace(tail_m=tail)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
         ctas = hit * -(-shape.inter // s1.block_n)
