@@ -109,21 +109,25 @@ ROWS_MAX_INTER = 512
 # are not measured. Stage 2 on e4m3 as well lost at the TP8 points (1.072 against 1.185x at deepseek-v3-tp8 8192).
 E4M3_MIN_BLOCK_M = 128
 E4M3_MIN_HIDDEN = 4096
-# Stage 2's tail tiles (TileConfig.tail_m; kernels/swmoe.py TAIL_WHY) at BLOCK_M TAIL_BLOCK_M with the atomic
-# combine: its plan aligned to 64 rows, an expert's one-block remainder on a 64-row tile. H100, stage 2 alone
-# (graph replay, its own plan, prototype at 1aafe28; results/h100/2026-12-07_session16_1aafe28.log): deepseek-v3
-# T=4096 / 8192 / 32768 1.080 / 1.114 / 1.051x, kimi-k2 T=4096 1.063x, gpt-oss-120b T=4096 1.081x. Stage 1 lost
-# with the same tiles (0.93-0.99x but deepseek-v3 T=4096 1.065x): it keeps BLOCK_M's plan, so the layer aligns
-# twice (a second align launch, ~20 us at these T against 2.6-19 ms of stage 2). Not measured as a whole layer,
-# nor with the rows combine (the TP8 shapes) or BLOCK_M 64. The tail is half the block (TAIL_M at BLOCK_M 128);
-# TAIL_STAGE1 (1: stage 1 takes the same tail, so both share one plan), TAIL_WITH_ROWS (1: beside the rows
-# combine too) and a lower TAIL_BLOCK_M are the levers the whole-layer A/B (benchmarks/rule_ab.py) flips.
-TAIL_BLOCK_M = 128
+# Tail tiles (TileConfig.tail_m; kernels/swmoe.py TAIL_WHY), half the block (TAIL_M at BLOCK_M 128): the plan
+# aligned to the tail, an expert's one-block remainder on a tail tile. Whole layer on the H100 (rule_ab, graph
+# replay, L2 flushed, two rounds, 14d8168; results/h100/2026-12-07_tail_ab_{prefill,cross}_14d8168.csv and the
+# session17a log), against no tails:
+# - stage 2 at BLOCK_M 128: deepseek-v3 T=4096 / 8192 1.009 / 1.019x, gpt-oss-120b T=4096 1.030x, gpt-oss-20b
+#   T=2048 1.021x, kimi-k2 T=4096 1.085x (one noisy round);
+# - stage 1 too at BLOCK_M 128 lost on the full shapes (gpt-oss-120b T=4096 0.924x, gpt-oss-20b T=2048 / 1024
+#   0.939 / 0.972x, kimi-k2 T=4096 0.955x) but for deepseek-v3 (T=4096 1.062x), hence TAIL_STAGE1_MAX_BLOCK_M;
+# - both stages beside the rows combine (the TP8 shapes, BLOCK_M 128): deepseek-v3-tp8 T=4096 1.032x,
+#   deepseek-v4-tp8 T=8192 1.028x (TAIL_WITH_ROWS);
+# - both stages at BLOCK_M 64 (tail 32): gpt-oss-20b T=512 1.008x, deepseek-v3 / gpt-oss-120b / kimi-k2 /
+#   gpt-oss-3072 T=2048 1.077 / 1.056 / 1.021 / 1.056x (TAIL_BLOCK_M 64).
+# BLOCK_M 128 from 48 rows (BM64_MAX_ROWS 48, tails on both stages) won deepseek-v3 T=2048 (1.154x) but lost
+# gpt-oss-20b T=512 (0.889x): kept at 64. rule_ab flips these constants (1000 / 0: off).
+TAIL_BLOCK_M = 64
 TAIL_M = 64
-TAIL_STAGE1 = 0
-TAIL_WITH_ROWS = 0
-# BLOCK_M 64 up to this many rows per hit expert, then 128 (with its tail tiles, a 48-64-row expert runs one
-# 64-row tile where BLOCK_M 64 ran one or two).
+TAIL_STAGE1_MAX_BLOCK_M = 64
+TAIL_WITH_ROWS = 1
+# BLOCK_M 64 up to this many rows per hit expert, then 128.
 BM64_MAX_ROWS = 64
 
 
@@ -198,10 +202,10 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     warp and K step in stage 1 (gate + up, two tiles: 128 rows a CTA at 4 warps), 32 in stage 2; BLOCK_K 128; 4
     stages up to BLOCK_M 64, then 3. Decode (BLOCK_M 16) splits stage 1's K by `few_pairs_split` up to SPLIT_K_FEW_PAIRS
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
-    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER), else with
-    tail tiles from BLOCK_M 128 (TAIL_BLOCK_M, TAIL_M, TAIL_STAGE1, TAIL_WITH_ROWS). `e4m3` (the
-    weights carry the e4m3 layout): a8w4 stage 1 on e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >=
-    E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`.
+    SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER). From BLOCK_M
+    64 stage 2 takes tail tiles of half the block (TAIL_BLOCK_M), and stage 1 too at BLOCK_M 64 and beside the rows
+    combine (TAIL_STAGE1_MAX_BLOCK_M, TAIL_WITH_ROWS). `e4m3` (the weights carry the e4m3 layout): a8w4 stage 1 on
+    e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >= E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`.
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
@@ -214,7 +218,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     if block_m >= TAIL_BLOCK_M and (TAIL_WITH_ROWS or not rows_combine):
         tail = TAIL_M * block_m // 128
         s2 = s2.replace(tail_m=tail)
-        if TAIL_STAGE1:
+        if block_m <= TAIL_STAGE1_MAX_BLOCK_M or rows_combine:
             s1 = s1.replace(tail_m=tail)
     if block_m == 16:
         hit = min(shape.experts, tokens * shape.topk)
@@ -238,8 +242,8 @@ def on_e4m3(shape: MoEShape, stage: int, tile: TileConfig) -> TileConfig:
     M128N128 w8 becomes M64N128 w8 (sm_90: 245 registers, no spill, where M128N128 spilled 160 words)."""
     cfg = tile.replace(mma=Mma.WGMMA_E4M3)
     while getattr(legality.check(shape, Path.A8W4, stage, cfg, legality.H100), "reason", None) is REG_PRESSURE:
-        if cfg.block_m > 16:  # a tail tile halves with the block, or goes where it would be below the MMA tile
-            tail = cfg.tail_m // 2 if cfg.tail_m // 2 >= 16 else 0
+        if cfg.block_m > 16:  # the tail stays while below the halved block: the plan's rows do not change
+            tail = cfg.tail_m if cfg.tail_m < cfg.block_m // 2 else 0
             cfg = cfg.replace(block_m=cfg.block_m // 2, tail_m=tail)
         elif cfg.block_n > 16:
             cfg = cfg.replace(block_n=cfg.block_n // 2)
