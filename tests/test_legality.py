@@ -280,9 +280,9 @@ def test_register_model_counts_two_accumulators_in_stage_1():
 # candidate spaces
 
 
-# Tail tiles: the default space's stage 2 takes tail_m 64 at BLOCK_M 128 (a quarter of its 512 tiles: +128); the wide
-# space takes 32 and 64 wherever they are below BLOCK_M (none, none, one, two, two extra at BLOCK_M 16-256: x2).
-@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 256), (2, "default", 640),
+# Tail tiles: both spaces take 32 and 64 wherever they are below BLOCK_M (none, none, one, two extra at BLOCK_M
+# 16-128: the default space's 256 / 512 tiles a stage x 7/4; the wide space's BLOCK_M 256 two more: x2).
+@pytest.mark.parametrize(("stage", "name", "size"), [(1, "default", 448), (2, "default", 896),
                                                      (1, "wide", 15360), (2, "wide", 23040)])
 def test_space_sizes_order_and_uniqueness(stage, name, size):
     space = candidate_space(stage, Path.A16W4, name)  # a8w4's stage 1 doubles it (tests/kernels/test_e4m3_stage1.py)

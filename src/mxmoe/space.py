@@ -15,15 +15,15 @@ decides what a given problem can launch and records why the rest cannot.
 | mma         | wgmma             | wgmma                         |
 | stage 1 (combine, split_k) | (atomic, 1), (atomic, 4) | (atomic, 1/2/4/8) |
 | stage 2 (combine, split_k) | (atomic, 1), (slots, 1), (atomic, 4) | (atomic, 1/2/4/8), (slots, 1) |
-| tail_m (stage 1 / stage 2) | 0 / 0, 64      | 0, 32, 64 / 0, 32, 64         |
+| tail_m (stage 1 / stage 2) | 0, 32, 64 / 0, 32, 64 | 0, 32, 64 / 0, 32, 64 |
 
 Stage 1 has only the atomic combine value: its output is one row per pair, and its split-K partial sums meet
 (in the last split to arrive) before the fused activation. Here split_k > 1 only pairs with the atomic combine:
 the v2 kernels also take slots with split_k > 1 (a slot row per split), which measured slower at decode
 (heuristic.SLOTS_MAX_ROWS). The baseline (`heuristic.default_config`) is not guaranteed to
 be in a space (its prefill stage 2 takes BLOCK_M=256, its tiny-shape BLOCK_K 64): a sweep adds it. A tail_m is
-only paired with a BLOCK_M above it (TileConfig.tail_m; the default space's stage 2 takes 64, where the H100
-measured it, heuristic.TAIL_M), and legality drops it beside the slots combine.
+only paired with a BLOCK_M above it (TileConfig.tail_m; the default space takes the tails the heuristic takes,
+where the H100 measured them, heuristic.TAIL_*), and legality drops it beside the slots combine.
 
 Order: sorted by `space_sort_key` (block_m, block_n, block_k, group_m, num_warps, num_stages,
 mma value, combine value, split_k, tail_m), so a space is identical across processes and releases.
@@ -73,7 +73,8 @@ RANGES: dict[str, SpaceRanges] = {
         mma=_MMAS,
         stage1_combine_split=((Combine.ATOMIC, 1), (Combine.ATOMIC, 4)),
         stage2_combine_split=((Combine.ATOMIC, 1), (Combine.SLOTS, 1), (Combine.ROWS, 1), (Combine.ATOMIC, 4)),
-        stage2_tail=(0, 64),
+        stage1_tail=(0, 32, 64),
+        stage2_tail=(0, 32, 64),
     ),
     "wide": SpaceRanges(
         block_m=(16, 32, 64, 128, 256),
