@@ -44,7 +44,8 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct_preload
+from mxmoe.kernels.prefetch import l2_prefetch
+from mxmoe.kernels.rules import direct_prefetch, direct_preload
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -117,10 +118,10 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
 
 @triton.jit
 def _direct1_kernel(
-    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
-    stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
+    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, w2_ptr, ws2_ptr, E, H, I, N16, K64, n_cnt,
+    stride_xt, stride_we, stride_wse, stride_ps, stride_pp, stride_w2e, stride_ws2e,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PF: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
@@ -134,6 +135,14 @@ def _direct1_kernel(
     token = tl.full([BM], 0, tl.int64) + pair // TOPK
     w_e = w_ptr + expert * stride_we
     ws_e = ws_ptr + expert * stride_wse
+    if PF != 0:  # each of the pair's CTAs asks L2 for its share of the expert's bytes (rules.DIRECT_PREFETCH)
+        share = pid_k * num_n + pid_n
+        if PF % 2 == 1:
+            l2_prefetch(w_e, stride_we, share, num_n * SPLIT_K, INTERP)
+            l2_prefetch(ws_e, stride_wse, share, num_n * SPLIT_K, INTERP)
+        if PF >= 2:
+            l2_prefetch(w2_ptr + expert * stride_w2e, stride_w2e, share, num_n * SPLIT_K, INTERP)
+            l2_prefetch(ws2_ptr + expert * stride_ws2e, stride_ws2e, share, num_n * SPLIT_K, INTERP)
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
@@ -257,7 +266,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
     [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
-    w = weights.w13_sw
+    w, w2 = weights.w13_sw, weights.w2_sw
     i, h, p = weights.inter, weights.hidden, plan.num_pairs
     part = torch.empty(cfg.split_k, p, 2 * i, dtype=torch.float32, device=x.data.device)
     if poison:
@@ -266,11 +275,12 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         return part
     cnt = plan.counters
     _direct1_kernel[(p * triton.cdiv(i, cfg.block_n), cfg.split_k)](
-        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
-        0 if cnt is None else cnt.numel(),
-        x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
-        TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps,
+        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, w2.data, w2.scales, plan.experts, h, i,
+        w.n16, w.k64, 0 if cnt is None else cnt.numel(),
+        x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1), w2.data.stride(0),
+        w2.scales.stride(0), TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(),
+        ZERO=cnt is not None, PF=direct_prefetch(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     return part
