@@ -132,22 +132,6 @@ def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("prefetch", [1, 2, 3])
-def test_l2_prefetch_changes_no_result_gpu(prefetch, monkeypatch):
-    """kernels/prefetch.py: stage 1's L2 prefetch (rules.DIRECT_PREFETCH) is a hint, so the layer is bit-equal to
-    the one without it; a prefetch past an expert's bytes would fault (the last expert is in the routing)."""
-    p = make_problem(MODELS["deepseek-v4-tp8"], Path.A16W4, 2, seed=4, device="cuda")
-    ids = p.topk_ids.clone()
-    if not (ids == p.shape.experts - 1).any():
-        ids[0, 0] = p.shape.experts - 1
-    run = lambda: moe(p.hidden, p.weights, ids, p.topk_weights, Path.A16W4).clone()  # noqa: E731
-    monkeypatch.setattr(rules, "DIRECT_PREFETCH", 0)
-    want = run()
-    monkeypatch.setattr(rules, "DIRECT_PREFETCH", prefetch)
-    assert torch.equal(run(), want)
-
-
-@pytest.mark.gpu
 def test_direct_layer_replays_new_inputs_in_a_cuda_graph(direct_on):
     """Captured once at T = 1, replayed on new ids, weights and hidden: the pre-wait reads of stage 2 see the new
     ids (the counters are zeroed by stage 1 on every replay)."""

@@ -21,6 +21,14 @@ result but no access out of bounds: such a pair reads expert 0 and stores nothin
 The layer plan takes it where `rules.runs_direct` (up to 32 pairs, inter at most 512: there it beat the sorted
 layer by 1.1-1.3x on the H100, and lost at gpt-oss's inter 2880; rules.py has the numbers). GPU twins in
 tests/kernels/test_direct.py (65 passed on the H100 at 9ffc544 with test_moe_gpu's tp8 and graph tests).
+
+Where the time goes (H100, deepseek-v4-tp8 T=1, 14d8168, results/h100/2026-12-07_session17a_14d8168.log): in a
+graph replay stage 1 runs 0-19.1 us and stage 2 0.9-27.6 us (layer 31 us with the launch); ncu, each alone: stage
+1 15.8 us, 392 CTAs of 8 K steps, 110 registers, DRAM 1.79 TB/s (54%), 0.56 issues a cycle per scheduler; stage
+2 13.4 us, 161 registers, so one of its CTAs fits an SM beside three of stage 1's and two thirds of its CTAs
+fetch their weights after stage 1 ends. Tried and dropped: each stage-1 CTA asking L2 for its share of the
+expert's bytes as it starts (`cp.async.bulk.prefetch.L2`: W13, W2 for stage 2, or both) lost at every direct
+point, 0.77-0.93x (0d72a8a, results/h100/2026-12-07_session17b_0d72a8a.log).
 """
 
 from __future__ import annotations
@@ -44,8 +52,7 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.prefetch import l2_prefetch
-from mxmoe.kernels.rules import direct_prefetch, direct_preload
+from mxmoe.kernels.rules import direct_preload
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -118,10 +125,10 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
 
 @triton.jit
 def _direct1_kernel(
-    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, w2_ptr, ws2_ptr, E, H, I, N16, K64, n_cnt,
-    stride_xt, stride_we, stride_wse, stride_ps, stride_pp, stride_w2e, stride_ws2e,
+    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
+    stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    PF: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
@@ -135,14 +142,6 @@ def _direct1_kernel(
     token = tl.full([BM], 0, tl.int64) + pair // TOPK
     w_e = w_ptr + expert * stride_we
     ws_e = ws_ptr + expert * stride_wse
-    if PF != 0:  # each of the pair's CTAs asks L2 for its share of the expert's bytes (rules.DIRECT_PREFETCH)
-        share = pid_k * num_n + pid_n
-        if PF % 2 == 1:
-            l2_prefetch(w_e, stride_we, share, num_n * SPLIT_K, INTERP)
-            l2_prefetch(ws_e, stride_wse, share, num_n * SPLIT_K, INTERP)
-        if PF >= 2:
-            l2_prefetch(w2_ptr + expert * stride_w2e, stride_w2e, share, num_n * SPLIT_K, INTERP)
-            l2_prefetch(ws2_ptr + expert * stride_ws2e, stride_ws2e, share, num_n * SPLIT_K, INTERP)
     n16_g = pid_n * (BN // 16)
     n16_u = (I + pid_n * BN) // 16
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
@@ -266,7 +265,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
     [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
-    w, w2 = weights.w13_sw, weights.w2_sw
+    w = weights.w13_sw
     i, h, p = weights.inter, weights.hidden, plan.num_pairs
     part = torch.empty(cfg.split_k, p, 2 * i, dtype=torch.float32, device=x.data.device)
     if poison:
@@ -275,12 +274,11 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         return part
     cnt = plan.counters
     _direct1_kernel[(p * triton.cdiv(i, cfg.block_n), cfg.split_k)](
-        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, w2.data, w2.scales, plan.experts, h, i,
-        w.n16, w.k64, 0 if cnt is None else cnt.numel(),
-        x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1), w2.data.stride(0),
-        w2.scales.stride(0), TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(),
-        ZERO=cnt is not None, PF=direct_prefetch(), SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, num_warps=cfg.num_warps,
+        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
+        0 if cnt is None else cnt.numel(),
+        x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
+        TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
+        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     return part

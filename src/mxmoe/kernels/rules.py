@@ -74,14 +74,6 @@ DIRECT_MAX_PAIRS = 32
 DIRECT_MAX_INTER = 512
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
-# What each direct stage-1 CTA asks L2 for as it starts (kernels/prefetch.py): 0 nothing, 1 its share of the
-# pair's expert in W13, 2 its share of that expert in W2 (read by stage 2), 3 both. Not measured yet.
-DIRECT_PREFETCH = 0
-
-
-def direct_prefetch() -> int:
-    """DIRECT_PREFETCH, read at each launch (so an A/B that sets the constant takes effect)."""
-    return DIRECT_PREFETCH
 
 
 def direct_preload(steps: int) -> int:
