@@ -34,8 +34,12 @@ step_state() {
 }
 
 step_kernel_tests() {
-  stamp "kernel tests (pytest -m gpu, 8 xdist workers: their compiles overlap)"
-  timeout "${TESTS_S:-150}" python3 -m pytest -m gpu -v -n 8 -p no:cacheprovider -rfE --durations=20 tests \
+  # 4 xdist workers: their compiles overlap. Each worker keeps one full-size Problem alive (test_moe_gpu's
+  # `problems`, up to kimi-k2's weights); at 8 workers the H100 run at 0d72a8a failed 108 of 247 tests, all names
+  # the log kept in decode split-K tests whose configs had not changed (out of GPU memory suspected, the log's
+  # error text was cut); at 4 the same suite ran 88% in 170 s without a failure (14d8168).
+  stamp "kernel tests (pytest -m gpu, 4 xdist workers)"
+  timeout "${TESTS_S:-300}" python3 -m pytest -m gpu -v -n 4 -p no:cacheprovider -rfE --durations=20 tests \
     --ignore=tests/tuning/test_measure_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
   stamp "timing tests alone on the GPU (they skip themselves beside other work)"
   timeout 120 python3 -m pytest -m gpu -v -p no:cacheprovider -rA tests/tuning/test_measure_gpu.py 2>&1 \

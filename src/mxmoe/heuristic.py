@@ -121,6 +121,9 @@ E4M3_MIN_HIDDEN = 4096
 #   deepseek-v4-tp8 T=8192 1.028x (TAIL_WITH_ROWS);
 # - both stages at BLOCK_M 64 (tail 32): gpt-oss-20b T=512 1.008x, deepseek-v3 / gpt-oss-120b / kimi-k2 /
 #   gpt-oss-3072 T=2048 1.077 / 1.056 / 1.021 / 1.056x (TAIL_BLOCK_M 64).
+# Confirmed at 0d72a8a (results/h100/2026-12-07_tail_confirm_0d72a8a.csv), this rule against the previous one
+# (stage 2 at BLOCK_M 128 alone): deepseek-v3-tp8 T=1024 1.052x, deepseek-v4-tp8 T=2048 1.095x, kimi-k2-tp8 T=8192
+# 1.082x, gpt-oss-120b a8w4 T=2048 1.044x, deepseek-v3-tp8 a4w4 T=2048 1.078x; lost kimi-k2-tp8 T=2048 (0.953x).
 # BLOCK_M 128 from 48 rows (BM64_MAX_ROWS 48, tails on both stages) won deepseek-v3 T=2048 (1.154x) but lost
 # gpt-oss-20b T=512 (0.889x): kept at 64. rule_ab flips these constants (1000 / 0: off).
 TAIL_BLOCK_M = 64
