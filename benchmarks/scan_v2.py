@@ -2,8 +2,8 @@
 
     PYTHONPATH=src python3 benchmarks/scan_v2.py gpt-oss-20b:4096 deepseek-v3:64 --csv out.csv
 
-Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M, tail_m
-(or with `--levers finish` split_k and the stage-2 combine; `--levers none` times the heuristic alone). Each
+Each stage is varied alone (the other kept at the heuristic's): warps, BLOCK_N, BLOCK_K, stages, BLOCK_M, tail_m,
+group_m (or with `--levers finish` split_k and the stage-2 combine; `--levers none` times the heuristic alone). Each
 variant's output is checked against the heuristic's (same numerics up to fp32 summation order). Prints the ranking
 per point; never asserts. Needs a GPU.
 """
@@ -81,6 +81,10 @@ def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
     out += [c.replace(block_k=k) for k in (64, 128, 256)]
     out += [c.replace(block_m=m, tail_m=c.tail_m if c.tail_m < m else 0) for m in (16, 32, 64, 128) if m != c.block_m]
     out += [c.replace(tail_m=t) for t in (0, 32, 64) if t < c.block_m]  # tail tiles (TileConfig.tail_m)
+    # GROUP_M counts plan blocks, which tails make BLOCK_M / tail_m times as many: the same grouping of tiles
+    # takes group_m scaled by that (is the stage-1 loss with tails at BLOCK_M 128 the halved grouping?)
+    out += [c.replace(tail_m=t, group_m=c.group_m * (c.block_m // t)) for t in (32, 64) if t < c.block_m]
+    out += [c.replace(group_m=g) for g in (1, 4, 8, 16)]
     return list(dict.fromkeys(v for v in out if v != c))
 
 
