@@ -102,7 +102,7 @@ def test_e4m3_stage1_rule():
         bf16, e4 = default_config(shape, Path.A8W4, t), default_config(shape, Path.A8W4, t, e4m3=True)
         assert bf16.stage1.block_m == 128 and shape.hidden >= E4M3_MIN_HIDDEN
         assert e4.stage1 == bf16.stage1.replace(mma=Mma.WGMMA_E4M3, block_m=64, tail_m=0) and e4.stage2 == bf16.stage2
-        assert e4.stage1.plan_rows == bf16.stage2.plan_rows, model  # one plan for both stages, as with bf16
+        assert e4.stage1.plan_rows == bf16.stage2.plan_rows, model  # stage 1 on e4m3 reads stage 2's plan: one align
     for model, path, t in (("gpt-oss-120b", Path.A8W4, 16384), ("deepseek-v3", Path.A16W4, 4096),
                            ("deepseek-v3", Path.A4W4, 4096), ("deepseek-v3-tp8", Path.A8W4, 512)):
         cfg = default_config(MODELS[model], path, t, e4m3=True)
