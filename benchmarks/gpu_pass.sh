@@ -2,8 +2,8 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk pack (WARM=0: the benches skip
-# their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
+# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b pack (WARM=0:
+# the benches skip their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
 # and delete .gitc again once the call is back.
 set -u
@@ -236,6 +236,20 @@ step_splitk() {
   timeout "${SCAN_S:-240}" python3 benchmarks/scan_splitk.py --model "$models" --path "${SCAN_PATHS:-a16w4}" \
     --tokens "${SCAN_TOKENS:-1,4,16}" --max-time-s 0.3 --csv "$OUT/splitk.csv" 2>&1 | tee "$OUT/splitk.log"
 }
+
+step_grid() {
+  # Issue 21's side-by-side grid (benchmarks/vs_peer.py; the peer carried as .peers) over GRID_T on GRID_PATH.
+  # One call holds about half the grid: run grid_a and grid_b in two calls, then here merge their CSVs with
+  # `python benchmarks/vs_peer_merge.py A.csv B.csv -o results/<device>/<date>_vs_peer_<commit>.csv`.
+  # MXMOE_COMMIT names the tree in the CSV (the device's own git is stale unless .gitc was swapped in).
+  stamp "vs_peer grid: T=$GRID_T ${GRID_PATH:-a16w4} commit ${MXMOE_COMMIT:-(git)}"
+  PYTHONPATH=src:.peers:${PYTHONPATH:-} timeout "$(( ${GRID_DEADLINE_S:-420} + 60 ))" python3 benchmarks/vs_peer.py \
+    --model all --tokens "$GRID_T" --path "${GRID_PATH:-a16w4}" --scope experts --max-time-s 0.5 \
+    --deadline-s "${GRID_DEADLINE_S:-420}" --out-dir "$OUT" 2>&1 | tee "$OUT/vs_peer.log" | grep -v "^ *$" | tail -16
+}
+
+step_grid_a() { GRID_T=16,256,4096,32768 step_grid; }
+step_grid_b() { GRID_T=1,2,4,8,32,64,128,512,1024,2048,8192,16384 step_grid; }
 
 step_pack() {
   # At most 8 files come back from the device: each per-GPU folder travels as one archive.
