@@ -81,16 +81,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _commit() -> str:
-    """MXMOE_COMMIT when set (the device machine's copy of the tree has no .git of this checkout), else git's."""
+def _commit(repo: FsPath = REPO) -> str:
+    """MXMOE_COMMIT when set (the device machine's copy of the tree has no .git of this checkout), else git's, with
+    "-dirty" when tracked files differ from it: a stale .git under a newer tree (the device's, session 17: its CSV
+    said 471f910 for a run of 0d72a8a) must not name a commit the run did not have."""
     if os.environ.get("MXMOE_COMMIT"):
         return os.environ["MXMOE_COMMIT"][:7]
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+        head, status = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "nogit"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "nogit"
+    if head.returncode != 0 or not head.stdout.strip():
+        return "nogit"
+    return head.stdout.strip() + ("-dirty" if status.returncode != 0 or status.stdout.strip() else "")
 
 
 def _device_slug(name: str) -> str:

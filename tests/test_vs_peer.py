@@ -52,3 +52,26 @@ def test_device_slug():
     slug = load("vs_peer")._device_slug
     assert slug("NVIDIA H100 80GB HBM3") == "h100"
     assert slug("NVIDIA H200") == "h200"
+
+
+def test_commit_names_a_tree_that_differs_from_git_as_dirty(tmp_path, monkeypatch):
+    """vs_peer's commit column: MXMOE_COMMIT first; else git's short commit, "-dirty" when a tracked file differs
+    (the device's stale .git under a newer tree); "nogit" outside a repository."""
+    import subprocess
+
+    commit = load("vs_peer")._commit
+    monkeypatch.delenv("MXMOE_COMMIT", raising=False)
+    assert commit(tmp_path) == "nogit"
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "k.py").write_text("a = 1\n")
+    git("add", "k.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "k")
+    clean = commit(tmp_path)
+    assert len(clean) >= 7 and not clean.endswith("-dirty")
+    (tmp_path / "untracked.txt").write_text("not part of the tree git names\n")
+    assert commit(tmp_path) == clean
+    (tmp_path / "k.py").write_text("a = 2\n")
+    assert commit(tmp_path) == clean + "-dirty"
+    monkeypatch.setenv("MXMOE_COMMIT", "0123456789abcdef")
+    assert commit(tmp_path) == "0123456"
