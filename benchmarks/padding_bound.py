@@ -5,9 +5,16 @@ tiles. Under make_problem's routing draws (same seed as vs_peer.py: seed = T), t
 
     pad_eff(BLOCK_M) = sum_e n_e / sum_e BLOCK_M * ceil(n_e / BLOCK_M)
 
+(with tail tiles an expert's remainder of at most tail_m rows costs tail_m rows instead of BLOCK_M; the layer's
+pad_eff weights the heuristic's two stages by their MMA work, 2/3 and 1/3)
+
 and a kernel whose tiles run at a fraction f of the dense bf16 rate reaches at most f * pad_eff of it on the layer.
 Given a vs_peer.py CSV, each point's roofline / pad_eff is the f the kernel reached on the rows it computed (where
 the compute floor is the larger floor; points bound by the memory floor are marked).
+
+At the 0d72a8a grid with the tail rule (results/h100/2026-12-07_padding_bound_0d72a8a.txt): layer pad_eff at T =
+4096 is 0.67-0.89 and roof/pad still 0.65-0.72 at every full-expert prefill point, so even without any padding
+T = 4096-8192 would sit at 0.65-0.72 x pad_eff: issue 21's 0.60 there needs a faster main loop, not only tails.
 
 Why it matters (H100, vs_peer grid at 47d08b3): on the full-expert shapes from T = 4096 up, roofline / pad_eff is
 0.64-0.72 at every point, the same as at T = 32768 where padding is under 6%: the prefill gap at T = 4096
@@ -37,12 +44,30 @@ REAL = ("gpt-oss-20b", "gpt-oss-120b", "deepseek-v3", "kimi-k2", "deepseek-v3-tp
         "gpt-oss-3072")
 
 
-def pad_eff(counts: torch.Tensor, block_m: int) -> float:
-    """Useful rows over computed rows for per-expert row counts `counts` at tile height `block_m` (1.0 with no
-    rows: nothing is computed)."""
-    rows = int(counts.sum())
-    padded = int(((counts + block_m - 1) // block_m * block_m).sum())
-    return rows / padded if padded else 1.0
+def computed_rows(counts: torch.Tensor, block_m: int, tail_m: int = 0) -> int:
+    """Rows a stage computes for per-expert row counts `counts`: whole BLOCK_M tiles, and with tail tiles
+    (TileConfig.tail_m, kernels/swmoe.py tile_of) a remainder of at most tail_m rows on one tail_m-row tile, a
+    longer one on one BLOCK_M tile."""
+    whole = counts // block_m * block_m
+    rem = counts - whole
+    last = torch.where(rem == 0, 0, torch.where(rem <= tail_m, tail_m, block_m)) if tail_m else \
+        torch.where(rem == 0, 0, block_m)
+    return int((whole + last).sum())
+
+
+def pad_eff(counts: torch.Tensor, block_m: int, tail_m: int = 0) -> float:
+    """Useful rows over computed rows for per-expert row counts `counts` at tile height `block_m` (and tail
+    tiles of `tail_m` rows); 1.0 with no rows: nothing is computed."""
+    padded = computed_rows(counts, block_m, tail_m)
+    return int(counts.sum()) / padded if padded else 1.0
+
+
+def layer_pad_eff(counts: torch.Tensor, cfg) -> float:
+    """pad_eff of a layer config's two stages weighted by their MMA work (stage 1 is gate + up: 2 I x H a row,
+    stage 2 H x I, so 2/3 and 1/3)."""
+    padded = (2 * computed_rows(counts, cfg.stage1.block_m, cfg.stage1.tail_m)
+              + computed_rows(counts, cfg.stage2.block_m, cfg.stage2.tail_m)) / 3
+    return int(counts.sum()) / padded if padded else 1.0
 
 
 def expert_rows(model: str, tokens: int) -> torch.Tensor:
@@ -74,14 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
     roof = rooflines(args.csv)
-    head = "shape            T  BM  pad_eff " + " ".join(f"@{b:<4d}" for b in BLOCKS)
+    head = "shape            T  BM s1/s2 (-t tail)  pad_eff " + " ".join(f"@{b:<4d}" for b in BLOCKS)
     print(head + ("  roofline  roof/pad" if roof else ""))
     for model in models:
         for t in parse_tokens(args.tokens):
             counts = expert_rows(model, t)
-            bm = default_config(MODELS[model], "a16w4", t).stage1.block_m
-            eff = pad_eff(counts, bm)
-            line = f"{model:15s} {t:6d} {bm:3d}  {eff:6.3f}  " + " ".join(f"{pad_eff(counts, b):.3f}" for b in BLOCKS)
+            cfg = default_config(MODELS[model], "a16w4", t)
+            tiles = "/".join(f"{c.block_m}" + (f"-t{c.tail_m}" if c.tail_m else "") for c in (cfg.stage1, cfg.stage2))
+            eff = layer_pad_eff(counts, cfg)
+            line = f"{model:15s} {t:6d} {tiles:>18s}  {eff:6.3f}  " + " ".join(f"{pad_eff(counts, b):.3f}"
+                                                                             for b in BLOCKS)
             if (model, t) in roof:
                 frac, memory_bound = roof[model, t]
                 line += f"  {frac:8.3f}  {frac / eff:8.3f}" + (" (memory floor)" if memory_bound else "")

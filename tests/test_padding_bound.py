@@ -19,6 +19,21 @@ def test_pad_eff_against_hand_counts():
     assert pad_eff(torch.zeros(4, dtype=torch.int64), 64) == 1.0  # nothing computed
 
 
+def test_tail_tiles_cost_their_rows():
+    """kernels/swmoe.py tile_of: a remainder of at most tail_m rows takes a tail_m-row tile, a longer one a whole
+    BLOCK_M tile; the layer weights stage 1 (gate + up) twice stage 2."""
+    mod = load("padding_bound")
+    counts = torch.tensor([128, 129, 0, 64, 200])  # remainders 0, 1, -, 64, 72 at BLOCK_M 128
+    assert mod.computed_rows(counts, 128) == 128 * (1 + 2 + 0 + 1 + 2)
+    assert mod.computed_rows(counts, 128, 64) == 128 + (128 + 64) + 0 + 64 + (128 + 128)
+    assert mod.pad_eff(counts, 128, 64) == pytest.approx(521 / 640)
+    from mxmoe.config import MoEConfig, TileConfig
+
+    tile = TileConfig(block_m=128, block_n=128, block_k=128)
+    cfg = MoEConfig(tile, tile.replace(tail_m=64))
+    assert mod.layer_pad_eff(counts, cfg) == pytest.approx(521 / ((2 * 768 + 640) / 3))
+
+
 def test_expert_rows_count_every_pair_of_the_routing():
     from mxmoe.problem import make_routing
     from mxmoe.shapes import MODELS
