@@ -95,23 +95,27 @@ def tile_of(eo_ptr, expert, pid_m, BM: tl.constexpr, TAIL: tl.constexpr):
     decodes the same weights for fewer rows, so only a one-block remainder takes it. H100, 1aafe28 prototype
     (results/h100/2026-12-07_session16_1aafe28.log): stage 2 with TAIL 64 1.05-1.11x at T = 4096-32768 on
     deepseek-v3 / kimi-k2 / gpt-oss-120b; stage 1 0.93-1.07x (its CTAs cost nearly as much at fewer rows); every
-    remainder block on its own TAIL tile was 0.65x at kimi-k2 T = 4096 (three 32-row CTAs per expert)."""
-    R: tl.constexpr = BM // TAIL
-    first = tl.load(eo_ptr + expert) // TAIL
-    nb = tl.load(eo_ptr + expert + 1) // TAIL - first
-    local = pid_m - first
-    whole = nb // R * R
-    kind = local * 0
-    rows = local * 0 + BM
-    if local < whole:
-        if local % R == 0:
+    remainder block on its own TAIL tile was 0.65x at kimi-k2 T = 4096 (three 32-row CTAs per expert).
+    TAIL 0: the plan is BM-aligned and every block is one BM tile (1, BM), with no load."""
+    if TAIL == 0:
+        kind, rows = 1, BM
+    else:
+        R: tl.constexpr = BM // TAIL
+        first = tl.load(eo_ptr + expert) // TAIL
+        nb = tl.load(eo_ptr + expert + 1) // TAIL - first
+        local = pid_m - first
+        whole = nb // R * R
+        kind = local * 0
+        rows = local * 0 + BM
+        if local < whole:
+            if local % R == 0:
+                kind = 1
+        elif nb - whole == 1:
+            kind = 2
+            rows = TAIL
+        elif local == whole:
             kind = 1
-    elif nb - whole == 1:
-        kind = 2
-        rows = TAIL
-    elif local == whole:
-        kind = 1
-        rows = (nb - whole) * TAIL
+            rows = (nb - whole) * TAIL
     return kind, rows
 
 
@@ -292,10 +296,7 @@ def _stage1_kernel(
     if pid_m * G >= tl.load(num_padded_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    if TAIL == 0:  # every block is one BM tile
-        kind, rows = 1, BM
-    else:
-        kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
+    kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
     if kind == 1:
         _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
                      expert, pid_m * G, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,

@@ -132,10 +132,7 @@ def _stage2_kernel(
     if pid_m * G >= num_padded:
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    if TAIL == 0:  # every block is one BM tile
-        kind, rows = 1, BM
-    else:
-        kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
+    kind, rows = tile_of(eo_ptr, expert, pid_m, BM, TAIL)
     if kind == 1:
         _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
                      ts_ptr, expert, pid_m * G, rows, pid_n, num_n, num_padded // BM, num_pairs, T, H, I, N16, K64,

@@ -108,7 +108,6 @@ def _check_options(campaign: str | None, ledger: FsPath | None, baseline: str | 
     return (1, 2) if e4m3_stage is None else (e4m3_stage,)
 
 
-
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.2e}" if isinstance(v, float) else str(v)
 
