@@ -70,7 +70,8 @@ def _variants(c: TileConfig, stage: int, levers: str) -> list[TileConfig]:
         return []
     if levers == "finish":  # the decode finishes: split-K and the top-k combine
         combines = (Combine.ATOMIC, Combine.SLOTS) if stage == 2 else (Combine.ATOMIC,)
-        out = [c.replace(split_k=k, combine=m) for k in (1, 2, 4, 8) for m in combines]
+        near = (c.split_k // 2, c.split_k - 1, c.split_k + 1, c.split_k * 3 // 2, c.split_k * 2)  # around the rule's
+        out = [c.replace(split_k=k, combine=m) for k in sorted({1, 2, 4, 8, *near} - {0}) for m in combines]
         return list(dict.fromkeys(v for v in out if v != c))
     out = []
     for w in (4, 8):

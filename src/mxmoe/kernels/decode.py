@@ -52,7 +52,7 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct_preload
+from mxmoe.kernels.rules import direct_preload, direct_register_cap
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -231,6 +231,8 @@ def _direct2_kernel(
         raw1, side1 = tile_bytes(w_e, ws_e, n16, N16, (k_first + BK) // 64, N16, K64, BN, BK)
     if PRE > 2:
         raw2, side2 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 2 * BK) // 64, N16, K64, BN, BK)
+    if PRE > 3:
+        raw3, side3 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 3 * BK) // 64, N16, K64, BN, BK)
     enter_first_wait(INTERP)
     row_ok = (tl.arange(0, BM) == 0) & valid
     part_e = part_ptr + pair.to(tl.int64) * stride_pp
@@ -258,6 +260,12 @@ def _direct2_kernel(
              mask=row_ok[:, None] & n_ok[None, :])
     if last_arrival(cnt_ptr + pid_n, num_pairs * SPLIT_K):
         combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
+
+
+def _register_cap(path) -> dict[str, int]:
+    """Stage 2's launch keyword for its register cap (rules.direct_register_cap; none under the interpreter)."""
+    cap = direct_register_cap(path)
+    return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
 def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
@@ -311,6 +319,6 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
         SPLIT_K=cfg.split_k, PRE=direct_preload(steps), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(path),
     )
     return y

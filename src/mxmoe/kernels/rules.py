@@ -72,13 +72,21 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 # History: at 63b1ec1, before stage 2 built h on one row, it lost at inter 512 (0.96x) and tied at 18 pairs.
 DIRECT_MAX_PAIRS = 32
 DIRECT_MAX_INTER = 512
-# Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads).
+# Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 4 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
+# A register cap (maxnreg) for its stage 2, on every path and on a8w4 alone (0: none).
+DIRECT_S2_MAXNREG = 0
+DIRECT_S2_MAXNREG_A8W4 = 0
 
 
 def direct_preload(steps: int) -> int:
     """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
-    return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
+    return max(1, min(steps, DIRECT_PRELOAD_STEPS, 4))
+
+
+def direct_register_cap(path: Path) -> int:
+    """The direct stage 2's register cap on `path` (0: none)."""
+    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and DIRECT_S2_MAXNREG_A8W4 else DIRECT_S2_MAXNREG
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
