@@ -23,7 +23,7 @@ from scan_v2 import FLUSH_BYTES, graph_median_us, layer_call, point_problem, wri
 from mxmoe import heuristic
 from mxmoe.heuristic import default_config
 from mxmoe.kernels import rules
-from mxmoe.layer_plan import layer_plan
+from mxmoe.layer_plan import clear_plans
 
 
 def _parse_variant(spec: str) -> tuple[str, dict[str, int]]:
@@ -48,12 +48,12 @@ def _constants(sets: dict[str, int]):
     try:
         for k, v in sets.items():
             setattr(*targets[k], v)
-        layer_plan.cache_clear()
+        clear_plans()
         yield
     finally:
         for k, v in old.items():
             setattr(*targets[k], v)
-        layer_plan.cache_clear()
+        clear_plans()
 
 
 def _time_point(p, path, t: int, variants, rounds: int, flush):

@@ -14,7 +14,7 @@ import torch
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.heuristic import default_config
 from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel
-from mxmoe.layer_plan import layer_plan
+from mxmoe.layer_plan import clear_plans, layer_plan
 from mxmoe.moe import moe, shape_of
 from mxmoe.problem import make_problem
 from mxmoe.shapes import Activation, MoEShape, Path
@@ -55,7 +55,7 @@ def test_plan_sizes_follow_the_kernels_rules(monkeypatch):
     from mxmoe.kernels import rules
 
     monkeypatch.setattr(rules, "ATOMIC_FINISH_MIN_K_STEPS", 1)
-    layer_plan.cache_clear()  # memoized on its arguments: a patched rule needs a fresh plan
+    clear_plans()  # memoized on its arguments: a patched rule needs a fresh plan
     p = make_problem(SHAPE, Path.A16W4, 21, seed=3)
     shape = shape_of(p.weights, 3)
     for cfg in (_v2(3, Combine.ATOMIC), _v2(1, Combine.SLOTS)):
@@ -69,4 +69,4 @@ def test_plan_sizes_follow_the_kernels_rules(monkeypatch):
     v1 = default_config(SHAPE, Path.A16W4, 21, kernels="v1", interpreter=True)
     lp = layer_plan(shape, Path.A16W4, v1, 21)
     assert (lp.counters1, lp.counters2, lp.zero_in_stage1) == (0, 0, False) and lp.sums(torch.device("cpu")) is None
-    layer_plan.cache_clear()
+    clear_plans()

@@ -119,8 +119,8 @@ class LayerPlan:
 @functools.lru_cache(maxsize=4096)
 def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> LayerPlan:
     """The LayerPlan of (shape, path, config, T): a pure function of its arguments and of the kernels' rule constants
-    (`swmoe`), memoized so moe()'s host work per call is a lookup. A test that patches a rule constant calls
-    `layer_plan.cache_clear()`."""
+    (`kernels/rules.py`), memoized so moe()'s host work per call is a lookup. A test that patches a rule constant
+    calls `clear_plans()`."""
     v2 = config.stage1.mma.v2 and config.stage2.mma.v2
     n1 = n2 = 0
     if v2:  # the v1 kernels take no arrival counters
@@ -134,3 +134,15 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
                          zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,
                      zero_in_stage1=zero)
+
+
+# moe()'s plans per call (mxmoe.moe.call_plan): kept here so that `clear_plans` forgets them with layer_plan's own.
+CALL_PLANS: dict[tuple, LayerPlan] = {}
+
+
+def clear_plans() -> None:
+    """Forget every memoized plan, layer_plan's and moe()'s per-call ones: what a patched rule constant needs (a
+    test, benchmarks/rule_ab.py). Clearing layer_plan's cache alone left moe() on its earlier plans, so a test
+    that compared the sorted layer with the direct one ran the direct one twice."""
+    layer_plan.cache_clear()
+    CALL_PLANS.clear()

@@ -14,7 +14,7 @@ from torch import nn
 
 from mxmoe.config import Mma, MoEConfig
 from mxmoe.dispatch import check_explicit, choose_config, environment, forced
-from mxmoe.layer_plan import LayerPlan, layer_plan
+from mxmoe.layer_plan import CALL_PLANS, LayerPlan, layer_plan
 from mxmoe.routing import route_grouped_sigmoid, route_topk_softmax
 from mxmoe.shapes import Activation, MoEShape, Path
 from mxmoe.weights import MoEWeights
@@ -76,8 +76,7 @@ def dispatched_config(shape: MoEShape, path: Path, tokens: int, weights: MoEWeig
     return _dispatch(shape, path, tokens, weights)[0]
 
 
-_PLANS: dict[tuple, LayerPlan] = {}  # moe()'s layer plans, keyed by call (see call_plan)
-_PLANS_MAX = 4096
+_PLANS_MAX = 4096  # moe()'s layer plans kept per call (layer_plan.CALL_PLANS; see call_plan)
 
 
 def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: MoEConfig | None = None) -> LayerPlan:
@@ -87,13 +86,13 @@ def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: M
     explicit check and the plan lookup were about 3.5 us of a 10 us host budget (issue 22). Not kept: a
     config=None call under `mxmoe.override` (the block's config is asked each call) and a table's e4m3 tile on
     weights without the layout (warned each call). `dispatch.clear_cache()` retakes the snapshot, so no entry made
-    before it is hit after it."""
+    before it is hit after it; `layer_plan.clear_plans()` forgets them."""
     if config is not None and type(config) is not MoEConfig:
         check_explicit(shape_of(weights, topk), path, config)  # the TypeError that names the fix
     keep = config is not None or forced() is None
     if keep:
         key = (weights.call_key, topk, tokens, path, config, environment())
-        plan = _PLANS.get(key)
+        plan = CALL_PLANS.get(key)
         if plan is not None:
             return plan
     shape = shape_of(weights, topk)
@@ -104,9 +103,9 @@ def call_plan(weights: MoEWeights, topk: int, tokens: int, path: Path, config: M
         check_explicit(shape, path, config)
     plan = layer_plan(shape, path, config, tokens)
     if keep:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        if len(CALL_PLANS) >= _PLANS_MAX:
+            CALL_PLANS.clear()
+        CALL_PLANS[key] = plan
     return plan
 
 

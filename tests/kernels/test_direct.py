@@ -14,13 +14,13 @@ import torch
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.heuristic import default_config
 from mxmoe.kernels import rules
-from mxmoe.layer_plan import layer_plan
+from mxmoe.layer_plan import clear_plans, layer_plan
 from mxmoe.moe import moe
 from mxmoe.problem import make_problem, make_routing
 from mxmoe.shapes import MODELS, Activation, MoEShape, Path
 from mxmoe.tolerance import assert_close
 
-# I = 320 with BLOCK_K 64: five stage-2 K steps, so the preloaded tiles (at most 3) and the loop after them both run;
+# I = 320 with BLOCK_K 64: five stage-2 K steps, so the preloaded tiles (at most 4) and the loop after them both run;
 # split 2 gives a split of 3 steps and one of 2 (its third preloaded tile lies past its range and is skipped).
 LONG_K = MoEShape("long-k", 6, 2, 96, 320, Activation.SWIGLU_OAI, bias=True)
 
@@ -30,10 +30,10 @@ def direct_on(monkeypatch):
     """The direct layer at its built size, at any inter (the shipped rule also caps inter: rules.DIRECT_MAX_INTER)."""
     monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", 16)
     monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 1 << 20)
-    layer_plan.cache_clear()
+    clear_plans()
     yield
     monkeypatch.undo()
-    layer_plan.cache_clear()
+    clear_plans()
 
 
 def _cfg(split1: int, split2: int, block_k: int = 64) -> MoEConfig:
@@ -47,10 +47,10 @@ def _both(p, path, cfg, monkeypatch, *, poison=False):
     monkeypatch.setattr(rules, "DIRECT_MAX_INTER", 1 << 20)
     for limit in (0, 1 << 20):
         monkeypatch.setattr(rules, "DIRECT_MAX_PAIRS", limit)
-        layer_plan.cache_clear()
+        clear_plans()
         assert layer_plan(p.shape, path, cfg, p.hidden.shape[0]).direct == (limit > 0)
         outs.append(moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=poison))
-    layer_plan.cache_clear()
+    clear_plans()
     return outs
 
 
@@ -64,6 +64,17 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     sorted_out, direct_out = _both(p, path, _cfg(split1, split2), monkeypatch, poison=True)
     assert torch.equal(sorted_out, direct_out)
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
+
+
+@pytest.mark.parametrize("pre", [1, 2, 3, 4])
+def test_direct_preloads_each_k_step_once(pre, monkeypatch):
+    """Stage 2 with 1..4 of LONG_K's five K steps preloaded before its wait (rules.DIRECT_PRELOAD_STEPS), on one
+    split and on two (3 + 2 steps: a split shorter than the preload skips the tiles past its range)."""
+    monkeypatch.setattr(rules, "DIRECT_PRELOAD_STEPS", pre)
+    p = make_problem(LONG_K, Path.A16W4, 1, seed=pre)
+    for split2 in (1, 2):
+        sorted_out, direct_out = _both(p, Path.A16W4, _cfg(1, split2), monkeypatch)
+        assert torch.equal(sorted_out, direct_out)
 
 
 def test_direct_plan_rule(monkeypatch):

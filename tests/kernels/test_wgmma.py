@@ -18,7 +18,7 @@ from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.kernels.layout import swizzle, unswizzle
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.wtile import weight_tile
-from mxmoe.layer_plan import layer_plan
+from mxmoe.layer_plan import clear_plans
 from mxmoe.moe import moe
 from mxmoe.mx import MXFormat, MXTensor, dequantize
 from mxmoe.problem import make_problem
@@ -144,7 +144,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     from mxmoe.kernels import rules, swmoe
 
     monkeypatch.setattr(rules, "ATOMIC_FINISH_MIN_K_STEPS", 1 if in_kernel else 1 << 30)
-    layer_plan.cache_clear()  # the layer plan is memoized on its arguments: a patched rule needs a fresh one
+    clear_plans()  # the layer plan is memoized on its arguments: a patched rule needs a fresh one
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan"))
                         if k.get("dtype") is torch.float32 else real_empty(*a, **k))
@@ -163,7 +163,7 @@ def test_atomic_combine_zeroed_by_stage1_and_rounded_in_kernel(split_k, in_kerne
     plan = align(p.topk_ids, shape.experts, 16)
     swmoe.stage1_wgmma(quantize_input(p.hidden, Path.A16W4, bf16=True), p.weights, plan, cfg.stage1, zero=buf)
     assert not buf.any() and not buf.isnan().any()
-    layer_plan.cache_clear()
+    clear_plans()
 
 
 def test_atomic_finish_rule():

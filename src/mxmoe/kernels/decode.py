@@ -246,6 +246,9 @@ def _direct2_kernel(
     if PRE > 2:
         acc = _pre_mma(acc, raw2, side2, 2, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
                        SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
+    if PRE > 3:
+        acc = _pre_mma(acc, raw3, side3, 3, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
+                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
     for kk in range(PRE * BK, k_len, BK):
         k0 = k_first + kk
         a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
@@ -262,9 +265,9 @@ def _direct2_kernel(
         combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
 
 
-def _register_cap(path) -> dict[str, int]:
+def _register_cap(path, preload: int) -> dict[str, int]:
     """Stage 2's launch keyword for its register cap (rules.direct_register_cap; none under the interpreter)."""
-    cap = direct_register_cap(path)
+    cap = direct_register_cap(path, preload)
     return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
@@ -307,7 +310,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         y.fill_(float("nan"))
     cnt = zeros_or(plan.counters, num_n, plan.ids)
     w = weights.w2_sw
-    steps = triton.cdiv(triton.cdiv(inter, cfg.block_k), cfg.split_k)  # K steps of the longest split
+    pre = direct_preload(triton.cdiv(triton.cdiv(inter, cfg.block_k), cfg.split_k))  # of the longest split's steps
     rw = topk_weights.contiguous().view(-1)
     b13 = weights.b13 if weights.b13 is not None else rw  # dummy pointers when a bias is absent
     b2 = weights.b2 if weights.b2 is not None else rw
@@ -318,7 +321,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         slots.stride(0), slots.stride(1), y.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
-        SPLIT_K=cfg.split_k, PRE=direct_preload(steps), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(path),
+        SPLIT_K=cfg.split_k, PRE=pre, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(path, pre),
     )
     return y

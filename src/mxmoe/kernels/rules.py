@@ -74,9 +74,14 @@ DIRECT_MAX_PAIRS = 32
 DIRECT_MAX_INTER = 512
 # Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 4 (the kernel's unrolled preloads).
 DIRECT_PRELOAD_STEPS = 3
-# A register cap (maxnreg) for its stage 2, on every path and on a8w4 alone (0: none).
-DIRECT_S2_MAXNREG = 0
-DIRECT_S2_MAXNREG_A8W4 = 0
+# A register cap (maxnreg) for its a8w4 stage 2 where it preloads at most DIRECT_S2_CAP_MAX_PRE K steps (0: none).
+# sm_90 CPU compile, deepseek-v3-tp8 T=1 (2 K steps, both preloaded): a8w4 146 registers against a4w4's 128 (the e4m3
+# rounding of h), so one CTA fits an SM beside stage 1's three instead of two; capped at 128, no spill. H100 whole
+# layer, graph replay, L2 flushed, us uncapped -> capped (3094e39, results/h100/2026-12-07_decode_ab_3094e39.csv):
+# deepseek-v3-tp8 T=1 a8w4 28.1 -> 24.5, kimi-k2-tp8 26.4 -> 23.2; deepseek-v4-tp8 T=1 a8w4 (3 preloaded steps, 157
+# registers, capped: 96 bytes of stack) 32.1 -> 34.3, so not there. a16w4 / a4w4 compile to 128 at those points.
+DIRECT_S2_MAXNREG_A8W4 = 128
+DIRECT_S2_CAP_MAX_PRE = 2
 
 
 def direct_preload(steps: int) -> int:
@@ -84,9 +89,9 @@ def direct_preload(steps: int) -> int:
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 4))
 
 
-def direct_register_cap(path: Path) -> int:
-    """The direct stage 2's register cap on `path` (0: none)."""
-    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and DIRECT_S2_MAXNREG_A8W4 else DIRECT_S2_MAXNREG
+def direct_register_cap(path: Path, preload: int) -> int:
+    """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
+    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
