@@ -231,8 +231,6 @@ def _direct2_kernel(
         raw1, side1 = tile_bytes(w_e, ws_e, n16, N16, (k_first + BK) // 64, N16, K64, BN, BK)
     if PRE > 2:
         raw2, side2 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 2 * BK) // 64, N16, K64, BN, BK)
-    if PRE > 3:
-        raw3, side3 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 3 * BK) // 64, N16, K64, BN, BK)
     enter_first_wait(INTERP)
     row_ok = (tl.arange(0, BM) == 0) & valid
     part_e = part_ptr + pair.to(tl.int64) * stride_pp
@@ -245,9 +243,6 @@ def _direct2_kernel(
                        SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
     if PRE > 2:
         acc = _pre_mma(acc, raw2, side2, 2, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
-                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
-    if PRE > 3:
-        acc = _pre_mma(acc, raw3, side3, 3, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
                        SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
     for kk in range(PRE * BK, k_len, BK):
         k0 = k_first + kk

@@ -72,7 +72,10 @@ def defers_rounding(path: Path, cfg: TileConfig) -> bool:
 # History: at 63b1ec1, before stage 2 built h on one row, it lost at inter 512 (0.96x) and tied at 18 pairs.
 DIRECT_MAX_PAIRS = 32
 DIRECT_MAX_INTER = 512
-# Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 4 (the kernel's unrolled preloads).
+# Weight tiles (K steps) of its stage 2 loaded before the PDL wait, at most 3 (the kernel's unrolled preloads). A
+# fourth (deepseek-v4-tp8's whole K of 4 steps before the wait) compiled to 180 registers against 161 (sm_90), so no
+# stage-2 CTA fit beside stage 1's three, and lost on the H100 (8306159, results/h100/2026-12-07_decode_ab2_8306159.csv,
+# whole layer us): deepseek-v4-tp8 T=1 a16w4 30.6 -> 34.9, a8w4 32.4 -> 38.1, a4w4 32.2 -> 37.7; removed.
 DIRECT_PRELOAD_STEPS = 3
 # A register cap (maxnreg) for its a8w4 stage 2 where it preloads at most DIRECT_S2_CAP_MAX_PRE K steps (0: none).
 # sm_90 CPU compile, deepseek-v3-tp8 T=1 (2 K steps, both preloaded): a8w4 146 registers against a4w4's 128 (the e4m3
@@ -80,13 +83,15 @@ DIRECT_PRELOAD_STEPS = 3
 # layer, graph replay, L2 flushed, us uncapped -> capped (3094e39, results/h100/2026-12-07_decode_ab_3094e39.csv):
 # deepseek-v3-tp8 T=1 a8w4 28.1 -> 24.5, kimi-k2-tp8 26.4 -> 23.2; deepseek-v4-tp8 T=1 a8w4 (3 preloaded steps, 157
 # registers, capped: 96 bytes of stack) 32.1 -> 34.3, so not there. a16w4 / a4w4 compile to 128 at those points.
+# Confirmed under the rule (8306159, ..._decode_ab2_8306159.csv), capped / uncapped: deepseek-v3-tp8 a8w4 T=1 24.7 /
+# 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
 
 
 def direct_preload(steps: int) -> int:
     """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
-    return max(1, min(steps, DIRECT_PRELOAD_STEPS, 4))
+    return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
 
 
 def direct_register_cap(path: Path, preload: int) -> int:
