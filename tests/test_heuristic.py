@@ -91,12 +91,22 @@ def test_every_default_config_is_legal_on_the_h100(path, e4m3):
                 assert v.legal, (name, path.value, t, stage, tile.short(), v)
 
 
-def test_e4m3_stage1_rule():
-    """a8w4 takes the e4m3 stage 1 only when the weights carry its layout, from BLOCK_M 128 at hidden >= 4096
-    (heuristic.E4M3_*, measured there); the tile is the bf16 one fitted to the two accumulator chains."""
+def test_e4m3_stage1_is_off_by_default():
+    """The shipped heuristic never takes the e4m3 stage 1, e4m3 layout or not (heuristic.E4M3_BY_DEFAULT: it fails
+    the real-size guardrail)."""
+    for model, t in (("deepseek-v3-tp8", 8192), ("deepseek-v3", 4096), ("kimi-k2", 32768)):
+        cfg = default_config(MODELS[model], Path.A8W4, t, e4m3=True)
+        assert cfg == default_config(MODELS[model], Path.A8W4, t) and not cfg.e4m3, (model, t)
+
+
+def test_e4m3_stage1_rule(monkeypatch):
+    """Where switched on (heuristic.E4M3_BY_DEFAULT), a8w4 takes the e4m3 stage 1 only when the weights carry its
+    layout, from BLOCK_M 128 at hidden >= 4096 (heuristic.E4M3_*, measured there); the tile is the bf16 one fitted
+    to the two accumulator chains."""
     from mxmoe.config import Mma
     from mxmoe.heuristic import E4M3_MIN_HIDDEN
 
+    monkeypatch.setattr("mxmoe.heuristic.E4M3_BY_DEFAULT", 1)
     for model, t in (("deepseek-v3-tp8", 8192), ("kimi-k2-tp8", 8192), ("deepseek-v3", 4096)):
         shape = MODELS[model]
         bf16, e4 = default_config(shape, Path.A8W4, t), default_config(shape, Path.A8W4, t, e4m3=True)
@@ -125,6 +135,7 @@ def test_moe_takes_the_e4m3_rule_with_the_e4m3_layout(monkeypatch):
     monkeypatch.setattr(moe_mod, "layer_plan", lambda shape, path, cfg, t: _Stop(cfg))
     monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_HIDDEN", 0)
     monkeypatch.setattr("mxmoe.heuristic.E4M3_MIN_BLOCK_M", 16)
+    monkeypatch.setattr("mxmoe.heuristic.E4M3_BY_DEFAULT", 1)
     clear_cache()  # dispatch caches the heuristic's answers per shape: none from before the patch, none kept after
     try:
         for w in (p.weights, p.weights.with_e4m3(), p.weights):
