@@ -2,7 +2,7 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b pack (WARM=0:
+# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b paths pack (WARM=0:
 # the benches skip their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
 # and delete .gitc again once the call is back.
@@ -250,6 +250,9 @@ step_grid() {
 
 step_grid_a() { GRID_T=16,256,4096,32768 step_grid; }
 step_grid_b() { GRID_T=1,2,4,8,32,64,128,512,1024,2048,8192,16384 step_grid; }
+# The MX-path bar (a8w4 / a4w4 within 5% of a16w4 at the same point) needs the three paths in one run: 87 points
+# in about 240 s on the H100 (session 18, results/h100/2026-12-07_vs_peer_paths_9b7d258.csv).
+step_paths() { GRID_T=${PATHS_T:-1,2,16,4096} GRID_PATH=a16w4,a8w4,a4w4 GRID_DEADLINE_S=${GRID_DEADLINE_S:-280} step_grid; }
 
 step_pack() {
   # At most 8 files come back from the device: each per-GPU folder travels as one archive.
