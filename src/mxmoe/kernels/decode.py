@@ -28,7 +28,11 @@ graph replay stage 1 runs 0-19.1 us and stage 2 0.9-27.6 us (layer 31 us with th
 2 13.4 us, 161 registers, so one of its CTAs fits an SM beside three of stage 1's and two thirds of its CTAs
 fetch their weights after stage 1 ends. Tried and dropped: each stage-1 CTA asking L2 for its share of the
 expert's bytes as it starts (`cp.async.bulk.prefetch.L2`: W13, W2 for stage 2, or both) lost at every direct
-point, 0.77-0.93x (0d72a8a, results/h100/2026-12-07_session17b_0d72a8a.log).
+point, 0.77-0.93x (0d72a8a, results/h100/2026-12-07_session17b_0d72a8a.log); so did all four of its stage-2 K
+steps before the wait (rules.DIRECT_PRELOAD_STEPS). Stage 1's K step at that point is 468 SASS instructions a
+thread (sm_90 CPU compile, 9b7d258): the decode of 16 words about 300 (64 HMUL2, 96 LOP3, 32 SHF, most of 67
+IMAD), the addresses and bound predicates of its 10 cp.async about 70, 16 HGMMA with 32 warpgroup arrive / wait
+(up to 7 in flight, not serialized): the instruction side of its issue-bound profile.
 """
 
 from __future__ import annotations
