@@ -114,8 +114,8 @@ E4M3_MIN_HIDDEN = 4096
 # logits_diff deepseek-v3 2.46e-2, gpt-oss 4.12e-2 against the 1e-2 bound, where the bf16 carriers pass (1.9e-3 /
 # 6.6e-4). Promoting the fp8 sums into f32 every 4 or 2 K steps (rules.E4M3_PROMOTE_STEPS) with both stages forced
 # left 1.26e-2 / 4.02e-2 and 1.33e-2 / 3.21e-2 (..._session18c_8306159.log): half of deepseek-v3's error is the fp8
-# accumulation, most of gpt-oss's the per-token rebasing of the activations (docs/fp8.md, issue 23). An explicit or
-# tuned e4m3 config still runs it.
+# accumulation; gpt-oss's is not, nor x's rebase (docs/fp8.md, issue 23). An explicit or tuned e4m3 config still
+# runs it.
 E4M3_BY_DEFAULT = 0
 # Tail tiles (TileConfig.tail_m; kernels/swmoe.py TAIL_WHY), half the block (TAIL_M at BLOCK_M 128): the plan
 # aligned to the tail, an expert's one-block remainder on a tail tile. Whole layer on the H100 (rule_ab, graph
