@@ -50,8 +50,7 @@ def computed_rows(counts: torch.Tensor, block_m: int, tail_m: int = 0) -> int:
     longer one on one BLOCK_M tile."""
     whole = counts // block_m * block_m
     rem = counts - whole
-    last = torch.where(rem == 0, 0, torch.where(rem <= tail_m, tail_m, block_m)) if tail_m else \
-        torch.where(rem == 0, 0, block_m)
+    last = torch.where(rem == 0, 0, torch.where(rem <= tail_m, tail_m, block_m))  # tail_m 0: a remainder is > 0
     return int((whole + last).sum())
 
 

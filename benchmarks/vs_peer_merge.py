@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections import Counter
 from pathlib import Path as FsPath
 
 from vs_peer import _plot
@@ -32,8 +33,8 @@ def merge(parts: list[list[dict]], commit: str | None = None) -> list[dict]:
         seen = {r[field] for r in rows}
         if len(seen) > 1 and not (field == "commit" and commit):
             raise SystemExit(f"the parts come from different {field}s: {sorted(seen)} (--commit names the tree)")
-    keys = [(r["shape"], r["T"], r["path"], r["scope"]) for r in rows]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    seen_points = Counter((r["shape"], r["T"], r["path"], r["scope"]) for r in rows)
+    dupes = sorted(k for k, n in seen_points.items() if n > 1)
     if dupes:
         raise SystemExit(f"points in more than one part: {dupes}")
     if commit:
