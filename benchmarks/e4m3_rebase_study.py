@@ -1,10 +1,11 @@
-"""How much of the e4m3 stage-1 error is x's per-token rebase? (CPU; about 8 minutes and 18 GB for gpt-oss small)
+"""How much of the e4m3 stage-1 error is x's per-token rebase? CPU, about 8 minutes and 18 GB for gpt-oss:
 
-    PYTHONPATH=src python benchmarks/e4m3_rebase_study.py gpt-oss small
+    PYTHONPATH=src python benchmarks/e4m3_rebase_study.py gpt-oss [small]
 
- Real-size guardrail graphs on CPU (fp32), a8w4 oracle's
-taped expert inputs; stage-1 sums with MXFP8 x (oracle) against x rebased to one scale per token / per 512 / per 128
-of K. Weights exact (dequantized MXFP4) on both sides, sums in fp64, so only x's rebase differs."""
+The guardrail's graph (its model seed 0 and token ids, real MoE dims; `small`: its tiny attention and vocab, which
+fit this machine) in fp32 on the a8w4 oracle, the experts' inputs taped; per layer, stage-1 sums with MXFP8 x (the
+oracle) against x rebased to one scale per token and per two shorter K chunks. Weights exact (dequantized MXFP4)
+on both sides and sums in fp64, so only x's rebase differs; the weights' own rebase error is printed apart."""
 import sys
 import time
 
@@ -13,18 +14,18 @@ import torch
 from mxmoe.fp8_rebase import rebase_mxfp8, rebase_weights
 from mxmoe.integrations.transformers import Backend, dequantize_model_experts, patch_model, patched_modules
 from mxmoe.mx import MXFormat, MXTensor, dequantize, quantize_mxfp8
-from mxmoe.shapes import MODELS, Path
+from mxmoe.shapes import Path
 from mxmoe.tuning.guardrail.metrics import forward
 from mxmoe.tuning.guardrail.model import ExpertsTape, experts_tape, random_model, use_backend
-from mxmoe.tuning.guardrail.run import BATCH, FULL_SHAPES, SEQ
+from mxmoe.tuning.guardrail.run import _TOKEN_STREAM, BATCH, SEQ, resolve_shape
 
 fam = sys.argv[1]
 small = len(sys.argv) > 2 and sys.argv[2] == "small"
-shape = MODELS[FULL_SHAPES[fam]] if isinstance(FULL_SHAPES[fam], str) else FULL_SHAPES[fam]
+shape = resolve_shape(fam, None, small=False)  # the real MoE dims either way
 t0 = time.time()
 model = random_model(fam, shape, layers=2, small=small, seed=0, device="cpu", max_experts=32)
 print("built", shape.name, f"{time.time()-t0:.0f}s", flush=True)
-g = torch.Generator(device="cpu").manual_seed(0 ^ 0x5EED)
+g = torch.Generator(device="cpu").manual_seed(0 ^ _TOKEN_STREAM)  # as run._run_graphs draws them
 ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=g)
 dequantize_model_experts(model)
 patch_model(model, Path.A8W4, None)
@@ -46,9 +47,9 @@ for li, ((x, tids, _tw), m) in enumerate(zip(tape.calls, mods, strict=True)):
     w13e = rebase_weights(w.w13).dequantize().double()
     xq = quantize_mxfp8(x.float(), axis=1)
     xo = dequantize(xq).double()
-    k = x.shape[1]
-    big = next(c for c in (512, 480, 576) if k % c == 0)
-    sm = next(c for c in (128, 96, 160) if k % c == 0)
+    kdim = x.shape[1]
+    big = next(c for c in (512, 480, 576) if kdim % c == 0)
+    sm = next(c for c in (128, 96, 160) if kdim % c == 0)
     xs = {"token": rebase_mxfp8(xq).dequantize().double(), str(big): chunked(xq, big).double(),
           str(sm): chunked(xq, sm).double()}
     xerr = {k: float((v - xo).norm() / xo.norm()) for k, v in xs.items()}
