@@ -25,6 +25,7 @@ from mxmoe.shapes import Path
 # deepseek-v4-tp8 T=1024 a8w4 1919 -> 1664 (a16w4 1636), kimi-k2-tp8 T=1024 a8w4 1073 -> 982, deepseek-v3-tp8 T=1024
 # a4w4 896 -> 817, gpt-oss-120b T=4096 a8w4 2780 -> 2547 (a16w4 2433), deepseek-v3 T=4096 a8w4 8436 -> 7787.
 DEFER_MIN_BLOCK_M = 64
+DEFER_BF16 = 0  # A/B: stage 1 writes h as bf16 and the rounding pass rounds it in place
 # See finishes_atomic_in_kernel. H100 vs_peer grid, whole layer us, memset + cast kernels -> in-kernel finish
 # everywhere (results/h100/2026-12-06_vs_peer_ab9dc64.csv against the align-only run 2b748a4 and 79179f0): BM 16
 # with a long K gained (gpt-oss-20b T=16 / 64 181.6 / 193.4 -> 169.1 / 181.1, deepseek-v3 T=64 / 256 1806.6 /

@@ -33,6 +33,7 @@ import triton.language as tl
 
 from mxmoe.config import TileConfig
 from mxmoe.fp8_rebase import table_words
+from mxmoe.kernels import rules
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -178,7 +179,10 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
     h = activation(acc_g, acc_u, ACT)
     mask = row_ok[:, None] & (offs_n < N)[None, :]
     if DEFER:
-        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=mask)
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
+        else:
+            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=mask)
     else:
         tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], carried_h(h, PATH, INTERP, BM, BN), mask=mask)
 
@@ -366,7 +370,9 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         return out
     defer = defers_rounding(x.path, cfg)
     dst = out.data  # where the kernel writes: h itself, or fp32 h for the rounding pass
-    if defer:
+    if defer and rules.DEFER_BF16:
+        dst = out.data
+    elif defer:
         dst = torch.empty(pairs, i, dtype=torch.float32, device=dev)
         if poison:
             dst.fill_(float("nan"))
