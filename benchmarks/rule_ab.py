@@ -1,4 +1,4 @@
-"""A/B of rule constants (`mxmoe.kernels.rules`, or `heuristic.NAME`) on the whole layer, in one process.
+"""A/B of rule constants (`mxmoe.kernels.rules`, or `heuristic.NAME`, `quant.NAME`) on the whole layer, in one process.
 
     PYTHONPATH=src python3 benchmarks/rule_ab.py deepseek-v3:16 gpt-oss-20b:64:a8w4 \\
         --variant now: --variant no_atomic_finish:ATOMIC_FINISH_MIN_K_STEPS=1000000 --csv ab.csv
@@ -22,7 +22,7 @@ from scan_v2 import FLUSH_BYTES, graph_median_us, layer_call, point_problem, wri
 
 from mxmoe import heuristic
 from mxmoe.heuristic import default_config
-from mxmoe.kernels import rules
+from mxmoe.kernels import quant, rules
 from mxmoe.layer_plan import clear_plans
 
 
@@ -33,12 +33,12 @@ def _parse_variant(spec: str) -> tuple[str, dict[str, int]]:
         key, _, value = item.partition("=")
         module, _, const = key.rpartition(".")
         if module not in _MODULES or not hasattr(_MODULES[module], const):
-            raise SystemExit(f"--variant {spec!r}: no constant {key!r} in rules or heuristic")
+            raise SystemExit(f"--variant {spec!r}: no constant {key!r} in rules, heuristic or quant")
         sets[key] = int(value)
     return name, sets
 
 
-_MODULES = {"": rules, "heuristic": heuristic}
+_MODULES = {"": rules, "heuristic": heuristic, "quant": quant}
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def _per_token_loop(hidden, w13, w2, b13, b2, ids, weights, activation, path) ->
             y = w13[e].double() @ x[tok]
             if b13 is not None:
                 y = y + b13[e].double()
-            act = quantize_activation(_act64(y, activation).float()[None], path)[0].double()
+            act = quantize_activation(_act64(y, activation).float().bfloat16().float()[None], path)[0].double()
             z = w2[e].double() @ act
             if b2 is not None:
                 z = z + b2[e].double()

@@ -26,7 +26,7 @@ from mxmoe.kernels.align import align
 from mxmoe.kernels.common import KernelInput, require_executable
 from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.quant import quantize_input, quantize_token_e4m3
-from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, runs_direct
+from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, quant_overlaps_align, runs_direct
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
 from mxmoe.routing import RoutingPlan, max_padded_pairs
@@ -40,7 +40,9 @@ class LayerPlan:
     (first) align kernel zeroes; `zero_in_stage1`: stage 1's programs zero stage 2's atomic sums (where the atomic
     combine finishes in the kernel), so no memset launch runs between the stages. `direct`: the direct decode layer
     (kernels/decode.py): no quantization or align kernel, the routing plan is the caller's ids, stage 1 returns fp32
-    partial sums that stage 2 turns into h, and `counters2` are the ones stage 1 zeroes for stage 2."""
+    partial sums that stage 2 turns into h, and `counters2` are the ones stage 1 zeroes for stage 2.
+    `overlap_quant`: `run` aligns first, then quantizes overlapped with the align kernels
+    (`rules.quant_overlaps_align`)."""
 
     shape: MoEShape
     path: Path
@@ -50,10 +52,12 @@ class LayerPlan:
     counters2: int
     zero_in_stage1: bool
     direct: bool = False
+    overlap_quant: bool = False
 
-    def quantize(self, hidden: torch.Tensor) -> KernelInput:
+    def quantize(self, hidden: torch.Tensor, *, early: bool = False) -> KernelInput:
         """The layer input at the path's width (bf16 carriers on the MX grid for the v2 kernels; the direct layer's
-        stage 1 takes it unrounded and rounds it itself)."""
+        stage 1 takes it unrounded and rounds it itself). `early`: overlapped with the align kernels just launched
+        (`route(first_wait=True)`)."""
         if hidden.dtype is not torch.bfloat16:  # .to() of a bf16 tensor is a no-op that costs ~1 us of host time
             hidden = hidden.to(torch.bfloat16)
         hidden = hidden.contiguous()
@@ -62,19 +66,21 @@ class LayerPlan:
             return KernelInput(hidden, None, self.path)
         if self.config.stage1.mma.e4m3:
             return KernelInput(*quantize_token_e4m3(hidden), self.path)
-        return quantize_input(hidden, self.path, bf16=self.config.stage1.mma.v2)
+        return quantize_input(hidden, self.path, bf16=self.config.stage1.mma.v2, early=early)
 
-    def route(self, topk_ids: torch.Tensor, *, validate: bool = False,
-              counters: bool = True) -> tuple[RoutingPlan, RoutingPlan] | tuple[DirectPlan, DirectPlan]:
+    def route(self, topk_ids: torch.Tensor, *, validate: bool = False, counters: bool = True,
+              first_wait: bool = False) -> tuple[RoutingPlan, RoutingPlan] | tuple[DirectPlan, DirectPlan]:
         """The routing plans of stage 1 and stage 2 (one plan when their rows, `TileConfig.plan_rows`, agree); with
-        `counters`, the first carries both stages' zeroed arrival counters (single-use: one `run`)."""
+        `counters`, the first carries both stages' zeroed arrival counters (single-use: one `run`). `first_wait`:
+        the last align kernel enters with `sync.enter_first_wait` (an overlapped quantization follows)."""
         if self.direct:
             plan = direct_plan(topk_ids, self.shape.experts, self.counters2 if counters else 0, validate=validate)
             return plan, plan
         e, (s1, s2) = self.shape.experts, (self.config.stage1, self.config.stage2)
         n = self.counters1 + self.counters2 if counters else 0
-        plan1 = align(topk_ids, e, s1.plan_rows, validate=validate, counters=n)
-        plan2 = plan1 if s2.plan_rows == s1.plan_rows else align(topk_ids, e, s2.plan_rows, validate=False)
+        one = s2.plan_rows == s1.plan_rows
+        plan1 = align(topk_ids, e, s1.plan_rows, validate=validate, counters=n, first_wait=first_wait and one)
+        plan2 = plan1 if one else align(topk_ids, e, s2.plan_rows, validate=False, first_wait=first_wait)
         return plan1, plan2
 
     def sums(self, device: torch.device) -> torch.Tensor | None:
@@ -109,8 +115,12 @@ class LayerPlan:
     def run(self, hidden: torch.Tensor, weights: MoEWeights, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
             validate: bool = True, poison: bool = False) -> torch.Tensor:
         """The whole layer, as moe() runs it: quantize, align (with the counters), stage 1, stage 2."""
-        x = self.quantize(hidden)
-        plan1, plan2 = self.route(topk_ids, validate=validate)
+        if self.overlap_quant:
+            plan1, plan2 = self.route(topk_ids, validate=validate, first_wait=True)
+            x = self.quantize(hidden, early=True)
+        else:
+            x = self.quantize(hidden)
+            plan1, plan2 = self.route(topk_ids, validate=validate)
         sums = self.sums(hidden.device)
         h = self.stage1(x, weights, plan1, sums=sums, poison=poison)
         return self.stage2(h, weights, plan1, plan2, topk_weights, sums=sums, poison=poison)
@@ -133,7 +143,7 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
         return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=0, counters2=n2,
                          zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,
-                     zero_in_stage1=zero)
+                     zero_in_stage1=zero, overlap_quant=quant_overlaps_align(Path(path), config.stage1))
 
 
 # moe()'s plans per call (mxmoe.moe.call_plan): kept here so that `clear_plans` forgets them with layer_plan's own.

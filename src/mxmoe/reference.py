@@ -5,7 +5,9 @@ Axis legend: T tokens, E experts, A topk, H hidden, I expert inter, N = 2*I; M t
 It emulates only what the kernels are specified to round, so a correct kernel differs from it by
 summation order alone (tolerance.py sizes the limits from that):
   a16w4  x rounded to bf16; the stage-1 output rounded to bf16 (the kernel writes a bf16 intermediate)
-  a8w4   x and the stage-1 output MXFP8-quantized (along H, along I) and dequantized
+  a8w4   x and the stage-1 output MXFP8-quantized (along H, along I) and dequantized; the stage-1 output is
+         rounded to bf16 first (the MX paths quantize the bf16 h a16w4 passes, as a serving stack quantizes a
+         bf16 activation; it lets stage 1 store bf16 and round it in place, half the bytes of an fp32 h)
   a4w4   the same with MXFP4
 The weights are taken as given (MoEWeights dequantizes its MXFP4 exactly); all arithmetic is fp32 and
 the routing weight is applied after the stage-2 bias, as GPT-OSS does.
@@ -105,7 +107,7 @@ def _moe(
         y = x[tokens] @ w13.T  # [M, N]
         if b13 is not None:
             y = y + b13
-        act = quantize_activation(apply_activation(y, activation), path)  # [M, I]
+        act = quantize_activation(apply_activation(y, activation).to(torch.bfloat16).float(), path)  # [M, I]
         z = act @ w2.T  # [M, H]
         if b2 is not None:
             z = z + b2

@@ -180,7 +180,7 @@ def test_atomic_finish_rule():
 
 @pytest.mark.parametrize("path", [Path.A8W4, Path.A4W4], ids=lambda p: p.value)
 def test_deferred_rounding_is_the_fused_rounding(path, monkeypatch):
-    """From BLOCK_M 64 stage 1 stores fp32 h and kernels/quant.py rounds it to the path's grid: the same bits as the
+    """From BLOCK_M 64 stage 1 stores bf16 h and kernels/quant.py rounds it in place: the same bits as the
     epilogue's fused rounding of the same sums (the two runs differ only in where qdq_tile runs), and the layer
     still meets the oracle with poisoned buffers."""
     from mxmoe.kernels import rules, swmoe

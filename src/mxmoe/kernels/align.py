@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.kernels.common import interpreting, require_executable
-from mxmoe.kernels.sync import enter, launch_options
+from mxmoe.kernels.sync import enter, enter_as, launch_options
 from mxmoe.routing import (
     RoutingPlan,
     _check_id_range,
@@ -171,11 +171,11 @@ def _align_kernel(
     ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counters_ptr, scratch_ptr,
     num_pairs, num_experts, max_padded, max_blocks, num_counters, stride_it, stride_ia,
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
-    E_BITS: tl.constexpr, SMALL: tl.constexpr, INTERP: tl.constexpr,
+    E_BITS: tl.constexpr, SMALL: tl.constexpr, FIRST_WAIT: tl.constexpr, INTERP: tl.constexpr,
 ):
     """The whole plan from one program (P <= LANES)."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
-    enter(INTERP)
+    enter_as(FIRST_WAIT, INTERP)
     lane = tl.arange(0, LANES)
     expert, valid = _load_ids(ids_ptr, lane, num_pairs, stride_it, stride_ia, TOPK)
     _fills(sorted_ids_ptr, block_expert_ptr, counters_ptr, num_pairs, max_padded, max_blocks, num_counters,
@@ -215,12 +215,12 @@ def _place_kernel(
     ids_ptr, sorted_ids_ptr, block_expert_ptr, offsets_ptr, num_padded_ptr, counts_ptr,
     num_pairs, num_experts, max_padded, num_chunks, stride_it, stride_ia,
     TOPK: tl.constexpr, BLOCK_M: tl.constexpr, LANES: tl.constexpr, LANE_BITS: tl.constexpr,
-    E_BITS: tl.constexpr, ROWS: tl.constexpr, INTERP: tl.constexpr,
+    E_BITS: tl.constexpr, ROWS: tl.constexpr, FIRST_WAIT: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Program c: the starts from all C histograms, its prefix from those of programs < c, then its pairs'
     slots (program 0 also writes expert_offsets and num_padded)."""
     E_BLOCK: tl.constexpr = 1 << E_BITS
-    enter(INTERP)
+    enter_as(FIRST_WAIT, INTERP)
     c = tl.program_id(0)
     e_idx = tl.arange(0, E_BLOCK)
     total = tl.zeros([E_BLOCK], tl.int32)
@@ -242,11 +242,12 @@ def _round_up(n: int, m: int) -> int:
 
 
 def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
-                           counters: int = 0) -> RoutingPlan:
+                           counters: int = 0, first_wait: bool = False) -> RoutingPlan:
     """The plan of `mxmoe.routing.align_by_expert`, bit for bit, from Triton (one launch up to ONE_CTA_LANES
     pairs, two above; no host sync, CUDA-graph capturable). topk_ids: [T, A] int32/int64 in [0, E), not
     range-checked here (see `align`). `counters` int32 zeros come with it as `plan.counters` (written by the same
-    launch: no memset). The plan's four tensors are views of one int32 allocation.
+    launch: no memset). The plan's four tensors are views of one int32 allocation. `first_wait`: its last kernel
+    enters with `sync.enter_first_wait`, for an overlapped grid after it (`sync.overlap_begin`).
     """
     _check_ids(topk_ids)
     _check_sizes(num_experts, block_m)
@@ -280,7 +281,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
         _align_kernel[(1,)](
             topk_ids, sorted_ids, block_expert, offsets, num_padded, zeros, scratch_buf, p, num_experts, p_max, nb,
             counters, *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
-            SMALL=lanes <= SMALL_LANES, **common)
+            SMALL=lanes <= SMALL_LANES, FIRST_WAIT=first_wait, **common)
     elif p:
         _count_kernel[(chunks,)](
             topk_ids, sorted_ids, block_expert, scratch_buf, zeros, p, num_experts, p_max, nb, counters, *strides,
@@ -288,7 +289,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
         _place_kernel[(chunks,)](
             topk_ids, sorted_ids, block_expert, offsets, num_padded, scratch_buf, p, num_experts, p_max, chunks,
             *strides, BLOCK_M=block_m, LANES=lanes, LANE_BITS=lanes.bit_length() - 1,
-            ROWS=min(PREFIX_INTS >> e_bits, triton.next_power_of_2(chunks)), **common)
+            ROWS=min(PREFIX_INTS >> e_bits, triton.next_power_of_2(chunks)), FIRST_WAIT=first_wait, **common)
     return RoutingPlan(
         sorted_ids=sorted_ids,
         block_expert=block_expert,
@@ -304,12 +305,13 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
 
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: bool = True,
-          counters: int = 0) -> RoutingPlan:
+          counters: int = 0, first_wait: bool = False) -> RoutingPlan:
     """`align_by_expert` by the fastest correct path: the Triton kernels up to MAX_TRITON_PAIRS pairs and
     MAX_TRITON_EXPERTS experts on CUDA (or the interpreter), the torch ops otherwise. Same plan either way.
 
     `validate` range-checks the ids, a host sync: pass False inside CUDA-graph capture. `counters` asks for that
-    many int32 zeros as `plan.counters` (the v2 stages' arrival counters).
+    many int32 zeros as `plan.counters` (the v2 stages' arrival counters); `first_wait`: see
+    `align_by_expert_triton` (the torch path's kernels finish before the next launches anyway).
     """
     _check_ids(topk_ids)
     _check_sizes(num_experts, block_m)
@@ -322,4 +324,4 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, validate: b
             plan = dataclasses.replace(plan, counters=torch.zeros(counters, dtype=torch.int32,
                                                                   device=topk_ids.device))
         return plan
-    return align_by_expert_triton(topk_ids, num_experts, block_m, counters=counters)
+    return align_by_expert_triton(topk_ids, num_experts, block_m, counters=counters, first_wait=first_wait)

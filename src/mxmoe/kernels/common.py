@@ -206,13 +206,21 @@ def to_operand(x, F32: tl.constexpr):
 
 
 @triton.jit
+def bf16_grid(x):
+    """f32 -> f32 rounded to the nearest bf16 (half to even) by bit arithmetic; finite values past bf16's largest
+    become Inf, as the cast's would. NaN is kept as it is: the GPU's canonical NaN 0x7FFFFFFF would carry into the
+    sign bit and come out as -0."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # mask 0xFFFF0000
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+
+
+@triton.jit
 def to_bf16_rne(x, INTERP: tl.constexpr):
     """f32 -> bf16, round half to even. The GPU's cvt does this; the 3.6 interpreter truncates, so there we
     round the bits first (the truncating cast of an already-rounded value is exact)."""
     if INTERP:
-        bits = x.to(tl.int32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # mask 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+        return bf16_grid(x).to(tl.bfloat16)
     else:
         return x.to(tl.bfloat16)
 

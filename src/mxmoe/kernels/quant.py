@@ -12,46 +12,70 @@ import triton.language as tl
 
 from mxmoe.kernels.common import KernelInput, interpreting, require_executable
 from mxmoe.kernels.mx_tile import e4m3_code, qdq_tile, quantize_tile_mxfp4, quantize_tile_mxfp8
-from mxmoe.kernels.sync import enter, launch_options
+from mxmoe.kernels.sync import enter, launch_options, overlap_begin, overlap_end
 from mxmoe.shapes import Path
 
-_ROWS = 16
+# The quantization kernel's tile: ROWS token rows x COLS columns a program, WARPS warps. Columns past H are masked
+# (H is a multiple of 32, so an MX group is all in or all out): gpt-oss's 2880 once took 64-column tiles.
+ROWS = 16
+COLS = 256
+WARPS = 4
 
 
 @triton.jit
-def _quant_kernel(x_ptr, q_ptr, s_ptr, T, stride_x, stride_q, stride_s,
-                  FP4: tl.constexpr, QDQ: tl.constexpr, INTERP: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_C: tl.constexpr):
-    enter(INTERP)
+def _quant_kernel(x_ptr, q_ptr, s_ptr, T, H, stride_x, stride_q, stride_s,
+                  FP4: tl.constexpr, QDQ: tl.constexpr, EARLY: tl.constexpr, INTERP: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """EARLY: overlapped with the grid before it (`sync.overlap_begin`): the layer input, after the align kernels."""
+    if EARLY:
+        overlap_begin(INTERP)
+    else:
+        enter(INTERP)
+    _quant_tile(x_ptr, q_ptr, s_ptr, T, H, stride_x, stride_q, stride_s, FP4, QDQ, INTERP, BLOCK_R, BLOCK_C)
+    if EARLY:
+        overlap_end(INTERP)
+
+
+@triton.jit
+def _quant_tile(x_ptr, q_ptr, s_ptr, T, H, stride_x, stride_q, stride_s, FP4: tl.constexpr, QDQ: tl.constexpr,
+                INTERP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c0 = tl.program_id(1) * BLOCK_C
-    mask = (offs_r < T)[:, None]
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    row_ok = (offs_r < T)[:, None]
     rows = offs_r.to(tl.int64)
-    x = tl.load(x_ptr + rows[:, None] * stride_x + (c0 + tl.arange(0, BLOCK_C))[None, :], mask=mask, other=0.0)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + offs_c[None, :], mask=row_ok & (offs_c < H)[None, :], other=0.0)
     offs_s = c0 // 32 + tl.arange(0, BLOCK_C // 32)
     if QDQ:  # the values on the path's grid, as bf16 (exact): the v2 kernels' carrier
         q = qdq_tile(x.to(tl.float32), FP4, INTERP, BLOCK_R, BLOCK_C).to(tl.bfloat16)
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        tl.store(q_ptr + rows[:, None] * stride_q + offs_c[None, :], q, mask=mask)
+        tl.store(q_ptr + rows[:, None] * stride_q + offs_c[None, :], q, mask=row_ok & (offs_c < H)[None, :])
         return
     if FP4:
         q, s = quantize_tile_mxfp4(x.to(tl.float32), BLOCK_R, BLOCK_C)
         offs_q = c0 // 2 + tl.arange(0, BLOCK_C // 2)
+        q_ok = offs_q < H // 2
     else:
         q, s = quantize_tile_mxfp8(x.to(tl.float32), BLOCK_R, BLOCK_C)
-        offs_q = c0 + tl.arange(0, BLOCK_C)
-    tl.store(q_ptr + rows[:, None] * stride_q + offs_q[None, :], q, mask=mask)
-    tl.store(s_ptr + rows[:, None] * stride_s + offs_s[None, :], s, mask=mask)
+        offs_q = offs_c
+        q_ok = offs_q < H
+    tl.store(q_ptr + rows[:, None] * stride_q + offs_q[None, :], q, mask=row_ok & q_ok[None, :])
+    tl.store(s_ptr + rows[:, None] * stride_s + offs_s[None, :], s, mask=row_ok & (offs_s < H // 32)[None, :])
 
 
-def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False, out: KernelInput | None = None) -> KernelInput:
+def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False, out: KernelInput | None = None,
+                   early: bool = False) -> KernelInput:
     """x: [T, H] bf16 (or fp32) -> the path's KernelInput (bf16 passes through untouched). `bf16=True` (the v2
     kernels) keeps an MX path's values on its grid but carried as bf16 (rounding bit for bit as the bytes would),
-    written into `out` when given (stage 1's deferred rounding of h)."""
+    written into `out` when given (stage 1's deferred rounding of its bf16 h, in place: `out.data` may be `x`).
+    `early`: the kernel overlaps the grid launched just before it (`sync.overlap_begin`: that grid entered with
+    `enter_first_wait`, and `x` was written before it)."""
     path = Path(path)
     if path is Path.A16W4:
         return KernelInput(x, None, path)
     require_executable(x)
+    if x.dim() != 2 or x.shape[1] % 32 or x.stride(1) != 1:
+        raise ValueError(f"quantize_input: need [T, H] with H a multiple of 32 and unit column stride, got "
+                         f"{tuple(x.shape)} strides {x.stride()}")
     t, h = x.shape
     if out is not None:
         if not (bf16 and out.bf16 and tuple(out.data.shape) == (t, h) and out.data.is_contiguous()):
@@ -62,12 +86,11 @@ def quantize_input(x: torch.Tensor, path: Path, *, bf16: bool = False, out: Kern
         out = KernelInput.empty(path, t, h, x.device)
     if t == 0:
         return out
-    block_c = next(c for c in (256, 128, 64, 32) if h % c == 0)
-    grid = (triton.cdiv(t, _ROWS), h // block_c)
+    grid = (triton.cdiv(t, ROWS), triton.cdiv(h, COLS))
     scales = out.scales_or(out.data)
-    _quant_kernel[grid](x, out.data, scales, t, x.stride(0), out.data.stride(0), scales.stride(0),
-                        FP4=path is Path.A4W4, QDQ=bf16, INTERP=interpreting(), BLOCK_R=_ROWS, BLOCK_C=block_c,
-                        **launch_options())
+    _quant_kernel[grid](x, out.data, scales, t, h, x.stride(0), out.data.stride(0), scales.stride(0),
+                        FP4=path is Path.A4W4, QDQ=bf16, EARLY=early, INTERP=interpreting(), BLOCK_R=ROWS, BLOCK_C=COLS,
+                        num_warps=WARPS, **launch_options())
     return out
 
 
@@ -116,6 +139,6 @@ def quantize_token_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.empty(t, dtype=torch.float32, device=x.device)
     if t:
         block_c = next(c for c in (256, 128, 64, 32) if h % c == 0)
-        _token_e4m3_kernel[(triton.cdiv(t, _ROWS),)](x, q, s, t, h, x.stride(0), q.stride(0), INTERP=interpreting(),
-                                                     BLOCK_R=_ROWS, BLOCK_C=block_c, **launch_options())
+        _token_e4m3_kernel[(triton.cdiv(t, ROWS),)](x, q, s, t, h, x.stride(0), q.stride(0), INTERP=interpreting(),
+                                                     BLOCK_R=ROWS, BLOCK_C=block_c, **launch_options())
     return q, s

@@ -24,8 +24,13 @@ from mxmoe.shapes import Path
 # See defers_rounding. H100, whole layer us, fused -> deferred (results/h100/2026-12-06_mx_defer_ab_0b53aba.log):
 # deepseek-v4-tp8 T=1024 a8w4 1919 -> 1664 (a16w4 1636), kimi-k2-tp8 T=1024 a8w4 1073 -> 982, deepseek-v3-tp8 T=1024
 # a4w4 896 -> 817, gpt-oss-120b T=4096 a8w4 2780 -> 2547 (a16w4 2433), deepseek-v3 T=4096 a8w4 8436 -> 7787.
+# Since 2026-12-07 the pass rounds stage 1's bf16 h in place (the reference rounds h to bf16 before the MX grid),
+# where it read fp32 h and wrote a second buffer. H100, whole layer, graph replay, L2 flushed, us fp32 pass / bf16
+# in place / fused (1279041, results/h100/2026-12-07_defer_ab_1279041.csv): T=4096 gpt-oss-20b a8w4 1879 / 1831 /
+# 2015 (a16w4 1748), a4w4 1876 / 1827 / 2033, gpt-oss-120b a8w4 2291 / 2238 / 2505 (a16w4 2177), gpt-oss-3072 a8w4
+# 2519 / 2437 / 2725, kimi-k2-tp8 a8w4 1717 / 1702 / 2108 (a16w4 1611), deepseek-v3-tp8 a8w4 1737 / 1721 / 2101,
+# deepseek-v4-tp8 a4w4 2232 / 2228 / 2438, deepseek-v3 a4w4 7210 / 7136 / 7951.
 DEFER_MIN_BLOCK_M = 64
-DEFER_BF16 = 0  # A/B: stage 1 writes h as bf16 and the rounding pass rounds it in place
 # See finishes_atomic_in_kernel. H100 vs_peer grid, whole layer us, memset + cast kernels -> in-kernel finish
 # everywhere (results/h100/2026-12-06_vs_peer_ab9dc64.csv against the align-only run 2b748a4 and 79179f0): BM 16
 # with a long K gained (gpt-oss-20b T=16 / 64 181.6 / 193.4 -> 169.1 / 181.1, deepseek-v3 T=64 / 256 1806.6 /
@@ -54,6 +59,16 @@ def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int
     if cfg.combine is Combine.SLOTS:
         return triton.cdiv(n, cfg.block_n)
     return tokens * triton.cdiv(n, cfg.block_n) if finishes_atomic_in_kernel(cfg, k) else 0
+
+
+# See quant_overlaps_align. 0 / 1, measured by rule_ab (results/h100/2026-12-07_quant_ab_*.csv).
+QUANT_OVERLAPS_ALIGN = 0
+
+
+def quant_overlaps_align(path: Path, cfg: TileConfig) -> bool:
+    """Whether the layer launches the align kernels before an MX path's input quantization and runs that kernel
+    overlapped with them (`sync.overlap_begin`: it reads only the layer input), instead of quantizing first."""
+    return bool(QUANT_OVERLAPS_ALIGN) and path is not Path.A16W4 and cfg.mma is Mma.WGMMA
 
 
 def defers_rounding(path: Path, cfg: TileConfig) -> bool:

@@ -54,11 +54,12 @@ def _epilogue(acc_g, acc_u, rows, row_ok, offs_n, pid_n, out_ptr, outs_ptr, stri
               BLOCK_N: tl.constexpr):
     """Activation of the fp32 gate and up sums (bias added) of pair rows x one N tile, then the store at the
     path's width. Both kernels call it, so the fused and the split-K launch round alike."""
-    h = activation(acc_g, acc_u, ACT)
+    h = to_bf16_rne(activation(acc_g, acc_u, ACT), INTERP)  # the MX paths quantize the bf16 h (reference.py)
 
     if PATH == A16W4:
-        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=row_ok[:, None])
+        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=row_ok[:, None])
     else:
+        h = h.to(tl.float32)
         offs_s = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
         if PATH == A8W4:
             q, s = quantize_tile_mxfp8(h, BLOCK_M, BLOCK_N)

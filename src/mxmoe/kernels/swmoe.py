@@ -33,7 +33,6 @@ import triton.language as tl
 
 from mxmoe.config import TileConfig
 from mxmoe.fp8_rebase import table_words
-from mxmoe.kernels import rules
 from mxmoe.kernels.common import (
     A4W4,
     A16W4,
@@ -41,6 +40,7 @@ from mxmoe.kernels.common import (
     PATH_CODES,
     KernelInput,
     activation,
+    bf16_grid,
     grid_swizzle,
     interpreting,
     k_range,
@@ -163,26 +163,28 @@ def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K
 
 @triton.jit
 def carried_h(h, PATH: tl.constexpr, INTERP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
-    """fp32 h [R, C] (after the activation) -> the bf16 carrier stage 2 reads: on a8w4 / a4w4 rounded to the MXFP8 /
-    MXFP4 grid first (per 32 along C). One owner, so the direct layer's h (kernels/decode.py) is this one's bits."""
+    """fp32 h [R, C] (after the activation) -> the bf16 carrier stage 2 reads: rounded to bf16, then on a8w4 / a4w4
+    to the MXFP8 / MXFP4 grid (per 32 along C; the reference's contract: the MX paths quantize a16w4's bf16 h).
+    One owner, so the direct layer's h (kernels/decode.py) and the deferred pass's are this one's bits."""
+    h16 = to_bf16_rne(h, INTERP)
     if PATH != A16W4:
-        h = qdq_tile(h, PATH == A4W4, INTERP, R, C)
-    return to_bf16_rne(h, INTERP)
+        h16 = qdq_tile(h16.to(tl.float32), PATH == A4W4, INTERP, R, C).to(tl.bfloat16)
+    return h16
 
 
 @triton.jit
 def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: tl.constexpr, ACT: tl.constexpr,
                INTERP: tl.constexpr, DEFER: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored):
-    with DEFER stored as fp32 for a separate rounding pass, else rounded to the path's grid (a8w4: MXFP8, a4w4:
-    MXFP4; N is a multiple of 32, so a group is all in or all out) and stored as bf16."""
+    """Activation of the fp32 gate / up sums (bias added) of BM pair rows x BN columns (those below N stored), as
+    bf16: with DEFER rounded to bf16 only (a separate pass rounds it to the path's grid in place), else
+    `carried_h` (N is a multiple of 32, so an MX group is all in or all out)."""
     h = activation(acc_g, acc_u, ACT)
     mask = row_ok[:, None] & (offs_n < N)[None, :]
     if DEFER:
-        if out_ptr.dtype.element_ty == tl.bfloat16:
-            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
+        if out_ptr.dtype.element_ty == tl.float32:  # an e4m3 stage (stage1_wgmma: PTXAS_WHY)
+            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], bf16_grid(h), mask=mask)
         else:
-            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=mask)
+            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
     else:
         tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], carried_h(h, PATH, INTERP, BM, BN), mask=mask)
 
@@ -350,7 +352,12 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
 
     Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
     never zeroed); `counters` are `counters_needed(cfg, 1, I, H, plan.max_blocks, T)` int32 zeros, allocated here if
-    not given. Where `defers_rounding`, the kernel writes fp32 h and `quantize_input` rounds it (into `out`).
+    not given. Where `defers_rounding`, the kernel writes h as bf16 and `quantize_input` rounds it in place.
+
+    PTXAS_WHY: an e4m3 stage that defers writes h as fp32 on the bf16 grid (the same values) to a scratch buffer
+    instead: its bf16 store made ptxas serialize the two fp8 accumulator chains (sm_90 CPU compile, M64N128K128
+    w8: ptxas info C7515 'non wgmma instructions defining accumulator registers', DEPBAR 0x0 after each of 16
+    wgmmas instead of 0x7; 203 registers against 244), which tests/kernels/test_e4m3_stage1.py guards.
     `zero`, a contiguous fp32 tensor, is zeroed by the kernel's programs (stage 2's atomic sums, `moe`).
     """
     e4m3 = cfg.mma.e4m3
@@ -369,10 +376,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
             zero.zero_()
         return out
     defer = defers_rounding(x.path, cfg)
-    dst = out.data  # where the kernel writes: h itself, or fp32 h for the rounding pass
-    if defer and rules.DEFER_BF16:
-        dst = out.data
-    elif defer:
+    dst = out.data  # where the kernel writes h: bf16, rounded to the path's grid in place where it defers
+    if defer and e4m3:  # PTXAS_WHY
         dst = torch.empty(pairs, i, dtype=torch.float32, device=dev)
         if poison:
             dst.fill_(float("nan"))
@@ -395,6 +400,6 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(),
     )
-    if defer:
+    if defer:  # bf16 h rounded to the path's grid in place
         quantize_input(dst, x.path, bf16=True, out=out)
     return out

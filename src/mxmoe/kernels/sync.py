@@ -28,7 +28,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from mxmoe.kernels.common import interpreting
 
-__all__ = ["enter", "enter_first_wait", "last_arrival", "launch_options"]
+__all__ = ["enter", "enter_as", "enter_first_wait", "last_arrival", "launch_options", "overlap_begin", "overlap_end"]
 
 
 @triton.jit
@@ -47,6 +47,33 @@ def enter_first_wait(INTERP: tl.constexpr):
     if not INTERP:
         gdc_wait()
         gdc_launch_dependents()
+
+
+@triton.jit
+def enter_as(FIRST_WAIT: tl.constexpr, INTERP: tl.constexpr):
+    """`enter_first_wait` with FIRST_WAIT (the grid just before an `overlapped` one), else `enter`."""
+    if FIRST_WAIT:
+        enter_first_wait(INTERP)
+    else:
+        enter(INTERP)
+
+
+@triton.jit
+def overlap_begin(INTERP: tl.constexpr):
+    """The first statement of an overlapped grid: one that reads only what was written before the previous grid
+    started, so it works without waiting, and whose previous grid entered with `enter_first_wait` (every CTA of
+    that grid had passed its wait when this one launched: whatever ran before it has finished). Pair with
+    `overlap_end` as the last statement, so this grid finishes after the previous one (the next grid's wait then
+    covers both)."""
+    if not INTERP:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def overlap_end(INTERP: tl.constexpr):
+    """See `overlap_begin`."""
+    if not INTERP:
+        gdc_wait()
 
 
 @triton.jit
