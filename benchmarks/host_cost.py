@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = torch.empty(t, shape.hidden, dtype=torch.bfloat16, device=device)
     plan_module = sys.modules["mxmoe.layer_plan"]  # the launches live in the layer plan (moe() calls plan.run)
-    stubs = {"quantize_input": lambda h, p, bf16: h, "align": lambda *a, **k: None,
+    stubs = {"quantize_input": lambda h, p, **k: h, "align": lambda *a, **k: None,
              "stage1": lambda *a, **k: None, "stage2": lambda *a, **k: out,
              "direct_stage1": lambda *a, **k: None, "direct_stage2": lambda *a, **k: out}
     real = {name: getattr(plan_module, name) for name in stubs}

@@ -273,8 +273,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, num_experts: int, block_m: in
     buf = fresh(bounds[-1] + scratch, dtype=torch.int32, device=topk_ids.device)
     sorted_ids, block_expert, offsets, num_padded, zeros = (
         buf[lo : lo + n] for lo, n in zip(bounds, sizes, strict=False))
-    common = dict(TOPK=a, E_BITS=e_bits, INTERP=interpreting(), num_warps=4 if lanes <= 1024 else 8,
-                  **launch_options())
+    common = dict(TOPK=a, E_BITS=e_bits, INTERP=interpreting(), num_warps=4 if lanes <= 1024 else 8, **launch_options())
     scratch_buf = buf[bounds[-1]:]
     strides = (topk_ids.stride(0), topk_ids.stride(1))
     if p and one:

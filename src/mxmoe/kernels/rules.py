@@ -16,6 +16,7 @@ decode the weight stream is not what the layer waits on (the kernels are latency
 
 from __future__ import annotations
 
+import torch
 import triton
 
 from mxmoe.config import Combine, Mma, TileConfig
@@ -59,6 +60,15 @@ def counters_needed(cfg: TileConfig, stage: int, n: int, k: int, max_blocks: int
     if cfg.combine is Combine.SLOTS:
         return triton.cdiv(n, cfg.block_n)
     return tokens * triton.cdiv(n, cfg.block_n) if finishes_atomic_in_kernel(cfg, k) else 0
+
+
+def deferred_h_dtype(cfg: TileConfig) -> torch.dtype:
+    """The dtype a stage 1 that `defers_rounding` stores h in, before the pass rounds it to the path's grid: bf16
+    (rounded in place), or for an e4m3 stage fp32 holding the same bf16-rounded values, because its bf16 store made
+    ptxas serialize the two fp8 accumulator chains (sm_90 CPU compile, M64N128K128 w8: ptxas info C7515 'non wgmma
+    instructions defining accumulator registers', DEPBAR 0x0 after each of 16 wgmmas instead of 0x7, 203 registers
+    against 244), which tests/kernels/test_e4m3_stage1.py guards."""
+    return torch.float32 if cfg.mma.e4m3 else torch.bfloat16
 
 
 # See quant_overlaps_align. 0 / 1, measured by rule_ab (results/h100/2026-12-07_quant_ab_*.csv).

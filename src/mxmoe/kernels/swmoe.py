@@ -48,7 +48,7 @@ from mxmoe.kernels.common import (
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import counters_needed, defers_rounding, e4m3_promote_steps
+from mxmoe.kernels.rules import counters_needed, deferred_h_dtype, defers_rounding, e4m3_promote_steps
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import e4m3_bytes_operand, e4m3_operand, weight_tile_e4m3
@@ -179,14 +179,13 @@ def _epilogue1(acc_g, acc_u, rows, row_ok, offs_n, N, out_ptr, stride_op, PATH: 
     bf16: with DEFER rounded to bf16 only (a separate pass rounds it to the path's grid in place), else
     `carried_h` (N is a multiple of 32, so an MX group is all in or all out)."""
     h = activation(acc_g, acc_u, ACT)
-    mask = row_ok[:, None] & (offs_n < N)[None, :]
-    if DEFER:
-        if out_ptr.dtype.element_ty == tl.float32:  # an e4m3 stage (stage1_wgmma: PTXAS_WHY)
-            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], bf16_grid(h), mask=mask)
-        else:
-            tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], to_bf16_rne(h, INTERP), mask=mask)
+    if DEFER and out_ptr.dtype.element_ty == tl.float32:  # rules.deferred_h_dtype
+        h = bf16_grid(h)
+    elif DEFER:
+        h = to_bf16_rne(h, INTERP)
     else:
-        tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], carried_h(h, PATH, INTERP, BM, BN), mask=mask)
+        h = carried_h(h, PATH, INTERP, BM, BN)
+    tl.store(out_ptr + rows[:, None] * stride_op + offs_n[None, :], h, mask=row_ok[:, None] & (offs_n < N)[None, :])
 
 
 @triton.jit
@@ -352,12 +351,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
 
     Split-K partial sums go to an fp32 [split_k, P, 2I] scratch (every row a live tile covers is written, so it is
     never zeroed); `counters` are `counters_needed(cfg, 1, I, H, plan.max_blocks, T)` int32 zeros, allocated here if
-    not given. Where `defers_rounding`, the kernel writes h as bf16 and `quantize_input` rounds it in place.
-
-    PTXAS_WHY: an e4m3 stage that defers writes h as fp32 on the bf16 grid (the same values) to a scratch buffer
-    instead: its bf16 store made ptxas serialize the two fp8 accumulator chains (sm_90 CPU compile, M64N128K128
-    w8: ptxas info C7515 'non wgmma instructions defining accumulator registers', DEPBAR 0x0 after each of 16
-    wgmmas instead of 0x7; 203 registers against 244), which tests/kernels/test_e4m3_stage1.py guards.
+    not given. Where `defers_rounding`, the kernel writes h as bf16 (`rules.deferred_h_dtype`: an e4m3 stage fp32
+    on the bf16 grid, to a scratch) and `quantize_input` rounds it to the path's grid (in place).
     `zero`, a contiguous fp32 tensor, is zeroed by the kernel's programs (stage 2's atomic sums, `moe`).
     """
     e4m3 = cfg.mma.e4m3
@@ -376,8 +371,8 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
             zero.zero_()
         return out
     defer = defers_rounding(x.path, cfg)
-    dst = out.data  # where the kernel writes h: bf16, rounded to the path's grid in place where it defers
-    if defer and e4m3:  # PTXAS_WHY
+    dst = out.data  # where the kernel writes h
+    if defer and deferred_h_dtype(cfg) is torch.float32:
         dst = torch.empty(pairs, i, dtype=torch.float32, device=dev)
         if poison:
             dst.fill_(float("nan"))
