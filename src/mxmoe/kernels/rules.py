@@ -71,8 +71,14 @@ def deferred_h_dtype(cfg: TileConfig) -> torch.dtype:
     return torch.float32 if cfg.mma.e4m3 else torch.bfloat16
 
 
-# See quant_overlaps_align. 0 / 1, measured by rule_ab (results/h100/2026-12-07_quant_ab_*.csv).
-QUANT_OVERLAPS_ALIGN = 0
+# See quant_overlaps_align. H100 timeline (layer_timeline.py, 2fdc1fa, results/h100/2026-12-07_session19b_2fdc1fa.log):
+# with the quantization first, kimi-k2-tp8 T=4096 a8w4's stage 1 waited 112 us for quant (43 us, near the 39 us
+# byte floor) and the two align kernels, which ran 4x slower behind it (about 80 us against a16w4's 20 us: behind
+# 59 MB of dirty L2 lines). Whole layer, graph replay, L2 flushed, us first / overlapped (..._quant_ab_2fdc1fa.csv):
+# kimi-k2-tp8 T=4096 a8w4 1709 / 1650, deepseek-v3-tp8 a8w4 1729 / 1669, a4w4 1737 / 1668, gpt-oss-20b a8w4 1877 /
+# 1832, kimi-k2-tp8 T=1024 a8w4 704 / 694, gpt-oss-120b T=256 a4w4 631 / 628. Bigger quant tiles lost there
+# (ROWS 32: 0.94-1.00x, ROWS 64 with 8 warps: 0.94-1.00x).
+QUANT_OVERLAPS_ALIGN = 1
 
 
 def quant_overlaps_align(path: Path, cfg: TileConfig) -> bool:
