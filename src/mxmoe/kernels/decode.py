@@ -47,7 +47,6 @@ from mxmoe.config import TileConfig
 from mxmoe.kernels.combine import combine_slots
 from mxmoe.kernels.common import (
     A4W4,
-    A16W4,
     ACT_CODES,
     PATH_CODES,
     KernelInput,
@@ -69,6 +68,7 @@ from mxmoe.kernels.swmoe_stage2 import weighted_rows
 from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
+from mxmoe.shapes import Path
 
 
 class DirectPlan(NamedTuple):
@@ -132,8 +132,10 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, ROW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
+    """ROW: an MX path's input unrounded, rounded on the token's row here (`_row_operand` says why a16w4, or an
+    input the quantization kernel rounded, takes the staged tile instead)."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
@@ -151,7 +153,6 @@ def _direct1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
-    ROW: tl.constexpr = PATH != A16W4  # an MX path rounds the token's row (_row_operand says why a16w4 does not)
     k_end = tl.minimum(k_first + k_len, H)
     if ROW:  # loaded one K step ahead: a load that feeds no dot is not pipelined
         x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)
@@ -270,9 +271,11 @@ def _register_cap(path, preload: int) -> dict[str, int]:
     return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
-def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
-    """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
-    [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
+def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False,
+                  rounded: bool = False) -> torch.Tensor:
+    """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it; `rounded`:
+    already on the path's grid, `rules.direct_quantizes_input`) -> fp32 [S1, P, 2I] gate / up partial sums
+    (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
     w = weights.w13_sw
@@ -288,7 +291,8 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps,
+        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4 and not rounded, BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     return part
