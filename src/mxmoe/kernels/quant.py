@@ -43,12 +43,13 @@ def _quant_tile(x_ptr, q_ptr, s_ptr, T, H, stride_x, stride_q, stride_s, FP4: tl
     c0 = tl.program_id(1) * BLOCK_C
     offs_c = c0 + tl.arange(0, BLOCK_C)
     row_ok = (offs_r < T)[:, None]
+    mask = row_ok & (offs_c < H)[None, :]
     rows = offs_r.to(tl.int64)
-    x = tl.load(x_ptr + rows[:, None] * stride_x + offs_c[None, :], mask=row_ok & (offs_c < H)[None, :], other=0.0)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + offs_c[None, :], mask=mask, other=0.0)
     offs_s = c0 // 32 + tl.arange(0, BLOCK_C // 32)
     if QDQ:  # the values on the path's grid, as bf16 (exact): the v2 kernels' carrier
         q = qdq_tile(x.to(tl.float32), FP4, INTERP, BLOCK_R, BLOCK_C).to(tl.bfloat16)
-        tl.store(q_ptr + rows[:, None] * stride_q + offs_c[None, :], q, mask=row_ok & (offs_c < H)[None, :])
+        tl.store(q_ptr + rows[:, None] * stride_q + offs_c[None, :], q, mask=mask)
         return
     if FP4:
         q, s = quantize_tile_mxfp4(x.to(tl.float32), BLOCK_R, BLOCK_C)
