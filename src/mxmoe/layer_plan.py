@@ -28,7 +28,6 @@ from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_
 from mxmoe.kernels.quant import quantize_input, quantize_token_e4m3
 from mxmoe.kernels.rules import (
     counters_needed,
-    direct_quantizes_input,
     finishes_atomic_in_kernel,
     quant_overlaps_align,
     runs_direct,
@@ -48,8 +47,7 @@ class LayerPlan:
     (kernels/decode.py): no quantization or align kernel, the routing plan is the caller's ids, stage 1 returns fp32
     partial sums that stage 2 turns into h, and `counters2` are the ones stage 1 zeroes for stage 2.
     `overlap_quant`: `run` aligns first, then quantizes overlapped with the align kernels
-    (`rules.quant_overlaps_align`). `direct_quant`: the direct layer's MX input goes through the quantization
-    kernel and its stage 1 reads it as a16w4 does (`rules.direct_quantizes_input`)."""
+    (`rules.quant_overlaps_align`)."""
 
     shape: MoEShape
     path: Path
@@ -60,7 +58,6 @@ class LayerPlan:
     zero_in_stage1: bool
     direct: bool = False
     overlap_quant: bool = False
-    direct_quant: bool = False
 
     def quantize(self, hidden: torch.Tensor, *, early: bool = False) -> KernelInput:
         """The layer input at the path's width (bf16 carriers on the MX grid for the v2 kernels; the direct layer's
@@ -69,7 +66,7 @@ class LayerPlan:
         if hidden.dtype is not torch.bfloat16:  # .to() of a bf16 tensor is a no-op that costs ~1 us of host time
             hidden = hidden.to(torch.bfloat16)
         hidden = hidden.contiguous()
-        if self.direct and not self.direct_quant:  # no quantize or align kernel checks the tensors here
+        if self.direct:  # no quantize or align kernel checks the tensors here
             require_executable(hidden)
             return KernelInput(hidden, None, self.path)
         if self.config.stage1.mma.e4m3:
@@ -102,7 +99,7 @@ class LayerPlan:
         """h [P, I] at the path's width (direct: fp32 [S1, P, 2I] partial sums, and the plan's counters zeroed);
         zeroes `sums` on the side when given."""
         if self.direct:
-            return direct_stage1(x, weights, plan1, self.config.stage1, poison=poison, rounded=self.direct_quant)
+            return direct_stage1(x, weights, plan1, self.config.stage1, poison=poison)
         counters = plan1.counters[: self.counters1] if self.counters1 and plan1.counters is not None else None
         return stage1(x, weights, plan1, self.config.stage1, poison=poison, counters=counters, zero=sums)
 
@@ -149,7 +146,7 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
     zero = v2 and finishes_atomic_in_kernel(config.stage2, shape.inter)
     if runs_direct(config, tokens, shape.topk, shape.inter):
         return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=0, counters2=n2,
-                         zero_in_stage1=False, direct=True, direct_quant=direct_quantizes_input(Path(path)))
+                         zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,
                      zero_in_stage1=zero, overlap_quant=quant_overlaps_align(Path(path), config.stage1))
 

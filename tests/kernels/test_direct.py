@@ -113,22 +113,6 @@ def test_direct_pieces_replayed_are_what_moe_runs(direct_on):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
 
 
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-def test_direct_layer_with_the_input_quantized_first(path, direct_on, monkeypatch):
-    """rules.DIRECT_MX_QUANT: an MX path's input rounded by the quantization kernel and read by stage 1 as a16w4
-    reads it gives the layer of stage 1 rounding the token's row itself, bit for bit (the same qdq_tile, the same
-    MMA operand values); a16w4 has nothing to quantize, so its plan is unchanged."""
-    p = make_problem(LONG_K, path, 2, seed=11)
-    cfg = _cfg(2, 1)
-    want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-    monkeypatch.setattr(rules, "DIRECT_MX_QUANT", 1)
-    clear_plans()
-    lp = layer_plan(p.shape, path, cfg, 2)
-    assert lp.direct and lp.direct_quant == (path is not Path.A16W4)
-    got = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-    assert torch.equal(got, want)
-
-
 def test_direct_layer_refuses_out_of_range_ids_when_validating(direct_on):
     p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
     ids = p.topk_ids.clone()

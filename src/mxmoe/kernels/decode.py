@@ -120,7 +120,12 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
     at c249f98: 640 -> 449 instructions; H100 deepseek-v3-tp8 T=1 a8w4 layer 35.0 -> 33.2 us at 5bc3221, together
     with stage 2's one-row h and the fold change, results/h100/2026-12-06_direct_levers_ab_5bc3221.log). a16w4
     keeps the staged tile: the row measured 24.0 us against 23.3 (9ffc544), its load feeding no dot, so not
-    pipelined."""
+    pipelined. The MX paths keep the row although it compiles without a16w4's pipelined wgmma chain (kimi-k2-tp8
+    T=1, sm_90 CPU compile: 4 warp_group_dots against 33): rounding the input in the quantization kernel first so
+    stage 1 takes a16w4's staged tile lost on the H100 (325bc4e, whole layer us, row / kernel first:
+    deepseek-v3-tp8 T=1 a8w4 24.2 / 26.0, kimi-k2-tp8 T=1 a4w4 23.4 / 24.9, deepseek-v4-tp8 T=2 a8w4 53.2 / 57.3,
+    T=1 a4w4 32.7 / 34.7; results/h100/2026-12-07_direct_mx_quant_325bc4e.csv), its extra kernel's latency
+    more than the pipelining bought."""
     a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
     if not INTERP:
         a = a.to(tl.bfloat16)
@@ -134,8 +139,8 @@ def _direct1_kernel(
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
     SPLIT_K: tl.constexpr, ROW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """ROW: an MX path's input unrounded, rounded on the token's row here (`_row_operand` says why a16w4, or an
-    input the quantization kernel rounded, takes the staged tile instead)."""
+    """ROW: an MX path's input, rounded on the token's row here (`_row_operand` says why a16w4 takes the staged
+    tile instead)."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
@@ -271,10 +276,9 @@ def _register_cap(path, preload: int) -> dict[str, int]:
     return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
-def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False,
-                  rounded: bool = False) -> torch.Tensor:
-    """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it; `rounded`:
-    already on the path's grid, `rules.direct_quantizes_input`) -> fp32 [S1, P, 2I] gate / up partial sums
+def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
+    """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
+    [S1, P, 2I] gate / up partial sums
     (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
@@ -291,7 +295,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4 and not rounded, BM=cfg.block_m, BN=cfg.block_n,
+        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )

@@ -119,13 +119,6 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
-# See direct_quantizes_input. 0: off. Not yet measured (session 19 ran out of device time): the MX paths' direct
-# stage 1 rounds the token's row in registers and hands wgmma a shared-memory copy each K step, which sm_90 compiles
-# without the pipelined wgmma chain of a16w4's staged tile (kimi-k2-tp8 T=1, CPU compile at 4ebe862: 4
-# warp_group_dots and 2 warpgroup waits against 33 and 17, 87 registers against 110), 1.5-2.1 us over a16w4 at T=1
-# (results/h100/2026-12-07_vs_peer_paths_9b7d258.csv). 1: the quantization kernel rounds the input first and stage 1
-# takes a16w4's staged tile; it costs that small kernel's latency before stage 1. rule_ab decides it.
-DIRECT_MX_QUANT = 0
 
 
 def direct_preload(steps: int) -> int:
@@ -136,12 +129,6 @@ def direct_preload(steps: int) -> int:
 def direct_register_cap(path: Path, preload: int) -> int:
     """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
     return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
-
-
-def direct_quantizes_input(path: Path) -> bool:
-    """Whether the direct layer quantizes an MX path's input in the quantization kernel (stage 1 then reads it as
-    a16w4 does) instead of stage 1 rounding the token's row itself (see DIRECT_MX_QUANT)."""
-    return bool(DIRECT_MX_QUANT) and path is not Path.A16W4
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
