@@ -119,6 +119,13 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
+# See direct_row_prologue. 0: off (not yet measured). The MX paths' direct stage 1 rounds the token's row in
+# registers each K step and hands wgmma a shared-memory copy, which sm_90 compiles without the pipelined wgmma chain
+# of a16w4's staged tile (kimi-k2-tp8 T=1, CPU compile: 4 warp_group_dots against 33): 1.5-2 us over a16w4 at T=1
+# (deepseek-v3-tp8 a8w4 24.4 / 22.4 us, 9b7d258). Rounding the input in the quantization kernel first lost
+# (kernels/decode.py, `_row_operand`). 1: each CTA rounds its split's K range of the row into a scratch row first
+# (1024 values at those points, 8 a thread) and its main loop is a16w4's, reading the scratch.
+DIRECT_ROW_PROLOGUE = 0
 
 
 def direct_preload(steps: int) -> int:
@@ -129,6 +136,12 @@ def direct_preload(steps: int) -> int:
 def direct_register_cap(path: Path, preload: int) -> int:
     """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
     return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
+
+
+def direct_row_prologue(path: Path) -> bool:
+    """Whether the direct stage 1 of an MX `path` rounds its K range of the input into a scratch row before its
+    main loop (see DIRECT_ROW_PROLOGUE) instead of rounding the row each K step."""
+    return bool(DIRECT_ROW_PROLOGUE) and path is not Path.A16W4
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
