@@ -148,7 +148,8 @@ def layer_plan(shape: MoEShape, path: Path, config: MoEConfig, tokens: int) -> L
         return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=0, counters2=n2,
                          zero_in_stage1=False, direct=True)
     return LayerPlan(shape=shape, path=Path(path), config=config, tokens=tokens, counters1=n1, counters2=n2,
-                     zero_in_stage1=zero, overlap_quant=quant_overlaps_align(Path(path), config.stage1))
+                     zero_in_stage1=zero, overlap_quant=quant_overlaps_align(Path(path), config.stage1,
+                                                                       tokens * shape.topk))
 
 
 # moe()'s plans per call (mxmoe.moe.call_plan): kept here so that `clear_plans` forgets them with layer_plan's own.

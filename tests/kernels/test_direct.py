@@ -113,23 +113,6 @@ def test_direct_pieces_replayed_are_what_moe_runs(direct_on):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
 
 
-@pytest.mark.parametrize("path", [Path.A8W4, Path.A4W4], ids=lambda p: p.value)
-def test_direct_layer_with_the_row_rounded_first(path, direct_on, monkeypatch):
-    """rules.DIRECT_ROW_PROLOGUE: each stage-1 program rounds its split's K range of the token's row into a scratch
-    row and then reads it as a16w4 reads x; the layer is the one of rounding the row every K step, bit for bit (the
-    same qdq_tile on the same 32-groups, the same MMA operand values). Poisoned, so a scratch element that is read
-    before it is written shows as NaN. H = 96 at BLOCK_K 64 with split 2: a split of one whole step and one of a
-    half step."""
-    p = make_problem(LONG_K, path, 3, seed=13)
-    cfg = _cfg(2, 1)
-    want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-    monkeypatch.setattr(rules, "DIRECT_ROW_PROLOGUE", 1)
-    clear_plans()
-    assert layer_plan(p.shape, path, cfg, 3).direct
-    got = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-    assert torch.equal(got, want)
-
-
 def test_direct_layer_refuses_out_of_range_ids_when_validating(direct_on):
     p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
     ids = p.topk_ids.clone()

@@ -55,7 +55,7 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct_preload, direct_register_cap, direct_row_prologue
+from mxmoe.kernels.rules import direct_preload, direct_register_cap
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -125,7 +125,11 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
     stage 1 takes a16w4's staged tile lost on the H100 (325bc4e, whole layer us, row / kernel first:
     deepseek-v3-tp8 T=1 a8w4 24.2 / 26.0, kimi-k2-tp8 T=1 a4w4 23.4 / 24.9, deepseek-v4-tp8 T=2 a8w4 53.2 / 57.3,
     T=1 a4w4 32.7 / 34.7; results/h100/2026-12-07_direct_mx_quant_325bc4e.csv), its extra kernel's latency
-    more than the pipelining bought."""
+    more than the pipelining bought. So did each CTA rounding its split's K range of the row into a scratch row
+    before a16w4's main loop (sm_90: 33 dots, 109 registers; H100 at 0f08838, row / scratch first, us:
+    deepseek-v3-tp8 T=1 a8w4 24.7 / 25.4, a4w4 24.6 / 25.0, kimi-k2-tp8 T=1 a8w4 23.7 / 24.3, a4w4 23.6 / 24.4,
+    deepseek-v4-tp8 T=1 a8w4 32.6 / 34.2, T=2 a4w4 54.2 / 58.5; results/h100/2026-12-07_row_prologue_ab_0f08838.csv):
+    the prologue's load, rounding, store and barrier come before the first weight load is issued."""
     a = qdq_tile(x.to(tl.float32), PATH == A4W4, INTERP, 1, BK)
     if not INTERP:
         a = a.to(tl.bfloat16)
@@ -133,31 +137,14 @@ def _row_operand(x, row_ok, PATH: tl.constexpr, INTERP: tl.constexpr, BM: tl.con
 
 
 @triton.jit
-def _round_row(x_ptr, xr_ptr, token, k_first, k_end, stride_xt, PATH: tl.constexpr, INTERP: tl.constexpr,
-               BK: tl.constexpr):
-    """The token's input row at [k_first, k_end) rounded to the MX path's grid into the scratch row `xr_ptr`
-    (same strides), then a CTA barrier, so the main loop reads it as a16w4 reads its input
-    (rules.direct_row_prologue). CTAs of the same token and split write the same bytes."""
-    for k0 in range(k_first, k_end, BK):
-        offs = k0 + tl.arange(0, BK)
-        ok = (offs < k_end)[None, :]
-        at = token.to(tl.int64) * stride_xt + offs[None, :]
-        v = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        tl.store(xr_ptr + at, qdq_tile(v, PATH == A4W4, INTERP, 1, BK).to(tl.bfloat16), mask=ok)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _direct1_kernel(
-    x_ptr, xr_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
+    x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, ROW: tl.constexpr, PRO: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, ROW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """ROW: an MX path's input, rounded on the token's row here (`_row_operand` says why a16w4 takes the staged
-    tile instead). PRO: an MX path's input rounded into the scratch row `xr_ptr` first (`_round_row`), then read
-    as a16w4 reads x."""
+    tile instead)."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
@@ -176,9 +163,6 @@ def _direct1_kernel(
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     k_end = tl.minimum(k_first + k_len, H)
-    if PRO:
-        _round_row(x_ptr, xr_ptr, pair // TOPK, k_first, k_end, stride_xt, PATH, INTERP, BK)
-        x_ptr = xr_ptr
     if ROW:  # loaded one K step ahead: a load that feeds no dot is not pipelined
         x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)
     for kk in range(0, k_len, BK):
@@ -310,16 +294,12 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
     if p == 0:
         return part
     cnt = plan.counters
-    pro = direct_row_prologue(x.path)
-    xr = torch.empty_like(x.data) if pro else x.data  # the rounded row (poisoned with the rest: every read is written)
-    if pro and poison:
-        xr.fill_(float("nan"))
     _direct1_kernel[(p * triton.cdiv(i, cfg.block_n), cfg.split_k)](
-        x.data, xr, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
+        x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4 and not pro, PRO=pro, BM=cfg.block_m, BN=cfg.block_n,
+        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )

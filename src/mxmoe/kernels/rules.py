@@ -78,13 +78,22 @@ def deferred_h_dtype(cfg: TileConfig) -> torch.dtype:
 # kimi-k2-tp8 T=4096 a8w4 1709 / 1650, deepseek-v3-tp8 a8w4 1729 / 1669, a4w4 1737 / 1668, gpt-oss-20b a8w4 1877 /
 # 1832, kimi-k2-tp8 T=1024 a8w4 704 / 694, gpt-oss-120b T=256 a4w4 631 / 628. Bigger quant tiles lost there
 # (ROWS 32: 0.94-1.00x, ROWS 64 with 8 warps: 0.94-1.00x).
+# Up to QUANT_FIRST_MAX_PAIRS (token, slot) pairs it lost: H100 at 0f08838, whole layer us overlapped / first
+# (results/h100/2026-12-07_overlap_ab_0f08838.csv): gpt-oss-20b a8w4 T=1 55.5 / 47.2, T=2 80.8 / 75.6, deepseek-v3
+# a8w4 T=1 112.4 / 101.3, gpt-oss-120b a4w4 T=2 71.8 / 65.0 (4 to 16 pairs); from 64 pairs it won or tied:
+# gpt-oss-20b T=16 173.5 / 176.1, T=128 209.8 / 212.7, deepseek-v3 T=16 837.2 / 839.6, T=256 2057 / 2063,
+# kimi-k2-tp8 T=64 a4w4 395.8 / 398.5, gpt-oss-120b T=512 745.9 / 747.6, deepseek-v3-tp8 T=1024 605.8 / 640.4.
+# (The grid of 0f08838 caught it: a8w4 / a16w4 at gpt-oss-20b T=2 0.87x, deepseek-v3 T=1 0.86x.)
 QUANT_OVERLAPS_ALIGN = 1
+QUANT_FIRST_MAX_PAIRS = 32
 
 
-def quant_overlaps_align(path: Path, cfg: TileConfig) -> bool:
-    """Whether the layer launches the align kernels before an MX path's input quantization and runs that kernel
-    overlapped with them (`sync.overlap_begin`: it reads only the layer input), instead of quantizing first."""
-    return bool(QUANT_OVERLAPS_ALIGN) and path is not Path.A16W4 and cfg.mma is Mma.WGMMA
+def quant_overlaps_align(path: Path, cfg: TileConfig, pairs: int) -> bool:
+    """Whether the layer of `pairs` (token, slot) pairs launches the align kernels before an MX path's input
+    quantization and runs that kernel overlapped with them (`sync.overlap_begin`: it reads only the layer input),
+    instead of quantizing first."""
+    return (bool(QUANT_OVERLAPS_ALIGN) and path is not Path.A16W4 and cfg.mma is Mma.WGMMA
+            and pairs > QUANT_FIRST_MAX_PAIRS)
 
 
 def defers_rounding(path: Path, cfg: TileConfig) -> bool:
@@ -119,13 +128,6 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
-# See direct_row_prologue. 0: off (not yet measured). The MX paths' direct stage 1 rounds the token's row in
-# registers each K step and hands wgmma a shared-memory copy, which sm_90 compiles without the pipelined wgmma chain
-# of a16w4's staged tile (kimi-k2-tp8 T=1, CPU compile: 4 warp_group_dots against 33): 1.5-2 us over a16w4 at T=1
-# (deepseek-v3-tp8 a8w4 24.4 / 22.4 us, 9b7d258). Rounding the input in the quantization kernel first lost
-# (kernels/decode.py, `_row_operand`). 1: each CTA rounds its split's K range of the row into a scratch row first
-# (1024 values at those points, 8 a thread) and its main loop is a16w4's, reading the scratch.
-DIRECT_ROW_PROLOGUE = 0
 
 
 def direct_preload(steps: int) -> int:
@@ -136,12 +138,6 @@ def direct_preload(steps: int) -> int:
 def direct_register_cap(path: Path, preload: int) -> int:
     """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
     return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
-
-
-def direct_row_prologue(path: Path) -> bool:
-    """Whether the direct stage 1 of an MX `path` rounds its K range of the input into a scratch row before its
-    main loop (see DIRECT_ROW_PROLOGUE) instead of rounding the row each K step."""
-    return bool(DIRECT_ROW_PROLOGUE) and path is not Path.A16W4
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
