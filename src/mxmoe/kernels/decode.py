@@ -282,8 +282,7 @@ def _register_cap(path, preload: int) -> dict[str, int]:
 
 def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
     """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
-    [S1, P, 2I] gate / up partial sums
-    (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
+    [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
     w = weights.w13_sw
