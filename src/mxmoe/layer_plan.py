@@ -26,12 +26,7 @@ from mxmoe.kernels.align import align
 from mxmoe.kernels.common import KernelInput, require_executable
 from mxmoe.kernels.decode import DirectPlan, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.quant import quantize_input, quantize_token_e4m3
-from mxmoe.kernels.rules import (
-    counters_needed,
-    finishes_atomic_in_kernel,
-    quant_overlaps_align,
-    runs_direct,
-)
+from mxmoe.kernels.rules import counters_needed, finishes_atomic_in_kernel, quant_overlaps_align, runs_direct
 from mxmoe.kernels.stage1 import stage1
 from mxmoe.kernels.stage2 import stage2
 from mxmoe.routing import RoutingPlan, max_padded_pairs
@@ -66,7 +61,7 @@ class LayerPlan:
         if hidden.dtype is not torch.bfloat16:  # .to() of a bf16 tensor is a no-op that costs ~1 us of host time
             hidden = hidden.to(torch.bfloat16)
         hidden = hidden.contiguous()
-        if self.direct:  # no quantize or align kernel checks the tensors here
+        if self.direct:  # no quantize or align kernel checks the tensors here: the direct stages take them as given
             require_executable(hidden)
             return KernelInput(hidden, None, self.path)
         if self.config.stage1.mma.e4m3:

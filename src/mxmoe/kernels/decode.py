@@ -47,6 +47,7 @@ from mxmoe.config import TileConfig
 from mxmoe.kernels.combine import combine_slots
 from mxmoe.kernels.common import (
     A4W4,
+    A16W4,
     ACT_CODES,
     PATH_CODES,
     KernelInput,
@@ -68,7 +69,6 @@ from mxmoe.kernels.swmoe_stage2 import weighted_rows
 from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
-from mxmoe.shapes import Path
 
 
 class DirectPlan(NamedTuple):
@@ -141,12 +141,10 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, ROW: tl.constexpr, EVEN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """ROW: an MX path's input, rounded on the token's row here (`_row_operand` says why a16w4 takes the staged
-    tile instead). EVEN: every tile lies inside H and I (rules.direct_unmasked), so the loads compute no bound
-    predicates, and a16w4's staged tile reads the token's row into all BM rows (only row 0 is stored)."""
+    """EVEN: every tile lies inside H and I (rules.direct_unmasked), so the loads compute no bound predicates,
+    and a16w4's staged tile reads the token's row into all BM rows (only row 0 is stored)."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
@@ -164,6 +162,7 @@ def _direct1_kernel(
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
     acc_u = tl.zeros([BN, BM], dtype=tl.float32)
+    ROW: tl.constexpr = PATH != A16W4  # an MX path rounds the token's row (_row_operand says why a16w4 does not)
     k_end = tl.minimum(k_first + k_len, H)
     if ROW:  # loaded one K step ahead: a load that feeds no dot is not pipelined
         x_next = _x_row(x_ptr, pair // TOPK, k_first, k_end, stride_xt, BK)
@@ -172,12 +171,8 @@ def _direct1_kernel(
         if ROW:
             a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
-        elif EVEN:
-            a = tl.load(x_ptr + token[:, None] * stride_xt + (k0 + tl.arange(0, BK))[None, :])
-            if INTERP:
-                a = a.to(tl.float32)  # as act_tile: the 3.6 interpreter's bf16 tl.dot is wrong
         else:
-            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK, not EVEN)
         acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False, INTERP,
                                    BM, BN, BK, not EVEN)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -304,8 +299,8 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, ROW=x.path is not Path.A16W4, EVEN=direct_unmasked(h, i, cfg), BM=cfg.block_m,
-        BN=cfg.block_n, BK=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        SPLIT_K=cfg.split_k, EVEN=direct_unmasked(h, i, cfg), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return part
 

@@ -57,16 +57,16 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 
 @triton.jit
 def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr,
-             BK: tl.constexpr):
-    """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or of e4m3 bytes with E4M3 (columns past K read as 0), as
-    the MMA's B operand. The e4m3 bytes are loaded through a float8e4nv pointer: loaded as uint8 and bitcast, the
-    tile went shared -> registers -> a second shared buffer every K step (sm_90 TTGIR: local_load, bitcast,
-    local_alloc), and that single buffer made each wgmma wait for completion."""
+             BK: tl.constexpr, MASK: tl.constexpr = True):
+    """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or e4m3 bytes with E4M3 (columns past K and rows not `row_ok`
+    read as 0; MASK False: all in bounds, no predicates), as the MMA's B operand. The e4m3 bytes load through a
+    float8e4nv pointer: as uint8 and bitcast, the tile went shared -> registers -> a second shared buffer every K step
+    (sm_90 TTGIR: local_load, bitcast, local_alloc), and that single buffer made each wgmma wait for completion."""
     offs_k = k0 + tl.arange(0, BK)
     if E4M3 and not INTERP:
         x_ptr = x_ptr.to(tl.pointer_type(tl.float8e4nv))
-    a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
-                other=0.0)
+    at = x_ptr + rows[:, None] * stride_x + offs_k[None, :]
+    a = tl.load(at, mask=row_ok[:, None] & (offs_k < K)[None, :], other=0.0) if MASK else tl.load(at)
     if E4M3:
         a = e4m3_bytes_operand(a, INTERP)
     elif INTERP:
