@@ -113,24 +113,6 @@ def test_direct_pieces_replayed_are_what_moe_runs(direct_on):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
 
 
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-def test_direct_stage1_without_bound_predicates_is_the_same_layer(path, direct_on, monkeypatch):
-    """rules.DIRECT_UNMASKED: where H is a multiple of BLOCK_K and inter of BLOCK_N, stage 1 loads with no bound
-    predicates (a16w4's staged tile holds the token's row in all 16 rows, only row 0 stored): the same layer bit for
-    bit, split or not, and NaN-poisoned buffers stay unread. LONG_K (H = 96, BLOCK_K 64) keeps its masks."""
-    monkeypatch.setattr(rules, "DIRECT_UNMASKED", 1)
-    assert not rules.direct_unmasked(LONG_K.hidden, LONG_K.inter, _cfg(1, 1).stage1)
-    shape = MoEShape("even", 4, 2, 128, 64, Activation.SWIGLU_OAI, bias=True)
-    p = make_problem(shape, path, 2, seed=17)
-    for cfg in (_cfg(1, 1), _cfg(2, 1)):
-        assert rules.direct_unmasked(shape.hidden, shape.inter, cfg.stage1)
-        monkeypatch.setattr(rules, "DIRECT_UNMASKED", 0)
-        want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-        monkeypatch.setattr(rules, "DIRECT_UNMASKED", 1)
-        got = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
-        assert torch.equal(got, want)
-
-
 def test_direct_layer_refuses_out_of_range_ids_when_validating(direct_on):
     p = make_problem(MODELS["tiny"], Path.A16W4, 1, seed=1)
     ids = p.topk_ids.clone()

@@ -56,7 +56,7 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct_preload, direct_register_cap, direct_unmasked
+from mxmoe.kernels.rules import direct_preload, direct_register_cap
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -141,10 +141,8 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, EVEN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """EVEN: every tile lies inside H and I (rules.direct_unmasked), so the loads compute no bound predicates,
-    and a16w4's staged tile reads the token's row into all BM rows (only row 0 is stored)."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
@@ -172,9 +170,9 @@ def _direct1_kernel(
             a = _row_operand(x_next, row_ok, PATH, INTERP, BM, BK)
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         else:
-            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK, not EVEN)
+            a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
         acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False, INTERP,
-                                   BM, BN, BK, not EVEN)
+                                   BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask = row_ok[:, None] & (offs_n < I)[None, :]
     rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)
@@ -299,7 +297,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, EVEN=direct_unmasked(h, i, cfg), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return part

@@ -128,12 +128,6 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
-# See direct_unmasked. 0: off (not yet measured on the H100). Its stage 1 is instruction-bound (kernels/decode.py:
-# 0.56 issues a cycle a scheduler, DRAM 54%, at deepseek-v4-tp8 T=1); where H is a multiple of BLOCK_K and inter of
-# BLOCK_N no tile crosses a bound, and dropping the loads' bound predicates (and a16w4's row mask: every row of its
-# staged tile is the token's, only row 0 is stored) takes its K step from 468 to 445 SASS instructions (sm_90 CPU
-# compile, deepseek-v4-tp8 T=1 a16w4, 0f08838). rule_ab decides it.
-DIRECT_UNMASKED = 0
 
 
 def direct_preload(steps: int) -> int:
@@ -144,12 +138,6 @@ def direct_preload(steps: int) -> int:
 def direct_register_cap(path: Path, preload: int) -> int:
     """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
     return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
-
-
-def direct_unmasked(hidden: int, inter: int, cfg: TileConfig) -> bool:
-    """Whether the direct stage 1 of `cfg` loads without bound predicates: every K step inside H (splits are whole
-    BLOCK_K steps) and every N tile inside inter (see DIRECT_UNMASKED)."""
-    return bool(DIRECT_UNMASKED) and hidden % cfg.block_k == 0 and inter % cfg.block_n == 0
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:

@@ -57,16 +57,16 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 
 @triton.jit
 def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr,
-             BK: tl.constexpr, MASK: tl.constexpr = True):
+             BK: tl.constexpr):
     """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or e4m3 bytes with E4M3 (columns past K and rows not `row_ok`
-    read as 0; MASK False: all in bounds, no predicates), as the MMA's B operand. The e4m3 bytes load through a
+    read as 0), as the MMA's B operand. The e4m3 bytes load through a
     float8e4nv pointer: as uint8 and bitcast, the tile went shared -> registers -> a second shared buffer every K step
     (sm_90 TTGIR: local_load, bitcast, local_alloc), and that single buffer made each wgmma wait for completion."""
     offs_k = k0 + tl.arange(0, BK)
     if E4M3 and not INTERP:
         x_ptr = x_ptr.to(tl.pointer_type(tl.float8e4nv))
-    at = x_ptr + rows[:, None] * stride_x + offs_k[None, :]
-    a = tl.load(at, mask=row_ok[:, None] & (offs_k < K)[None, :], other=0.0) if MASK else tl.load(at)
+    a = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :], mask=row_ok[:, None] & (offs_k < K)[None, :],
+                other=0.0)
     if E4M3:
         a = e4m3_bytes_operand(a, INTERP)
     elif INTERP:
@@ -130,7 +130,7 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 
 @triton.jit
 def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: tl.constexpr, E4M3: tl.constexpr,
-               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, MASK: tl.constexpr = True):
+               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """acc^T [BN, BM] += the weight tile of rows 16 n16_0 .. (rows from n16_end on read as 0) at K step k0 @ a^T, on
     bf16 carriers (`weight_tile`) or with E4M3 from the e4m3 layout (`weight_tile_e4m3`; FOLD: its affine tables,
     `lut_ptr` the table words otherwise).
@@ -145,19 +145,18 @@ def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: t
         w = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, e4m3_operand(w, INTERP), a, INTERP)
     else:
-        w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK, MASK)
+        w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, w, a, INTERP)
     return acc
 
 
 @triton.jit
 def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD: tl.constexpr,
-                E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                MASK: tl.constexpr = True):
+                E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """One stage-1 K step: the gate and the up weight tiles (W13 rows n16_g / n16_u on) against `a`."""
-    acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK, MASK)
-    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK,
-                       MASK)
+    acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK)
+    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN,
+                       BK)
     return acc_g, acc_u
 
 

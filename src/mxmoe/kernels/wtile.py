@@ -102,12 +102,10 @@ def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
 
 
 @triton.jit
-def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, BK: tl.constexpr,
-               MASK: tl.constexpr = True):
+def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, BK: tl.constexpr):
     """The layout's bytes of rows [16 n16_0, +BN) x K [64 k64_0, +BK): each row r = (i, j, lane) of the [R, 16]
     values is one thread's 16-byte load, [R, 4] its 4 side bytes (scales here, relative exponents in the e4m3
-    layout); K blocks past K64 and row slabs from n16_end on read as zeros (R = BK/64 * BN/16 * 32). MASK False:
-    the caller knows the tile lies inside both bounds, so no predicate is computed (kernels/decode.py, EVEN)."""
+    layout); K blocks past K64 and row slabs from n16_end on read as zeros (R = BK/64 * BN/16 * 32)."""
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
@@ -118,19 +116,17 @@ def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, 
     blk = (k64_0 + i) * N16 + n16  # [R] (k64, n16) block of row r
     v_at = w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :]  # [R, 16] uint8
     s_at = s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :]  # [R, 4] uint8
-    if MASK:
-        ok = ((k64_0 + i) < K64) & (n16 < n16_end)
-        return tl.load(v_at, mask=ok[:, None], other=0), tl.load(s_at, mask=ok[:, None], other=0)
-    return tl.load(v_at), tl.load(s_at)
+    ok = ((k64_0 + i) < K64) & (n16 < n16_end)
+    return tl.load(v_at, mask=ok[:, None], other=0), tl.load(s_at, mask=ok[:, None], other=0)
 
 
 @triton.jit
 def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
-                BN: tl.constexpr, BK: tl.constexpr, MASK: tl.constexpr = True):
+                BN: tl.constexpr, BK: tl.constexpr):
     """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
     [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
     on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
-    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK, MASK)
+    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)
     return decode_tile(raw, sraw, FOLD, INTERP, BN, BK)
 
 
