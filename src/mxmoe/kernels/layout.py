@@ -11,14 +11,11 @@ Index split (the Hopper wgmma m64nNk16 bf16 A fragment: warp w of a warpgroup ow
 Stored values, uint8 [E, K64, N16, 8 (g), 4 (t), 4 (kr), 4 (word byte)]: a (k64, n16) block is 512 contiguous
 bytes, a lane's 16 bytes are its fragments for four k16 steps (kr), and one 32-bit word (4 bytes) holds the 8
 nibbles (h, v, b) of one k16 step. Within the word the nibbles' bits are scrambled (`_POSITIONS`) so that the
-kernel's decode is a shift (or rotate) and a mask per output register, two for the last (kernels/wtile.py):
-    out(h=0, v=0) =  w            & 0x81C081C0      bits s->15, e1 e0 m->8:6 (lo half, b=0); +16 for b=1
-    out(h=1, v=0) = (w << 4)      & 0x81C081C0
-    out(h=0, v=1) =  rotl(w, 10)  & 0x81C081C0
-    out(h=1, v=1) = (w << 6) & 0x80C080C0 | (w >> 2) & 0x01000100
-nine SASS instructions a word (sm_90: 5 LOP3, 2 IMAD.SHL, one SHF rotate, one SHF right); the placement before
-(shifts 0 / 3 / 6 and a three-piece last register) took eleven. No placement does it in seven (one shift a
-register): four translates of {0, 1, 2, 9} do not tile Z_16.
+kernel's decode is a shift and a mask per output register (kernels/wtile.py):
+    out(h=0, v=0) =  w        & 0x81C081C0      bits s->15, e1 e0 m->8:6 (lo half, b=0); +16 for b=1
+    out(h=1, v=0) = (w << 3)  & 0x81C081C0
+    out(h=0, v=1) = (w << 6)  & 0x81C081C0
+    out(h=1, v=1) = (w >> 3) & 0x01800180 | (w >> 7) & 0x00400040 | (w << 1) & 0x80008000
 Each output register is then two bf16 of value * 2**-126 (the e2m1 subnormal 0.5 lands on the bf16 subnormal,
 exactly), one bf16x2 multiply away from the value times its scale.
 Stored scales, uint8 [E, K64, N16, 8 (g), 2 (h), 2 (k32 within k64)]: lane 4g+t's 4 bytes are the scales of its
@@ -34,7 +31,7 @@ import torch
 from mxmoe.mx import unpack_e2m1
 
 # Where each nibble bit (s, e1, e0, m) of slot (h, v, b) goes in its 32-bit word: see the module docstring.
-_LO = {0: (15, 8, 7, 6), 1: (11, 4, 3, 2), 2: (5, 30, 29, 28), 3: (9, 10, 1, 0)}  # variant -> (s, e1, e0, m), b=0
+_LO = {0: (15, 8, 7, 6), 1: (12, 5, 4, 3), 2: (9, 2, 1, 0), 3: (14, 11, 10, 13)}  # variant -> (s, e1, e0, m), b=0
 _VARIANT = {(0, 0): 0, (1, 0): 1, (0, 1): 2, (1, 1): 3}  # (h, v) -> decode variant
 
 
@@ -43,7 +40,7 @@ def _positions() -> torch.Tensor:
     pos = torch.zeros(2, 2, 2, 4, dtype=torch.int64)
     for (h, v), var in _VARIANT.items():
         for b in range(2):
-            pos[h, v, b] = (torch.tensor(_LO[var]) + 16 * b) % 32  # b = 1: the other half (variant 2 wraps)
+            pos[h, v, b] = torch.tensor(_LO[var]) + 16 * b
     return pos
 
 

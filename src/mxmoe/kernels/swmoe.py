@@ -5,7 +5,7 @@ BN weight rows (the MMA's M side), BK the reduced axis.
 
 Each program computes acc^T [BN, BM] = W_tile [BN, BK] @ X_tile^T [BK, BM] over its K range:
   - the weight tile comes from `wtile.weight_tile` as wgmma's register A operand (16-byte loads that are their
-    own fragments, a 9-instruction decode, no layout conversion), cp.async-pipelined with its scales;
+    own fragments, a 9-op decode, no layout conversion), cp.async-pipelined with its scales;
   - the activation tile [BM, BK] bf16 is gathered by token (stage 1) or pair (stage 2) rows, cp.async-staged
     and read by wgmma from shared memory as its B operand; decode blocks (BM = 16) are wgmma's N = 16.
 Stage 1 (here) holds a gate and an up tile (rows n and I + n of W13), the activation fused in the epilogue;
@@ -59,9 +59,9 @@ ZERO_STRIP = tl.constexpr(1024)  # fp32 elements a stage-1 program zeroes per st
 def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr,
              BK: tl.constexpr):
     """Rows `rows` x [k0, k0 + BK) of a bf16 activation, or e4m3 bytes with E4M3 (columns past K and rows not `row_ok`
-    read as 0), as the MMA's B operand. The e4m3 bytes load through a
-    float8e4nv pointer: as uint8 and bitcast, the tile went shared -> registers -> a second shared buffer every K step
-    (sm_90 TTGIR: local_load, bitcast, local_alloc), and that single buffer made each wgmma wait for completion."""
+    read as 0), as the MMA's B operand. The e4m3 bytes load through a float8e4nv pointer: as uint8 and bitcast, the
+    tile went shared -> registers -> a second shared buffer every K step (sm_90 TTGIR: local_load, bitcast,
+    local_alloc), and that single buffer made each wgmma wait for completion."""
     offs_k = k0 + tl.arange(0, BK)
     if E4M3 and not INTERP:
         x_ptr = x_ptr.to(tl.pointer_type(tl.float8e4nv))

@@ -7,9 +7,8 @@ holds the 16-row slabs j = w mod num_warps, as wgmma wants them when BN / 16 is 
 is elementwise on that layout, and the reshape / permute at the end only renames what each thread holds, so
 Triton needs no layout conversion (shared memory round trip) between the load and the MMA.
 
-Decode on the GPU: one `inline_asm_elementwise` per 32-bit word (8 values): 9 integer instructions (sm_90 SASS)
-build four bf16x2 of value * 2**-126 (layout.py says how the bits were placed; `tests/kernels/test_decode_asm.py`
-emulates this PTX against the layout on the CPU), then one bf16x2 multiply by the scale factor per
+Decode on the GPU: one `inline_asm_elementwise` per 32-bit word (8 values): 9 integer ops build four bf16x2 of
+value * 2**-126 (layout.py says how the bits were placed), then one bf16x2 multiply by the scale factor per
 register (2**(s-1), the 2**126 folded in) or two when the scales are too large to fold. Under the interpreter
 (no inline asm) the same words are decoded by the same shifts and masks in int32 and the values carried in f32,
 so CI checks the layout and the bit placement of the GPU path, not a different route to the same numbers.
@@ -22,10 +21,10 @@ import triton.language as tl
 # scale register it is multiplied by ($5 = the factor of rows h = 0, $6 = of rows h = 1; layout.py's _VARIANT).
 _EXTRACT = (
     ("and.b32 $0, $4, 0x81C081C0;",),
-    ("shl.b32 t0, $4, 4;", "and.b32 $1, t0, 0x81C081C0;"),
-    ("shf.l.wrap.b32 t0, $4, $4, 10;", "and.b32 $2, t0, 0x81C081C0;"),
-    ("shl.b32 t0, $4, 6;", "and.b32 t0, t0, 0x80C080C0;", "shr.b32 t1, $4, 2;", "and.b32 t1, t1, 0x01000100;",
-     "or.b32 $3, t0, t1;"),
+    ("shl.b32 t0, $4, 3;", "and.b32 $1, t0, 0x81C081C0;"),
+    ("shl.b32 t0, $4, 6;", "and.b32 $2, t0, 0x81C081C0;"),
+    ("shr.b32 t0, $4, 3;", "and.b32 t0, t0, 0x01800180;", "shr.b32 t1, $4, 7;", "and.b32 t1, t1, 0x00400040;",
+     "shl.b32 t2, $4, 1;", "and.b32 t2, t2, 0x80008000;", "or.b32 t0, t0, t1;", "or.b32 $3, t0, t2;"),
 )
 _SCALE_REG = ("$5", "$6", "$5", "$6")
 
@@ -59,8 +58,9 @@ def _scale_factor_bits(sb, FOLD: tl.constexpr):
 
 
 _M = tl.constexpr(0x81C081C0 - (1 << 32))  # the int32 masks of the decode
-_M_SEM = tl.constexpr(0x80C080C0 - (1 << 32))  # the last register's s, e0, m bits
-_M_E1 = tl.constexpr(0x01000100)  # and its e1 bits
+_M_E = tl.constexpr(0x01800180)
+_M_M = tl.constexpr(0x00400040)
+_M_S = tl.constexpr(0x80008000 - (1 << 32))
 
 
 @triton.jit
@@ -92,9 +92,9 @@ def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
     f_h0 = (f00 << 16).to(tl.float32, bitcast=True)
     f_h1 = (f10 << 16).to(tl.float32, bitcast=True)
     o00 = word & _M
-    o10 = (word << 4) & _M
-    o01 = ((word << 10) | ((word >> 22) & 0x3FF)) & _M  # rotl(word, 10); >> is arithmetic, so its low bits only
-    o11 = ((word << 6) & _M_SEM) | ((word >> 2) & _M_E1)
+    o10 = (word << 3) & _M
+    o01 = (word << 6) & _M
+    o11 = ((word >> 3) & _M_E) | ((word >> 7) & _M_M) | ((word << 1) & _M_S)
     # [R, kr, b] per (h, v) -> [R, kr, h, b] per v -> [R, 16] over c = 4 kr + 2 h + b
     v0 = tl.permute(tl.join(_pair(o00, f_h0, FOLD), _pair(o10, f_h1, FOLD)), (0, 1, 3, 2))
     v1 = tl.permute(tl.join(_pair(o01, f_h0, FOLD), _pair(o11, f_h1, FOLD)), (0, 1, 3, 2))
@@ -114,10 +114,12 @@ def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, 
     lane = r % 32
     n16 = n16_0 + (r // 32) % NB
     blk = (k64_0 + i) * N16 + n16  # [R] (k64, n16) block of row r
-    v_at = w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :]  # [R, 16] uint8
-    s_at = s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :]  # [R, 4] uint8
     ok = ((k64_0 + i) < K64) & (n16 < n16_end)
-    return tl.load(v_at, mask=ok[:, None], other=0), tl.load(s_at, mask=ok[:, None], other=0)
+    raw = tl.load(w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :],
+                  mask=ok[:, None], other=0)  # [R, 16] uint8
+    side = tl.load(s_ptr + blk[:, None] * 32 + (lane // 4)[:, None] * 4 + tl.arange(0, 4)[None, :],
+                   mask=ok[:, None], other=0)  # [R, 4] uint8
+    return raw, side
 
 
 @triton.jit
