@@ -1,0 +1,152 @@
+"""Where Triton 3.6's register-A wgmma pipeline can be corrupted: the layer's kernels compiled for sm_90 on the CPU.
+
+Triton splits a stage's dot into k16 wgmma groups and, after each, waits for all but the last n - 1 (n groups a K
+step), so n - 1 groups of one K step are still in flight when the loop branches back, and their A fragments are
+registers (triton-lang/triton issue 9433; fixed upstream after 3.6). If ptxas puts a value of the next K step in one
+of those registers before the next wait, the in-flight group may read it. In session 21 this corrupted the sorted
+stage 2 at deepseek-v3 T = 8192 on the H100 once the decode had changed (docs/architecture.md, "Known hazard").
+
+For every loop of every kernel the layer launches at MODEL:T[:PATH] this prints the groups a K step, how many stay in
+flight at the back edge, and the instructions at the loop top that write an in-flight group's A registers before the
+first wait: a static count of the exposure, not a verdict (whether it corrupts depends on timing; the GPU tests
+decide). Needs no GPU; run without TRITON_INTERPRET:
+    python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import subprocess
+import tempfile
+from pathlib import Path as FsPath
+from typing import NamedTuple
+
+_INS = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_BRANCH = re.compile(r"BRA\s+0x([0-9a-f]+)")
+_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)")
+_A_OPERAND = re.compile(r"HGMMA\.\S+\s+R\d+,\s*R(\d+),")
+# Opcodes whose first operand is not a register they write.
+_NO_DEST = ("ST", "HGMMA", "WARPGROUP", "BAR", "BRA", "DEPBAR", "LDGDEPBAR", "LDGSTS", "RED", "ATOM", "ISETP",
+            "FSETP", "HSETP", "PLOP3", "UISETP", "EXIT", "NOP", "MEMBAR", "FENCE", "CCTL", "SYNCS")
+
+
+def instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, text) of each SASS instruction in `cuobjdump -sass` output."""
+    return [(int(m.group(1), 16), m.group(2).strip()) for m in map(_INS.match, sass.splitlines()) if m]
+
+
+def written(text: str) -> set[int]:
+    """The general registers an instruction writes (its first operand; wide loads write 2 or 4)."""
+    text = re.sub(r"^@!?U?P\w+\s+", "", text)
+    op, _, rest = text.partition(" ")
+    if not rest or op.startswith(_NO_DEST):
+        return set()
+    m = re.match(r"R(\d+)$", rest.split(",")[0].strip())
+    if m is None:
+        return set()
+    width = 4 if ".128" in op or op.endswith(".4") else 2 if ".64" in op or op.endswith(".2") else 1
+    return set(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+class Loop(NamedTuple):
+    top: int
+    groups: int  # wgmma groups a K step (an HGMMA carrying gsb0 ends one)
+    in_flight: int  # groups the last wait of the body leaves in flight at the back edge
+    writes: tuple[tuple[int, str], ...]  # loop-top writes to their A registers before the first wait
+
+
+def loops(sass: str) -> list[Loop]:
+    """Every backward branch whose body issues wgmma, with its exposure (module docstring)."""
+    ins = instructions(sass)
+    out = []
+    for addr, text in ins:
+        m = _BRANCH.search(text)
+        if m is None or int(m.group(1), 16) >= addr:
+            continue
+        top = int(m.group(1), 16)
+        body = [(a, t) for a, t in ins if top <= a <= addr]
+        groups, current, last_wait = [], set(), None
+        for _, t in body:
+            if (a_reg := _A_OPERAND.search(t)) is not None:
+                current |= set(range(int(a_reg.group(1)), int(a_reg.group(1)) + 4))
+                if "gsb0" in t:
+                    groups.append(current)
+                    current = set()
+            if (w := _WAIT.search(t)) is not None:
+                last_wait = (int(w.group(1), 16), len(groups))
+        if not groups or last_wait is None:
+            continue
+        pending, issued = last_wait
+        live = set().union(*groups[max(0, issued - pending):])
+        writes = []
+        for a, t in body:
+            if _WAIT.search(t):
+                break
+            if written(t) & live:
+                writes.append((a, t))
+        out.append(Loop(top, len(groups), pending, tuple(writes)))
+    return out
+
+
+def _sass(cubin: bytes) -> str:
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory(prefix="mxmoe-hazard-") as d:
+        path = FsPath(d, "k.cubin")
+        path.write_bytes(cubin)
+        return subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
+                              check=True, timeout=120).stdout
+
+
+def _launches(model: str, tokens: int, path):
+    """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config (8 experts
+    drawn, so the weights stay small; the config and every stride are the full shape's)."""
+    from triton.runtime.jit import JITFunction
+
+    import mxmoe.kernels.common as common
+    from mxmoe.heuristic import default_config
+    from mxmoe.moe import moe
+    from mxmoe.problem import make_problem
+    from mxmoe.shapes import MODELS
+
+    full = MODELS[model]
+    cfg = default_config(full, path, tokens)
+    p = make_problem(dataclasses.replace(full, experts=8), path, tokens, seed=1)
+    calls = []
+    run, needs_gpu = JITFunction.run, common.require_executable
+    JITFunction.run = lambda self, *a, grid, warmup, **kw: calls.append((self, a, kw))
+    common.require_executable = lambda t: None
+    try:
+        moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
+    except Exception as e:  # later host steps may read what a skipped kernel would have written
+        print(f"  (the layer stopped after {len(calls)} launches: {type(e).__name__})")
+    finally:
+        JITFunction.run, common.require_executable = run, needs_gpu
+    return cfg, calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mxmoe.shapes import Path
+    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("points", nargs="+", help="MODEL:T[:PATH], e.g. deepseek-v3:8192 or kimi-k2-tp8:1:a8w4")
+    args = ap.parse_args(argv)
+    for point in args.points:
+        model, t, *rest = point.split(":")
+        cfg, calls = _launches(model, int(t), Path(rest[0]) if rest else Path.A16W4)
+        print(f"{point}: {cfg.stage1.short()} | {cfg.stage2.short()}")
+        for kernel, a, meta in calls:
+            meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
+            found = loops(_sass(compile_sm90(kernel, a, meta).asm["cubin"]))
+            for lp in found:
+                first = f"; first {lp.writes[0][1]}" if lp.writes else ""
+                print(f"  {kernel.fn.__name__:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in "
+                      f"flight at the back edge, {len(lp.writes)} loop-top writes to their A registers{first}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
