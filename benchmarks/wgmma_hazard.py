@@ -9,14 +9,17 @@ stage 2 at deepseek-v3 T = 8192 on the H100 once the decode had changed (docs/ar
 For every loop of every kernel the layer launches at MODEL:T[:PATH] this prints the groups a K step, how many stay in
 flight at the back edge, and the instructions at the loop top that write an in-flight group's A registers before the
 first wait: a static count of the exposure, not a verdict (whether it corrupts depends on timing; the GPU tests
-decide). Needs no GPU; run without TRITON_INTERPRET:
-    python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4
+decide). A point may end in @NAME=VALUE[,NAME=VALUE] to set kernels.rules constants for it (rules.STAGE2_DRAIN=1
+drains every wgmma at the end of stage 2's K step); --kernels keeps the kernels whose name holds a substring; --json
+prints one line per loop. Needs no GPU; run without TRITON_INTERPRET:
+    python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4 gpt-oss-20b:256@STAGE2_DRAIN=1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import subprocess
 import tempfile
@@ -127,24 +130,54 @@ def _launches(model: str, tokens: int, path):
     return cfg, calls
 
 
+def _with_rules(settings: str) -> dict:
+    """Set kernels.rules constants from 'NAME=VALUE,...'; returns the previous values."""
+    from mxmoe.kernels import rules
+
+    saved = {}
+    for item in filter(None, settings.split(",")):
+        name, _, value = item.partition("=")
+        if not hasattr(rules, name):
+            raise SystemExit(f"kernels.rules has no {name!r}")
+        saved[name] = getattr(rules, name)
+        setattr(rules, name, int(value))
+    return saved
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mxmoe.kernels import rules
     from mxmoe.shapes import Path
     from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("points", nargs="+", help="MODEL:T[:PATH], e.g. deepseek-v3:8192 or kimi-k2-tp8:1:a8w4")
+    ap.add_argument("points", nargs="+", help="MODEL:T[:PATH][@NAME=VALUE,...], e.g. deepseek-v3:8192")
+    ap.add_argument("--kernels", default="", help="only kernels whose name holds this substring")
+    ap.add_argument("--json", action="store_true", help="one JSON line per loop")
     args = ap.parse_args(argv)
     for point in args.points:
-        model, t, *rest = point.split(":")
-        cfg, calls = _launches(model, int(t), Path(rest[0]) if rest else Path.A16W4)
-        print(f"{point}: {cfg.stage1.short()} | {cfg.stage2.short()}")
-        for kernel, a, meta in calls:
-            meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
-            found = loops(_sass(compile_sm90(kernel, a, meta).asm["cubin"]))
-            for lp in found:
-                first = f"; first {lp.writes[0][1]}" if lp.writes else ""
-                print(f"  {kernel.fn.__name__:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in "
-                      f"flight at the back edge, {len(lp.writes)} loop-top writes to their A registers{first}")
+        where, _, settings = point.partition("@")
+        model, t, *rest = where.split(":")
+        saved = _with_rules(settings)
+        try:
+            cfg, calls = _launches(model, int(t), Path(rest[0]) if rest else Path.A16W4)
+            if not args.json:
+                print(f"{point}: {cfg.stage1.short()} | {cfg.stage2.short()}")
+            for kernel, a, meta in calls:
+                name = kernel.fn.__name__
+                if args.kernels not in name:
+                    continue
+                meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
+                for lp in loops(_sass(compile_sm90(kernel, a, meta).asm["cubin"])):
+                    if args.json:
+                        print(json.dumps({"point": point, "kernel": name, "top": lp.top, "groups": lp.groups,
+                                          "in_flight": lp.in_flight, "writes": len(lp.writes)}), flush=True)
+                        continue
+                    first = f"; first {lp.writes[0][1]}" if lp.writes else ""
+                    print(f"  {name:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in flight at "
+                          f"the back edge, {len(lp.writes)} loop-top writes to their A registers{first}", flush=True)
+        finally:
+            for name, value in saved.items():
+                setattr(rules, name, value)
     return 0
 
 

@@ -161,3 +161,19 @@ def e4m3_promote_steps(cfg: TileConfig) -> int:
     """K steps an e4m3 stage sums in its fp8 accumulator before adding them into f32 (0: the two chains over the
     whole K range); 0 for a stage on bf16 carriers, whose wgmma accumulates in f32."""
     return E4M3_PROMOTE_STEPS if cfg.mma.e4m3 else 0
+
+
+# See stage2_drains. 0: off (not yet measured on the H100). Triton 3.6 leaves 3 of the sorted stage 2's 4 k16 wgmma
+# groups in flight at its K loop's back edge while their A fragments are registers (docs/architecture.md, "Known
+# hazard"); in every stage-2 config compiled for sm_90 the loop top then writes some of those registers before its
+# first wait (deepseek-v3 T = 8192, M128N256K64 w8 t64: 96 and 75 writes, benchmarks/wgmma_hazard.py), which
+# corrupted that layer on the H100 under the 9-instruction decode (session 21). Draining every wgmma at the end of
+# each K step leaves none in flight (same compile: 0 and 0) at the cost of the last groups' overlap with the next
+# step's decode: rule_ab (rules.STAGE2_DRAIN=1) decides it; if it is cheap, the 9-instruction decode can return.
+STAGE2_DRAIN = 0
+
+
+def stage2_drains(cfg: TileConfig) -> bool:
+    """Whether the sorted stage 2 on bf16 carriers waits for all its wgmma at the end of each K step (STAGE2_DRAIN;
+    the e4m3 forms keep their chains)."""
+    return bool(STAGE2_DRAIN) and not cfg.mma.e4m3

@@ -83,6 +83,15 @@ def last_arrival(counter_ptr, expected):
     return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == expected - 1
 
 
+@triton.jit
+def drain_wgmma(INTERP: tl.constexpr):
+    """Wait until every wgmma this warpgroup issued has completed (rules.STAGE2_DRAIN: docs/architecture.md,
+    "Known hazard"). No operand: the asm's side effect keeps it in place among the loop's wgmma and memory ops."""
+    if not INTERP:
+        tl.inline_asm_elementwise("wgmma.wait_group.sync.aligned 0;", "=r", [], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
 def launch_options() -> dict[str, bool]:
     """The launch keywords of a v2 kernel: PDL on a GPU (the interpreter runs grids one after another)."""
     return {} if interpreting() else {"launch_pdl": True}
