@@ -22,6 +22,7 @@ import dataclasses
 import json
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path as FsPath
 from typing import NamedTuple
@@ -104,8 +105,8 @@ def _sass(cubin: bytes) -> str:
 
 
 def _launches(model: str, tokens: int, path):
-    """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config (8 experts
-    drawn, so the weights stay small; the config and every stride are the full shape's)."""
+    """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config, with 8 experts
+    drawn (top-k where that is more) to keep the weights small; the config and every stride are the full shape's."""
     from triton.runtime.jit import JITFunction
 
     import mxmoe.kernels.common as common
@@ -116,17 +117,24 @@ def _launches(model: str, tokens: int, path):
 
     full = MODELS[model]
     cfg = default_config(full, path, tokens)
-    p = make_problem(dataclasses.replace(full, experts=8), path, tokens, seed=1)
+    p = make_problem(dataclasses.replace(full, experts=max(8, full.topk)), path, tokens, seed=1)
     calls = []
-    run, needs_gpu = JITFunction.run, common.require_executable
+    run = JITFunction.run
+    # every module that took the CUDA-tensor check by name (kernels.common, layer_plan, ...)
+    guarded = [m for name, m in list(sys.modules.items())
+               if name.startswith("mxmoe") and getattr(m, "require_executable", None) is common.require_executable]
+    needs_gpu = common.require_executable
     JITFunction.run = lambda self, *a, grid, warmup, **kw: calls.append((self, a, kw))
-    common.require_executable = lambda t: None
+    for m in guarded:
+        m.require_executable = lambda t: None
     try:
         moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, validate=False)
     except Exception as e:  # later host steps may read what a skipped kernel would have written
-        print(f"  (the layer stopped after {len(calls)} launches: {type(e).__name__})")
+        print(f"  (the layer stopped after {len(calls)} launches: {type(e).__name__}: {str(e)[:120]})")
     finally:
-        JITFunction.run, common.require_executable = run, needs_gpu
+        JITFunction.run = run
+        for m in guarded:
+            m.require_executable = needs_gpu
     return cfg, calls
 
 
