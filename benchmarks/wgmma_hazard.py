@@ -9,9 +9,9 @@ stage 2 at deepseek-v3 T = 8192 on the H100 once the decode had changed (docs/ar
 For every loop of every kernel the layer launches at MODEL:T[:PATH] this prints the groups a K step, how many stay in
 flight at the back edge, and the instructions at the loop top that write an in-flight group's A registers before the
 first wait: a static count of the exposure, not a verdict (whether it corrupts depends on timing; the GPU tests
-decide). A point may end in @NAME=VALUE[,NAME=VALUE] to set kernels.rules constants for it (rules.STAGE2_DRAIN=1
-drains every wgmma at the end of stage 2's K step); --kernels keeps the kernels whose name holds a substring; --json
-prints one line per loop. Needs no GPU; run without TRITON_INTERPRET:
+decide). A point may end in @NAME=VALUE[,NAME=VALUE] to set constants for it as rule_ab.py's --variant does
+(STAGE2_DRAIN=1 drains every wgmma at the end of stage 2's K step); --kernels keeps the kernels whose name holds a
+substring; --json prints one line per loop. Needs no GPU; run without TRITON_INTERPRET:
     python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4 gpt-oss-20b:256@STAGE2_DRAIN=1
 """
 
@@ -21,10 +21,7 @@ import argparse
 import dataclasses
 import json
 import re
-import subprocess
 import sys
-import tempfile
-from pathlib import Path as FsPath
 from typing import NamedTuple
 
 _INS = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -94,16 +91,6 @@ def loops(sass: str) -> list[Loop]:
     return out
 
 
-def _sass(cubin: bytes) -> str:
-    from triton import knobs
-
-    with tempfile.TemporaryDirectory(prefix="mxmoe-hazard-") as d:
-        path = FsPath(d, "k.cubin")
-        path.write_bytes(cubin)
-        return subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
-                              check=True, timeout=120).stdout
-
-
 def _launches(model: str, tokens: int, path):
     """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config, with 8 experts
     drawn (top-k where that is more) to keep the weights small; the config and every stride are the full shape's."""
@@ -138,24 +125,11 @@ def _launches(model: str, tokens: int, path):
     return cfg, calls
 
 
-def _with_rules(settings: str) -> dict:
-    """Set kernels.rules constants from 'NAME=VALUE,...'; returns the previous values."""
-    from mxmoe.kernels import rules
-
-    saved = {}
-    for item in filter(None, settings.split(",")):
-        name, _, value = item.partition("=")
-        if not hasattr(rules, name):
-            raise SystemExit(f"kernels.rules has no {name!r}")
-        saved[name] = getattr(rules, name)
-        setattr(rules, name, int(value))
-    return saved
-
-
 def main(argv: list[str] | None = None) -> int:
-    from mxmoe.kernels import rules
+    from rule_ab import _constants, _parse_variant  # rule_ab's --variant constants (this folder is on sys.path)
+
     from mxmoe.shapes import Path
-    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90
+    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("points", nargs="+", help="MODEL:T[:PATH][@NAME=VALUE,...], e.g. deepseek-v3:8192")
@@ -165,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for point in args.points:
         where, _, settings = point.partition("@")
         model, t, *rest = where.split(":")
-        saved = _with_rules(settings)
-        try:
+        with _constants(_parse_variant(f"point:{settings}")[1]):
             cfg, calls = _launches(model, int(t), Path(rest[0]) if rest else Path.A16W4)
             if not args.json:
                 print(f"{point}: {cfg.stage1.short()} | {cfg.stage2.short()}")
@@ -175,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.kernels not in name:
                     continue
                 meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
-                for lp in loops(_sass(compile_sm90(kernel, a, meta).asm["cubin"])):
+                for lp in loops(sass(compile_sm90(kernel, a, meta).asm["cubin"])):
                     if args.json:
                         print(json.dumps({"point": point, "kernel": name, "top": lp.top, "groups": lp.groups,
                                           "in_flight": lp.in_flight, "writes": len(lp.writes)}), flush=True)
@@ -183,9 +156,6 @@ def main(argv: list[str] | None = None) -> int:
                     first = f"; first {lp.writes[0][1]}" if lp.writes else ""
                     print(f"  {name:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in flight at "
                           f"the back edge, {len(lp.writes)} loop-top writes to their A registers{first}", flush=True)
-        finally:
-            for name, value in saved.items():
-                setattr(rules, name, value)
     return 0
 
 

@@ -59,16 +59,25 @@ def compile_sm90(kernel, args: tuple, meta: dict):
     return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """REG, STACK, SHARED (static), LOCAL of the cubin's one kernel, from `cuobjdump --dump-resource-usage`."""
+def _cuobjdump(cubin: bytes, flag: str, timeout: int) -> str:
+    """stdout of the bundled `cuobjdump FLAG` on the cubin."""
     from triton import knobs
 
-    tool = knobs.nvidia.cuobjdump.path
     with tempfile.TemporaryDirectory(prefix="mxmoe-cubin-") as d:
         path = FsPath(d, "kernel.cubin")
         path.write_bytes(cubin)
-        text = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True, text=True,
-                              check=True, timeout=60).stdout
+        return subprocess.run([knobs.nvidia.cuobjdump.path, flag, str(path)], capture_output=True, text=True,
+                              check=True, timeout=timeout).stdout
+
+
+def sass(cubin: bytes) -> str:
+    """The cubin's SASS listing (`cuobjdump -sass`)."""
+    return _cuobjdump(cubin, "-sass", 120)
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED (static), LOCAL of the cubin's one kernel, from `cuobjdump --dump-resource-usage`."""
+    text = _cuobjdump(cubin, "--dump-resource-usage", 60)
     m = _USAGE.search(text)
     if m is None:
         raise RuntimeError(f"no resource usage line in cuobjdump output: {text[-200:]!r}")
