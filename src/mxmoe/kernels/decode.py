@@ -32,7 +32,11 @@ point, 0.77-0.93x (0d72a8a, results/h100/2026-12-07_session17b_0d72a8a.log); so 
 steps before the wait (rules.DIRECT_PRELOAD_STEPS). Stage 1's K step at that point is 468 SASS instructions a
 thread (sm_90 CPU compile, 9b7d258): the decode of 16 words about 300 (64 HMUL2, 96 LOP3, 32 SHF, most of 67
 IMAD), the addresses and bound predicates of its 10 cp.async about 70, 16 HGMMA with 32 warpgroup arrive / wait
-(up to 7 in flight, not serialized): the instruction side of its issue-bound profile.
+(up to 7 in flight, not serialized). Those instructions are not what bounds it: with the decode replaced by four
+moves (a ceiling run with wrong values, 896c613, results/h100/2026-12-07_session22a_896c613.log) the layer got
+slower, deepseek-v4-tp8 T=1 30.5 -> 33.2 us and deepseek-v3-tp8 T=1 22.9 -> 26.0; ncu's stalls a issued
+instruction of stage 1 (same log): wait 0.69, long_scoreboard 0.65, not_selected 0.65, math_pipe_throttle 0.34,
+dispatch 0.26, gmma 0.23, barrier 0.19 at 2.8 warps a scheduler: latency with few warps, not issue.
 """
 
 from __future__ import annotations
@@ -273,9 +277,9 @@ def _direct2_kernel(
         combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
 
 
-def _register_cap(path, preload: int) -> dict[str, int]:
-    """Stage 2's launch keyword for its register cap (rules.direct_register_cap; none under the interpreter)."""
-    cap = direct_register_cap(path, preload)
+def _register_cap(path, preload: int, stage: int = 2) -> dict[str, int]:
+    """A stage's launch keyword for its register cap (rules.direct_register_cap; none under the interpreter)."""
+    cap = direct_register_cap(path, preload, stage)
     return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
@@ -298,7 +302,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
         SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(x.path, 0, 1),
     )
     return part
 

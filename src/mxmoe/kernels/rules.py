@@ -128,6 +128,14 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
+# Register caps (maxnreg, 0: none) of the direct stage 1 and of a stage 2 the a8w4 rule above does not cap. Under a
+# cap of at most 96 ptxas compiles the a16w4 stage 1 without keeping its wgmma A registers live across the groups in
+# flight (sm_90 CPU compile, deepseek-v4-tp8 / kimi-k2-tp8 T=1: 110 registers -> 62 at a cap of 96, 48 at 64, no
+# spill; the MX paths' row operand, 87 registers, spills at 64), which leaves room for stage-2 CTAs beside stage 1's
+# three (register blocks of 8 a thread: 3 x 64 + 2 x 160 fits an SM's 512 a thread of 128, 3 x 112 + 2 x 128 does
+# not). Being measured (rule_ab).
+DIRECT_S1_MAXNREG = 0
+DIRECT_S2_MAXNREG = 0
 
 
 def direct_preload(steps: int) -> int:
@@ -135,9 +143,11 @@ def direct_preload(steps: int) -> int:
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
 
 
-def direct_register_cap(path: Path, preload: int) -> int:
-    """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
-    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
+def direct_register_cap(path: Path, preload: int, stage: int = 2) -> int:
+    """The direct `stage`'s register cap on `path` (stage 2 with `preload` K steps loaded before its wait; 0: none)."""
+    if stage == 1:
+        return DIRECT_S1_MAXNREG
+    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else DIRECT_S2_MAXNREG
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:
@@ -163,13 +173,19 @@ def e4m3_promote_steps(cfg: TileConfig) -> int:
     return E4M3_PROMOTE_STEPS if cfg.mma.e4m3 else 0
 
 
-# See stage2_drains. 0: off (not yet measured on the H100). Triton 3.6 leaves 3 of the sorted stage 2's 4 k16 wgmma
+# See stage2_drains. 0: off. Triton 3.6 leaves 3 of the sorted stage 2's 4 k16 wgmma
 # groups in flight at its K loop's back edge while their A fragments are registers (docs/architecture.md, "Known
 # hazard"); in every stage-2 config compiled for sm_90 the loop top then writes some of those registers before its
 # first wait (deepseek-v3 T = 8192, M128N256K64 w8 t64: 96 and 75 writes, benchmarks/wgmma_hazard.py), which
 # corrupted that layer on the H100 under the 9-instruction decode (session 21). Draining every wgmma at the end of
 # each K step leaves none in flight (same compile: 0 and 0) at the cost of the last groups' overlap with the next
-# step's decode: rule_ab (rules.STAGE2_DRAIN=1) decides it; if it is cheap, the 9-instruction decode can return.
+# step's decode. H100 at 896c613 (results/h100/2026-12-07_session22a_896c613.log, drain_ab_896c613.csv): the T = 8192
+# layer is correct both ways (3 runs agree to 7.8e-3 / 3.9e-3, max_rel 2.2e-3), so is the 9-instruction decode
+# with the drain; the drain costs 0.5-3.8% (whole layer, drain / now: deepseek-v3 T=4096 0.995x, gpt-oss-120b
+# T=4096 0.962x, gpt-oss-20b T=1024 0.978x, kimi-k2-tp8 T=2048 a8w4 0.995x, deepseek-v3 T=64 1.000x), and the
+# 9-instruction decode with it gains nothing back (deepseek-v4-tp8 T=1 30.5 / 30.4, kimi-k2-tp8 T=2048 901 / 895,
+# deepseek-v3 T=4096 7062 / 7272 us). So it stays off: the kernels as shipped measure correct (the T=8192
+# agreement test guards them) and the lever is the switch to throw if a change exposes the hazard again.
 STAGE2_DRAIN = 0
 
 

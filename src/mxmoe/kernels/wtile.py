@@ -12,6 +12,11 @@ value * 2**-126 (layout.py says how the bits were placed), then one bf16x2 multi
 register (2**(s-1), the 2**126 folded in) or two when the scales are too large to fold. Under the interpreter
 (no inline asm) the same words are decoded by the same shifts and masks in int32 and the values carried in f32,
 so CI checks the layout and the bit placement of the GPU path, not a different route to the same numbers.
+
+What the decode costs (H100, 896c613, results/h100/2026-12-07_session22a_896c613.log): with the asm replaced by
+four moves (wrong values, a ceiling) the prefill layer ran 1.11x faster at deepseek-v3 T=4096 (7147 -> 6389-6433
+us) and 1.04-1.06x at gpt-oss-120b T=4096, and the direct decode layer got slower: fewer decode instructions
+cannot close the prefill or decode gaps of issue 21 on their own.
 """
 
 import triton
