@@ -277,12 +277,6 @@ def _direct2_kernel(
         combine_slots(out_ptr, y_ptr, T, H, offs_n, stride_os, stride_or, stride_y, TOPK, SPLIT_K, INTERP, BN)
 
 
-def _register_cap(path, preload: int, stage: int = 2) -> dict[str, int]:
-    """A stage's launch keyword for its register cap (rules.direct_register_cap; none under the interpreter)."""
-    cap = direct_register_cap(path, preload, stage)
-    return {"maxnreg": cap} if cap and not interpreting() else {}
-
-
 def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
     """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
     [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
@@ -302,7 +296,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
         SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(x.path, 0, 1),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(direct_register_cap(x.path, 0, 1)),
     )
     return part
 
@@ -334,6 +328,6 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
         SPLIT_K=cfg.split_k, PRE=pre, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(), **_register_cap(path, pre),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(direct_register_cap(path, pre)),
     )
     return y

@@ -138,6 +138,21 @@ DIRECT_S1_MAXNREG = 0
 DIRECT_S2_MAXNREG = 0
 
 
+# The same caps for the sorted layer's decode stages (BLOCK_M 16 on bf16 carriers; 0: none). sm_90 CPU compile at
+# 282b17c, stage 1 / stage 2 registers uncapped -> at a cap of 64 / 96: deepseek-v3 T=1 108 -> 54 / 130 -> 91,
+# deepseek-v3-tp8 T=16 112 -> 63 / 120 -> 89, gpt-oss-120b T=1 112 -> 54 / 130 -> 93, none spilling (stage 1 at 96
+# spills 32-40 bytes at the last two; stage 2 at 64 spills 8-16). Being measured (rule_ab).
+SORTED_DECODE_S1_MAXNREG = 0
+SORTED_DECODE_S2_MAXNREG = 0
+
+
+def sorted_register_cap(cfg: TileConfig, stage: int) -> int:
+    """The register cap of a sorted stage `stage` launched with `cfg` (0: none): the decode tiles' only."""
+    if cfg.block_m != 16 or cfg.mma is not Mma.WGMMA:
+        return 0
+    return SORTED_DECODE_S1_MAXNREG if stage == 1 else SORTED_DECODE_S2_MAXNREG
+
+
 def direct_preload(steps: int) -> int:
     """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))

@@ -92,7 +92,10 @@ def drain_wgmma(INTERP: tl.constexpr):
                                   pack=1)
 
 
-def launch_options() -> dict[str, bool]:
-    """The launch keywords of a v2 kernel: PDL on a GPU (the interpreter runs grids one after another)."""
-    return {} if interpreting() else {"launch_pdl": True}
+def launch_options(maxnreg: int = 0) -> dict[str, bool | int]:
+    """The launch keywords of a v2 kernel: PDL on a GPU (the interpreter runs grids one after another), and the
+    register cap `maxnreg` where it is not 0 (rules.py: the decode stages' caps)."""
+    if interpreting():
+        return {}
+    return {"launch_pdl": True, "maxnreg": maxnreg} if maxnreg else {"launch_pdl": True}
 
