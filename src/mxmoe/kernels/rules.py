@@ -160,8 +160,8 @@ def direct_preload(steps: int) -> int:
 
 def direct_register_cap(path: Path, preload: int, stage: int = 2) -> int:
     """The direct `stage`'s register cap on `path` (stage 2 with `preload` K steps loaded before its wait; 0: none)."""
-    if stage == 1:
-        return DIRECT_S1_MAXNREG
+    if stage == 1:  # the MX paths' row operand (87 registers) spills under it
+        return DIRECT_S1_MAXNREG if path is Path.A16W4 else 0
     return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else DIRECT_S2_MAXNREG
 
 
