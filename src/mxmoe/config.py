@@ -21,7 +21,7 @@ class Mma(str, Enum):
     DOT_SCALED = "dot_scaled"  # tl.dot_scaled: the compiler upcasts e2m1 and applies scales (GPU only)
     UPCAST = "upcast"  # unpack nibbles and e8m0 scales by hand, then tl.dot in bf16 (runs in the interpreter)
     # v2 (kernels/swmoe.py): the swap on wgmma with the weights as its register operand, read from the swizzled
-    # layout (kernels/layout.py) and decoded in 9 integer ops per 8 values; bf16 activation carriers on every path.
+    # layout (kernels/layout.py) and decoded in 13 integer ops per 8 values; bf16 activation carriers on every path.
     # Runs on the GPU and, bit for bit the same layout and decode, under the interpreter.
     WGMMA = "wgmma"
     # a8w4 on e4m3 wgmma, either stage (issue 23, docs/fp8.md): the weights rebased into the e4m3 layout
