@@ -128,29 +128,13 @@ DIRECT_PRELOAD_STEPS = 3
 # 28.0, T=2 40.1 / 41.2, kimi-k2-tp8 T=1 23.3 / 26.0.
 DIRECT_S2_MAXNREG_A8W4 = 128
 DIRECT_S2_CAP_MAX_PRE = 2
-# Register caps (maxnreg, 0: none) of the direct stage 1 and of a stage 2 the a8w4 rule above does not cap. Under a
-# cap of at most 96 ptxas compiles the a16w4 stage 1 without keeping its wgmma A registers live across the groups in
-# flight (sm_90 CPU compile, deepseek-v4-tp8 / kimi-k2-tp8 T=1: 110 registers -> 62 at a cap of 96, 48 at 64, no
-# spill; the MX paths' row operand, 87 registers, spills at 64), which leaves room for stage-2 CTAs beside stage 1's
-# three (register blocks of 8 a thread: 3 x 64 + 2 x 160 fits an SM's 512 a thread of 128, 3 x 112 + 2 x 128 does
-# not). Being measured (rule_ab).
-DIRECT_S1_MAXNREG = 0
-DIRECT_S2_MAXNREG = 0
-
-
-# The same caps for the sorted layer's decode stages (BLOCK_M 16 on bf16 carriers; 0: none). sm_90 CPU compile at
-# 282b17c, stage 1 / stage 2 registers uncapped -> at a cap of 64 / 96: deepseek-v3 T=1 108 -> 54 / 130 -> 91,
-# deepseek-v3-tp8 T=16 112 -> 63 / 120 -> 89, gpt-oss-120b T=1 112 -> 54 / 130 -> 93, none spilling (stage 1 at 96
-# spills 32-40 bytes at the last two; stage 2 at 64 spills 8-16). Being measured (rule_ab).
-SORTED_DECODE_S1_MAXNREG = 0
-SORTED_DECODE_S2_MAXNREG = 0
-
-
-def sorted_register_cap(cfg: TileConfig, stage: int) -> int:
-    """The register cap of a sorted stage `stage` launched with `cfg` (0: none): the decode tiles' only."""
-    if cfg.block_m != 16 or cfg.mma is not Mma.WGMMA:
-        return 0
-    return SORTED_DECODE_S1_MAXNREG if stage == 1 else SORTED_DECODE_S2_MAXNREG
+# Tried and dropped (H100, bbdaf3b, results/h100/2026-12-07_register_caps_ab_bbdaf3b.csv, whole layer us, now /
+# capped): caps on the other decode stages. Under a cap of at most 96 ptxas compiles the a16w4 direct stage 1
+# without keeping its wgmma A registers live across the groups in flight (sm_90: 110 registers -> 48 at a cap of 64,
+# no spill), which leaves room for two stage-2 CTAs beside stage 1's three; it lost everywhere: deepseek-v4-tp8 T=1
+# 30.7 / 32.7, T=2 49.3 / 51.8, deepseek-v3-tp8 T=1 22.9 / 23.5, kimi-k2-tp8 T=1 21.5 / 23.1 (with stage 2 at 160
+# too: 32.7, 27.1, 25.7). The sorted decode stages at 64 / 96 (108-112 -> 54-63, 120-130 -> 89-93 registers, no
+# spill) lost 2-4%: deepseek-v3 T=1 94.6 / 96.8, deepseek-v3-tp8 T=16 156.8 / 163.6, kimi-k2-tp8 T=8 99.2 / 103.1.
 
 
 def direct_preload(steps: int) -> int:
@@ -158,11 +142,9 @@ def direct_preload(steps: int) -> int:
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
 
 
-def direct_register_cap(path: Path, preload: int, stage: int = 2) -> int:
-    """The direct `stage`'s register cap on `path` (stage 2 with `preload` K steps loaded before its wait; 0: none)."""
-    if stage == 1:  # the MX paths' row operand (87 registers) spills under it
-        return DIRECT_S1_MAXNREG if path is Path.A16W4 else 0
-    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else DIRECT_S2_MAXNREG
+def direct_register_cap(path: Path, preload: int) -> int:
+    """The direct stage 2's register cap on `path` with `preload` K steps loaded before its wait (0: none)."""
+    return DIRECT_S2_MAXNREG_A8W4 if path is Path.A8W4 and preload <= DIRECT_S2_CAP_MAX_PRE else 0
 
 
 def runs_direct(config, tokens: int, topk: int, inter: int) -> bool:

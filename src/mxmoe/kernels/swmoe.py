@@ -48,7 +48,6 @@ from mxmoe.kernels.common import (
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.quant import quantize_input
 from mxmoe.kernels.rules import counters_needed, deferred_h_dtype, defers_rounding, e4m3_promote_steps
-from mxmoe.kernels.rules import sorted_register_cap as register_cap
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import e4m3_bytes_operand, e4m3_operand, weight_tile_e4m3
@@ -393,7 +392,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(register_cap(cfg, 1)),
+        **launch_options(),
     )
     if defer:  # bf16 h rounded to the path's grid in place
         quantize_input(dst, x.path, bf16=True, out=out)

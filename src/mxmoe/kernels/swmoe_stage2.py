@@ -21,13 +21,7 @@ import triton.language as tl
 from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.combine import combine_rows, combine_slots
 from mxmoe.kernels.common import KernelInput, grid_swizzle, interpreting, k_range, to_bf16_rne
-from mxmoe.kernels.rules import (
-    counters_needed,
-    e4m3_promote_steps,
-    finishes_atomic_in_kernel,
-    sorted_register_cap,
-    stage2_drains,
-)
+from mxmoe.kernels.rules import counters_needed, e4m3_promote_steps, finishes_atomic_in_kernel, stage2_drains
 from mxmoe.kernels.swmoe import act_tile, tile_of, tile_rows, weight_args, weight_mma, zeros_or
 from mxmoe.kernels.sync import drain_wgmma, enter, last_arrival, launch_options
 
@@ -208,7 +202,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, TAIL=cfg.tail_m,
         PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **launch_options(sorted_register_cap(cfg, 2)),
+        num_stages=cfg.num_stages, **launch_options(),
     )
     if by_rows:
         return combine_rows(out, plan.topk)
