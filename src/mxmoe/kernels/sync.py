@@ -94,7 +94,7 @@ def drain_wgmma(INTERP: tl.constexpr):
 
 def launch_options(maxnreg: int = 0) -> dict[str, bool | int]:
     """The launch keywords of a v2 kernel: PDL on a GPU (the interpreter runs grids one after another), and the
-    register cap `maxnreg` where it is not 0 (rules.py: the decode stages' caps)."""
+    register cap `maxnreg` where it is not 0 (rules.direct_register_cap: the direct a8w4 stage 2's)."""
     if interpreting():
         return {}
     return {"launch_pdl": True, "maxnreg": maxnreg} if maxnreg else {"launch_pdl": True}
