@@ -11,7 +11,8 @@ flight at the back edge, and the instructions at the loop top that write an in-f
 first wait: a static count of the exposure, not a verdict (whether it corrupts depends on timing; the GPU tests
 decide). A point may end in @NAME=VALUE[,NAME=VALUE] to set constants for it as rule_ab.py's --variant does
 (STAGE2_DRAIN=1 drains every wgmma at the end of stage 2's K step); --kernels keeps the kernels whose name holds a
-substring; --json prints one line per loop. Needs no GPU; run without TRITON_INTERPRET:
+substring; --json prints one line per loop; --listing prints each loop's skeleton (wgmma, waits, barriers, memory
+instructions in order: the K step's latency structure). Needs no GPU; run without TRITON_INTERPRET:
     python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4 gpt-oss-20b:256@STAGE2_DRAIN=1
 """
 
@@ -53,6 +54,7 @@ def written(text: str) -> set[int]:
 
 class Loop(NamedTuple):
     top: int
+    end: int  # address of the backward branch
     groups: int  # wgmma groups a K step (an HGMMA carrying gsb0 ends one)
     in_flight: int  # groups the last wait of the body leaves in flight at the back edge
     writes: tuple[tuple[int, str], ...]  # loop-top writes to their A registers before the first wait
@@ -87,8 +89,21 @@ def loops(sass: str) -> list[Loop]:
                 break
             if written(t) & live:
                 writes.append((a, t))
-        out.append(Loop(top, len(groups), pending, tuple(writes)))
+        out.append(Loop(top, addr, len(groups), pending, tuple(writes)))
     return out
+
+
+# Opcodes of a loop's skeleton: its MMA, the waits and barriers, and its shared / global memory traffic.
+_SKELETON = ("HGMMA", "WARPGROUP", "LDGSTS", "LDGDEPBAR", "DEPBAR", "BAR", "LDS", "LDSM", "LDG", "STG", "STS",
+             "SYNCS", "BRA")
+
+
+def skeleton(sass: str, loop: Loop) -> tuple[int, list[tuple[int, str]]]:
+    """(instructions in the loop's body, the body's skeleton instructions in order): where a K step waits, syncs,
+    loads and issues its wgmma, which is the latency structure (session 22 read the direct stage 1's this way)."""
+    body = [(a, t) for a, t in instructions(sass) if loop.top <= a <= loop.end]
+    op = lambda t: re.sub(r"^@!?U?P\w+\s+", "", t).split(" ")[0].split(".")[0]  # noqa: E731
+    return len(body), [(a, t) for a, t in body if op(t) in _SKELETON]
 
 
 def _launches(model: str, tokens: int, path):
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("points", nargs="+", help="MODEL:T[:PATH][@NAME=VALUE,...], e.g. deepseek-v3:8192")
     ap.add_argument("--kernels", default="", help="only kernels whose name holds this substring")
     ap.add_argument("--json", action="store_true", help="one JSON line per loop")
+    ap.add_argument("--listing", action="store_true", help="also print each loop's skeleton: its wgmma, waits, "
+                    "barriers and memory instructions in order")
     args = ap.parse_args(argv)
     for point in args.points:
         where, _, settings = point.partition("@")
@@ -148,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.kernels not in name:
                     continue
                 meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
-                for lp in loops(sass(compile_sm90(kernel, a, meta).asm["cubin"])):
+                code = sass(compile_sm90(kernel, a, meta).asm["cubin"])
+                for lp in loops(code):
                     if args.json:
                         print(json.dumps({"point": point, "kernel": name, "top": lp.top, "groups": lp.groups,
                                           "in_flight": lp.in_flight, "writes": len(lp.writes)}), flush=True)
@@ -156,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                     first = f"; first {lp.writes[0][1]}" if lp.writes else ""
                     print(f"  {name:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in flight at "
                           f"the back edge, {len(lp.writes)} loop-top writes to their A registers{first}", flush=True)
+                    if args.listing:
+                        n, lines = skeleton(code, lp)
+                        print(f"    {n} instructions a K step; skeleton:")
+                        print("\n".join(f"    {addr:#07x} {text}" for addr, text in lines), flush=True)
     return 0
 
 

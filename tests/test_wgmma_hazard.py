@@ -51,3 +51,12 @@ def test_written_registers():
     assert hz.written("@!P0 LDG.E.64 R10, desc[UR4][R2.64]") == {10, 11}
     assert hz.written("LDSM.16.M88.2 R96, [R96+0xa000]") == {96, 97}
     assert hz.written("STS [R1], R2") == set() and hz.written("ISETP.GE.AND P0, PT, R1, R2, PT") == set()
+
+
+def test_skeleton_keeps_the_mma_waits_and_memory_of_the_body_in_order():
+    (loop,) = hz.loops(_sass(*_BODY))
+    n, lines = hz.skeleton(_sass(*_BODY), loop)
+    assert n == len(_BODY)
+    assert [text.split(" ")[0] for _, text in lines] == [
+        "LDS.64", "WARPGROUP.ARRIVE", "HGMMA.64x64x16.F32.BF16", "WARPGROUP.DEPBAR.LE", "WARPGROUP.ARRIVE",
+        "HGMMA.64x64x16.F32.BF16", "WARPGROUP.DEPBAR.LE", "@!P0"]
