@@ -37,10 +37,11 @@ moves (a ceiling run with wrong values, 896c613, results/h100/2026-12-07_session
 slower, deepseek-v4-tp8 T=1 30.5 -> 33.2 us and deepseek-v3-tp8 T=1 22.9 -> 26.0; ncu's stalls a issued
 instruction of stage 1 (same log): wait 0.69, long_scoreboard 0.65, not_selected 0.65, math_pipe_throttle 0.34,
 dispatch 0.26, gmma 0.23, barrier 0.19 at 2.8 warps a scheduler: latency with few warps, not issue. The MMA's
-width does count: the sorted layer at BLOCK_M 32 (wgmma N 32) ran 43.1 us against about 37 at 16 (3094e39,
-results/h100/2026-12-07_scan_decode_tiles_3094e39.csv). A narrower one is not at hand: at BLOCK_M 8 Triton 3.6
-lowers the dot to mma.sync (HMMA.16816) and stages the decoded tile through shared memory to get it into that
-operand layout (sm_90 CPU compile at 7d4d940: 16 STSM and 15 local loads a K step, 648 instructions against 468).
+width does count: deepseek-v4-tp8 T=1 on the sorted layer with stage 1 at BLOCK_M 32 (wgmma N 32) ran 43.1 us
+(3094e39, results/h100/2026-12-07_scan_decode_tiles_3094e39.csv), the sorted layer at 16 37.3 (9ffc544,
+rules.py). A narrower one is not at hand: at BLOCK_M 8 Triton 3.6 lowers the dot to mma.sync (HMMA.16816) and
+stages the decoded tile through shared memory to get it into that operand layout (sm_90 CPU compile at 7d4d940:
+16 STSM and 15 local loads a K step, 648 instructions against 468).
 """
 
 from __future__ import annotations
