@@ -41,7 +41,11 @@ width does count: deepseek-v4-tp8 T=1 on the sorted layer with stage 1 at BLOCK_
 (3094e39, results/h100/2026-12-07_scan_decode_tiles_3094e39.csv), the sorted layer at 16 37.3 (9ffc544,
 rules.py). A narrower one is not at hand: at BLOCK_M 8 Triton 3.6 lowers the dot to mma.sync (HMMA.16816) and
 stages the decoded tile through shared memory to get it into that operand layout (sm_90 CPU compile at 7d4d940:
-16 STSM and 15 local loads a K step, 648 instructions against 468).
+16 STSM and 15 local loads a K step, 648 instructions against 468). Its TTGIR says why: the decoded tile comes out
+in the mma fragment order this layout places for wgmma (lane l holding K = 2 (l mod 4) + {0, 1, 8, 9} of each k16),
+and the MMAv2 dot takes its A operand as `dot_op<opIdx = 0, kWidth = 8>`, so Triton converts through a
+local_alloc / local_load. A weight layout placing the values in that operand's order would let BLOCK_M 8
+(mma.sync m16n8k16, half the MMA width of today's N 16) run without the round trip.
 """
 
 from __future__ import annotations
