@@ -44,8 +44,8 @@ stages the decoded tile through shared memory to get it into that operand layout
 16 STSM and 15 local loads a K step, 648 instructions against 468). Its TTGIR says why: the decoded tile comes out
 in the mma fragment order this layout places for wgmma (lane l holding K = 2 (l mod 4) + {0, 1, 8, 9} of each k16),
 and the MMAv2 dot takes its A operand as `dot_op<opIdx = 0, kWidth = 8>`, so Triton converts through a
-local_alloc / local_load. A weight layout placing the values in that operand's order would let BLOCK_M 8
-(mma.sync m16n8k16, half the MMA width of today's N 16) run without the round trip.
+local_alloc / local_load. The wgmma dots take `kWidth = 2`, this layout's order, so BLOCK_M 8 (mma.sync m16n8k16,
+half the MMA width of today's N 16) needs either Triton taking kWidth 2 for that dot or a second weight layout.
 """
 
 from __future__ import annotations
