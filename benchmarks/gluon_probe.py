@@ -8,7 +8,7 @@ MMA instructions and any layout conversion or shared-memory traffic in it (at 0f
 Then a [64, 128] weight tile of the v2 layout (kernels/layout.py) loaded one 16-byte row a thread,
 decoded by the shipped asm (kernels/wtile.py) and reshaped as `decode_tile` does, converted to that operand with
 `assert_trivial=True` (the compile fails if the conversion moves data) and multiplied by a [128, 8] token column
-(at 866ac7b: 8 HMMA, 44 registers, no shared memory, no shuffles). Gluon kernels do not run under
+(8 HMMA, 40 registers, no shared memory, no shuffles). Gluon kernels do not run under
 TRITON_INTERPRET=1 (the launch looks for a GPU driver), so nothing here checks values. Last, the whole a16w4
 direct stage 1 at BLOCK_M 8 written that way (at f18ddf1, deepseek-v4-tp8 T=1's tile: 118 registers, 16 HMMA and
 587 instructions a K step, against 110 registers, 16 HGMMA.64x16x16 and 468 for kernels/decode.py's). Prints;
