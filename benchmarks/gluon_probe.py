@@ -27,6 +27,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from wgmma_hazard import instructions  # the SASS reader beside this script
 
 from mxmoe.kernels.wtile import _DECODE_ASM_FOLD
 from mxmoe.tuning.sweep.compile_check.sm90 import resource_usage, sass
@@ -161,8 +162,7 @@ def _report(name: str, src: GluonASTSource) -> None:
 
 def loop_sizes(code: str) -> list[tuple[int, int]]:
     """(top address, instructions) of every backward branch's body in a `cuobjdump -sass` listing."""
-    ins = [(int(m.group(1), 16), m.group(2)) for m in (re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*)", line)
-                                                      for line in code.splitlines()) if m]
+    ins = instructions(code)
     out = []
     for addr, text in ins:
         m = re.search(r"BRA\s+0x([0-9a-f]+)", text)

@@ -5,7 +5,7 @@ BN weight rows (the MMA's M side), BK the reduced axis.
 
 Each program computes acc^T [BN, BM] = W_tile [BN, BK] @ X_tile^T [BK, BM] over its K range:
   - the weight tile comes from `wtile.weight_tile` as wgmma's register A operand (16-byte loads that are their
-    own fragments, a 9-op decode, no layout conversion), cp.async-pipelined with its scales;
+    own fragments, a 13-op decode, no layout conversion), cp.async-pipelined with its scales;
   - the activation tile [BM, BK] bf16 is gathered by token (stage 1) or pair (stage 2) rows, cp.async-staged
     and read by wgmma from shared memory as its B operand; decode blocks (BM = 16) are wgmma's N = 16.
 Stage 1 (here) holds a gate and an up tile (rows n and I + n of W13), the activation fused in the epilogue;

@@ -8,7 +8,8 @@ is elementwise on that layout, and the reshape / permute at the end only renames
 Triton needs no layout conversion (shared memory round trip) between the load and the MMA.
 
 Decode on the GPU: one `inline_asm_elementwise` per 32-bit word (8 values): 13 integer ops build four bf16x2 of
-value * 2**-126 (layout.py says how the bits were placed), then one bf16x2 multiply by the scale factor per
+value * 2**-126 (layout.py says how the bits were placed; `tests/kernels/test_decode_asm.py` emulates this PTX
+against the layout on the CPU), then one bf16x2 multiply by the scale factor per
 register (2**(s-1), the 2**126 folded in) or two when the scales are too large to fold. Under the interpreter
 (no inline asm) the same words are decoded by the same shifts and masks in int32 and the values carried in f32,
 so CI checks the layout and the bit placement of the GPU path, not a different route to the same numbers.
