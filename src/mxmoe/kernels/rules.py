@@ -137,6 +137,16 @@ DIRECT_S2_CAP_MAX_PRE = 2
 # spill) lost 2-4%: deepseek-v3 T=1 94.6 / 96.8, deepseek-v3-tp8 T=16 156.8 / 163.6, kimi-k2-tp8 T=8 99.2 / 103.1.
 
 
+# See direct1_one_chain. 0: off (unmeasured lever).
+DIRECT1_ONE_CHAIN = 0
+
+
+def direct1_one_chain(cfg: TileConfig) -> bool:
+    """Whether the direct stage 1 of `cfg` computes BN contiguous rows of W13's stacked gate / up axis in one
+    accumulator chain (twice the programs, half the operand registers each) instead of BN gate and BN up rows."""
+    return bool(DIRECT1_ONE_CHAIN)
+
+
 def direct_preload(steps: int) -> int:
     """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
