@@ -62,12 +62,13 @@ def test_e4m3_stage1_matches_reference_and_bf16_carriers(shape, tokens, split_k,
     assert torch.equal(out, bf16)
 
 
-@pytest.mark.parametrize("split_k", [1, 2, 3])
+@pytest.mark.parametrize("split_k", [1, 2, 3, 4])
 def test_e4m3_chains_take_every_k_step_once(split_k):
     """The e4m3 stages sum even and odd K steps in two chains, two steps a loop iteration: an odd step count (K 576
     = 9 x 64 in stage 1, 320 = 5 x 64 in stage 2) and splits whose second step passes their range (masked, not
     the next split's) must still take each step once; one step lost or doubled moves the sums by about 1/9 of
-    their size, far past the layer tolerance."""
+    their size, far past the layer tolerance. split_k 4 leaves an empty last split in both stages (k_len 0 in
+    stage 1, -64 in stage 2), which takes one forced trip of masked zeros (common.k_loop_end)."""
     shape = MoEShape("k-odd", 4, 2, 576, 320, Activation.SILU)
     p = make_problem(shape, Path.A8W4, 9, seed=split_k)
     s1 = TileConfig(block_m=16, block_n=64, block_k=64, mma=Mma.WGMMA_E4M3, split_k=split_k)
@@ -75,11 +76,13 @@ def test_e4m3_chains_take_every_k_step_once(split_k):
     assert_close(out.float(), p.reference(), path=Path.A8W4, stage="layer", name=f"split_k={split_k}")
 
 
-def test_e4m3_promoted_chunks_take_every_k_step_once(monkeypatch):
+@pytest.mark.parametrize("split_k", [2, 4])
+def test_e4m3_promoted_chunks_take_every_k_step_once(split_k, monkeypatch):
     """rules.E4M3_PROMOTE_STEPS > 0: one chain per chunk of that many K steps, added into f32 totals. Chunks of 4
-    that do not divide a split's steps (9 and 5 steps of 64 over 2 splits) must take each step once: the layer meets
-    the oracle (one step lost or doubled moves the sums by about 1/9 of their size, far past the tolerance)."""
-    promote, split_k = 4, 2
+    that do not divide a split's steps (9 and 5 steps of 64 over 2 splits; over 4, an empty last split) must take
+    each step once: the layer meets the oracle (one step lost or doubled moves the sums by about 1/9 of their size,
+    far past the tolerance)."""
+    promote = 4
     from mxmoe.kernels import rules
 
     shape = MoEShape("k-odd", 4, 2, 576, 320, Activation.SILU)

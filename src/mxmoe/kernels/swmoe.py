@@ -42,6 +42,7 @@ from mxmoe.kernels.common import (
     bf16_grid,
     grid_swizzle,
     interpreting,
+    k_loop_end,
     k_range,
     to_bf16_rne,
 )
@@ -220,10 +221,10 @@ def _stage1_rows(
         k_end = tl.minimum(k_first + k_len, H)
         k64_end = tl.cdiv(k_end, 64)
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
-        for kc in range(0, k_len, PROMOTE * BK):
+        for kc in range(0, k_loop_end(k_len, PROMOTE * BK), PROMOTE * BK):
             c_g = tl.zeros([BN, BM], dtype=tl.float32)
             c_u = tl.zeros([BN, BM], dtype=tl.float32)
-            for kk in range(kc, tl.minimum(kc + PROMOTE * BK, k_len), BK):
+            for kk in range(kc, k_loop_end(tl.minimum(kc + PROMOTE * BK, k_len), kc + BK), BK):
                 a = act_tile(x_ptr, token, row_ok, k_first + kk, k_end, stride_xt, E4M3, INTERP, BM, BK)
                 c_g, c_u = gate_up_mma(c_g, c_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k_first + kk, I, N16, k64_end,
                                        FOLD, E4M3, INTERP, BM, BN, BK)
@@ -232,7 +233,7 @@ def _stage1_rows(
     elif E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
         acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
         acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
-        for kk in range(0, k_len, 2 * BK):
+        for kk in range(0, k_loop_end(k_len, 2 * BK), 2 * BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, k_end, stride_xt, E4M3, INTERP, BM, BK)
             acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, k64_end, FOLD,
@@ -243,7 +244,7 @@ def _stage1_rows(
         acc_g += acc_g2
         acc_u += acc_u2
     else:
-        for kk in range(0, k_len, BK):
+        for kk in range(0, k_loop_end(k_len, BK), BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, E4M3, INTERP, BM, BK)
             acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD,

@@ -20,8 +20,14 @@ import triton.language as tl
 
 from mxmoe.config import Combine, TileConfig
 from mxmoe.kernels.combine import combine_rows, combine_slots
-from mxmoe.kernels.common import KernelInput, grid_swizzle, interpreting, k_range, to_bf16_rne
-from mxmoe.kernels.rules import counters_needed, e4m3_promote_steps, finishes_atomic_in_kernel, stage2_drains
+from mxmoe.kernels.common import KernelInput, grid_swizzle, interpreting, k_loop_end, k_range, to_bf16_rne
+from mxmoe.kernels.rules import (
+    counters_needed,
+    e4m3_promote_steps,
+    finishes_atomic_in_kernel,
+    stage2_drains,
+    stage2_k_floor,
+)
 from mxmoe.kernels.swmoe import act_tile, tile_of, tile_rows, weight_args, weight_mma, zeros_or
 from mxmoe.kernels.sync import drain_wgmma, enter, last_arrival, launch_options
 
@@ -44,7 +50,7 @@ def _stage2_rows(
     stride_os, stride_or, stride_y, stride_rse,
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
     CAST: tl.constexpr, INTERP: tl.constexpr, E4M3: tl.constexpr, SPLIT_K: tl.constexpr, BM: tl.constexpr,
-    BN: tl.constexpr, BK: tl.constexpr, PROMOTE: tl.constexpr, DRAIN: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, PROMOTE: tl.constexpr, DRAIN: tl.constexpr, K_FLOOR: tl.constexpr,
 ):
     """One program's tile: BM pair rows of sorted_ids from row0 x BN columns, the first `n_rows` of them expert
     `expert`'s; `num_live` the live programs of an N column (the slots combine's arrival count)."""
@@ -58,17 +64,19 @@ def _stage2_rows(
     if E4M3:  # the e4m3 forms' K bound (as in stage 1)
         k_end = tl.minimum(k_first + k_len, I)
         k64_end = tl.cdiv(k_end, 64)
+    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.STAGE2_K_FLOOR
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
-        for kc in range(0, k_len, PROMOTE * BK):
+        for kc in range(0, k_top, PROMOTE * BK):
             c = tl.zeros([BN, BM], dtype=tl.float32)
-            for kk in range(kc, tl.minimum(kc + PROMOTE * BK, k_len), BK):
+            k_in = tl.minimum(kc + PROMOTE * BK, k_top)
+            for kk in range(kc, k_loop_end(k_in, kc + BK) if K_FLOOR else k_in, BK):
                 a = act_tile(h_ptr, rows, row_ok, k_first + kk, k_end, stride_hp, E4M3, INTERP, BM, BK)
                 c = weight_mma(c, a, w_e, ws_e, lut_ptr, n16_0, N16, k_first + kk, N16, k64_end, FOLD, E4M3, INTERP,
                                BM, BN, BK)
             acc += c
     elif E4M3:  # two accumulator chains, even and odd K steps (swmoe.weight_mma: CHAINS_WHY)
         acc2 = tl.zeros([BN, BM], dtype=tl.float32)
-        for kk in range(0, k_len, 2 * BK):
+        for kk in range(0, k_top, 2 * BK):
             k0 = k_first + kk
             a = act_tile(h_ptr, rows, row_ok, k0, k_end, stride_hp, E4M3, INTERP, BM, BK)
             acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, k64_end, FOLD, E4M3, INTERP, BM, BN, BK)
@@ -77,7 +85,7 @@ def _stage2_rows(
                               BN, BK)
         acc += acc2
     else:
-        for kk in range(0, k_len, BK):
+        for kk in range(0, k_top, BK):
             k0 = k_first + kk
             a = act_tile(h_ptr, rows, row_ok, k0, I, stride_hp, E4M3, INTERP, BM, BK)
             acc = weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, N16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK)
@@ -120,7 +128,7 @@ def _stage2_kernel(
     TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, SLOTS: tl.constexpr, ROWS: tl.constexpr,
     CAST: tl.constexpr, INTERP: tl.constexpr, E4M3: tl.constexpr,
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-    TAIL: tl.constexpr, PROMOTE: tl.constexpr, DRAIN: tl.constexpr,
+    TAIL: tl.constexpr, PROMOTE: tl.constexpr, DRAIN: tl.constexpr, K_FLOOR: tl.constexpr,
 ):
     """E4M3 as in stage 1 (swmoe._stage1_kernel): h as e4m3 bytes with per-pair scales `ts_ptr`, W2 in the e4m3
     layout with per-row scales `rs_ptr`, even and odd K steps in two chains (swmoe.weight_mma: CHAINS_WHY),
@@ -139,13 +147,13 @@ def _stage2_kernel(
         _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
                      ts_ptr, expert, pid_m * G, rows, pid_n, num_n, num_padded // BM, num_pairs, T, H, I, N16, K64,
                      stride_hp, stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK,
-                     HAS_BIAS, FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK, PROMOTE, DRAIN)
+                     HAS_BIAS, FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, BM, BN, BK, PROMOTE, DRAIN, K_FLOOR)
     if TAIL > 0:  # noqa: SIM102 -- TAIL is a constexpr (no TAIL-row tile is built without it), kind a runtime value
         if kind == 2:
             _stage2_rows(h_ptr, w_ptr, ws_ptr, b_ptr, rw_ptr, out_ptr, y_ptr, cnt_ptr, sorted_ids_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, TAIL, pid_n, num_n, 0, num_pairs, T, H, I, N16, K64, stride_hp,
                          stride_we, stride_wse, stride_be, stride_os, stride_or, stride_y, stride_rse, TOPK, HAS_BIAS,
-                         FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, TAIL, BN, BK, PROMOTE, DRAIN)
+                         FOLD, SLOTS, ROWS, CAST, INTERP, E4M3, SPLIT_K, TAIL, BN, BK, PROMOTE, DRAIN, K_FLOOR)
 
 
 def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg: TileConfig, num_tokens: int, *,
@@ -201,7 +209,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=fold, SLOTS=slots,
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, TAIL=cfg.tail_m,
-        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), num_warps=cfg.num_warps,
+        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), K_FLOOR=stage2_k_floor(), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     if by_rows:
