@@ -123,10 +123,10 @@ def test_layer_masked_last_n_tile(path, split_k):
 @pytest.mark.parametrize("path,floor", [(Path.A16W4, 1), (Path.A8W4, 0), (Path.A4W4, 1)], ids=lambda v: str(v))
 def test_layer_empty_last_split(path, floor, monkeypatch):
     """H = I = 160 with BLOCK_K 64 is three K blocks; split_k 4 gives each split one and the fourth none (k_len 0).
-    Its K loop still takes one trip (common.k_loop_end: a bound ptxas can see is positive keeps the wgmmas
-    asynchronous), at a K offset past K, so it must add only masked zeros in both stages: the layer meets the
-    oracle, poisoned scratch never showing. Stage 2 takes the floor under rules.STAGE2_K_FLOOR (`floor`)."""
-    monkeypatch.setattr(rules, "STAGE2_K_FLOOR", floor)
+    Under rules.K_FLOOR (`floor` 1) that split's K loop still takes one trip (common.k_loop_end: a bound ptxas can
+    see is positive keeps the wgmmas asynchronous), at a K offset past K, so it must add only masked zeros in both
+    stages; without it the loop runs zero times. Either way the layer meets the oracle, poisoned scratch unseen."""
+    monkeypatch.setattr(rules, "K_FLOOR", floor)
     shape = MoEShape("k160", 4, 2, 160, 160, Activation.SWIGLU_OAI, bias=True)
     p = make_problem(shape, path, 5, seed=4)
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2(split_k=4), poison=True)

@@ -4,7 +4,7 @@ read ptxas's own diagnosis and the SASS.
 Why: ptxas serializes every wgmma of a kernel (C7515, "non wgmma instructions defining accumulator registers of a
 wgmma between start and end of the pipeline stage") when a K loop that may run zero times lets the accumulator's
 zeros reach the loop's exit by a second path; each HGMMA then waits for completion and no MMA overlaps the next K
-step's weight decode. Before common.k_loop_end (stage 2: with rules.STAGE2_K_FLOOR) it hit two tiles the heuristic
+step's weight decode. Before common.k_loop_end (rules.K_FLOOR) it hit two tiles the heuristic
 ships or tries (sm_90 CPU compile, 2026-12-07): stage 2 at M64N128K64 w4 without a bias (deepseek-v3 T = 1024, 8
 groups a K step, none in flight) and stage 1 at M128N128K128 w8 with tail tiles (the tail rule's stage 1 at
 BLOCK_M 128, which had measured slower on the H100 for that reason: both of its loops serialized).
@@ -28,7 +28,7 @@ from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass
 from mxmoe.kernels import rules
 
 stage, cfg, oai = int(sys.argv[1]), TileConfig.from_json(sys.argv[2]), sys.argv[3] == "oai"
-rules.STAGE2_K_FLOOR = 1  # the lever under test (stage 1 takes the floor always)
+rules.K_FLOOR = 1  # the lever under test
 shape = (MoEShape("async-oai", 8, 4, 2880, 2880, Activation.SWIGLU_OAI, bias=True) if oai
          else MoEShape("async", 8, 8, 1024, 256, Activation.SILU))
 kernel, args, meta, ok = _prepare(shape, Path.A16W4, stage, cfg, {}, [])

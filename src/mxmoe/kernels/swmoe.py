@@ -48,7 +48,7 @@ from mxmoe.kernels.common import (
 )
 from mxmoe.kernels.mx_tile import qdq_tile
 from mxmoe.kernels.quant import quantize_input
-from mxmoe.kernels.rules import counters_needed, deferred_h_dtype, defers_rounding, e4m3_promote_steps
+from mxmoe.kernels.rules import counters_needed, deferred_h_dtype, defers_rounding, e4m3_promote_steps, k_floor
 from mxmoe.kernels.sync import enter, last_arrival, launch_options
 from mxmoe.kernels.wtile import weight_tile
 from mxmoe.kernels.wtile_e4m3 import e4m3_bytes_operand, e4m3_operand, weight_tile_e4m3
@@ -204,7 +204,7 @@ def _stage1_rows(
     stride_ps, stride_pp, stride_rse,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
     INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, E4M3: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PROMOTE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PROMOTE: tl.constexpr, K_FLOOR: tl.constexpr,
 ):
     """One program's tile: BM pair rows of sorted_ids from row0 x BN columns, the first `n_rows` of them expert
     `expert`'s (the rest read as the sentinel: masked)."""
@@ -220,11 +220,13 @@ def _stage1_rows(
     if E4M3:  # the e4m3 forms' K bound: a split's second step may pass its range: masked, not the next split's
         k_end = tl.minimum(k_first + k_len, H)
         k64_end = tl.cdiv(k_end, 64)
+    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.K_FLOOR
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
-        for kc in range(0, k_loop_end(k_len, PROMOTE * BK), PROMOTE * BK):
+        for kc in range(0, k_top, PROMOTE * BK):
             c_g = tl.zeros([BN, BM], dtype=tl.float32)
             c_u = tl.zeros([BN, BM], dtype=tl.float32)
-            for kk in range(kc, k_loop_end(tl.minimum(kc + PROMOTE * BK, k_len), kc + BK), BK):
+            k_in = tl.minimum(kc + PROMOTE * BK, k_top)
+            for kk in range(kc, k_loop_end(k_in, kc + BK) if K_FLOOR else k_in, BK):
                 a = act_tile(x_ptr, token, row_ok, k_first + kk, k_end, stride_xt, E4M3, INTERP, BM, BK)
                 c_g, c_u = gate_up_mma(c_g, c_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k_first + kk, I, N16, k64_end,
                                        FOLD, E4M3, INTERP, BM, BN, BK)
@@ -233,7 +235,7 @@ def _stage1_rows(
     elif E4M3:  # two accumulator chains, even and odd K steps (weight_mma: CHAINS_WHY)
         acc_g2 = tl.zeros([BN, BM], dtype=tl.float32)
         acc_u2 = tl.zeros([BN, BM], dtype=tl.float32)
-        for kk in range(0, k_loop_end(k_len, 2 * BK), 2 * BK):
+        for kk in range(0, k_top, 2 * BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, k_end, stride_xt, E4M3, INTERP, BM, BK)
             acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, k64_end, FOLD,
@@ -244,7 +246,7 @@ def _stage1_rows(
         acc_g += acc_g2
         acc_u += acc_u2
     else:
-        for kk in range(0, k_loop_end(k_len, BK), BK):
+        for kk in range(0, k_top, BK):
             k0 = k_first + kk
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, E4M3, INTERP, BM, BK)
             acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD,
@@ -286,7 +288,7 @@ def _stage1_kernel(
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr,
     INTERP: tl.constexpr, DEFER: tl.constexpr, SPLIT_K: tl.constexpr, ZERO: tl.constexpr, E4M3: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TAIL: tl.constexpr,
-    PROMOTE: tl.constexpr,
+    PROMOTE: tl.constexpr, K_FLOOR: tl.constexpr,
 ):
     """E4M3: x is e4m3 bytes with per-token scales `ts_ptr`, w / ws the e4m3 layout's codes and dcodes (FOLD its
     affine tables, `lut_ptr` the table words otherwise), `rs_ptr` its per-row scales; both scales multiply the
@@ -306,13 +308,14 @@ def _stage1_kernel(
         _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr, ts_ptr,
                      expert, pid_m * G, rows, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64, stride_xt, stride_we,
                      stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse, TOPK, PATH, ACT, HAS_BIAS,
-                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE)
+                     FOLD, INTERP, DEFER, SPLIT_K, E4M3, BM, BN, BK, PROMOTE, K_FLOOR)
     if TAIL > 0:  # noqa: SIM102 -- TAIL is a constexpr (no TAIL-row tile is built without it), kind a runtime value
         if kind == 2:
             _stage1_rows(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, part_ptr, sorted_ids_ptr, cnt_ptr, lut_ptr, rs_ptr,
                          ts_ptr, expert, pid_m * TAIL, TAIL, pid_m, pid_n, num_n, num_pairs, H, I, N16, K64,
                          stride_xt, stride_we, stride_wse, stride_be, stride_op, stride_ps, stride_pp, stride_rse,
-                         TOPK, PATH, ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, TAIL, BN, BK, PROMOTE)
+                         TOPK, PATH, ACT, HAS_BIAS, FOLD, INTERP, DEFER, SPLIT_K, E4M3, TAIL, BN, BK, PROMOTE,
+                         K_FLOOR)
 
 
 def zeros_or(counters: torch.Tensor | None, n: int, dummy: torch.Tensor) -> torch.Tensor:
@@ -336,9 +339,7 @@ def _table_words_on(device: torch.device) -> torch.Tensor:
 
 def weight_args(w, x: KernelInput, e4m3: bool, dummy: torch.Tensor) -> tuple:
     """What a v2 stage's launch takes of its weight layout `w` beside the values: (scales, FOLD, table words, row
-    scales, input scales). The bf16 layout: its scales and `fold`, `dummy` for the three pointers the kernel does
-    not read. The e4m3 layout: its dcodes and `affine`, the table words (read unless affine), its per-row scales and
-    the input's per-row scales."""
+    scales, input scales); for the bf16 layout its scales, `fold` and `dummy` for the three unread pointers."""
     if not e4m3:
         return w.scales, w.fold, dummy, dummy, dummy
     return w.dcode, w.affine, dummy if w.affine else _table_words_on(w.data.device), w.row_scale, x.scales
@@ -385,15 +386,14 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
     _stage1_kernel[(plan.max_blocks * num_n, cfg.split_k)](
         x.data, w.data, ws, b, dst, part, plan.sorted_ids, plan.block_expert, plan.num_padded,
         cnt, dst if zero is None else zero, lut, rs, ts, plan.expert_offsets, pairs, h, i, plan.max_blocks, w.n16,
-        w.k64,
-        0 if zero is None else zero.numel(),
+        w.k64, 0 if zero is None else zero.numel(),
         x.data.stride(0), w.data.stride(0), ws.stride(0), b.stride(0), dst.stride(0), part.stride(0),
         part.stride(1), rs.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
-        TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(),
+        TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), K_FLOOR=k_floor(), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **launch_options(),
     )
     if defer:  # bf16 h rounded to the path's grid in place
         quantize_input(dst, x.path, bf16=True, out=out)

@@ -25,8 +25,8 @@ from mxmoe.kernels.rules import (
     counters_needed,
     e4m3_promote_steps,
     finishes_atomic_in_kernel,
+    k_floor,
     stage2_drains,
-    stage2_k_floor,
 )
 from mxmoe.kernels.swmoe import act_tile, tile_of, tile_rows, weight_args, weight_mma, zeros_or
 from mxmoe.kernels.sync import drain_wgmma, enter, last_arrival, launch_options
@@ -64,7 +64,7 @@ def _stage2_rows(
     if E4M3:  # the e4m3 forms' K bound (as in stage 1)
         k_end = tl.minimum(k_first + k_len, I)
         k64_end = tl.cdiv(k_end, 64)
-    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.STAGE2_K_FLOOR
+    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.K_FLOOR
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
         for kc in range(0, k_top, PROMOTE * BK):
             c = tl.zeros([BN, BM], dtype=tl.float32)
@@ -209,7 +209,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=fold, SLOTS=slots,
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, TAIL=cfg.tail_m,
-        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), K_FLOOR=stage2_k_floor(), num_warps=cfg.num_warps,
+        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), K_FLOOR=k_floor(), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     if by_rows:
