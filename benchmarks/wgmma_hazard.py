@@ -106,6 +106,24 @@ def skeleton(sass: str, loop: Loop) -> tuple[int, list[tuple[int, str]]]:
     return len(body), [(a, t) for a, t in body if op(t) in _SKELETON]
 
 
+def _compile_logged(kernel, args: tuple, meta: dict) -> tuple[str, bool]:
+    """(SASS, whether ptxas serialized the kernel's wgmmas): compiled afresh with ptxas's log captured, where
+    C7515 says "wgmma.mma_async instructions are serialized" (common.k_loop_end has the cause it had here)."""
+    import contextlib
+    import io
+
+    from triton import knobs
+
+    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass
+
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        knobs.compilation.always_compile = True
+        knobs.nvidia.dump_ptxas_log = True
+        code = sass(compile_sm90(kernel, args, meta).asm["cubin"])
+    return code, "C7515" in log.getvalue()
+
+
 def _launches(model: str, tokens: int, path):
     """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config, with 8 experts
     drawn (top-k where that is more) to keep the weights small; the config and every stride are the full shape's."""
@@ -144,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     from rule_ab import _constants, _parse_variant  # rule_ab's --variant constants (this folder is on sys.path)
 
     from mxmoe.shapes import Path
-    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("points", nargs="+", help="MODEL:T[:PATH][@NAME=VALUE,...], e.g. deepseek-v3:8192")
@@ -165,15 +182,18 @@ def main(argv: list[str] | None = None) -> int:
                 if args.kernels not in name:
                     continue
                 meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
-                code = sass(compile_sm90(kernel, a, meta).asm["cubin"])
+                code, serial = _compile_logged(kernel, a, meta)
                 for lp in loops(code):
                     if args.json:
                         print(json.dumps({"point": point, "kernel": name, "top": lp.top, "groups": lp.groups,
-                                          "in_flight": lp.in_flight, "writes": len(lp.writes)}), flush=True)
+                                          "in_flight": lp.in_flight, "writes": len(lp.writes),
+                                          "serialized": serial}), flush=True)
                         continue
                     first = f"; first {lp.writes[0][1]}" if lp.writes else ""
+                    why = "; ptxas serialized every wgmma (C7515)" if serial else ""
                     print(f"  {name:18s} loop {lp.top:#06x}: {lp.groups} groups a step, {lp.in_flight} in flight at "
-                          f"the back edge, {len(lp.writes)} loop-top writes to their A registers{first}", flush=True)
+                          f"the back edge, {len(lp.writes)} loop-top writes to their A registers{first}{why}",
+                          flush=True)
                     if args.listing:
                         n, lines = skeleton(code, lp)
                         print(f"    {n} instructions a K step; skeleton:")
