@@ -34,7 +34,7 @@ from mxmoe.tuning.sweep.compile_check.probe import (
     tail,
 )
 from mxmoe.tuning.sweep.compile_check.sample import Task
-from mxmoe.tuning.sweep.compile_check.sm90 import bind, compile_sm90, resource_usage
+from mxmoe.tuning.sweep.compile_check.sm90 import bind, compile_sm90, resource_usage, sass, wgmma_serialized
 
 CPU_DEVICE = "sm_90 (CPU compile, triton {triton}, not launched)"
 
@@ -192,6 +192,9 @@ def _compile(kernel, args: tuple, meta: dict, timeout_s: int, out: dict, notes: 
             if retried:
                 notes.append(retried)
             usage = resource_usage(compiled.asm["cubin"])
+            if wgmma_serialized(sass(compiled.asm["cubin"])):
+                notes.append("ptxas serialized every wgmma (C7515: each waits for completion, none overlaps the "
+                             "next K step)")
         except CompileTimeout as exc:
             return None, out | {"compile_ok": "", "outcome": "timeout", "error": "; ".join([*notes, tail(exc)]),
                                 "compile_s": round(time.monotonic() - t0, 2)}

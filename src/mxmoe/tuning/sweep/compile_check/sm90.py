@@ -3,7 +3,8 @@
 `compile_sm90` goes through `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` with the JIT's own
 binder applied to the arguments, so the signature, constexprs and divisibility attributes are the ones a launch
 with those arguments would get, and the bundled ptxas produces the cubin. `resource_usage` reads registers, stack
-(spills), static shared and local memory from `cuobjdump --dump-resource-usage`. The --cpu-compile worker uses
+(spills), static shared and local memory from `cuobjdump --dump-resource-usage`; `wgmma_serialized` reads from the
+SASS whether ptxas serialized the kernel's wgmmas. The --cpu-compile worker uses
 both; so do scratch tools that inspect a kernel's sm_90 code from a CPU machine (public names for that reason;
 benchmarks/validate_legality.py re-exports them as `_compile_sm90` and `_resource_usage`). Relies on Triton 3.6
 internals (`create_function_from_signature`, `JITFunction._pack_args`).
@@ -82,3 +83,13 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     if m is None:
         raise RuntimeError(f"no resource usage line in cuobjdump output: {text[-200:]!r}")
     return dict(zip(("regs", "stack", "shared_static", "local"), map(int, m.groups()), strict=True))
+
+
+def wgmma_serialized(listing: str) -> bool:
+    """Whether ptxas serialized every wgmma of the kernel whose SASS is `listing` (its C7515 diagnosis: each
+    HGMMA / QGMMA waits for completion, `WARPGROUP.DEPBAR.LE gsb0, 0x0`, so no MMA overlaps the next K step): at
+    least as many full waits as MMA instructions. Triton's own schedule waits fully only where a loop ends (and
+    after a dot outside any loop, one wait per group of several MMAs), far fewer. Read from the SASS rather than
+    ptxas's log, which a cached compile does not print (mxmoe.kernels.common.k_loop_end has the cause seen)."""
+    mmas = len(re.findall(r"\b[HQ]GMMA\.", listing))
+    return mmas > 0 and len(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0\b", listing)) >= mmas
