@@ -81,7 +81,7 @@ from mxmoe.kernels.swmoe import (
     zeros_or,
 )
 from mxmoe.kernels.swmoe_stage2 import weighted_rows
-from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
+from mxmoe.kernels.sync import drain_wgmma, enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
 
@@ -188,9 +188,10 @@ def _direct1_kernel(
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         else:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
-        if CHAIN1:
+        if CHAIN1:  # drained each K step: the Known hazard (docs/architecture.md) otherwise
             acc_g = weight_mma(acc_g, a, w_e, ws_e, w_e, n16_g, 2 * I // 16, k0, N16, K64, FOLD, False, INTERP, BM,
                                BN, BK)
+            drain_wgmma(INTERP)
         else:
             acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False,
                                        INTERP, BM, BN, BK)

@@ -137,7 +137,10 @@ DIRECT_S2_CAP_MAX_PRE = 2
 # spill) lost 2-4%: deepseek-v3 T=1 94.6 / 96.8, deepseek-v3-tp8 T=16 156.8 / 163.6, kimi-k2-tp8 T=8 99.2 / 103.1.
 
 
-# See direct1_one_chain. 0: off (unmeasured lever).
+# See direct1_one_chain. 0: off (not yet measured on the H100). Drained every K step: one chain left 7 of 8 groups in
+# flight at the back edge with 27 loop-top writes to their A registers (sm_90 CPU compile, deepseek-v4-tp8 T=1;
+# docs/architecture.md, "Known hazard"); drained, none (281 instructions a K step for 64 weight rows, 75 registers,
+# 31 KB of shared memory against 468 / 110 / 46 KB for the two chains' 128 rows).
 DIRECT1_ONE_CHAIN = 0
 
 
