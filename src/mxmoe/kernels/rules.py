@@ -213,10 +213,10 @@ def stage2_drains(cfg: TileConfig) -> bool:
 # waiting for completion; with the floor 3 of 4 groups stay in flight, as the same tile with a bias (gpt-oss-20b T =
 # 512) already had. a8w4 and a4w4 alike, 8 shapes x 6 T: 18 of 48 points each, the unsplit BLOCK_M 16 / 32 stage 1 at
 # T = 64 and 256 on every shape (its epilogue rounds h to MXFP8) and the same stage 2 as a16w4. Stage 1 with tail
-# tiles at BLOCK_M 128 w8 (heuristic.TAIL_STAGE1_MAX_BLOCK_M = 128) had both loops serialized, which is why those
-# tails measured slower (session 16); with the floor 7 of 16 groups stay in flight. Stage 1's loops have no loop-top
-# writes to in-flight A registers, stage 2's do (docs/architecture.md, "Known hazard"), so turning it on waits for the
-# H100: the GPU suite (its T = 8192 agreement test) and rule_ab.
+# tiles at BLOCK_M 128 w8 (heuristic.TAIL_STAGE1_MAX_BLOCK_M = 128) compiles with both loops serialized, the likely
+# reason those tails measured slower (sessions 16-18); with the floor 7 of 16 groups stay in flight. Stage 1's loops
+# have no loop-top writes to in-flight A registers, stage 2's do (docs/architecture.md, "Known hazard"), so turning it
+# on waits for the H100: the GPU suite (its T = 8192 agreement test) and rule_ab.
 K_FLOOR = 0
 
 
