@@ -106,24 +106,6 @@ def skeleton(sass: str, loop: Loop) -> tuple[int, list[tuple[int, str]]]:
     return len(body), [(a, t) for a, t in body if op(t) in _SKELETON]
 
 
-def _compile_logged(kernel, args: tuple, meta: dict) -> tuple[str, bool]:
-    """(SASS, whether ptxas serialized the kernel's wgmmas): compiled afresh with ptxas's log captured, where
-    C7515 says "wgmma.mma_async instructions are serialized" (common.k_loop_end has the cause it had here)."""
-    import contextlib
-    import io
-
-    from triton import knobs
-
-    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass
-
-    log = io.StringIO()
-    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
-        knobs.compilation.always_compile = True
-        knobs.nvidia.dump_ptxas_log = True
-        code = sass(compile_sm90(kernel, args, meta).asm["cubin"])
-    return code, "C7515" in log.getvalue()
-
-
 def _launches(model: str, tokens: int, path):
     """The (kernel, args, meta) of every Triton launch of the layer at the full shape's default config, with 8 experts
     drawn (top-k where that is more) to keep the weights small; the config and every stride are the full shape's."""
@@ -162,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from rule_ab import _constants, _parse_variant  # rule_ab's --variant constants (this folder is on sys.path)
 
     from mxmoe.shapes import Path
+    from mxmoe.tuning.sweep.compile_check.sm90 import compile_sm90, sass, wgmma_serialized
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("points", nargs="+", help="MODEL:T[:PATH][@NAME=VALUE,...], e.g. deepseek-v3:8192")
@@ -182,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.kernels not in name:
                     continue
                 meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
-                code, serial = _compile_logged(kernel, a, meta)
+                code = sass(compile_sm90(kernel, a, meta).asm["cubin"])
+                serial = wgmma_serialized(code)
                 for lp in loops(code):
                     if args.json:
                         print(json.dumps({"point": point, "kernel": name, "top": lp.top, "groups": lp.groups,

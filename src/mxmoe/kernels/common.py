@@ -184,15 +184,16 @@ def k_range(pid_k, K, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def k_loop_end(end, at_least):
-    """A K loop's bound that is at least `at_least` (one trip). C7515_WHY: where a K loop may run zero times, the
-    accumulator's zeros reach the loop's exit through a second path of movs, and ptxas (sm_90) then serializes
-    every wgmma of the kernel: "wgmma.mma_async instructions are serialized due to non wgmma instructions defining
-    accumulator registers of a wgmma between start and end of the pipeline stage" (C7515; each HGMMA followed by
-    WARPGROUP.DEPBAR.LE gsb0, 0x0, so no MMA overlaps the next step's decode). A bound the compiler can see is
-    positive removes that path. The extra trip happens only where the range is empty (a split past K's last block:
-    split_k_range gives it k_len <= 0 and k_first >= K), and there it loads masked zeros and adds nothing."""
-    return tl.maximum(end, at_least)
+def k_loop_end(end, at_least, FLOOR: tl.constexpr):
+    """A K loop's bound: `end`, or with FLOOR (rules.K_FLOOR) at least `at_least` (one trip). C7515_WHY: where a K loop
+    may run zero times, the accumulator's zeros reach the loop's exit through a second path of movs, and ptxas
+    (sm_90) then serializes every wgmma of the kernel: "wgmma.mma_async instructions are serialized due to non wgmma
+    instructions defining accumulator registers of a wgmma between start and end of the pipeline stage" (C7515; each
+    HGMMA followed by WARPGROUP.DEPBAR.LE gsb0, 0x0, so no MMA overlaps the next step's decode). A bound the compiler
+    can see is positive removes that path. The extra trip happens only where the range is empty (a split past K's
+    last block: split_k_range gives it k_len <= 0 and k_first >= K), and there it loads masked zeros and adds
+    nothing."""
+    return tl.maximum(end, at_least) if FLOOR else end
 
 
 @triton.jit

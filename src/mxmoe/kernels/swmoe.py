@@ -220,13 +220,12 @@ def _stage1_rows(
     if E4M3:  # the e4m3 forms' K bound: a split's second step may pass its range: masked, not the next split's
         k_end = tl.minimum(k_first + k_len, H)
         k64_end = tl.cdiv(k_end, 64)
-    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.K_FLOOR
+    k_top = k_loop_end(k_len, BK, K_FLOOR)
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
         for kc in range(0, k_top, PROMOTE * BK):
             c_g = tl.zeros([BN, BM], dtype=tl.float32)
             c_u = tl.zeros([BN, BM], dtype=tl.float32)
-            k_in = tl.minimum(kc + PROMOTE * BK, k_top)
-            for kk in range(kc, k_loop_end(k_in, kc + BK) if K_FLOOR else k_in, BK):
+            for kk in range(kc, k_loop_end(tl.minimum(kc + PROMOTE * BK, k_top), kc + BK, K_FLOOR), BK):
                 a = act_tile(x_ptr, token, row_ok, k_first + kk, k_end, stride_xt, E4M3, INTERP, BM, BK)
                 c_g, c_u = gate_up_mma(c_g, c_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k_first + kk, I, N16, k64_end,
                                        FOLD, E4M3, INTERP, BM, BN, BK)
@@ -339,7 +338,8 @@ def _table_words_on(device: torch.device) -> torch.Tensor:
 
 def weight_args(w, x: KernelInput, e4m3: bool, dummy: torch.Tensor) -> tuple:
     """What a v2 stage's launch takes of its weight layout `w` beside the values: (scales, FOLD, table words, row
-    scales, input scales); for the bf16 layout its scales, `fold` and `dummy` for the three unread pointers."""
+    scales, input scales); for the bf16 layout its scales, `fold` and `dummy` for the three unread pointers, for
+    the e4m3 layout its dcodes, `affine`, the table words (read unless affine), its and the input's row scales."""
     if not e4m3:
         return w.scales, w.fold, dummy, dummy, dummy
     return w.dcode, w.affine, dummy if w.affine else _table_words_on(w.data.device), w.row_scale, x.scales

@@ -64,12 +64,11 @@ def _stage2_rows(
     if E4M3:  # the e4m3 forms' K bound (as in stage 1)
         k_end = tl.minimum(k_first + k_len, I)
         k64_end = tl.cdiv(k_end, 64)
-    k_top = k_loop_end(k_len, BK) if K_FLOOR else k_len  # rules.K_FLOOR
+    k_top = k_loop_end(k_len, BK, K_FLOOR)
     if E4M3 and PROMOTE > 0:  # one fp8 chain per chunk of PROMOTE K steps, added into f32 (rules.E4M3_PROMOTE_STEPS)
         for kc in range(0, k_top, PROMOTE * BK):
             c = tl.zeros([BN, BM], dtype=tl.float32)
-            k_in = tl.minimum(kc + PROMOTE * BK, k_top)
-            for kk in range(kc, k_loop_end(k_in, kc + BK) if K_FLOOR else k_in, BK):
+            for kk in range(kc, k_loop_end(tl.minimum(kc + PROMOTE * BK, k_top), kc + BK, K_FLOOR), BK):
                 a = act_tile(h_ptr, rows, row_ok, k_first + kk, k_end, stride_hp, E4M3, INTERP, BM, BK)
                 c = weight_mma(c, a, w_e, ws_e, lut_ptr, n16_0, N16, k_first + kk, N16, k64_end, FOLD, E4M3, INTERP,
                                BM, BN, BK)
