@@ -134,9 +134,14 @@ E4M3_BY_DEFAULT = 0
 # 1.082x, gpt-oss-120b a8w4 T=2048 1.044x, deepseek-v3-tp8 a4w4 T=2048 1.078x; lost kimi-k2-tp8 T=2048 (0.953x).
 # BLOCK_M 128 from 48 rows (BM64_MAX_ROWS 48, tails on both stages) won deepseek-v3 T=2048 (1.154x) but lost
 # gpt-oss-20b T=512 (0.889x): kept at 64. rule_ab flips these constants (1000 / 0: off).
+# Stage 1 at BLOCK_M 128 takes tails too since rules.K_FLOOR: ptxas had serialized both of that kernel's K loops
+# (C7515), the reason for the losses above. H100, rule_ab, 4 rounds, fe0a50c (results/h100/
+# 2026-12-07_floor_ab4_fe0a50c.csv), floor + stage-1 tails against neither: deepseek-v3 / gpt-oss-120b / kimi-k2
+# T=4096 1.059 / 1.070 / 1.075x, gpt-oss-20b T=2048 1.035x, kimi-k2 T=2048 1.016x, deepseek-v3 T=8192 1.005x
+# (1.013x for the floor alone); the tails without the floor: 1.046 / 0.953 / 1.059x, 0.933x, 0.995x, 0.940x.
 TAIL_BLOCK_M = 64
 TAIL_M = 64
-TAIL_STAGE1_MAX_BLOCK_M = 64
+TAIL_STAGE1_MAX_BLOCK_M = 128
 TAIL_WITH_ROWS = 1
 # Stage 2's weight rows per warp at BLOCK_M 16 (32: BLOCK_N 128 at 4 warps). Unmeasured lever.
 DECODE_S2_ROWS_PER_WARP = 32

@@ -127,6 +127,7 @@ def test_layer_empty_last_split(path, floor, monkeypatch):
     see is positive keeps the wgmmas asynchronous), at a K offset past K, so it must add only masked zeros in both
     stages; without it the loop runs zero times. Either way the layer meets the oracle, poisoned scratch unseen."""
     monkeypatch.setattr(rules, "K_FLOOR", floor)
+    monkeypatch.setattr(rules, "K_FLOOR_MIN_BLOCK_M", 0)  # the floor at this BLOCK_M 16 too
     shape = MoEShape("k160", 4, 2, 160, 160, Activation.SWIGLU_OAI, bias=True)
     p = make_problem(shape, path, 5, seed=4)
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, _v2(split_k=4), poison=True)

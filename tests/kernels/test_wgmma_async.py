@@ -57,7 +57,7 @@ CASES = [
 @pytest.mark.parametrize("stage,cfg,shape", CASES)
 def test_v2_stage_wgmmas_stay_asynchronous(stage, cfg, shape):
     """Under rules.K_FLOOR: no C7515 from ptxas, and most HGMMAs leave groups in flight (only a K loop's exit waits
-    for all of them). Without it (the shipped kernels, until the H100 has run them) both cases are serialized: the
+    for all of them). Without it (the kernels the H100 measured before the floor shipped) both cases are serialized: the
     test fails if that changes, so the audit and the lever's docs stay true. compile_check.sm90.wgmma_serialized
     reads the same verdict from the SASS (the harness's CPU compile check notes it per candidate)."""
     from fresh_interpreter import last_json, run_without_interpreter

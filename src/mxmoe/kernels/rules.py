@@ -205,21 +205,26 @@ def stage2_drains(cfg: TileConfig) -> bool:
     return bool(STAGE2_DRAIN) and not cfg.mma.e4m3
 
 
-# See k_floor. 0: off until the GPU suite and rule_ab have run with it (no device in session 23), so the shipped
-# kernels compile as the GPU suite verified them. The sorted stages' K loops may run zero times (split_k_range's empty
-# splits), and that path makes ptxas serialize every wgmma of some tiles (common.k_loop_end: C7515_WHY). sm_90 CPU
-# compiles at 35a52d8 of every default config (results/cpu/2026-12-07_c7515_audit_*): a16w4, 8 shapes x 16 T: stage 2
-# at M64N128K64 w4 without a bias (deepseek-v3 / kimi-k2 T = 1024 and 2048) is serialized, 8 HGMMA a K step each
-# waiting for completion; with the floor 3 of 4 groups stay in flight, as the same tile with a bias (gpt-oss-20b T =
-# 512) already had. a8w4 and a4w4 alike, 8 shapes x 6 T: 18 of 48 points each, the unsplit BLOCK_M 16 / 32 stage 1 at
-# T = 64 and 256 on every shape (its epilogue rounds h to MXFP8) and the same stage 2 as a16w4. Stage 1 with tail
-# tiles at BLOCK_M 128 w8 (heuristic.TAIL_STAGE1_MAX_BLOCK_M = 128) compiles with both loops serialized, the likely
-# reason those tails measured slower (sessions 16-18); with the floor 7 of 16 groups stay in flight. Stage 1's loops
-# have no loop-top writes to in-flight A registers, stage 2's do (docs/architecture.md, "Known hazard"), so turning it
-# on waits for the H100: the GPU suite (its T = 8192 agreement test) and rule_ab.
-K_FLOOR = 0
+# See k_floor. The sorted stages' K loops may run zero times (split_k_range's empty splits), and that path makes ptxas
+# serialize every wgmma of some tiles (common.k_loop_end: C7515_WHY). sm_90 CPU compiles at 35a52d8 of every default
+# config (results/cpu/2026-12-07_c7515_audit_*): a16w4, 8 shapes x 16 T: stage 2 at M64N128K64 w4 without a bias
+# (deepseek-v3 / kimi-k2 T = 1024 and 2048) is serialized, 8 HGMMA a K step each waiting for completion; with the
+# floor 3 of 4 groups stay in flight, as the same tile with a bias (gpt-oss-20b T = 512) already had. a8w4 and a4w4
+# alike, 8 shapes x 6 T: 18 of 48 points each, the unsplit BLOCK_M 16 / 32 stage 1 at T = 64 and 256 on every shape
+# (its epilogue rounds h to MXFP8) and the same stage 2 as a16w4. Stage 1 with tail tiles at BLOCK_M 128 w8 compiles
+# with both loops serialized without the floor; with it 7 of 16 groups stay in flight. Stage 1's loops have no
+# loop-top writes to in-flight A registers, stage 2's do (docs/architecture.md, "Known hazard"): the H100 GPU suite
+# (269 passed, its T = 8192 agreement test included) ran with the floor on everywhere at fe0a50c.
+# Whole layer, H100, rule_ab, 4 rounds, fe0a50c (results/h100/2026-12-07_floor_ab4_fe0a50c.csv): the floor alone
+# is neutral from BLOCK_M 64 (deepseek-v3 T=1024 0.985x, kimi-k2 T=2048 1.008x, deepseek-v3 T=4096 / 8192 1.004 /
+# 1.013x, gpt-oss-120b T=4096 0.999x, kimi-k2 T=4096 1.046x (noisy), gpt-oss-20b T=2048 0.985x) and what makes
+# stage-1 tails at BLOCK_M 128 win (heuristic.TAIL_STAGE1_MAX_BLOCK_M); at BLOCK_M 16 it lost kimi-k2-tp8 a8w4 T=256
+# (0.971x, four tight rounds) and gained gpt-oss-120b a8w4 T=256 (1.014x, two rounds): K_FLOOR_MIN_BLOCK_M keeps the
+# decode tiles as they were.
+K_FLOOR = 1
+K_FLOOR_MIN_BLOCK_M = 64
 
 
-def k_floor() -> bool:
-    """Whether the sorted stages' K loops take common.k_loop_end's bound (K_FLOOR)."""
-    return bool(K_FLOOR)
+def k_floor(cfg: TileConfig) -> bool:
+    """Whether this sorted stage's K loops take common.k_loop_end's bound (K_FLOOR, from K_FLOOR_MIN_BLOCK_M)."""
+    return bool(K_FLOOR) and cfg.block_m >= K_FLOOR_MIN_BLOCK_M

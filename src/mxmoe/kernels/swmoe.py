@@ -392,7 +392,7 @@ def stage1_wgmma(x: KernelInput, weights, plan, cfg: TileConfig, *, out: KernelI
         TOPK=plan.topk, PATH=PATH_CODES[x.path], ACT=ACT_CODES[weights.activation], HAS_BIAS=weights.b13 is not None,
         FOLD=fold, INTERP=interpreting(), DEFER=defer, SPLIT_K=cfg.split_k,
         ZERO=zero is not None, E4M3=e4m3, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
-        TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), K_FLOOR=k_floor(), num_warps=cfg.num_warps,
+        TAIL=cfg.tail_m, PROMOTE=e4m3_promote_steps(cfg), K_FLOOR=k_floor(cfg), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     if defer:  # bf16 h rounded to the path's grid in place

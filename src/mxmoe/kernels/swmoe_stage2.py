@@ -208,7 +208,7 @@ def stage2_wgmma(h: KernelInput, weights, plan, topk_weights: torch.Tensor, cfg:
         TOPK=plan.topk, HAS_BIAS=weights.b2 is not None, FOLD=fold, SLOTS=slots,
         ROWS=by_rows, CAST=cast, INTERP=interpreting(), E4M3=e4m3, SPLIT_K=cfg.split_k, BM=cfg.block_m,
         BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m, TAIL=cfg.tail_m,
-        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), K_FLOOR=k_floor(), num_warps=cfg.num_warps,
+        PROMOTE=e4m3_promote_steps(cfg), DRAIN=stage2_drains(cfg), K_FLOOR=k_floor(cfg), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(),
     )
     if by_rows:
