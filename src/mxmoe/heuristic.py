@@ -143,8 +143,6 @@ TAIL_BLOCK_M = 64
 TAIL_M = 64
 TAIL_STAGE1_MAX_BLOCK_M = 128
 TAIL_WITH_ROWS = 1
-# Stage 2's weight rows per warp at BLOCK_M 16 (32: BLOCK_N 128 at 4 warps). Unmeasured lever.
-DECODE_S2_ROWS_PER_WARP = 32
 # BLOCK_M 64 up to this many rows per hit expert, then 128.
 BM64_MAX_ROWS = 64
 
@@ -230,7 +228,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     rows = _rows_per_expert(shape, tokens)
     block_m = 16 if rows <= 8 else 32 if rows <= 16 else 64 if rows <= BM64_MAX_ROWS else 128
     s1 = _v2_stage(shape.inter, shape.hidden, block_m, 16, 1)
-    s2 = _v2_stage(shape.hidden, shape.inter, block_m, DECODE_S2_ROWS_PER_WARP if block_m == 16 else 32, 2)
+    s2 = _v2_stage(shape.hidden, shape.inter, block_m, 32, 2)
     rows_combine = block_m >= ROWS_MIN_BLOCK_M and shape.inter <= ROWS_MAX_INTER
     if rows_combine:
         s2 = s2.replace(combine=Combine.ROWS)

@@ -66,24 +66,6 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
 
 
-# I = 96 with BLOCK_N 64: W13's stacked [2I] axis in three 64-row tiles, the middle one gate rows 64..95 and up
-# rows 0..31 (rules.DIRECT1_ONE_CHAIN's tiles need not respect the gate / up boundary).
-STRADDLE = MoEShape("straddle", 4, 2, 64, 96, Activation.SILU)
-
-
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("shape,tokens,split1", [(STRADDLE, 2, 1), (MODELS["tiny-oai"], 2, 3), (LONG_K, 1, 2)],
-                         ids=["straddle-T2", "oai-T2-sk3", "longk-T1-sk2"])
-def test_direct_one_chain_is_the_sorted_layer(shape, tokens, split1, path, monkeypatch):
-    """Stage 1 on one accumulator chain over the stacked gate / up rows (rules.DIRECT1_ONE_CHAIN) stores the same
-    per-row partial sums as the two chains: bit for bit the sorted layer, poisoned scratch never showing."""
-    monkeypatch.setattr(rules, "DIRECT1_ONE_CHAIN", 1)
-    p = make_problem(shape, path, tokens, seed=tokens + split1)
-    sorted_out, direct_out = _both(p, path, _cfg(split1, 1), monkeypatch, poison=True)
-    assert torch.equal(sorted_out, direct_out)
-    assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
-
-
 @pytest.mark.parametrize("pre", [1, 2, 3])
 def test_direct_preloads_each_k_step_once(pre, monkeypatch):
     """Stage 2 with 1..3 of LONG_K's five K steps preloaded before its wait (rules.DIRECT_PRELOAD_STEPS), on one
@@ -153,18 +135,6 @@ def test_direct_layer_refuses_cpu_tensors_without_the_interpreter(direct_on, mon
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
 @pytest.mark.parametrize("model,tokens", [("deepseek-v3-tp8", 1), ("deepseek-v4-tp8", 2), ("gpt-oss-120b", 1)])
 def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
-    p = make_problem(MODELS[model], path, tokens, seed=tokens, device="cuda")
-    cfg = default_config(p.shape, path, tokens)
-    sorted_out, direct_out = _both(p, path, cfg, monkeypatch, poison=True)
-    assert torch.equal(sorted_out, direct_out)
-    assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{model}/{path.value}")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("model,tokens", [("deepseek-v3-tp8", 1), ("deepseek-v4-tp8", 1), ("kimi-k2-tp8", 2)])
-def test_direct_one_chain_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
-    monkeypatch.setattr(rules, "DIRECT1_ONE_CHAIN", 1)
     p = make_problem(MODELS[model], path, tokens, seed=tokens, device="cuda")
     cfg = default_config(p.shape, path, tokens)
     sorted_out, direct_out = _both(p, path, cfg, monkeypatch, poison=True)

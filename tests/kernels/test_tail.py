@@ -108,14 +108,27 @@ def test_tail_tiles_gpu(path, tails):
     assert_close(want, p.reference(), path=path, stage="layer", name=f"{path.value}/no tails")
 
 
-def test_the_heuristic_prefill_config_runs_with_tails():
+@pytest.mark.parametrize("s1_max", [128, 64], ids=["both-stages", "stage2-only"])
+def test_the_heuristic_prefill_config_runs_with_tails(s1_max, monkeypatch, request):
     """moe(config=None) at a prefill point of a shape with inter > 512: the heuristic's stage 2 takes tail_m 64 at
-    BLOCK_M 128 (heuristic.TAIL_M) on its own plan, stage 1 keeps BLOCK_M's; the layer meets the oracle."""
+    BLOCK_M 128 (heuristic.TAIL_M), and stage 1 too while heuristic.TAIL_STAGE1_MAX_BLOCK_M allows (the shipped
+    128: one plan for both stages); below it stage 1 keeps BLOCK_M's plan and the layer aligns twice. Either way
+    the layer meets the oracle."""
+    from mxmoe import dispatch, heuristic
+    from mxmoe.layer_plan import clear_plans
     from mxmoe.moe import dispatched_config
 
+    def forget():  # dispatch caches the heuristic's answers, moe() its plans: none from before or after the patch
+        dispatch.clear_cache()
+        clear_plans()
+
+    monkeypatch.setattr(heuristic, "TAIL_STAGE1_MAX_BLOCK_M", s1_max)
+    forget()
+    request.addfinalizer(forget)
     shape = MoEShape("tail-heuristic", 4, 2, 64, 576, Activation.SILU)
     p = make_problem(shape, Path.A16W4, 300, seed=9)
     cfg = dispatched_config(shape, Path.A16W4, 300, p.weights)
-    assert cfg.stage2.tail_m == 64 and cfg.stage2.block_m == 128 and cfg.stage1.tail_m == 0
+    assert cfg.stage2.tail_m == 64 and cfg.stage2.block_m == 128
+    assert cfg.stage1.tail_m == (64 if s1_max >= 128 else 0)
     out = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, Path.A16W4)
     assert_close(out.float(), p.reference(), path=Path.A16W4, stage="layer", name="heuristic with tails")

@@ -70,18 +70,17 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct1_one_chain, direct_preload, direct_register_cap
+from mxmoe.kernels.rules import direct_preload, direct_register_cap
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
     gate_up_mma,
     mma_wt,
-    weight_mma,
     zero_strips,
     zeros_or,
 )
 from mxmoe.kernels.swmoe_stage2 import weighted_rows
-from mxmoe.kernels.sync import drain_wgmma, enter_first_wait, last_arrival, launch_options
+from mxmoe.kernels.sync import enter_first_wait, last_arrival, launch_options
 from mxmoe.kernels.wtile import decode_tile, tile_bytes, weight_tile
 from mxmoe.routing import _check_id_range, _check_ids
 
@@ -156,14 +155,14 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CHAIN1: tl.constexpr,
+    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """CHAIN1: a program computes BN contiguous rows of the stacked [2I] gate / up axis in one accumulator chain
-    (rules.DIRECT1_ONE_CHAIN), else BN gate rows and their BN up rows in two."""
+    """A program computes BN gate rows and their BN up rows in two accumulator chains (one chain over BN stacked
+    rows was tried and dropped: rules.py, "Tried and dropped")."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
-    num_n = tl.cdiv(2 * I, BN) if CHAIN1 else tl.cdiv(I, BN)
+    num_n = tl.cdiv(I, BN)
     pair = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
     pid_k = tl.program_id(1)
@@ -176,7 +175,7 @@ def _direct1_kernel(
     n16_u = (I + pid_n * BN) // 16
     k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)
     acc_g = tl.zeros([BN, BM], dtype=tl.float32)
-    acc_u = acc_g if CHAIN1 else tl.zeros([BN, BM], dtype=tl.float32)
+    acc_u = tl.zeros([BN, BM], dtype=tl.float32)
     ROW: tl.constexpr = PATH != A16W4  # an MX path rounds the token's row (_row_operand says why a16w4 does not)
     k_end = tl.minimum(k_first + k_len, H)
     if ROW:  # loaded one K step ahead: a load that feeds no dot is not pipelined
@@ -188,22 +187,14 @@ def _direct1_kernel(
             x_next = _x_row(x_ptr, pair // TOPK, k0 + BK, k_end, stride_xt, BK)
         else:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
-        if CHAIN1:  # drained each K step: the Known hazard (docs/architecture.md) otherwise
-            acc_g = weight_mma(acc_g, a, w_e, ws_e, w_e, n16_g, 2 * I // 16, k0, N16, K64, FOLD, False, INTERP, BM,
-                               BN, BK)
-            drain_wgmma(INTERP)
-        else:
-            acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False,
-                                       INTERP, BM, BN, BK)
+        acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False,
+                                   INTERP, BM, BN, BK)
     offs_n = pid_n * BN + tl.arange(0, BN)
     rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)
     part = part_ptr + pid_k * stride_ps + rows * stride_pp + offs_n[None, :]
-    if CHAIN1:
-        tl.store(part, tl.trans(acc_g), mask=row_ok[:, None] & (offs_n < 2 * I)[None, :])
-    else:
-        mask = row_ok[:, None] & (offs_n < I)[None, :]
-        tl.store(part, tl.trans(acc_g), mask=mask)
-        tl.store(part + I, tl.trans(acc_u), mask=mask)
+    mask = row_ok[:, None] & (offs_n < I)[None, :]
+    tl.store(part, tl.trans(acc_g), mask=mask)
+    tl.store(part + I, tl.trans(acc_u), mask=mask)
 
 
 @triton.jit
@@ -311,13 +302,12 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
     if p == 0:
         return part
     cnt = plan.counters
-    chain1 = direct1_one_chain(cfg)
-    _direct1_kernel[(p * triton.cdiv(2 * i if chain1 else i, cfg.block_n), cfg.split_k)](
+    _direct1_kernel[(p * triton.cdiv(i, cfg.block_n), cfg.split_k)](
         x.data, w.data, w.scales, plan.ids, part, part if cnt is None else cnt, plan.experts, h, i, w.n16, w.k64,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, CHAIN1=chain1,
+        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return part

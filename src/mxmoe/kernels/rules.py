@@ -135,19 +135,12 @@ DIRECT_S2_CAP_MAX_PRE = 2
 # 30.7 / 32.7, T=2 49.3 / 51.8, deepseek-v3-tp8 T=1 22.9 / 23.5, kimi-k2-tp8 T=1 21.5 / 23.1 (with stage 2 at 160
 # too: 32.7, 27.1, 25.7). The sorted decode stages at 64 / 96 (108-112 -> 54-63, 120-130 -> 89-93 registers, no
 # spill) lost 2-4%: deepseek-v3 T=1 94.6 / 96.8, deepseek-v3-tp8 T=16 156.8 / 163.6, kimi-k2-tp8 T=8 99.2 / 103.1.
-
-
-# See direct1_one_chain. 0: off (not yet measured on the H100). Drained every K step: one chain left 7 of 8 groups in
-# flight at the back edge with 27 loop-top writes to their A registers (sm_90 CPU compile, deepseek-v4-tp8 T=1;
-# docs/architecture.md, "Known hazard"); drained, none (281 instructions a K step for 64 weight rows, 75 registers,
-# 31 KB of shared memory against 468 / 110 / 46 KB for the two chains' 128 rows).
-DIRECT1_ONE_CHAIN = 0
-
-
-def direct1_one_chain(cfg: TileConfig) -> bool:
-    """Whether the direct stage 1 of `cfg` computes BN contiguous rows of W13's stacked gate / up axis in one
-    accumulator chain (twice the programs, half the operand registers each) instead of BN gate and BN up rows."""
-    return bool(DIRECT1_ONE_CHAIN)
+# Also dropped (H100, fe0a50c, results/h100/2026-12-07_chain1_ab_fe0a50c.csv, whole layer us, now / tried): a direct
+# stage 1 computing BLOCK_N contiguous rows of W13's stacked [2I] axis in one accumulator chain, drained every K step
+# (75 registers and 31 KB against 110 and 46 KB: six CTAs an SM instead of three, twice the programs): deepseek-v4-tp8
+# T=1 30.6 / 30.2 (30.0 with the split held to 288 CTAs), deepseek-v3-tp8 T=1 22.6 / 23.3, kimi-k2-tp8 T=1 21.5 /
+# 21.5, deepseek-v4-tp8 a8w4 T=1 32.1 / 31.8, T=2 49.2 / 49.2: twice the occupancy bought no bandwidth. Stage 2 at
+# BLOCK_N 64 (16 weight rows a warp, 91 registers against 161) lost 8-13% (33.2, 26.2, 24.3, 36.3 at those points).
 
 
 def direct_preload(steps: int) -> int:
