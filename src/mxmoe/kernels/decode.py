@@ -158,7 +158,7 @@ def _direct1_kernel(
     SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """A program computes BN gate rows and their BN up rows in two accumulator chains (one chain over BN stacked
-    rows was tried and dropped: rules.py, "Tried and dropped")."""
+    rows was tried and dropped: rules.py, "Also dropped")."""
     enter_first_wait(INTERP)
     if ZERO:  # stage 2's arrival counters, as fp32 zero bits
         zero_strips(cnt_ptr, n_cnt)
