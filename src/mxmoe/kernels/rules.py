@@ -143,6 +143,19 @@ DIRECT_S2_CAP_MAX_PRE = 2
 # BLOCK_N 64 (16 weight rows a warp, 91 registers against 161) lost 8-13% (33.2, 26.2, 24.3, 36.3 at those points).
 
 
+# See direct_h_ahead. 0: off until the H100 measures it (no device time left in session 24). After its PDL wait the
+# direct stage 2 ran its K steps strictly in turn: 14 loads of stage 1's partial sums (7 splits x gate / up), the
+# h row, a shared-memory store and barrier, 16 HGMMA and a full wait, four times at deepseek-v4-tp8 T=1 (sm_90 SASS,
+# CPU compile at 0fcdcf8): ptxas keeps the next step's loads behind the fence. Session 22's ncu of that kernel:
+# long_scoreboard the largest stall (2.78 a issue), 14.9 us for 12.8 MB of weights (DRAM 28%).
+DIRECT_H_AHEAD = 0
+
+
+def direct_h_ahead() -> bool:
+    """Whether the direct stage 2 builds its preloaded steps' h tiles (and the loop's next) before any MMA."""
+    return bool(DIRECT_H_AHEAD)
+
+
 def direct_preload(steps: int) -> int:
     """The preloaded stage-2 K steps of a direct split of `steps` K steps."""
     return max(1, min(steps, DIRECT_PRELOAD_STEPS, 3))
