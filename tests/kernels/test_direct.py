@@ -66,20 +66,6 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
     assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"{shape.name}/{path.value}")
 
 
-@pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
-@pytest.mark.parametrize("pre,split2", [(3, 1), (3, 2), (1, 1)], ids=["pre3", "pre3-sk2", "pre1"])
-def test_direct_h_ahead_is_the_sorted_layer(pre, split2, path, monkeypatch):
-    """Stage 2 with its h tiles built before any MMA (rules.DIRECT_H_AHEAD) on LONG_K's five K steps: the
-    preloaded steps' tiles, the loop's one-ahead tile (past I: zeros, never used) and a split whose third
-    preloaded step lies past its range. Bit for bit the sorted layer, poisoned scratch never showing."""
-    monkeypatch.setattr(rules, "DIRECT_H_AHEAD", 1)
-    monkeypatch.setattr(rules, "DIRECT_PRELOAD_STEPS", pre)
-    p = make_problem(LONG_K, path, 2, seed=pre + split2)
-    sorted_out, direct_out = _both(p, path, _cfg(2, split2), monkeypatch, poison=True)
-    assert torch.equal(sorted_out, direct_out)
-    assert_close(direct_out.float(), p.reference(), path=path, stage="layer", name=f"ahead/{path.value}")
-
-
 @pytest.mark.parametrize("pre", [1, 2, 3])
 def test_direct_preloads_each_k_step_once(pre, monkeypatch):
     """Stage 2 with 1..3 of LONG_K's five K steps preloaded before its wait (rules.DIRECT_PRELOAD_STEPS), on one
@@ -148,9 +134,7 @@ def test_direct_layer_refuses_cpu_tensors_without_the_interpreter(direct_on, mon
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", list(Path), ids=lambda p: p.value)
 @pytest.mark.parametrize("model,tokens", [("deepseek-v3-tp8", 1), ("deepseek-v4-tp8", 2), ("gpt-oss-120b", 1)])
-@pytest.mark.parametrize("ahead", [0, 1], ids=["in-turn", "h-ahead"])
-def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, ahead, monkeypatch):
-    monkeypatch.setattr(rules, "DIRECT_H_AHEAD", ahead)
+def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
     p = make_problem(MODELS[model], path, tokens, seed=tokens, device="cuda")
     cfg = default_config(p.shape, path, tokens)
     sorted_out, direct_out = _both(p, path, cfg, monkeypatch, poison=True)

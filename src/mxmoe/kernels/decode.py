@@ -70,7 +70,7 @@ from mxmoe.kernels.common import (
     k_range,
 )
 from mxmoe.kernels.mx_tile import qdq_tile
-from mxmoe.kernels.rules import direct_h_ahead, direct_preload, direct_register_cap
+from mxmoe.kernels.rules import direct_preload, direct_register_cap
 from mxmoe.kernels.swmoe import (
     act_tile,
     carried_h,
@@ -225,19 +225,14 @@ def _h_tile(part_ptr, b_ptr, row_ok, k0, I, stride_ps, HAS_BIAS: tl.constexpr, S
 
 
 @triton.jit
-def _pre_mma(acc, raw, side, a, step, k_first, k_len, part_e, b_e, row_ok, I, stride_ps,
+def _pre_mma(acc, raw, side, step, k_first, k_len, part_e, b_e, row_ok, I, stride_ps,
              HAS_BIAS: tl.constexpr, SPLIT1: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr,
-             FOLD: tl.constexpr, INTERP: tl.constexpr, AHEAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr):
-    """acc += the preloaded weight tile `step` x h, where the step lies in this split's K range; h is `a` (built
-    ahead) under AHEAD, else built here."""
+             FOLD: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """acc += the preloaded weight tile `step` x h, where the step lies in this split's K range."""
     if step * BK < k_len:
-        if AHEAD:
-            h = a
-        else:
-            h = _h_tile(part_e, b_e, row_ok, k_first + step * BK, I, stride_ps, HAS_BIAS, SPLIT1, PATH, ACT,
-                        INTERP, BM, BK)
-        acc = mma_wt(acc, decode_tile(raw, side, FOLD, INTERP, BN, BK), h, INTERP)
+        a = _h_tile(part_e, b_e, row_ok, k_first + step * BK, I, stride_ps, HAS_BIAS, SPLIT1, PATH, ACT,
+                    INTERP, BM, BK)
+        acc = mma_wt(acc, decode_tile(raw, side, FOLD, INTERP, BN, BK), a, INTERP)
     return acc
 
 
@@ -248,12 +243,8 @@ def _direct2_kernel(
     stride_we, stride_wse, stride_b13, stride_b2, stride_ps, stride_pp, stride_os, stride_or, stride_y,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_B13: tl.constexpr, HAS_B2: tl.constexpr,
     FOLD: tl.constexpr, INTERP: tl.constexpr, SPLIT1: tl.constexpr, SPLIT_K: tl.constexpr, PRE: tl.constexpr,
-    AHEAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """AHEAD (rules.DIRECT_H_AHEAD): the h tiles of the PRE preloaded steps and of the loop's next step are built
-    before any MMA, so their loads of stage 1's partial sums go out together right after the wait; otherwise
-    each step's loads wait behind the previous step's wgmma (sm_90 SASS, deepseek-v4-tp8 T=1: four rounds of 14
-    partial-sum loads, shared-memory store, barrier, 16 HGMMA and a full wait)."""
     num_n = tl.cdiv(H, BN)
     pair = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -274,36 +265,17 @@ def _direct2_kernel(
     part_e = part_ptr + pair.to(tl.int64) * stride_pp
     b_e = b13_ptr + expert * stride_b13
     acc = tl.zeros([BN, BM], dtype=tl.float32)
-    a0 = None
-    a1 = None
-    a2 = None
-    a_next = None
-    if AHEAD:  # past I a tile is zeros; past the split's range it is built and not used
-        a0 = _h_tile(part_e, b_e, row_ok, k_first, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
-        if PRE > 1:
-            a1 = _h_tile(part_e, b_e, row_ok, k_first + BK, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM,
-                         BK)
-        if PRE > 2:
-            a2 = _h_tile(part_e, b_e, row_ok, k_first + 2 * BK, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP,
-                         BM, BK)
-        a_next = _h_tile(part_e, b_e, row_ok, k_first + PRE * BK, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT,
-                         INTERP, BM, BK)
-    acc = _pre_mma(acc, raw0, side0, a0, 0, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13, SPLIT1,
-                   PATH, ACT, FOLD, INTERP, AHEAD, BM, BN, BK)
+    acc = _pre_mma(acc, raw0, side0, 0, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13, SPLIT1,
+                   PATH, ACT, FOLD, INTERP, BM, BN, BK)
     if PRE > 1:
-        acc = _pre_mma(acc, raw1, side1, a1, 1, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
-                       SPLIT1, PATH, ACT, FOLD, INTERP, AHEAD, BM, BN, BK)
+        acc = _pre_mma(acc, raw1, side1, 1, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
+                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
     if PRE > 2:
-        acc = _pre_mma(acc, raw2, side2, a2, 2, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
-                       SPLIT1, PATH, ACT, FOLD, INTERP, AHEAD, BM, BN, BK)
+        acc = _pre_mma(acc, raw2, side2, 2, k_first, k_len, part_e, b_e, row_ok, I, stride_ps, HAS_B13,
+                       SPLIT1, PATH, ACT, FOLD, INTERP, BM, BN, BK)
     for kk in range(PRE * BK, k_len, BK):
         k0 = k_first + kk
-        if AHEAD:
-            a = a_next
-            a_next = _h_tile(part_e, b_e, row_ok, k0 + BK, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM,
-                             BK)
-        else:
-            a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
+        a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
         w = weight_tile(w_e, ws_e, n16, N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, w, a, INTERP)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -367,7 +339,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         slots.stride(0), slots.stride(1), y.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
-        SPLIT_K=cfg.split_k, PRE=pre, AHEAD=direct_h_ahead(), BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        SPLIT_K=cfg.split_k, PRE=pre, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(direct_register_cap(path, pre)),
     )
     return y

@@ -141,19 +141,11 @@ DIRECT_S2_CAP_MAX_PRE = 2
 # T=1 30.6 / 30.2 (30.0 with the split held to 288 CTAs), deepseek-v3-tp8 T=1 22.6 / 23.3, kimi-k2-tp8 T=1 21.5 /
 # 21.5, deepseek-v4-tp8 a8w4 T=1 32.1 / 31.8, T=2 49.2 / 49.2: twice the occupancy bought no bandwidth. Stage 2 at
 # BLOCK_N 64 (16 weight rows a warp, 91 registers against 161) lost 8-13% (33.2, 26.2, 24.3, 36.3 at those points).
-
-
-# See direct_h_ahead. 0: off until the H100 measures it (no device time left in session 24). After its PDL wait the
-# direct stage 2 ran its K steps strictly in turn: 14 loads of stage 1's partial sums (7 splits x gate / up), the
-# h row, a shared-memory store and barrier, 16 HGMMA and a full wait, four times at deepseek-v4-tp8 T=1 (sm_90 SASS,
-# CPU compile at 0fcdcf8): ptxas keeps the next step's loads behind the fence. Session 22's ncu of that kernel:
-# long_scoreboard the largest stall (2.78 a issue), 14.9 us for 12.8 MB of weights (DRAM 28%).
-DIRECT_H_AHEAD = 0
-
-
-def direct_h_ahead() -> bool:
-    """Whether the direct stage 2 builds its preloaded steps' h tiles (and the loop's next) before any MMA."""
-    return bool(DIRECT_H_AHEAD)
+# And (45c41ce, results/h100/2026-12-08_ahead_ab_45c41ce.csv, 3 rounds): the direct stage 2 building its preloaded
+# steps' h tiles before any MMA, so all its loads of stage 1's partial sums leave right after the PDL wait instead of
+# one step's 14 behind the previous step's full wgmma wait (sm_90 SASS): deepseek-v4-tp8 T=1 30.6 / 30.8, a8w4 32.4 /
+# 31.6, T=2 48.5 / 49.3, deepseek-v3-tp8 T=1 22.8 / 25.8, kimi-k2-tp8 T=1 21.2 / 23.6 (128 -> 165 registers there:
+# fewer stage-2 CTAs beside stage 1's). The serialized partial-sum loads are not what holds the decode back.
 
 
 def direct_preload(steps: int) -> int:
