@@ -2,7 +2,8 @@
 # One device call's worth of GPU work, step by step: bash benchmarks/gpu_pass.sh STEP [STEP ...]
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
-# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b paths pack (WARM=0:
+# bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b paths
+# open_levers e4m3_error pack (WARM=0:
 # the benches skip their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
 # and delete .gitc again once the call is back.
@@ -253,6 +254,27 @@ step_grid_b() { GRID_T=1,2,4,8,32,64,128,512,1024,2048,8192,16384 step_grid; }
 # The MX-path bar (a8w4 / a4w4 within 5% of a16w4 at the same point) needs the three paths in one run: 87 points
 # in about 240 s on the H100 (session 18, results/h100/2026-12-07_vs_peer_paths_9b7d258.csv).
 step_paths() { GRID_T=${PATHS_T:-1,2,16,4096} GRID_PATH=a16w4,a8w4,a4w4 GRID_DEADLINE_S=${GRID_DEADLINE_S:-280} step_grid; }
+
+step_open_levers() {
+  # The A/Bs session 24 prepared and could not run for lack of device time (issue 21's open bars), 3 rounds each:
+  # prefill padding (kimi-k2 T=4096: 85 rows an expert, on BLOCK_M 64 with 32-row tails; 32-row tails at 128) and
+  # the direct decode's stage-2 footprint beside stage 1 (fewer preloaded K steps, fewer registers).
+  stamp "open levers: prefill padding, direct preload"
+  (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py kimi-k2:4096 deepseek-v3:4096 gpt-oss-120b:4096 \
+     --variant now: --variant bm96:heuristic.BM64_MAX_ROWS=96 --variant t32:heuristic.TAIL_M=32 --rounds 3 \
+     --csv "$OUT/prefill_levers.csv" 2>&1 | tee "$OUT/prefill_levers.log" | cut -c1-140)
+  (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py deepseek-v4-tp8:1 deepseek-v4-tp8:1:a8w4 \
+     deepseek-v3-tp8:1 kimi-k2-tp8:1 --variant now: --variant pre2:DIRECT_PRELOAD_STEPS=2 \
+     --variant pre1:DIRECT_PRELOAD_STEPS=1 --rounds 3 --csv "$OUT/preload_ab.csv" 2>&1 | tee "$OUT/preload_ab.log" \
+     | cut -c1-140)
+}
+
+step_e4m3_error() {
+  # Issue 23: where the e4m3 stage-1 error comes from (decode against prefill tiles, the partial last K step).
+  stamp "e4m3 error study"
+  timeout "${E4M3_S:-150}" python3 benchmarks/e4m3_error.py gpt-oss-20b:32 gpt-oss-20b:32:2816 gpt-oss-20b:1024 \
+    deepseek-v3:32 2>&1 | tee "$OUT/e4m3_error.log" | tail -30
+}
 
 step_pack() {
   # At most 8 files come back from the device: each per-GPU folder travels as one archive.
