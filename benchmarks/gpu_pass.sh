@@ -257,11 +257,12 @@ step_paths() { GRID_T=${PATHS_T:-1,2,16,4096} GRID_PATH=a16w4,a8w4,a4w4 GRID_DEA
 
 step_open_levers() {
   # The A/Bs session 24 prepared and could not run for lack of device time (issue 21's open bars), 3 rounds each:
-  # prefill padding (kimi-k2 T=4096: 85 rows an expert, on BLOCK_M 64 with 32-row tails; 32-row tails at 128) and
+  # prefill padding (kimi-k2 T=4096: 85 rows an expert, on BLOCK_M 64 with 32-row tails; heuristic.TAIL_BY_ROWS) and
   # the direct decode's stage-2 footprint beside stage 1 (fewer preloaded K steps, fewer registers).
   stamp "open levers: prefill padding, direct preload"
   (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py kimi-k2:4096 deepseek-v3:4096 gpt-oss-120b:4096 \
-     --variant now: --variant bm96:heuristic.BM64_MAX_ROWS=96 --variant t32:heuristic.TAIL_M=32 --rounds 3 \
+     deepseek-v3:8192 kimi-k2:8192 deepseek-v3:2048 --variant now: --variant bm96:heuristic.BM64_MAX_ROWS=96 \
+     --variant tailrule:heuristic.TAIL_BY_ROWS=1 --rounds 3 \
      --csv "$OUT/prefill_levers.csv" 2>&1 | tee "$OUT/prefill_levers.log" | cut -c1-140)
   (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py deepseek-v4-tp8:1 deepseek-v4-tp8:1:a8w4 \
      deepseek-v3-tp8:1 kimi-k2-tp8:1 --variant now: --variant pre2:DIRECT_PRELOAD_STEPS=2 \

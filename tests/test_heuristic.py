@@ -173,3 +173,51 @@ def test_rows_combine_rule():
         assert s2.combine is Combine.ROWS and s2.split_k == 1
     assert v2_config(MODELS["deepseek-v3-tp8"], Path.A16W4, 128).stage2.combine is Combine.ATOMIC  # BLOCK_M 16
     assert v2_config(MODELS["deepseek-v3"], Path.A8W4, 16384).stage2.combine is Combine.ATOMIC  # inter 2048
+
+
+# Monte Carlo of the padding tail_by_rows minimizes: 200k Poisson draws estimate each tail's mean padded rows to
+# about 0.1 row (sd of the padded rows <= 128 / sqrt(200k)); the cases below differ by 4 rows or more.
+_DRAWS = 200_000
+
+
+@pytest.mark.parametrize(("block_m", "rows", "want"), [
+    (128, 128.0, 32),  # deepseek-v3 / gpt-oss-120b T = 4096: remainders of n ~ 128 +- 11 mostly under 32
+    (128, 256.0, 32),  # T = 8192
+    (128, 171.0, 64),  # kimi-k2 T = 8192: remainders around 43
+    (128, 85.0, 64),  # kimi-k2 T = 4096: one remainder of ~85, past both tails (a tie: the half)
+    (64, 64.0, 16),  # deepseek-v3 T = 2048 at BLOCK_M 64
+    (64, 43.0, 32),  # kimi-k2 T = 2048
+])
+def test_tail_by_rows_picks_the_least_padding(block_m, rows, want):
+    """heuristic.TAIL_BY_ROWS' choice against a simulation: n ~ Poisson(rows) drawn by torch, each expert padded
+    to whole BLOCK_M tiles plus its remainder on a tail tile where it fits (kernels/swmoe.py TAIL_WHY)."""
+    import torch
+
+    from mxmoe.heuristic import tail_by_rows
+
+    n = torch.poisson(torch.full((_DRAWS,), rows), generator=torch.Generator().manual_seed(0)).long()
+    rem = n % block_m
+
+    def padded(t: int) -> float:
+        extra = torch.where(rem == 0, 0, torch.where(rem <= t, t, block_m))
+        return (n - rem + extra).double().mean().item()
+
+    means = {t: padded(t) for t in (block_m // 2, block_m // 4)}
+    assert tail_by_rows(block_m, rows) == want
+    assert means[want] <= min(means.values()) + 0.5, means
+
+
+def test_tail_by_rows_lever(monkeypatch):
+    """Off (the shipped TAIL_BY_ROWS 0): TAIL_M's half tile everywhere. On: the tail follows the rows per expert on
+    both stages (deepseek-v3 T = 4096: 32 rows; kimi-k2 T = 8192: 64), and every such config stays legal."""
+    from mxmoe import heuristic
+
+    assert heuristic.TAIL_BY_ROWS == 0
+    cfg = default_config(MODELS["deepseek-v3"], Path.A16W4, 4096)
+    assert cfg.stage1.tail_m == cfg.stage2.tail_m == 64
+    monkeypatch.setattr(heuristic, "TAIL_BY_ROWS", 1)
+    for model, tokens, tail in (("deepseek-v3", 4096, 32), ("kimi-k2", 8192, 64), ("gpt-oss-120b", 2048, 16)):
+        cfg = default_config(MODELS[model], Path.A16W4, tokens)
+        assert cfg.stage1.tail_m == cfg.stage2.tail_m == tail, (model, cfg)
+        for stage, tile in ((1, cfg.stage1), (2, cfg.stage2)):
+            assert isinstance(legality.check(MODELS[model], Path.A16W4, stage, tile, legality.H100), legality.Legal)

@@ -54,6 +54,8 @@ and why:
 
 from __future__ import annotations
 
+import math
+
 from mxmoe import legality
 from mxmoe.config import Combine, Mma, MoEConfig, TileConfig
 from mxmoe.shapes import MoEShape, Path
@@ -143,6 +145,13 @@ TAIL_BLOCK_M = 64
 TAIL_M = 64
 TAIL_STAGE1_MAX_BLOCK_M = 128
 TAIL_WITH_ROWS = 1
+# 1: the tail is BLOCK_M / 2 or / 4, whichever pads the least when an expert's rows are Poisson around the average
+# (`tail_by_rows`), instead of TAIL_M's fixed half. Off until the H100 measures it (session 24 had no device time
+# left; `benchmarks/gpu_pass.sh open_levers`). benchmarks/padding_bound.py on make_problem's routing: a 32-row tail
+# at BLOCK_M 128 takes the layer's pad_eff at deepseek-v3 / gpt-oss-120b T = 4096 from 0.80 to 0.89 and at 8192
+# from 0.89 to 0.94, but kimi-k2 T = 8192 (171 rows an expert) from 0.875 to 0.730; a smaller tile also amortizes
+# its weight decode over fewer rows, which the model leaves out.
+TAIL_BY_ROWS = 0
 # BLOCK_M 64 up to this many rows per hit expert, then 128.
 BM64_MAX_ROWS = 64
 
@@ -150,6 +159,22 @@ BM64_MAX_ROWS = 64
 def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
     pairs = tokens * shape.topk
     return pairs / max(1, min(shape.experts, pairs))
+
+
+def _padded_rows(n: int, block_m: int, tail: int) -> int:
+    """The rows an expert of `n` rows computes: whole BLOCK_M tiles, and its remainder on a tail tile when it fits
+    one (kernels/swmoe.py TAIL_WHY), else on one more BLOCK_M tile."""
+    rem = n % block_m
+    return n - rem + (0 if rem == 0 else tail if rem <= tail else block_m)
+
+
+def tail_by_rows(block_m: int, rows: float) -> int:
+    """BLOCK_M / 2 or / 4 (at least 16), whichever has the fewer expected padded rows for n ~ Poisson(rows): the
+    spread of a uniform routing's rows per expert around their mean (the half on a tie)."""
+    candidates = [t for t in (block_m // 2, block_m // 4) if t >= 16]
+    span = range(max(0, int(rows - 8 * rows**0.5) - 1), int(rows + 8 * rows**0.5) + 2)  # +-8 sigma
+    weights = [(n, math.exp(n * math.log(rows) - rows - math.lgamma(n + 1))) for n in span]
+    return min(candidates, key=lambda t: sum(w * _padded_rows(n, block_m, t) for n, w in weights))
 
 
 def _block_n(n: int, prefer: int) -> int:
@@ -233,7 +258,7 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     if rows_combine:
         s2 = s2.replace(combine=Combine.ROWS)
     if block_m >= TAIL_BLOCK_M and (TAIL_WITH_ROWS or not rows_combine):
-        tail = TAIL_M * block_m // 128
+        tail = tail_by_rows(block_m, rows) if TAIL_BY_ROWS else TAIL_M * block_m // 128
         s2 = s2.replace(tail_m=tail)
         if block_m <= TAIL_STAGE1_MAX_BLOCK_M or rows_combine:
             s1 = s1.replace(tail_m=tail)
