@@ -245,9 +245,9 @@ def v2_config(shape: MoEShape, path: Path | str, tokens: int, *, e4m3: bool = Fa
     (token, slot) pairs, else by `v2_split`; stage 2 does not split and combines by slots while T x A is at most
     SLOTS_MAX_ROWS, by bf16 rows from BLOCK_M 64 at inter <= 512 (ROWS_MIN_BLOCK_M, ROWS_MAX_INTER). From BLOCK_M
     64 both stages take tail tiles of half the block (TAIL_BLOCK_M, TAIL_M; stage 1 up to TAIL_STAGE1_MAX_BLOCK_M or
-    beside the rows combine; TAIL_BY_ROWS picks the tail by rows per expert instead). `e4m3` (the weights carry the e4m3 layout): a8w4 stage 1 on
-    e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >= E4M3_MIN_HIDDEN, its tile fitted by `on_e4m3`, while
-    E4M3_BY_DEFAULT (off: the guardrail fails it).
+    beside the rows combine; TAIL_BY_ROWS picks the tail by rows per expert instead). `e4m3` (the weights carry
+    the e4m3 layout): a8w4 stage 1 on e4m3 wgmma from BLOCK_M E4M3_MIN_BLOCK_M at hidden >= E4M3_MIN_HIDDEN, its
+    tile fitted by `on_e4m3`, while E4M3_BY_DEFAULT (off: the guardrail fails it).
     """
     Path(path)  # validates
     rows = _rows_per_expert(shape, tokens)
