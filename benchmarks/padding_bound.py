@@ -35,7 +35,7 @@ import sys
 
 import torch
 
-from mxmoe.heuristic import default_config
+from mxmoe.heuristic import default_config, padded_rows
 from mxmoe.problem import make_routing
 from mxmoe.shapes import MODELS, parse_tokens
 
@@ -45,13 +45,10 @@ REAL = ("gpt-oss-20b", "gpt-oss-120b", "deepseek-v3", "kimi-k2", "deepseek-v3-tp
 
 
 def computed_rows(counts: torch.Tensor, block_m: int, tail_m: int = 0) -> int:
-    """Rows a stage computes for per-expert row counts `counts`: whole BLOCK_M tiles, and with tail tiles
-    (TileConfig.tail_m, kernels/swmoe.py tile_of) a remainder of at most tail_m rows on one tail_m-row tile, a
-    longer one on one BLOCK_M tile."""
-    whole = counts // block_m * block_m
-    rem = counts - whole
-    last = torch.where(rem == 0, 0, torch.where(rem <= tail_m, tail_m, block_m))  # tail_m 0: a remainder is > 0
-    return int((whole + last).sum())
+    """Rows a stage computes for per-expert row counts `counts` (heuristic.padded_rows per expert: whole BLOCK_M
+    tiles, and with tail tiles a remainder of at most tail_m rows on one tail_m-row tile, a longer one on one
+    BLOCK_M tile)."""
+    return sum(padded_rows(n, block_m, tail_m) for n in counts.tolist())
 
 
 def pad_eff(counts: torch.Tensor, block_m: int, tail_m: int = 0) -> float:

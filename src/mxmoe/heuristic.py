@@ -161,9 +161,10 @@ def _rows_per_expert(shape: MoEShape, tokens: int) -> float:
     return pairs / max(1, min(shape.experts, pairs))
 
 
-def _padded_rows(n: int, block_m: int, tail: int) -> int:
+def padded_rows(n: int, block_m: int, tail: int) -> int:
     """The rows an expert of `n` rows computes: whole BLOCK_M tiles, and its remainder on a tail tile when it fits
-    one (kernels/swmoe.py TAIL_WHY), else on one more BLOCK_M tile."""
+    one (kernels/swmoe.py TAIL_WHY), else on one more BLOCK_M tile (tail 0: no tail tiles). benchmarks/padding_bound.py
+    counts with it too."""
     rem = n % block_m
     return n - rem + (0 if rem == 0 else tail if rem <= tail else block_m)
 
@@ -174,7 +175,7 @@ def tail_by_rows(block_m: int, rows: float) -> int:
     candidates = [t for t in (block_m // 2, block_m // 4) if t >= 16]
     span = range(max(0, int(rows - 8 * rows**0.5) - 1), int(rows + 8 * rows**0.5) + 2)  # +-8 sigma
     weights = [(n, math.exp(n * math.log(rows) - rows - math.lgamma(n + 1))) for n in span]
-    return min(candidates, key=lambda t: sum(w * _padded_rows(n, block_m, t) for n, w in weights))
+    return min(candidates, key=lambda t: sum(w * padded_rows(n, block_m, t) for n, w in weights))
 
 
 def _block_n(n: int, prefer: int) -> int:
