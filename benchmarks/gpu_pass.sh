@@ -3,7 +3,7 @@
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
 # bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b paths
-# open_levers e4m3_error pack (WARM=0:
+# open_levers e4m3_error decode_pattern pack (WARM=0:
 # the benches skip their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
 # and delete .gitc again once the call is back.
@@ -275,6 +275,20 @@ step_e4m3_error() {
   stamp "e4m3 error study"
   timeout "${E4M3_S:-150}" python3 benchmarks/e4m3_error.py gpt-oss-20b:32 gpt-oss-20b:32:2816 gpt-oss-20b:1024 \
     deepseek-v3:32 2>&1 | tee "$OUT/e4m3_error.log" | tail -30
+}
+
+step_decode_pattern() {
+  # Issue 21's decode bar: is the direct stage 1 bound by its DRAM access pattern (benchmarks/decode_pattern.py
+  # says how to read it), then ncu's memory view of the real stage 1 beside the pattern reads.
+  stamp "decode pattern: stage 1's bytes read three ways"
+  timeout "${PATTERN_S:-120}" python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v3-tp8:1 kimi-k2-tp8:1 \
+    --csv "$OUT/decode_pattern.csv" 2>&1 | tee "$OUT/decode_pattern.log" | tail -16
+  stamp "ncu: stage 1 and the pattern reads at deepseek-v4-tp8 T=1"
+  timeout "${NCU_S:-150}" /usr/local/cuda/bin/ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats -k regex:"_direct1_kernel|_read_kernel" --launch-count 8 \
+    python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 --plain 2 > "$OUT/decode_pattern_ncu.txt" 2>&1
+  grep -E "^  [_a-z]|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per" \
+    "$OUT/decode_pattern_ncu.txt" | head -60
 }
 
 step_pack() {
