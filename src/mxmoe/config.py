@@ -27,7 +27,7 @@ class Mma(str, Enum):
     # a8w4 on e4m3 wgmma, either stage (issue 23, docs/fp8.md): the weights rebased into the e4m3 layout
     # (kernels/layout_e4m3.py, MoEWeights(e4m3=True)), the stage's input rebased to one scale per row
     # (quant.quantize_token_e4m3), both scales in the epilogue. Explicit configs and a8w4's candidate spaces take it;
-    # the heuristic takes it for a8w4's prefill stage 1 when the weights carry the e4m3 layout (heuristic.E4M3_*).
+    # the heuristic's rule for a8w4's prefill stage 1 (heuristic.E4M3_*) is off while the guardrail fails it.
     WGMMA_E4M3 = "wgmma_e4m3"
 
     @property
