@@ -47,6 +47,11 @@ and the MMAv2 dot takes its A operand as `dot_op<opIdx = 0, kWidth = 8>`, so Tri
 local_alloc / local_load. The wgmma dots take `kWidth = 2`, this layout's order, so BLOCK_M 8 (mma.sync m16n8k16,
 half the MMA width of today's N 16) needs either Triton taking kWidth 2 for that dot or a second weight layout;
 Gluon states the layout and takes it without a conversion (benchmarks/gluon_probe.py, sm_90 CPU compile).
+Open: twice the warps bought nothing (rules.py, "Also dropped") and an L2 prefetch of W2 during stage 1 slowed the
+layer by about W2's transfer time (rules.py's docstring), as if DRAM were saturated at stage 1's 1.7 TB/s; whether
+that is the layout's access pattern (per K step four 2 KB runs at a 32 KB stride a program) is what
+benchmarks/decode_pattern.py measures (the same bytes in stage 1's order and in one run a program; not yet run on
+a GPU).
 """
 
 from __future__ import annotations
