@@ -92,7 +92,7 @@ def _variants(p, cfg):
     c = cfg.stage1
     num_n = triton.cdiv(i, c.block_n)
     steps = triton.cdiv(triton.cdiv(h, c.block_k), c.split_k)
-    out = torch.empty(c.split_k * pairs * num_n, dtype=torch.int32, device="cuda")
+    out = torch.empty(c.split_k * pairs * num_n, dtype=torch.int32, device=ids.device)
     value_bytes = pairs * 2 * i * w.k64 * 64 // 2  # the gate and up rows of each pair's expert over its K
     scale_bytes = value_bytes // 16
 
@@ -102,7 +102,7 @@ def _variants(p, cfg):
             TOPK=ids.shape[1], ORDER=order, SPLIT_K=c.split_k, STEPS=steps, BN=c.block_n, BK=c.block_k,
             num_warps=c.num_warps, maxnreg=_MAXNREG)
 
-    src = torch.empty(value_bytes, dtype=torch.uint8, device="cuda")
+    src = torch.empty(value_bytes, dtype=torch.uint8, device=ids.device)
     dst = torch.empty_like(src)
     plan = direct_plan(p.topk_ids, p.weights.num_experts, 0)
     x = KernelInput(p.hidden, None, p.path)
