@@ -3,10 +3,12 @@
 # Every step writes its log (and CSV / ledger) under $OUT and is bounded by `timeout`, so a step that
 # fails or runs long costs only itself. Steps: state kernel_tests warm_all wait_warm guardrail_full bench_a16w4
 # bench_mx legality noise sweep executors multi_gpu baseline campaign campaign_finish splitk grid_a grid_b paths
-# open_levers e4m3_error decode_pattern pack (WARM=0:
+# prefill_levers preload_levers open_levers first_call e4m3_error decode_pattern pack (WARM=0:
 # the benches skip their own warm-up). Reads GPU state (NVML / nvidia-smi); never changes clocks or limits. Before each device call, here: commit, then
 #   rm -rf .gitc && cp -r .git .gitc     and carry [".gitc", ".whl-ray"] (both in .git/info/exclude),
-# and delete .gitc again once the call is back.
+# and delete .gitc again once the call is back. Since session 25 the tree (37 MB tracked at 41094bc) and a .gitc
+# (33 MB; 25 MB as a depth-1 clone's .git) pass the device tool's 64 MiB carry limit together: the steps that only
+# name the commit (vs_peer's CSV, the logs) take MXMOE_COMMIT=<commit> instead, and .gitc is for the ledger steps.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -255,19 +257,38 @@ step_grid_b() { GRID_T=1,2,4,8,32,64,128,512,1024,2048,8192,16384 step_grid; }
 # in about 240 s on the H100 (session 18, results/h100/2026-12-07_vs_peer_paths_9b7d258.csv).
 step_paths() { GRID_T=${PATHS_T:-1,2,16,4096} GRID_PATH=a16w4,a8w4,a4w4 GRID_DEADLINE_S=${GRID_DEADLINE_S:-280} step_grid; }
 
-step_open_levers() {
-  # The A/Bs session 24 prepared and could not run for lack of device time (issue 21's open bars), 3 rounds each:
-  # prefill padding (kimi-k2 T=4096: 85 rows an expert, on BLOCK_M 64 with 32-row tails; heuristic.TAIL_BY_ROWS) and
-  # the direct decode's stage-2 footprint beside stage 1 (fewer preloaded K steps, fewer registers).
-  stamp "open levers: prefill padding, direct preload"
+step_prefill_levers() {
+  # Issue 21's prefill bar, 3 rounds: padding at kimi-k2 T=4096 (85 rows an expert: BLOCK_M 64 with 32-row tails,
+  # heuristic.BM64_MAX_ROWS=96) and the tail by rows per expert (heuristic.TAIL_BY_ROWS). Both compile unserialized
+  # for sm_90 (results/cpu/2026-12-08_open_levers_sm90_*.txt).
+  stamp "prefill levers: padding"
   (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py kimi-k2:4096 deepseek-v3:4096 gpt-oss-120b:4096 \
      deepseek-v3:8192 kimi-k2:8192 deepseek-v3:2048 --variant now: --variant bm96:heuristic.BM64_MAX_ROWS=96 \
      --variant tailrule:heuristic.TAIL_BY_ROWS=1 --rounds 3 \
      --csv "$OUT/prefill_levers.csv" 2>&1 | tee "$OUT/prefill_levers.log" | cut -c1-140)
+}
+
+step_preload_levers() {
+  # The direct decode's stage-2 footprint beside stage 1 (fewer preloaded K steps, fewer registers), 3 rounds.
+  stamp "direct preload levers"
   (cd benchmarks && timeout "${LEVERS_S:-200}" python3 rule_ab.py deepseek-v4-tp8:1 deepseek-v4-tp8:1:a8w4 \
      deepseek-v3-tp8:1 kimi-k2-tp8:1 --variant now: --variant pre2:DIRECT_PRELOAD_STEPS=2 \
      --variant pre1:DIRECT_PRELOAD_STEPS=1 --rounds 3 --csv "$OUT/preload_ab.csv" 2>&1 | tee "$OUT/preload_ab.log" \
      | cut -c1-140)
+}
+
+step_open_levers() { step_prefill_levers; step_preload_levers; }
+
+step_first_call() {
+  # What session 25 meant to run first and could not (no device lent): the GPU suite at HEAD's defaults (the
+  # timing tests apart), the prefill levers and the e4m3 error study, in one call of about 9.5 minutes.
+  TESTS_S=${TESTS_S:-265}
+  stamp "kernel tests (pytest -m gpu, 4 xdist workers, no timing tests)"
+  timeout "$TESTS_S" python3 -m pytest -m gpu -q -n 4 -p no:cacheprovider -rfE tests \
+    --ignore=tests/tuning/test_measure_gpu.py > "$OUT/pytest_gpu.log" 2>&1
+  tail -8 "$OUT/pytest_gpu.log"
+  LEVERS_S=${LEVERS_S:-190} step_prefill_levers
+  E4M3_S=${E4M3_S:-110} step_e4m3_error
 }
 
 step_e4m3_error() {
