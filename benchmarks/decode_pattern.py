@@ -32,7 +32,7 @@ import triton.language as tl
 
 from mxmoe.heuristic import default_config
 from mxmoe.kernels.common import KernelInput
-from mxmoe.kernels.decode import direct_plan, direct_stage1
+from mxmoe.kernels.decode import _pair_expert, direct_plan, direct_stage1
 from mxmoe.kernels.wtile import tile_bytes
 
 LAYOUT, VALUES, CONTIG = 0, 1, 2  # the read kernel's ORDER
@@ -53,8 +53,7 @@ def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, s
     pair = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
     pid_k = tl.program_id(1)
-    expert = tl.load(ids_ptr + pair).to(tl.int64)
-    expert = tl.where((expert >= 0) & (expert < E), expert, 0)
+    expert, _ = _pair_expert(ids_ptr, pair, E)  # the real kernel's read of the pair's expert
     w_e = w_ptr + expert * stride_we
     ws_e = s_ptr + expert * stride_wse
     NB: tl.constexpr = BN // 16
