@@ -14,6 +14,9 @@ K step's loads issued before any is used (so bytes in flight are at least stage 
   - `layout`:  stage 1's own addresses (`wtile.tile_bytes` of the gate and up tiles of each K step), scales too;
   - `values`:  the same without the scale loads;
   - `contig`:  the same number of bytes a program, but one contiguous run of its expert's bytes;
+  - `nmajor`:  the addresses a layout storing its 512-byte blocks [N16, K64] would give (a row slab's K range
+               contiguous: per program and K step, 2 KB runs become one 8 KB run a slab over the split), the
+               candidate layout if `layout` is the limit;
   - `copy`:    torch's copy of as many bytes (reads and writes; GB/s counts both);
   - `stage1`:  the real direct stage 1 (`decode.direct_stage1`) of the point's default config.
 If `layout` runs near `contig` and both near the copy, the pattern is not the limit and the kernel's own schedule
@@ -35,20 +38,33 @@ from mxmoe.kernels.common import KernelInput
 from mxmoe.kernels.decode import _pair_expert, direct_plan, direct_stage1
 from mxmoe.kernels.wtile import tile_bytes
 
-LAYOUT, VALUES, CONTIG = 0, 1, 2  # the read kernel's ORDER
+LAYOUT, VALUES, CONTIG, NMAJOR = 0, 1, 2, 3  # the read kernel's ORDER
 # Registers of the read kernel: three programs an SM, as the direct stage 1's grid runs (sm_90 CPU compile at the
 # deepseek-v4-tp8 T=1 tile, BN 64 BK 128 w4, 8 K steps: uncapped `layout` takes 185 registers, two programs an SM;
 # capped at 168 none spills, and `values` / `contig` then keep more loads in flight, 146 / 144 against 108 / 122).
 _MAXNREG = 168
-_LAYOUT_C, _CONTIG_C = tl.constexpr(LAYOUT), tl.constexpr(CONTIG)
+_LAYOUT_C, _CONTIG_C, _NMAJOR_C = tl.constexpr(LAYOUT), tl.constexpr(CONTIG), tl.constexpr(NMAJOR)
+
+
+@triton.jit
+def _nmajor_bytes(w_e, n16_0, k64_0, K64, live, NB: tl.constexpr, R: tl.constexpr):
+    """`tile_bytes`' values of rows [16 n16_0, +16 NB) x K [64 k64_0, +R / (NB 32) blocks) had the layout stored
+    its 512-byte blocks [N16, K64] (each row slab's K contiguous) instead of [K64, N16]: the same bytes of this
+    buffer are read (a permutation of its blocks), at the addresses that order would give."""
+    r = tl.arange(0, R)
+    k64 = k64_0 + r // (NB * 32)
+    blk = (n16_0 + (r // 32) % NB) * K64 + k64
+    ok = (live & (k64 < K64))[:, None]
+    return tl.load(w_e + blk[:, None] * 512 + (r % 32)[:, None] * 16 + tl.arange(0, 16)[None, :], mask=ok, other=0)
 
 
 @triton.jit
 def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, stride_wse,
                  TOPK: tl.constexpr, ORDER: tl.constexpr, SPLIT_K: tl.constexpr, STEPS: tl.constexpr,
                  BN: tl.constexpr, BK: tl.constexpr):
-    """Program (pair, n tile) x split reads what `_direct1_kernel`'s program reads (ORDER 0 / 1) or as many bytes
-    in one run (ORDER 2), and stores one xor of them (so no load is dead)."""
+    """Program (pair, n tile) x split reads what `_direct1_kernel`'s program reads (ORDER 0 / 1), as many bytes
+    in one run (ORDER 2), or its bytes in an N-major block order (ORDER 3), and stores one xor of them (so no load
+    is dead)."""
     num_n = tl.cdiv(I, BN)
     pair = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -71,6 +87,11 @@ def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, s
             ok = (live & (k64 < K64))[:, None]
             g = tl.load(w_e + at[:, None] + tl.arange(0, 16)[None, :], mask=ok, other=0)
             u = tl.load(w_e + NB * 512 + at[:, None] + tl.arange(0, 16)[None, :], mask=ok, other=0)
+            acc ^= g.to(tl.int32) ^ u.to(tl.int32)
+        elif ORDER == _NMAJOR_C:
+            k64_0 = (k_first + s * BK) // 64
+            g = _nmajor_bytes(w_e, pid_n * NB, k64_0, K64, live, NB, R)
+            u = _nmajor_bytes(w_e, (I + pid_n * BN) // 16, k64_0, K64, live, NB, R)
             acc ^= g.to(tl.int32) ^ u.to(tl.int32)
         else:
             end = tl.where(live, I // 16, 0)
@@ -106,7 +127,8 @@ def _variants(p, cfg):
     plan = direct_plan(p.topk_ids, p.weights.num_experts, 0)
     x = KernelInput(p.hidden, None, p.path)
     return {"layout": (read(LAYOUT), value_bytes + scale_bytes), "values": (read(VALUES), value_bytes),
-            "contig": (read(CONTIG), value_bytes), "copy": (lambda: dst.copy_(src), 2 * value_bytes),
+            "contig": (read(CONTIG), value_bytes), "nmajor": (read(NMAJOR), value_bytes),
+            "copy": (lambda: dst.copy_(src), 2 * value_bytes),
             "stage1": (lambda: direct_stage1(x, p.weights, plan, c), value_bytes + scale_bytes)}
 
 

@@ -25,7 +25,7 @@ def _xor(t: torch.Tensor) -> int:
     return int(np.bitwise_xor.reduce(t.reshape(-1).numpy().astype(np.int64)))
 
 
-@pytest.mark.parametrize("order", [dp.LAYOUT, dp.VALUES, dp.CONTIG])
+@pytest.mark.parametrize("order", [dp.LAYOUT, dp.VALUES, dp.CONTIG, dp.NMAJOR])
 def test_every_order_reads_each_w13_byte_of_the_pairs_experts_once(order):
     w = MoEWeights.random(_SHAPE, seed=3)
     sw = w.w13_sw
