@@ -18,7 +18,10 @@ K step's loads issued before any is used (so bytes in flight are at least stage 
                contiguous: per program and K step, 2 KB runs become one 8 KB run a slab over the split), the
                candidate layout if `layout` is the limit;
   - `copy`:    torch's copy of as many bytes (reads and writes; GB/s counts both);
-  - `stage1`:  the real direct stage 1 (`decode.direct_stage1`) of the point's default config.
+  - `stage1`:  the real direct stage 1 (`decode.direct_stage1`) of the point's default config;
+  - `stage2`:  the real direct stage 2 alone on stage 1's output, its W2 bytes against its time (with the GPU to
+               itself, unlike in the layer, where two thirds of its programs wait for stage 1's SMs; its arrival
+               counters are zeroed by a small fill kernel inside the timing, as for a stage replayed alone).
 If `layout` runs near `contig` and both near the copy, the pattern is not the limit and the kernel's own schedule
 is; if `layout` is well below `contig`, a decode-order weight layout (each program's K range contiguous) is the
 lever. Graph replay, L2 flushed before each replay (scan_v2.graph_median_us). Prints; never asserts. Needs a GPU.
@@ -35,7 +38,7 @@ import triton.language as tl
 
 from mxmoe.heuristic import default_config
 from mxmoe.kernels.common import KernelInput
-from mxmoe.kernels.decode import _pair_expert, direct_plan, direct_stage1
+from mxmoe.kernels.decode import _pair_expert, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.wtile import tile_bytes
 
 LAYOUT, VALUES, CONTIG, NMAJOR = 0, 1, 2, 3  # the read kernel's ORDER
@@ -126,10 +129,15 @@ def _variants(p, cfg):
     dst = torch.empty_like(src)
     plan = direct_plan(p.topk_ids, p.weights.num_experts, 0)
     x = KernelInput(p.hidden, None, p.path)
+    part = direct_stage1(x, p.weights, plan, c)  # stage 2's input, made once
+    w2 = p.weights.w2_sw
+    w2_bytes = pairs * w2.n16 * 16 * w2.k64 * 64 // 2
     return {"layout": (read(LAYOUT), value_bytes + scale_bytes), "values": (read(VALUES), value_bytes),
             "contig": (read(CONTIG), value_bytes), "nmajor": (read(NMAJOR), value_bytes),
             "copy": (lambda: dst.copy_(src), 2 * value_bytes),
-            "stage1": (lambda: direct_stage1(x, p.weights, plan, c), value_bytes + scale_bytes)}
+            "stage1": (lambda: direct_stage1(x, p.weights, plan, c), value_bytes + scale_bytes),
+            "stage2": (lambda: direct_stage2(part, p.weights, plan, p.topk_weights, cfg.stage2, p.path, p.tokens),
+                       w2_bytes + w2_bytes // 16)}
 
 
 def main(argv: list[str]) -> None:

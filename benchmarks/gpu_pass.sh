@@ -300,13 +300,13 @@ step_e4m3_error() {
 
 step_decode_pattern() {
   # Issue 21's decode bar: is the direct stage 1 bound by its DRAM access pattern (benchmarks/decode_pattern.py
-  # says how to read it), then ncu's memory view of the real stage 1 beside the pattern reads.
+  # says how to read it), then ncu's memory view of the real stages beside the pattern reads.
   stamp "decode pattern: stage 1's bytes read three ways"
   timeout "${PATTERN_S:-120}" python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v3-tp8:1 kimi-k2-tp8:1 \
     --csv "$OUT/decode_pattern.csv" 2>&1 | tee "$OUT/decode_pattern.log" | tail -16
   stamp "ncu: stage 1 and the pattern reads at deepseek-v4-tp8 T=1"
   timeout "${NCU_S:-150}" /usr/local/cuda/bin/ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section Occupancy --section WarpStateStats -k regex:"_direct1_kernel|_read_kernel" --launch-count 8 \
+    --section Occupancy --section WarpStateStats -k regex:"_direct1_kernel|_direct2_kernel|_read_kernel" --launch-count 14 \
     python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 --plain 2 > "$OUT/decode_pattern_ncu.txt" 2>&1
   grep -E "^  [_a-z]|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per" \
     "$OUT/decode_pattern_ncu.txt" | head -60
