@@ -310,6 +310,11 @@ step_decode_pattern() {
     python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 --plain 2 > "$OUT/decode_pattern_ncu.txt" 2>&1
   grep -E "^  [_a-z]|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per" \
     "$OUT/decode_pattern_ncu.txt" | head -60
+  stamp "the direct stage 1 on W13's N-major copy (rules.DIRECT1_N_MAJOR), whole layer, 3 rounds"
+  (cd benchmarks && timeout "${NMAJOR_S:-150}" python3 rule_ab.py deepseek-v4-tp8:1:a16w4:nmajor \
+     deepseek-v4-tp8:1:a8w4:nmajor deepseek-v3-tp8:1:a16w4:nmajor kimi-k2-tp8:1:a16w4:nmajor \
+     deepseek-v4-tp8:2:a16w4:nmajor --variant nmajor: --variant kmajor:DIRECT1_N_MAJOR=0 --rounds 3 \
+     --csv "$OUT/nmajor_ab.csv" 2>&1 | tee "$OUT/nmajor_ab.log" | cut -c1-140)
 }
 
 step_pack() {

@@ -80,7 +80,8 @@ def _time_point(p, path, t: int, variants, rounds: int, flush):
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("points", nargs="+", help="model:T[:path[:e4m3]] (e4m3: a8w4 weights with their e4m3 layout)")
+    ap.add_argument("points", nargs="+", help="model:T[:path[:e4m3|nmajor]] (e4m3: a8w4 weights with their e4m3 "
+                    "layout; nmajor: with W13's N-major copy)")
     ap.add_argument("--variant", action="append", required=True, help="name:CONST=int,CONST=int (empty: as is)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--csv", default=None)

@@ -39,15 +39,18 @@ def graph_median_us(fn, flush: torch.Tensor, reps: int = 15) -> float:
 
 
 def point_problem(spec: str):
-    """"model:T[:path[:e4m3]]" -> (model, T, path, its problem on the GPU, seeded by T); `e4m3` (a8w4) builds the
-    weights' e4m3 layout too, so the default config takes the e4m3 stage where the heuristic does."""
+    """"model:T[:path[:e4m3|nmajor]]" -> (model, T, path, its problem on the GPU, seeded by T); `e4m3` (a8w4) builds
+    the weights' e4m3 layout too, so the default config takes the e4m3 stage where the heuristic does; `nmajor` W13's
+    N-major copy, which the direct stage 1 reads while rules.DIRECT1_N_MAJOR."""
     model, t, *rest = spec.split(":")
     t, path = int(t), Path(rest[0] if rest else "a16w4")
     p = make_problem(MODELS[model], path, t, seed=t, device="cuda")
     if rest[1:] == ["e4m3"]:
         p = dataclasses.replace(p, weights=p.weights.with_e4m3())
+    elif rest[1:] == ["nmajor"]:
+        p = dataclasses.replace(p, weights=p.weights.with_decode_layout())
     elif rest[1:]:
-        raise SystemExit(f"point {spec!r}: expected model:T[:path[:e4m3]]")
+        raise SystemExit(f"point {spec!r}: expected model:T[:path[:e4m3|nmajor]]")
     return model, t, path, p
 
 

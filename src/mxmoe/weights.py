@@ -61,6 +61,7 @@ class MoEWeights:
     w2_sw: SwizzledMX = field(init=False, repr=False, compare=False)
     w13_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
     w2_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
+    w13_dec: SwizzledMX | None = field(init=False, repr=False, compare=False)
     call_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class MoEWeights:
         object.__setattr__(self, "w2_sw", swizzle(self.w2.data, self.w2.scales))
         object.__setattr__(self, "w13_e4m3", None)
         object.__setattr__(self, "w2_e4m3", None)
+        object.__setattr__(self, "w13_dec", None)
         if self.e4m3:
             self._build_e4m3()
         self._set_call_key()
@@ -103,8 +105,18 @@ class MoEWeights:
     def to(self, device: torch.device | str) -> MoEWeights:
         """The same weights on `device` (the kernel layout is rebuilt there, a few seconds for a full model)."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return MoEWeights(self.w13.to(device), self.w2.to(device), mv(self.b13), mv(self.b2), self.activation,
-                          self.e4m3)
+        new = MoEWeights(self.w13.to(device), self.w2.to(device), mv(self.b13), mv(self.b2), self.activation,
+                         self.e4m3)
+        return new.with_decode_layout() if self.w13_dec is not None else new
+
+    def with_decode_layout(self) -> MoEWeights:
+        """The same weights with W13 also in the N-major block order (kernels/layout.py), which the direct decode's
+        stage 1 reads (kernels/rules.DIRECT1_N_MAJOR); opt-in because it adds W13's size again."""
+        if self.w13_dec is not None:
+            return self
+        new = copy.copy(self)  # the other layouts are shared, not rebuilt
+        object.__setattr__(new, "w13_dec", swizzle(self.w13.data, self.w13.scales, n_major=True))
+        return new
 
     def with_e4m3(self) -> MoEWeights:
         """The same weights with the e4m3 layouts of W13 and W2 built too (Mma.WGMMA_E4M3)."""

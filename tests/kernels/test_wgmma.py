@@ -29,13 +29,25 @@ from mxmoe.tolerance import assert_close
 TILE_TOL = 0.0  # bit-exact: see the module docstring
 
 
+@pytest.mark.parametrize("n_major", [False, True], ids=["kmajor", "nmajor"])
 @pytest.mark.parametrize("e,n,k", [(1, 16, 64), (3, 48, 96), (2, 128, 2880 // 45 * 3)])
-def test_swizzle_round_trips(e, n, k):
+def test_swizzle_round_trips(e, n, k, n_major):
     g = torch.Generator().manual_seed(n + k)
     data = torch.randint(0, 256, (e, n, k // 2), generator=g, dtype=torch.uint8)
     scales = torch.randint(0, 256, (e, n, k // 32), generator=g, dtype=torch.uint8)
-    back = unswizzle(swizzle(data, scales))
+    back = unswizzle(swizzle(data, scales, n_major=n_major))
     assert torch.equal(back[0], data) and torch.equal(back[1], scales)
+
+
+def test_n_major_stores_the_same_blocks_transposed():
+    """The N-major order moves whole 512-byte value blocks and 32-byte scale blocks, nothing inside them."""
+    g = torch.Generator().manual_seed(5)
+    data = torch.randint(0, 256, (2, 48, 80), generator=g, dtype=torch.uint8)
+    scales = torch.randint(0, 256, (2, 48, 5), generator=g, dtype=torch.uint8)
+    k, n = swizzle(data, scales), swizzle(data, scales, n_major=True)
+    assert (k.n16, k.k64, n.n_major, k.n_major) == (3, 3, True, False)
+    assert torch.equal(k.data.view(2, 3, 3, 512).transpose(1, 2), n.data.view(2, 3, 3, 512))
+    assert torch.equal(k.scales.view(2, 3, 3, 32).transpose(1, 2), n.scales.view(2, 3, 3, 32))
 
 
 def test_fold_needs_every_scale_at_most_128():

@@ -63,6 +63,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.config import TileConfig
+from mxmoe.kernels import rules
 from mxmoe.kernels.combine import combine_slots
 from mxmoe.kernels.common import (
     A4W4,
@@ -160,7 +161,7 @@ def _direct1_kernel(
     x_ptr, w_ptr, ws_ptr, ids_ptr, part_ptr, cnt_ptr, E, H, I, N16, K64, n_cnt,
     stride_xt, stride_we, stride_wse, stride_ps, stride_pp,
     TOPK: tl.constexpr, PATH: tl.constexpr, FOLD: tl.constexpr, INTERP: tl.constexpr, ZERO: tl.constexpr,
-    SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, NMAJ: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """A program computes BN gate rows and their BN up rows in two accumulator chains (one chain over BN stacked
     rows was tried and dropped: rules.py, "Also dropped")."""
@@ -193,7 +194,7 @@ def _direct1_kernel(
         else:
             a = act_tile(x_ptr, token, row_ok, k0, H, stride_xt, False, INTERP, BM, BK)
         acc_g, acc_u = gate_up_mma(acc_g, acc_u, a, w_e, ws_e, w_e, n16_g, n16_u, k0, I, N16, K64, FOLD, False,
-                                   INTERP, BM, BN, BK)
+                                   INTERP, BM, BN, BK, NMAJ)
     offs_n = pid_n * BN + tl.arange(0, BN)
     rows = pair.to(tl.int64) + tl.zeros([BM, 1], tl.int64)
     part = part_ptr + pid_k * stride_ps + rows * stride_pp + offs_n[None, :]
@@ -296,10 +297,11 @@ def _direct2_kernel(
 
 def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *, poison: bool = False) -> torch.Tensor:
     """Stage 1 of the direct layer: x bf16 [T, H] (an MX path's input unrounded: the kernel rounds it) -> fp32
-    [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side."""
+    [S1, P, 2I] gate / up partial sums (NaN-filled first if `poison`); zeroes `plan.counters` on the side. Reads
+    W13's N-major copy where the weights carry one (`MoEWeights.with_decode_layout`) and rules.DIRECT1_N_MAJOR."""
     if not x.bf16:
         raise ValueError("direct stage 1 takes the layer input as bf16 (it rounds an MX path's values itself)")
-    w = weights.w13_sw
+    w = weights.w13_dec if weights.w13_dec is not None and rules.DIRECT1_N_MAJOR else weights.w13_sw
     i, h, p = weights.inter, weights.hidden, plan.num_pairs
     part = torch.empty(cfg.split_k, p, 2 * i, dtype=torch.float32, device=x.data.device)
     if poison:
@@ -312,7 +314,7 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
         0 if cnt is None else cnt.numel(),
         x.data.stride(0), w.data.stride(0), w.scales.stride(0), part.stride(0), part.stride(1),
         TOPK=plan.topk, PATH=PATH_CODES[x.path], FOLD=w.fold, INTERP=interpreting(), ZERO=cnt is not None,
-        SPLIT_K=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        SPLIT_K=cfg.split_k, NMAJ=w.n_major, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(),
     )
     return part

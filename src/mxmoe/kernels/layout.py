@@ -20,6 +20,12 @@ Each output register is then two bf16 of value * 2**-126 (the e2m1 subnormal 0.5
 exactly), one bf16x2 multiply away from the value times its scale.
 Stored scales, uint8 [E, K64, N16, 8 (g), 2 (h), 2 (k32 within k64)]: lane 4g+t's 4 bytes are the scales of its
 rows g, g+8 over its 64 K values. K is padded with zero values (scale 127) to a multiple of 64, N to one of 16.
+
+N-major block order (`swizzle(..., n_major=True)`, `SwizzledMX.n_major`): the same 512-byte (and 32-byte scale)
+blocks stored [E, N16, K64, ...] instead, so a 16-row slab's whole K is contiguous. Only the direct decode's stage 1
+reads it (an opt-in copy of W13, `MoEWeights.with_decode_layout`): there a program reads per K step four 2 KB runs
+at a 32 KB stride in the K-major order, one 8 KB run a slab over its split in this one (benchmarks/decode_pattern.py
+measures whether that is what bounds it).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class SwizzledMX(Blocks):
     sizes. `fold` says every scale byte is <= 128 (no NaN, 255): the kernel then folds the decode's 2**126 into the
     scale, one bf16 multiply per value instead of two (a larger scale would overflow the folded bf16 factor),
     and builds the factor without a NaN test (a layout with NaN scales takes the unfolded decode, which has it).
+    `n_major`: the blocks in N-major order (module docstring).
     """
 
     data: torch.Tensor
@@ -80,9 +87,10 @@ class SwizzledMX(Blocks):
     rows: int
     cols: int
     fold: bool
+    n_major: bool = False
 
     def to(self, device: torch.device | str) -> SwizzledMX:
-        return SwizzledMX(self.data.to(device), self.scales.to(device), self.rows, self.cols, self.fold)
+        return SwizzledMX(self.data.to(device), self.scales.to(device), self.rows, self.cols, self.fold, self.n_major)
 
 
 def pad_to(x: torch.Tensor, rows: int, cols: int, value: int) -> torch.Tensor:
@@ -107,12 +115,17 @@ def _words(nib: torch.Tensor) -> torch.Tensor:
     return word
 
 
+# The (k64, n16) block axes of the views below ([E, N16, h, g, K64, ...]: N16 is axis 1, K64 axis 4), outer first,
+# by n_major.
+_BLOCKS = {False: (4, 1), True: (1, 4)}
+
 # Experts swizzled at a time: bounds the int64 temporaries (about 9 bytes a value) for 9 GB checkpoints.
 _CHUNK_VALUES = 1 << 26
 
 
-def swizzle(data: torch.Tensor, scales: torch.Tensor) -> SwizzledMX:
-    """Kernel layout of MXFP4 weights: data uint8 [E, N, K/2] (e2m1 pairs along K), scales uint8 [E, N, K/32]."""
+def swizzle(data: torch.Tensor, scales: torch.Tensor, *, n_major: bool = False) -> SwizzledMX:
+    """Kernel layout of MXFP4 weights: data uint8 [E, N, K/2] (e2m1 pairs along K), scales uint8 [E, N, K/32];
+    with `n_major` its blocks in N-major order."""
     if data.dtype != torch.uint8 or scales.dtype != torch.uint8 or data.dim() != 3 or scales.dim() != 3:
         raise ValueError("swizzle takes uint8 [E, N, K/2] values and uint8 [E, N, K/32] scales")
     e, n, kh = data.shape
@@ -126,21 +139,24 @@ def swizzle(data: torch.Tensor, scales: torch.Tensor) -> SwizzledMX:
     for e0 in range(0, e, step):
         nib = pad_to(unpack_e2m1(data[e0 : e0 + step]), 16 * n16, 64 * k64, 0)
         c = nib.shape[0]
-        # [C, N16, h, g, K64, kr, v, t, b] -> [C, K64, N16, g, t, kr, h, v, b]
-        nib = nib.view(c, n16, 2, 8, k64, 4, 2, 4, 2).permute(0, 4, 1, 3, 7, 5, 2, 6, 8)
+        # [C, N16, h, g, K64, kr, v, t, b] -> [C, K64, N16, g, t, kr, h, v, b] (N-major: [C, N16, K64, ...])
+        nib = nib.view(c, n16, 2, 8, k64, 4, 2, 4, 2).permute(0, *_BLOCKS[n_major], 3, 7, 5, 2, 6, 8)
         byte = (_words(nib)[..., None] >> shifts) & 255  # little-endian bytes of each word
         sw_data[e0 : e0 + c] = byte.to(torch.uint8).reshape(c, -1)
     sc = pad_to(scales, 16 * n16, 2 * k64, SCALE_PAD)
-    sc = sc.view(e, n16, 2, 8, k64, 2).permute(0, 4, 1, 3, 2, 5)  # [E, K64, N16, g, h, k32]
+    sc = sc.view(e, n16, 2, 8, k64, 2).permute(0, *_BLOCKS[n_major], 3, 2, 5)  # [E, K64, N16, g, h, k32]
     fold = bool(scales.numel() == 0 or int(scales.max()) <= 128)
-    return SwizzledMX(sw_data, sc.reshape(e, -1).contiguous(), n, k, fold)
+    return SwizzledMX(sw_data, sc.reshape(e, -1).contiguous(), n, k, fold, n_major)
 
 
 def unswizzle(sw: SwizzledMX) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse of `swizzle`: (uint8 [E, N, K/2], uint8 [E, N, K/32]). For tests and the reference."""
     e = sw.data.shape[0]
     n16, k64 = sw.n16, sw.k64
-    word = sw.data.view(e, k64, n16, 8, 4, 4, 4).to(torch.int64)
+    outer = (n16, k64) if sw.n_major else (k64, n16)
+    word = sw.data.view(e, *outer, 8, 4, 4, 4).to(torch.int64)
+    if sw.n_major:
+        word = word.transpose(1, 2)  # [E, K64, N16, ...] as below
     word = (word << torch.tensor([0, 8, 16, 24], device=word.device)).sum(-1)  # [E, K64, N16, g, t, kr]
     pos = _POSITIONS.to(word.device)
     bits = (word[..., None, None, None, None] >> pos) & 1  # [..., h, v, b, 4 (s e1 e0 m)]
@@ -148,5 +164,8 @@ def unswizzle(sw: SwizzledMX) -> tuple[torch.Tensor, torch.Tensor]:
     nib = nib.permute(0, 2, 6, 3, 1, 5, 7, 4, 8).reshape(e, 16 * n16, 64 * k64)
     nib = nib[:, : sw.rows, : sw.cols]
     data = (nib[..., 0::2] | (nib[..., 1::2] << 4)).to(torch.uint8)
-    sc = sw.scales.view(e, k64, n16, 8, 2, 2).permute(0, 2, 4, 3, 1, 5).reshape(e, 16 * n16, 2 * k64)
+    sc = sw.scales.view(e, *outer, 8, 2, 2)
+    if sw.n_major:
+        sc = sc.transpose(1, 2)
+    sc = sc.permute(0, 2, 4, 3, 1, 5).reshape(e, 16 * n16, 2 * k64)
     return data.contiguous(), sc[:, : sw.rows, : sw.cols // 32].contiguous()

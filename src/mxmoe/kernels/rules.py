@@ -118,6 +118,12 @@ DIRECT_MAX_INTER = 512
 # stage-2 CTA fit beside stage 1's three, and lost on the H100 (8306159, results/h100/2026-12-07_decode_ab2_8306159.csv,
 # whole layer us): deepseek-v4-tp8 T=1 a16w4 30.6 -> 34.9, a8w4 32.4 -> 38.1, a4w4 32.2 -> 37.7; removed.
 DIRECT_PRELOAD_STEPS = 3
+# Whether the direct stage 1 reads W13's N-major copy where the weights carry one (MoEWeights.with_decode_layout, an
+# opt-in that adds W13's size again; kernels/layout.py): a slab's K range contiguous, one 8 KB run a slab over a
+# deepseek-v4-tp8 split instead of four 2 KB runs at a 32 KB stride a K step. Built in session 25 without a GPU;
+# benchmarks/decode_pattern.py (`nmajor` against `layout`) says whether the pattern bounds stage 1, and
+# rule_ab.py MODEL:1:PATH:nmajor --variant now: --variant kmajor:DIRECT1_N_MAJOR=0 measures the layer.
+DIRECT1_N_MAJOR = 1
 # A register cap (maxnreg) for its a8w4 stage 2 where it preloads at most DIRECT_S2_CAP_MAX_PRE K steps (0: none).
 # sm_90 CPU compile, deepseek-v3-tp8 T=1 (2 K steps, both preloaded): a8w4 146 registers against a4w4's 128 (the e4m3
 # rounding of h), so one CTA fits an SM beside stage 1's three instead of two; capped at 128, no spill. H100 whole

@@ -131,7 +131,7 @@ def mma_wt(acc, w, a, INTERP: tl.constexpr):
 
 @triton.jit
 def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: tl.constexpr, E4M3: tl.constexpr,
-               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+               INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, NMAJ: tl.constexpr = False):
     """acc^T [BN, BM] += the weight tile of rows 16 n16_0 .. (rows from n16_end on read as 0) at K step k0 @ a^T, on
     bf16 carriers (`weight_tile`) or with E4M3 from the e4m3 layout (`weight_tile_e4m3`; FOLD: its affine tables,
     `lut_ptr` the table words otherwise).
@@ -146,18 +146,18 @@ def weight_mma(acc, a, w_e, ws_e, lut_ptr, n16_0, n16_end, k0, N16, K64, FOLD: t
         w = weight_tile_e4m3(w_e, ws_e, lut_ptr, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
         acc = mma_wt(acc, e4m3_operand(w, INTERP), a, INTERP)
     else:
-        w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        w = weight_tile(w_e, ws_e, n16_0, n16_end, k0 // 64, N16, K64, FOLD, INTERP, BN, BK, NMAJ)
         acc = mma_wt(acc, w, a, INTERP)
     return acc
 
 
 @triton.jit
 def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K64, FOLD: tl.constexpr,
-                E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """One stage-1 K step: the gate and the up weight tiles (W13 rows n16_g / n16_u on) against `a`."""
-    acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK)
-    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN,
-                       BK)
+                E4M3: tl.constexpr, INTERP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                NMAJ: tl.constexpr = False):
+    """One stage-1 K step: the gate and the up tiles (W13 rows n16_g / n16_u on) against `a`; NMAJ: layout.py."""
+    acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK, NMAJ)
+    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, I // 8, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK, NMAJ)
     return acc_g, acc_u
 
 

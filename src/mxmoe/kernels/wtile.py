@@ -108,10 +108,12 @@ def _interp_decode(raw, fb, R: tl.constexpr, FOLD: tl.constexpr):
 
 
 @triton.jit
-def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, BK: tl.constexpr):
+def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, BK: tl.constexpr,
+               NMAJ: tl.constexpr = False):
     """The layout's bytes of rows [16 n16_0, +BN) x K [64 k64_0, +BK): each row r = (i, j, lane) of the [R, 16]
     values is one thread's 16-byte load, [R, 4] its 4 side bytes (scales here, relative exponents in the e4m3
-    layout); K blocks past K64 and row slabs from n16_end on read as zeros (R = BK/64 * BN/16 * 32)."""
+    layout); K blocks past K64 and row slabs from n16_end on read as zeros (R = BK/64 * BN/16 * 32). NMAJ: the
+    blocks are stored N-major (layout.py), which only the block index changes."""
     NB: tl.constexpr = BN // 16
     KB: tl.constexpr = BK // 64
     R: tl.constexpr = KB * NB * 32
@@ -119,7 +121,7 @@ def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, 
     i = r // (NB * 32)
     lane = r % 32
     n16 = n16_0 + (r // 32) % NB
-    blk = (k64_0 + i) * N16 + n16  # [R] (k64, n16) block of row r
+    blk = n16 * K64 + (k64_0 + i) if NMAJ else (k64_0 + i) * N16 + n16  # [R] block of row r
     ok = ((k64_0 + i) < K64) & (n16 < n16_end)
     raw = tl.load(w_ptr + blk[:, None] * 512 + lane[:, None] * 16 + tl.arange(0, 16)[None, :],
                   mask=ok[:, None], other=0)  # [R, 16] uint8
@@ -130,11 +132,11 @@ def tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN: tl.constexpr, 
 
 @triton.jit
 def weight_tile(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, FOLD: tl.constexpr, INTERP: tl.constexpr,
-                BN: tl.constexpr, BK: tl.constexpr):
+                BN: tl.constexpr, BK: tl.constexpr, NMAJ: tl.constexpr = False):
     """Rows [16 n16_0, +BN) x K [64 k64_0, +BK) of one expert's weights (`w_ptr`, `s_ptr` at the expert) as the
     [BN, BK] MMA operand: bf16 on the GPU, f32 under the interpreter. K blocks past K64 and row slabs from n16_end
     on (a BLOCK_N that does not divide N; stage 1's gate tile must not read the up rows) read as zeros."""
-    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK)
+    raw, sraw = tile_bytes(w_ptr, s_ptr, n16_0, n16_end, k64_0, N16, K64, BN, BK, NMAJ)
     return decode_tile(raw, sraw, FOLD, INTERP, BN, BK)
 
 
