@@ -78,6 +78,7 @@ def test_direct_stage1_reads_the_n_major_copy_bit_for_bit(shape, tokens, split1,
     cfg = _cfg(split1, 1)
     w = p.weights.with_decode_layout()
     assert w.w13_dec.n_major and w.with_decode_layout() is w and p.weights.w13_dec is None
+    assert w.to("cpu").w13_dec is not None and w.with_e4m3().w13_dec is w.w13_dec  # kept by both copies
     want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
     got = moe(p.hidden, w, p.topk_ids, p.topk_weights, path, cfg, poison=True)
     assert torch.equal(got, want)

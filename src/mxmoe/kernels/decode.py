@@ -50,8 +50,9 @@ Gluon states the layout and takes it without a conversion (benchmarks/gluon_prob
 Open: twice the warps bought nothing (rules.py, "Also dropped") and an L2 prefetch of W2 during stage 1 slowed the
 layer by about W2's transfer time (rules.py's docstring), as if DRAM were saturated at stage 1's 1.7 TB/s; whether
 that is the layout's access pattern (per K step four 2 KB runs at a 32 KB stride a program) is what
-benchmarks/decode_pattern.py measures (the same bytes in stage 1's order and in one run a program; not yet run on
-a GPU).
+benchmarks/decode_pattern.py measures (the same bytes in stage 1's order, in one run a program and in an N-major
+block order; not yet run on a GPU). The lever if it is: W13's opt-in N-major copy (`MoEWeights.with_decode_layout`,
+kernels/layout.py), which stage 1 reads while rules.DIRECT1_N_MAJOR.
 """
 
 from __future__ import annotations
