@@ -1,7 +1,7 @@
-"""Is the direct decode's stage 1 bound by its DRAM access pattern? Reads the same bytes three ways and times each.
+"""Is the direct decode's stage 1 bound by its DRAM access pattern? Reads the same bytes four ways and times each.
 
-    PYTHONPATH=src python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v3-tp8:1 kimi-k2-tp8:1 \
-        --csv out/decode_pattern.csv
+    PYTHONPATH=src python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v4-tp8:1:a16w4:nmajor \
+        deepseek-v3-tp8:1 kimi-k2-tp8:1 --csv out/decode_pattern.csv
 
 Why (issue 21's decode bar, deepseek-v4-tp8 T=1 at 30.6 us against 25): stage 1 alone reads its 26.5 MB of W13 at
 about 1.7 TB/s (ncu, kernels/decode.py) against the H100's ~3.0 TB/s copy, and three earlier A/Bs rule out the
@@ -142,7 +142,8 @@ def _variants(p, cfg):
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("points", nargs="+", help="model:T[:path] (a direct-decode point: T x topk <= 32)")
+    ap.add_argument("points", nargs="+", help="model:T[:path[:nmajor]] (a direct-decode point: T x topk <= 32; "
+                    "nmajor: the real stages read the N-major copies)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--csv", default=None)
     ap.add_argument("--plain", type=int, default=0, help="run each variant N times eagerly, untimed (for ncu)")
@@ -167,10 +168,11 @@ def main(argv: list[str]) -> None:
                 times[name].append(graph_median_us(fn, flush))
         for name, (_, nbytes) in variants.items():
             us = sorted(times[name])[len(times[name]) // 2]
-            print(f"{model:16s} T={t:<3d} {name:7s} {us:8.2f} us  {nbytes / us / 1e3:7.1f} GB/s  "
+            print(f"{spec:28s} {name:7s} {us:8.2f} us  {nbytes / us / 1e3:7.1f} GB/s  "
                   f"rounds {';'.join(f'{x:.2f}' for x in times[name])}  {cfg.stage1.short()}", flush=True)
-            rows.append({"model": model, "T": t, "path": path.value, "variant": name, "us": round(us, 3),
-                         "bytes": nbytes, "gbps": round(nbytes / us / 1e3, 1), "config": cfg.stage1.short()})
+            rows.append({"point": spec, "model": model, "T": t, "path": path.value, "variant": name,
+                         "us": round(us, 3), "bytes": nbytes, "gbps": round(nbytes / us / 1e3, 1),
+                         "config": cfg.stage1.short()})
         p = None
         torch.cuda.empty_cache()
     write_csv(args.csv, rows)

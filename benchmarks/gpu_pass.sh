@@ -301,19 +301,20 @@ step_e4m3_error() {
 step_decode_pattern() {
   # Issue 21's decode bar: is the direct stage 1 bound by its DRAM access pattern (benchmarks/decode_pattern.py
   # says how to read it), then ncu's memory view of the real stages beside the pattern reads.
-  stamp "decode pattern: stage 1's bytes read three ways"
-  timeout "${PATTERN_S:-120}" python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v3-tp8:1 kimi-k2-tp8:1 \
-    --csv "$OUT/decode_pattern.csv" 2>&1 | tee "$OUT/decode_pattern.log" | tail -16
-  stamp "ncu: stage 1 and the pattern reads at deepseek-v4-tp8 T=1"
+  stamp "decode pattern: stage 1's bytes read four ways, beside both real stages (on each layout)"
+  timeout "${PATTERN_S:-150}" python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 deepseek-v4-tp8:1:a16w4:nmajor \
+    deepseek-v3-tp8:1 kimi-k2-tp8:1 --csv "$OUT/decode_pattern.csv" 2>&1 | tee "$OUT/decode_pattern.log" | tail -28
+  stamp "ncu: both stages and the pattern reads at deepseek-v4-tp8 T=1"
   timeout "${NCU_S:-150}" /usr/local/cuda/bin/ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section Occupancy --section WarpStateStats -k regex:"_direct1_kernel|_direct2_kernel|_read_kernel" --launch-count 14 \
     python3 benchmarks/decode_pattern.py deepseek-v4-tp8:1 --plain 2 > "$OUT/decode_pattern_ncu.txt" 2>&1
   grep -E "^  [_a-z]|Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per" \
     "$OUT/decode_pattern_ncu.txt" | head -60
-  stamp "the direct stage 1 on W13's N-major copy (rules.DIRECT1_N_MAJOR), whole layer, 3 rounds"
+  stamp "the direct stages on the N-major copies (rules.DIRECT1_N_MAJOR / DIRECT2_N_MAJOR), whole layer, 3 rounds"
   (cd benchmarks && timeout "${NMAJOR_S:-150}" python3 rule_ab.py deepseek-v4-tp8:1:a16w4:nmajor \
      deepseek-v4-tp8:1:a8w4:nmajor deepseek-v3-tp8:1:a16w4:nmajor kimi-k2-tp8:1:a16w4:nmajor \
-     deepseek-v4-tp8:2:a16w4:nmajor --variant nmajor: --variant kmajor:DIRECT1_N_MAJOR=0 --rounds 3 \
+     deepseek-v4-tp8:2:a16w4:nmajor --variant nmajor: --variant s1only:DIRECT2_N_MAJOR=0 \
+     --variant kmajor:DIRECT1_N_MAJOR=0,DIRECT2_N_MAJOR=0 --rounds 3 \
      --csv "$OUT/nmajor_ab.csv" 2>&1 | tee "$OUT/nmajor_ab.log" | cut -c1-140)
 }
 

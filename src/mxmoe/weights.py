@@ -62,6 +62,7 @@ class MoEWeights:
     w13_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
     w2_e4m3: SwizzledE4M3 | None = field(init=False, repr=False, compare=False)
     w13_dec: SwizzledMX | None = field(init=False, repr=False, compare=False)
+    w2_dec: SwizzledMX | None = field(init=False, repr=False, compare=False)
     call_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +71,7 @@ class MoEWeights:
         object.__setattr__(self, "w13_e4m3", None)
         object.__setattr__(self, "w2_e4m3", None)
         object.__setattr__(self, "w13_dec", None)
+        object.__setattr__(self, "w2_dec", None)
         if self.e4m3:
             self._build_e4m3()
         self._set_call_key()
@@ -110,12 +112,14 @@ class MoEWeights:
         return new.with_decode_layout() if self.w13_dec is not None else new
 
     def with_decode_layout(self) -> MoEWeights:
-        """The same weights with W13 also in the N-major block order (kernels/layout.py), which the direct decode's
-        stage 1 reads (kernels/rules.DIRECT1_N_MAJOR); opt-in because it adds W13's size again."""
+        """The same weights with W13 and W2 also in the N-major block order (kernels/layout.py), which the direct
+        decode's stages read (kernels/rules.DIRECT1_N_MAJOR, DIRECT2_N_MAJOR); opt-in: it adds the weights' size
+        again."""
         if self.w13_dec is not None:
             return self
         new = copy.copy(self)  # the other layouts are shared, not rebuilt
         object.__setattr__(new, "w13_dec", swizzle(self.w13.data, self.w13.scales, n_major=True))
+        object.__setattr__(new, "w2_dec", swizzle(self.w2.data, self.w2.scales, n_major=True))
         return new
 
     def with_e4m3(self) -> MoEWeights:

@@ -68,22 +68,24 @@ def test_direct_layer_is_the_sorted_layer(shape, tokens, split1, split2, path, m
 
 @pytest.mark.parametrize("path", [Path.A16W4, Path.A8W4], ids=lambda p: p.value)
 @pytest.mark.parametrize("shape,tokens,split1", [
-    (MoEShape("h192", 4, 2, 192, 64, Activation.SILU), 1, 1),
-    (MoEShape("h256-oai", 4, 2, 256, 64, Activation.SWIGLU_OAI, bias=True), 2, 3), (LONG_K, 3, 2),
-], ids=["h192-T1", "oai-T2-sk3", "longk-T3-sk2"])  # K64 >= 2 each: at one K block both orders are the same bytes
-def test_direct_stage1_reads_the_n_major_copy_bit_for_bit(shape, tokens, split1, path, direct_on, monkeypatch):
-    """W13's N-major copy (MoEWeights.with_decode_layout, rules.DIRECT1_N_MAJOR) changes only where stage 1 finds
-    each block: the layer is the K-major one's bit for bit, splits and LONG_K's half-padded K block included."""
+    (MoEShape("h192", 4, 2, 192, 128, Activation.SILU), 1, 1),
+    (MoEShape("h256-oai", 4, 2, 256, 128, Activation.SWIGLU_OAI, bias=True), 2, 3), (LONG_K, 3, 2),
+], ids=["h192-T1", "oai-T2-sk3", "longk-T3-sk2"])  # H and I span 2+ K blocks: at one, both orders are the same bytes
+def test_direct_stages_read_the_n_major_copies_bit_for_bit(shape, tokens, split1, path, direct_on, monkeypatch):
+    """The N-major copies of W13 and W2 (MoEWeights.with_decode_layout, rules.DIRECT1_N_MAJOR / DIRECT2_N_MAJOR)
+    change only where each stage finds a block: the layer is the K-major one's bit for bit, splits and LONG_K's
+    half-padded K block included."""
     p = make_problem(shape, path, tokens, seed=tokens + 7)
     cfg = _cfg(split1, 1)
     w = p.weights.with_decode_layout()
-    assert w.w13_dec.n_major and w.with_decode_layout() is w and p.weights.w13_dec is None
+    assert w.w13_dec.n_major and w.w2_dec.n_major and w.with_decode_layout() is w and p.weights.w13_dec is None
     assert w.to("cpu").w13_dec is not None and w.with_e4m3().w13_dec is w.w13_dec  # kept by both copies
     want = moe(p.hidden, p.weights, p.topk_ids, p.topk_weights, path, cfg, poison=True)
     got = moe(p.hidden, w, p.topk_ids, p.topk_weights, path, cfg, poison=True)
     assert torch.equal(got, want)
-    monkeypatch.setattr(rules, "DIRECT1_N_MAJOR", 0)  # the copy ignored: the K-major layout read
-    assert torch.equal(moe(p.hidden, w, p.topk_ids, p.topk_weights, path, cfg), want)
+    for rule in ("DIRECT1_N_MAJOR", "DIRECT2_N_MAJOR"):  # stage 1's copy ignored, then both
+        monkeypatch.setattr(rules, rule, 0)
+        assert torch.equal(moe(p.hidden, w, p.topk_ids, p.topk_weights, path, cfg), want)
 
 
 @pytest.mark.parametrize("pre", [1, 2, 3])
@@ -165,7 +167,7 @@ def test_direct_layer_is_the_sorted_layer_gpu(model, tokens, path, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", [Path.A16W4, Path.A8W4], ids=lambda p: p.value)
 @pytest.mark.parametrize("model,tokens", [("deepseek-v4-tp8", 1), ("kimi-k2-tp8", 2)])
-def test_direct_stage1_reads_the_n_major_copy_bit_for_bit_gpu(model, tokens, path):
+def test_direct_stages_read_the_n_major_copies_bit_for_bit_gpu(model, tokens, path):
     """The GPU twin of the N-major test at real TP8 shapes and their default (direct) configs."""
     p = make_problem(MODELS[model], path, tokens, seed=tokens, device="cuda")
     cfg = default_config(p.shape, path, tokens)

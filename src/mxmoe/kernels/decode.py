@@ -51,8 +51,9 @@ Open: twice the warps bought nothing (rules.py, "Also dropped") and an L2 prefet
 layer by about W2's transfer time (rules.py's docstring), as if DRAM were saturated at stage 1's 1.7 TB/s; whether
 that is the layout's access pattern (per K step four 2 KB runs at a 32 KB stride a program) is what
 benchmarks/decode_pattern.py measures (the same bytes in stage 1's order, in one run a program and in an N-major
-block order; not yet run on a GPU). The lever if it is: W13's opt-in N-major copy (`MoEWeights.with_decode_layout`,
-kernels/layout.py), which stage 1 reads while rules.DIRECT1_N_MAJOR.
+block order; not yet run on a GPU). The lever if it is: the opt-in N-major copies of W13 and W2
+(`MoEWeights.with_decode_layout`, kernels/layout.py), which the stages read while rules.DIRECT1_N_MAJOR /
+DIRECT2_N_MAJOR (stage 2's program then reads its whole [BN, K] tile as one contiguous run).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def _direct2_kernel(
     stride_we, stride_wse, stride_b13, stride_b2, stride_ps, stride_pp, stride_os, stride_or, stride_y,
     TOPK: tl.constexpr, PATH: tl.constexpr, ACT: tl.constexpr, HAS_B13: tl.constexpr, HAS_B2: tl.constexpr,
     FOLD: tl.constexpr, INTERP: tl.constexpr, SPLIT1: tl.constexpr, SPLIT_K: tl.constexpr, PRE: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    NMAJ: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     num_n = tl.cdiv(H, BN)
     pair = tl.program_id(0) // num_n
@@ -262,11 +263,11 @@ def _direct2_kernel(
     ws_e = ws_ptr + expert * stride_wse
     n16 = pid_n * (BN // 16)
     k_first, k_len = k_range(pid_k, I, SPLIT_K, BK)
-    raw0, side0 = tile_bytes(w_e, ws_e, n16, N16, k_first // 64, N16, K64, BN, BK)
+    raw0, side0 = tile_bytes(w_e, ws_e, n16, N16, k_first // 64, N16, K64, BN, BK, NMAJ)
     if PRE > 1:
-        raw1, side1 = tile_bytes(w_e, ws_e, n16, N16, (k_first + BK) // 64, N16, K64, BN, BK)
+        raw1, side1 = tile_bytes(w_e, ws_e, n16, N16, (k_first + BK) // 64, N16, K64, BN, BK, NMAJ)
     if PRE > 2:
-        raw2, side2 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 2 * BK) // 64, N16, K64, BN, BK)
+        raw2, side2 = tile_bytes(w_e, ws_e, n16, N16, (k_first + 2 * BK) // 64, N16, K64, BN, BK, NMAJ)
     enter_first_wait(INTERP)
     row_ok = (tl.arange(0, BM) == 0) & valid
     part_e = part_ptr + pair.to(tl.int64) * stride_pp
@@ -283,7 +284,7 @@ def _direct2_kernel(
     for kk in range(PRE * BK, k_len, BK):
         k0 = k_first + kk
         a = _h_tile(part_e, b_e, row_ok, k0, I, stride_ps, HAS_B13, SPLIT1, PATH, ACT, INTERP, BM, BK)
-        w = weight_tile(w_e, ws_e, n16, N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK)
+        w = weight_tile(w_e, ws_e, n16, N16, k0 // 64, N16, K64, FOLD, INTERP, BN, BK, NMAJ)
         acc = mma_wt(acc, w, a, INTERP)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < H
@@ -324,7 +325,8 @@ def direct_stage1(x: KernelInput, weights, plan: DirectPlan, cfg: TileConfig, *,
 def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: torch.Tensor, cfg: TileConfig,
                   path, num_tokens: int, *, poison: bool = False) -> torch.Tensor:
     """Stage 2 of the direct layer: stage 1's partial sums -> bf16 [T, H] (NaN-filled first if `poison`, as is the
-    fp32 [S2, P, H] slot buffer). `plan.counters` must be the ones stage 1 zeroed; None allocates zeroed ones."""
+    fp32 [S2, P, H] slot buffer). `plan.counters` must be the ones stage 1 zeroed; None allocates zeroed ones.
+    Reads W2's N-major copy where the weights carry one and rules.DIRECT2_N_MAJOR (as stage 1 does W13's)."""
     hidden, inter, p, dev = weights.hidden, weights.inter, plan.num_pairs, part.device
     if p == 0:
         return torch.zeros(num_tokens, hidden, dtype=torch.bfloat16, device=dev)
@@ -335,7 +337,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         slots.fill_(float("nan"))
         y.fill_(float("nan"))
     cnt = zeros_or(plan.counters, num_n, plan.ids)
-    w = weights.w2_sw
+    w = weights.w2_dec if weights.w2_dec is not None and rules.DIRECT2_N_MAJOR else weights.w2_sw
     pre = direct_preload(triton.cdiv(triton.cdiv(inter, cfg.block_k), cfg.split_k))  # of the longest split's steps
     rw = topk_weights.contiguous().view(-1)
     b13 = weights.b13 if weights.b13 is not None else rw  # dummy pointers when a bias is absent
@@ -347,7 +349,7 @@ def direct_stage2(part: torch.Tensor, weights, plan: DirectPlan, topk_weights: t
         slots.stride(0), slots.stride(1), y.stride(0),
         TOPK=plan.topk, PATH=PATH_CODES[path], ACT=ACT_CODES[weights.activation], HAS_B13=weights.b13 is not None,
         HAS_B2=weights.b2 is not None, FOLD=w.fold, INTERP=interpreting(), SPLIT1=part.shape[0],
-        SPLIT_K=cfg.split_k, PRE=pre, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
+        SPLIT_K=cfg.split_k, PRE=pre, NMAJ=w.n_major, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(direct_register_cap(path, pre)),
     )
     return y

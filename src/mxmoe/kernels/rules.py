@@ -124,6 +124,9 @@ DIRECT_PRELOAD_STEPS = 3
 # benchmarks/decode_pattern.py (`nmajor` against `layout`) says whether the pattern bounds stage 1, and
 # rule_ab.py MODEL:1:PATH:nmajor --variant now: --variant kmajor:DIRECT1_N_MAJOR=0 measures the layer.
 DIRECT1_N_MAJOR = 1
+# The same for stage 2 and W2's copy (a program's [BN, K] tile is then one contiguous run: 32 KB at deepseek-v4-tp8
+# against two 4 KB runs a K step at a 224 KB stride).
+DIRECT2_N_MAJOR = 1
 # A register cap (maxnreg) for its a8w4 stage 2 where it preloads at most DIRECT_S2_CAP_MAX_PRE K steps (0: none).
 # sm_90 CPU compile, deepseek-v3-tp8 T=1 (2 K steps, both preloaded): a8w4 146 registers against a4w4's 128 (the e4m3
 # rounding of h), so one CTA fits an SM beside stage 1's three instead of two; capped at 128, no spill. H100 whole
