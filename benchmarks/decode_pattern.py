@@ -14,17 +14,18 @@ K step's loads issued before any is used (so bytes in flight are at least stage 
   - `layout`:  stage 1's own addresses (`wtile.tile_bytes` of the gate and up tiles of each K step), scales too;
   - `values`:  the same without the scale loads;
   - `contig`:  the same number of bytes a program, but one contiguous run of its expert's bytes;
-  - `nmajor`:  the addresses a layout storing its 512-byte blocks [N16, K64] would give (a row slab's K range
-               contiguous: per program and K step, 2 KB runs become one 8 KB run a slab over the split), the
-               candidate layout if `layout` is the limit;
+  - `nmajor`:  `layout`'s reads at the addresses of the N-major copies (`tile_bytes`' NMAJ; a row slab's K range
+               contiguous: one 8 KB run a slab over the split instead of 2 KB runs a K step), over this buffer's
+               blocks permuted: the same bytes, the pattern of `MoEWeights.with_decode_layout()`;
   - `copy`:    torch's copy of as many bytes (reads and writes; GB/s counts both);
   - `stage1`:  the real direct stage 1 (`decode.direct_stage1`) of the point's default config;
   - `stage2`:  the real direct stage 2 alone on stage 1's output, its W2 bytes against its time (with the GPU to
                itself, unlike in the layer, where two thirds of its programs wait for stage 1's SMs; its arrival
                counters are zeroed by a small fill kernel inside the timing, as for a stage replayed alone).
-If `layout` runs near `contig` and both near the copy, the pattern is not the limit and the kernel's own schedule
-is; if `layout` is well below `contig`, a decode-order weight layout (each program's K range contiguous) is the
-lever. Graph replay, L2 flushed before each replay (scan_v2.graph_median_us). Prints; never asserts. Needs a GPU.
+If `layout` runs near `nmajor` / `contig` and all near the copy, the pattern is not the limit and the kernel's own
+schedule is; if `layout` is well below them, the N-major copies are the lever (rules.DIRECT1_N_MAJOR; the points
+with `:nmajor` time the real stages on them). Graph replay, L2 flushed before each replay
+(scan_v2.graph_median_us). Prints; never asserts. Needs a GPU.
 """
 
 from __future__ import annotations
@@ -46,28 +47,16 @@ LAYOUT, VALUES, CONTIG, NMAJOR = 0, 1, 2, 3  # the read kernel's ORDER
 # deepseek-v4-tp8 T=1 tile, BN 64 BK 128 w4, 8 K steps: uncapped `layout` takes 185 registers, two programs an SM;
 # capped at 168 none spills, and `values` / `contig` then keep more loads in flight, 146 / 144 against 108 / 122).
 _MAXNREG = 168
-_LAYOUT_C, _CONTIG_C, _NMAJOR_C = tl.constexpr(LAYOUT), tl.constexpr(CONTIG), tl.constexpr(NMAJOR)
-
-
-@triton.jit
-def _nmajor_bytes(w_e, n16_0, k64_0, K64, live, NB: tl.constexpr, R: tl.constexpr):
-    """`tile_bytes`' values of rows [16 n16_0, +16 NB) x K [64 k64_0, +R / (NB 32) blocks) had the layout stored
-    its 512-byte blocks [N16, K64] (each row slab's K contiguous) instead of [K64, N16]: the same bytes of this
-    buffer are read (a permutation of its blocks), at the addresses that order would give."""
-    r = tl.arange(0, R)
-    k64 = k64_0 + r // (NB * 32)
-    blk = (n16_0 + (r // 32) % NB) * K64 + k64
-    ok = (live & (k64 < K64))[:, None]
-    return tl.load(w_e + blk[:, None] * 512 + (r % 32)[:, None] * 16 + tl.arange(0, 16)[None, :], mask=ok, other=0)
+_VALUES_C, _CONTIG_C, _NMAJOR_C = tl.constexpr(VALUES), tl.constexpr(CONTIG), tl.constexpr(NMAJOR)
 
 
 @triton.jit
 def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, stride_wse,
                  TOPK: tl.constexpr, ORDER: tl.constexpr, SPLIT_K: tl.constexpr, STEPS: tl.constexpr,
                  BN: tl.constexpr, BK: tl.constexpr):
-    """Program (pair, n tile) x split reads what `_direct1_kernel`'s program reads (ORDER 0 / 1), as many bytes
-    in one run (ORDER 2), or its bytes in an N-major block order (ORDER 3), and stores one xor of them (so no load
-    is dead)."""
+    """Program (pair, n tile) x split reads what `_direct1_kernel`'s program reads (LAYOUT; VALUES without the
+    scales), as many bytes in one run (CONTIG), or its reads at the N-major copy's addresses (NMAJOR), and stores one
+    xor of them (so no load is dead)."""
     num_n = tl.cdiv(I, BN)
     pair = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -91,18 +80,14 @@ def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, s
             g = tl.load(w_e + at[:, None] + tl.arange(0, 16)[None, :], mask=ok, other=0)
             u = tl.load(w_e + NB * 512 + at[:, None] + tl.arange(0, 16)[None, :], mask=ok, other=0)
             acc ^= g.to(tl.int32) ^ u.to(tl.int32)
-        elif ORDER == _NMAJOR_C:
-            k64_0 = (k_first + s * BK) // 64
-            g = _nmajor_bytes(w_e, pid_n * NB, k64_0, K64, live, NB, R)
-            u = _nmajor_bytes(w_e, (I + pid_n * BN) // 16, k64_0, K64, live, NB, R)
-            acc ^= g.to(tl.int32) ^ u.to(tl.int32)
-        else:
+        else:  # stage 1's own reads (tile_bytes), on the N-major copy's addresses with NMAJOR
             end = tl.where(live, I // 16, 0)
-            g, sg = tile_bytes(w_e, ws_e, pid_n * (BN // 16), end, (k_first + s * BK) // 64, N16, K64, BN, BK)
-            u, su = tile_bytes(w_e, ws_e, (I + pid_n * BN) // 16, end + I // 16, (k_first + s * BK) // 64, N16,
-                               K64, BN, BK)
+            k64_0 = (k_first + s * BK) // 64
+            g, sg = tile_bytes(w_e, ws_e, pid_n * NB, end, k64_0, N16, K64, BN, BK, ORDER == _NMAJOR_C)
+            u, su = tile_bytes(w_e, ws_e, (I + pid_n * BN) // 16, end + I // 16, k64_0, N16, K64, BN, BK,
+                               ORDER == _NMAJOR_C)
             acc ^= g.to(tl.int32) ^ u.to(tl.int32)
-            if ORDER == _LAYOUT_C:
+            if ORDER != _VALUES_C:
                 side ^= sg.to(tl.int32) ^ su.to(tl.int32)
     x = tl.xor_sum(tl.xor_sum(acc, axis=1), axis=0) ^ tl.xor_sum(tl.xor_sum(side, axis=1), axis=0)
     tl.store(out_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), x)
@@ -133,7 +118,7 @@ def _variants(p, cfg):
     w2 = p.weights.w2_sw
     w2_bytes = pairs * w2.n16 * 16 * w2.k64 * 64 // 2
     return {"layout": (read(LAYOUT), value_bytes + scale_bytes), "values": (read(VALUES), value_bytes),
-            "contig": (read(CONTIG), value_bytes), "nmajor": (read(NMAJOR), value_bytes),
+            "contig": (read(CONTIG), value_bytes), "nmajor": (read(NMAJOR), value_bytes + scale_bytes),
             "copy": (lambda: dst.copy_(src), 2 * value_bytes),
             "stage1": (lambda: direct_stage1(x, p.weights, plan, c), value_bytes + scale_bytes),
             "stage2": (lambda: direct_stage2(part, p.weights, plan, p.topk_weights, cfg.stage2, p.path, p.tokens),
