@@ -78,8 +78,7 @@ def act_tile(x_ptr, rows, row_ok, k0, K, stride_x, E4M3: tl.constexpr, INTERP: t
 @triton.jit
 def tile_rows(sorted_ids_ptr, w_ptr, ws_ptr, expert, row0, n_rows, num_pairs, stride_we, stride_wse,
               BM: tl.constexpr):
-    """A tile's BM pair ids from sorted_ids[row0:] (those from `n_rows` on read as the sentinel), which are real,
-    and expert `expert`'s value / scale bases."""
+    """BM pair ids of sorted_ids[row0:] (the sentinel from `n_rows` on), which are real, and the expert's w / ws."""
     offs = tl.arange(0, BM)
     pair = tl.load(sorted_ids_ptr + row0 + offs, mask=offs < n_rows, other=num_pairs)
     return pair, pair < num_pairs, w_ptr + expert * stride_we, ws_ptr + expert * stride_wse
@@ -157,7 +156,8 @@ def gate_up_mma(acc_g, acc_u, a, w_e, ws_e, lut_ptr, n16_g, n16_u, k0, I, N16, K
                 NMAJ: tl.constexpr = False):
     """One stage-1 K step: the gate and the up tiles (W13 rows n16_g / n16_u on) against `a`; NMAJ: layout.py."""
     acc_g = weight_mma(acc_g, a, w_e, ws_e, lut_ptr, n16_g, I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK, NMAJ)
-    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, I // 8, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN, BK, NMAJ)
+    acc_u = weight_mma(acc_u, a, w_e, ws_e, lut_ptr, n16_u, 2 * I // 16, k0, N16, K64, FOLD, E4M3, INTERP, BM, BN,
+                       BK, NMAJ)
     return acc_g, acc_u
 
 
