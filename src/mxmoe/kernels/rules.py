@@ -119,10 +119,10 @@ DIRECT_MAX_INTER = 512
 # whole layer us): deepseek-v4-tp8 T=1 a16w4 30.6 -> 34.9, a8w4 32.4 -> 38.1, a4w4 32.2 -> 37.7; removed.
 DIRECT_PRELOAD_STEPS = 3
 # Whether the direct stage 1 reads W13's N-major copy where the weights carry one (MoEWeights.with_decode_layout, an
-# opt-in that adds W13's size again; kernels/layout.py): a slab's K range contiguous, one 8 KB run a slab over a
-# deepseek-v4-tp8 split instead of four 2 KB runs at a 32 KB stride a K step. Built in session 25 without a GPU;
-# benchmarks/decode_pattern.py (`nmajor` against `layout`) says whether the pattern bounds stage 1, and
-# rule_ab.py MODEL:1:PATH:nmajor --variant now: --variant kmajor:DIRECT1_N_MAJOR=0 measures the layer.
+# opt-in that adds the weights' size again; kernels/layout.py): a slab's K range contiguous, one 8 KB run a slab over
+# a deepseek-v4-tp8 split instead of four 2 KB runs at a 32 KB stride a K step. Built in session 25 without a GPU;
+# benchmarks/decode_pattern.py (`nmajor` against `layout`) says whether the pattern bounds stage 1, and gpu_pass.sh's
+# decode_pattern step A/Bs the layer (rule_ab.py MODEL:T:PATH:nmajor, with both rules 0 and with this one alone).
 DIRECT1_N_MAJOR = 1
 # The same for stage 2 and W2's copy (a program's [BN, K] tile is then one contiguous run: 32 KB at deepseek-v4-tp8
 # against two 4 KB runs a K step at a 224 KB stride).
