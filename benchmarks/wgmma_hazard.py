@@ -14,17 +14,25 @@ decide). A point may end in @NAME=VALUE[,NAME=VALUE] to set constants for it as 
 substring; --json prints one line per loop; --listing prints each loop's skeleton (wgmma, waits, barriers, memory
 instructions in order: the K step's latency structure). Needs no GPU; run without TRITON_INTERPRET:
     python benchmarks/wgmma_hazard.py deepseek-v3:8192 kimi-k2-tp8:1:a8w4 gpt-oss-20b:256@STAGE2_DRAIN=1
+
+--fingerprint prints instead one line per launch, a sha1 of its SASS with the addresses stripped, to show that a
+change leaves the compiled default kernels as the GPU suite passed them (whether the hazard strikes depends on
+where ptxas puts registers, which a kernel-hash change alone cannot say). With the old tree in a worktree:
+    PYTHONPATH=/tmp/base/src python benchmarks/wgmma_hazard.py --fingerprint deepseek-v3:8192 > base.txt
+    PYTHONPATH=src python benchmarks/wgmma_hazard.py --fingerprint deepseek-v3:8192 > head.txt; diff base.txt head.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import re
 import sys
 from typing import NamedTuple
 
+_ADDRESS = re.compile(r"/\*[0-9a-f]{4,}\*/")
 _INS = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _BRANCH = re.compile(r"BRA\s+0x([0-9a-f]+)")
 _WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)")
@@ -32,6 +40,13 @@ _A_OPERAND = re.compile(r"HGMMA\.\S+\s+R\d+,\s*R(\d+),")
 # Opcodes whose first operand is not a register they write.
 _NO_DEST = ("ST", "HGMMA", "WARPGROUP", "BAR", "BRA", "DEPBAR", "LDGDEPBAR", "LDGSTS", "RED", "ATOM", "ISETP",
             "FSETP", "HSETP", "PLOP3", "UISETP", "EXIT", "NOP", "MEMBAR", "FENCE", "CCTL", "SYNCS")
+
+
+def fingerprint(sass: str) -> str:
+    """sha1 (12 hex digits) of a `cuobjdump -sass` listing's instruction lines (with their encodings), their
+    addresses removed."""
+    body = "\n".join(_ADDRESS.sub("", line) for line in sass.splitlines() if _ADDRESS.search(line))
+    return hashlib.sha1(body.encode()).hexdigest()[:12]
 
 
 def instructions(sass: str) -> list[tuple[int, str]]:
@@ -152,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON line per loop")
     ap.add_argument("--listing", action="store_true", help="also print each loop's skeleton: its wgmma, waits, "
                     "barriers and memory instructions in order")
+    ap.add_argument("--fingerprint", action="store_true", help="only a sha1 of each launch's SASS (addresses "
+                    "stripped), to diff two trees")
     args = ap.parse_args(argv)
     for point in args.points:
         where, _, settings = point.partition("@")
         model, t, *rest = where.split(":")
         with _constants(_parse_variant(f"point:{settings}")[1]):
             cfg, calls = _launches(model, int(t), Path(rest[0]) if rest else Path.A16W4)
-            if not args.json:
+            if not (args.json or args.fingerprint):
                 print(f"{point}: {cfg.stage1.short()} | {cfg.stage2.short()}")
             for kernel, a, meta in calls:
                 name = kernel.fn.__name__
@@ -166,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 meta = {k: v for k, v in meta.items() if k not in ("launch_pdl", "launch_cooperative_grid")}
                 code = sass(compile_sm90(kernel, a, meta).asm["cubin"])
+                if args.fingerprint:
+                    print(f"{point} {name} {fingerprint(code)}", flush=True)
+                    continue
                 serial = wgmma_serialized(code)
                 for lp in loops(code):
                     if args.json:

@@ -60,3 +60,12 @@ def test_skeleton_keeps_the_mma_waits_and_memory_of_the_body_in_order():
     assert [text.split(" ")[0] for _, text in lines] == [
         "LDS.64", "WARPGROUP.ARRIVE", "HGMMA.64x64x16.F32.BF16", "WARPGROUP.DEPBAR.LE", "WARPGROUP.ARRIVE",
         "HGMMA.64x64x16.F32.BF16", "WARPGROUP.DEPBAR.LE", "@!P0"]
+
+
+def test_fingerprint_ignores_addresses_and_sees_every_instruction():
+    """--fingerprint: the same instructions at other addresses match, any other instruction does not."""
+    body = ("IMAD.MOV.U32 R1, RZ, RZ, c[0x0][0x28]", "HGMMA.64x16x16.F32.BF16 R24, R8, gdesc[UR4], R24", "EXIT")
+    moved = "\n".join(f"        /*{0x100 + 16 * i:04x}*/   {text} ;   /* 0x0 */" for i, text in enumerate(body))
+    assert hz.fingerprint(_sass(*body)) == hz.fingerprint(moved)
+    assert hz.fingerprint(_sass(*body)) != hz.fingerprint(_sass(body[0], body[1].replace("R8", "R12"), body[2]))
+    assert hz.fingerprint(_sass(*body)) != hz.fingerprint(_sass(*body[:2]))
