@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from mxmoe.heuristic import default_config
-from mxmoe.kernels.common import KernelInput
+from mxmoe.kernels.common import KernelInput, k_range
 from mxmoe.kernels.decode import _pair_expert, direct_plan, direct_stage1, direct_stage2
 from mxmoe.kernels.wtile import tile_bytes
 
@@ -66,12 +66,11 @@ def _read_kernel(w_ptr, s_ptr, ids_ptr, out_ptr, E, H, I, N16, K64, stride_we, s
     ws_e = s_ptr + expert * stride_wse
     NB: tl.constexpr = BN // 16
     R: tl.constexpr = BK // 64 * NB * 32
-    steps = tl.cdiv(tl.cdiv(H, BK), SPLIT_K)  # K steps of a split (the last may hold fewer)
-    k_first = pid_k * steps * BK
+    k_first, k_len = k_range(pid_k, H, SPLIT_K, BK)  # the real kernel's split (the last may hold fewer steps)
     acc = tl.zeros([R, 16], tl.int32)
     side = tl.zeros([R, 4], tl.int32)
     for s in tl.static_range(STEPS):
-        live = (k_first + s * BK) < H
+        live = s * BK < k_len
         if ORDER == _CONTIG_C:  # per (n tile, k64 block) its gate then its up block, dense over the expert
             r = tl.arange(0, R)
             k64 = (k_first + s * BK) // 64 + r // (NB * 32)
